@@ -1,0 +1,88 @@
+//! What flow actors say to each other over the bus, in a compact binary form (changes
+//! are binary; JSON would triple their size).
+//!
+//! ```text
+//! byte 0      kind: 1 = changes, 2 = heads
+//! byte 1      L, length of the origin node id
+//! 2..2+L      origin node id (so a node ignores its own echo)
+//! then        u32 BE count, and per item: u32 BE length + bytes
+//!             (changes: raw Automerge changes; heads: 32-byte hashes)
+//! ```
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowBusMessage {
+    /// Changes the origin node has made durable.
+    Changes { origin: String, changes: Vec<Vec<u8>> },
+    /// The origin node's current heads, for anti-entropy.
+    Heads { origin: String, heads: Vec<Vec<u8>> },
+}
+
+impl FlowBusMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, origin, items) = match self {
+            FlowBusMessage::Changes { origin, changes } => (1u8, origin, changes),
+            FlowBusMessage::Heads { origin, heads } => (2u8, origin, heads),
+        };
+        let origin = &origin.as_bytes()[..origin.len().min(255)];
+        let size: usize = items.iter().map(|i| 4 + i.len()).sum();
+        let mut out = Vec::with_capacity(2 + origin.len() + 4 + size);
+        out.push(kind);
+        out.push(origin.len() as u8);
+        out.extend_from_slice(origin);
+        out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+        for item in items {
+            out.extend_from_slice(&(item.len() as u32).to_be_bytes());
+            out.extend_from_slice(item);
+        }
+        out
+    }
+
+    /// `None` for anything malformed: the bus is shared infrastructure, and a message
+    /// we cannot read is dropped, like any lost message (the store repairs it).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&kind, rest) = bytes.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        let (origin, mut rest) = rest.split_at_checked(usize::from(len))?;
+        let origin = std::str::from_utf8(origin).ok()?.to_owned();
+        let count = read_u32(&mut rest)? as usize;
+        let mut items = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let n = read_u32(&mut rest)? as usize;
+            let (item, tail) = rest.split_at_checked(n)?;
+            items.push(item.to_vec());
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        match kind {
+            1 => Some(FlowBusMessage::Changes { origin, changes: items }),
+            2 => Some(FlowBusMessage::Heads { origin, heads: items }),
+            _ => None,
+        }
+    }
+}
+
+fn read_u32(rest: &mut &[u8]) -> Option<u32> {
+    let (head, tail) = rest.split_at_checked(4)?;
+    *rest = tail;
+    Some(u32::from_be_bytes(head.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_reject_garbage() {
+        let m = FlowBusMessage::Changes { origin: "node-a".into(), changes: vec![vec![1, 2], vec![]] };
+        assert_eq!(FlowBusMessage::decode(&m.encode()), Some(m));
+        let h = FlowBusMessage::Heads { origin: "b".into(), heads: vec![vec![7; 32]] };
+        assert_eq!(FlowBusMessage::decode(&h.encode()), Some(h.clone()));
+        let mut bad = h.encode();
+        bad.push(0);
+        assert_eq!(FlowBusMessage::decode(&bad), None);
+        assert_eq!(FlowBusMessage::decode(&[1, 5, b'a']), None);
+        assert_eq!(FlowBusMessage::decode(&[]), None);
+    }
+}

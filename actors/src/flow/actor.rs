@@ -1,0 +1,499 @@
+//! The flow actor: owns one flow's Automerge document on this node.
+//!
+//! Every edit from a local peer goes through [`FlowMsg::Sync`]: the actor refuses it
+//! if the peer may not edit or the result breaks the schema (the document is left
+//! exactly as it was), otherwise persists the new changes, and only then acknowledges
+//! them to their author, syncs every other local peer and publishes the changes on the
+//! bus. Messages are handled one at a time, so the document in memory never runs ahead
+//! of the store by more than the message being handled.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowhub_crdt::{ChangeHash, CrdtError, FlowDoc, SyncState};
+use flowhub_protocol::{ErrorCode, RequestId, Role, ServerMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use super::registry::FlowRegistry;
+use crate::bus::{channel, Bus, FlowBusMessage};
+use crate::error::{ActorsError, Result};
+use crate::metrics::Metrics;
+use crate::session::outbound::{Delivery, Outbound};
+use crate::store::{ChangeRecord, Snapshot, Store};
+
+/// Behaviour of a flow actor (the state is [`FlowState`]).
+pub struct FlowActor;
+
+/// Tunables of flow actors.
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// How long a flow stays open after its last peer left (avoids reloading a flow
+    /// that people leave and rejoin within seconds).
+    pub idle_eviction: Duration,
+    /// Compact the change log into a snapshot once this many changes were stored since
+    /// the last snapshot.
+    pub compact_after: usize,
+    /// Period of housekeeping: resyncing lagging peers, publishing heads.
+    pub tick: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            idle_eviction: Duration::from_secs(30),
+            compact_after: 1000,
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What every flow actor on a node shares.
+pub struct FlowDeps {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub node_id: String,
+    pub metrics: Arc<Metrics>,
+    pub config: FlowConfig,
+}
+
+pub struct FlowArgs {
+    pub flow_id: String,
+    pub deps: Arc<FlowDeps>,
+    pub registry: FlowRegistry,
+}
+
+pub enum FlowMsg {
+    /// A session subscribes. The actor queues `flow_state` (echoing `request_id`) and
+    /// the first sync message to `out` before replying.
+    Join {
+        session_id: String,
+        role: Role,
+        out: Outbound,
+        request_id: Option<RequestId>,
+        reply: RpcReplyPort<()>,
+    },
+    Leave {
+        session_id: String,
+    },
+    /// A session's role changed while subscribed (a new token, a membership change).
+    SetRole {
+        session_id: String,
+        role: Role,
+    },
+    /// An Automerge sync message from a subscribed session. The reply comes after the
+    /// message was fully handled (persisted, acknowledged), which gives the session's
+    /// reader natural backpressure.
+    Sync {
+        session_id: String,
+        payload: Vec<u8>,
+        reply: RpcReplyPort<()>,
+    },
+    /// A message from another node, via the bus.
+    Bus(Vec<u8>),
+    Tick,
+    EvictIfIdle,
+    /// The flow as JSON (`{id, name, heads, nodes, edges}`).
+    ToJson(RpcReplyPort<serde_json::Value>),
+    /// Sorted hex heads.
+    Heads(RpcReplyPort<Vec<String>>),
+}
+
+struct Peer {
+    role: Role,
+    out: Outbound,
+    sync: SyncState,
+    /// A sync frame was dropped because the queue was full; resync when it drains.
+    lagging: bool,
+}
+
+pub struct FlowState {
+    flow_id: String,
+    doc: FlowDoc,
+    peers: HashMap<String, Peer>,
+    deps: Arc<FlowDeps>,
+    registry: FlowRegistry,
+    /// Hashes stored since the last snapshot: what the next compaction covers.
+    uncompacted: Vec<String>,
+    last_heads_published: Vec<ChangeHash>,
+    empty_since: Option<Instant>,
+    tasks: Vec<JoinHandle<()>>,
+    span: tracing::Span,
+}
+
+impl Actor for FlowActor {
+    type Msg = FlowMsg;
+    type State = FlowState;
+    type Arguments = FlowArgs;
+
+    async fn pre_start(&self, myself: ActorRef<FlowMsg>, args: FlowArgs) -> Result<FlowState, ActorProcessingErr> {
+        let span = tracing::info_span!("flow", flow_id = %args.flow_id);
+        let (doc, uncompacted) = load(&*args.deps.store, &args.flow_id).instrument(span.clone()).await?;
+        let mut tasks = Vec::new();
+        // Subscribe before the first peer joins, so no change published by another
+        // node after our load is missed (anything published before is in the store).
+        let mut sub = args.deps.bus.subscribe(&channel::flow(&args.flow_id)).await?;
+        let me = myself.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = sub.rx.recv().await {
+                if me.cast(FlowMsg::Bus(msg)).is_err() {
+                    break;
+                }
+            }
+        }));
+        tasks.push(myself.send_interval(args.deps.config.tick, || FlowMsg::Tick));
+        args.deps.metrics.flows_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        span.in_scope(|| info!(changes = uncompacted.len(), "flow opened"));
+        Ok(FlowState {
+            flow_id: args.flow_id,
+            doc,
+            peers: HashMap::new(),
+            deps: args.deps,
+            registry: args.registry,
+            uncompacted,
+            last_heads_published: Vec::new(),
+            empty_since: Some(Instant::now()),
+            tasks,
+            span,
+        })
+    }
+
+    async fn post_start(&self, myself: ActorRef<FlowMsg>, state: &mut FlowState) -> Result<(), ActorProcessingErr> {
+        // A flow opened by a request that never joined (e.g. GET) must not stay forever.
+        arm_eviction(&myself, state);
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<FlowMsg>, state: &mut FlowState) -> Result<(), ActorProcessingErr> {
+        for t in state.tasks.drain(..) {
+            t.abort();
+        }
+        state.registry.forget(&state.flow_id, myself.get_id());
+        state.deps.metrics.flows_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        state.span.in_scope(|| info!("flow closed"));
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<FlowMsg>, msg: FlowMsg, state: &mut FlowState) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        async {
+            match msg {
+                FlowMsg::Join { session_id, role, out, request_id, reply } => {
+                    state.join(session_id, role, out, request_id);
+                    let _ = reply.send(());
+                }
+                FlowMsg::Leave { session_id } => {
+                    state.peers.remove(&session_id);
+                    if state.peers.is_empty() {
+                        state.empty_since = Some(Instant::now());
+                        arm_eviction(&myself, state);
+                    }
+                }
+                FlowMsg::SetRole { session_id, role } => {
+                    if let Some(peer) = state.peers.get_mut(&session_id) {
+                        peer.role = role;
+                    }
+                }
+                FlowMsg::Sync { session_id, payload, reply } => {
+                    let result = state.on_sync(&session_id, &payload).await;
+                    let _ = reply.send(());
+                    result?;
+                }
+                FlowMsg::Bus(bytes) => state.on_bus(bytes).await?,
+                FlowMsg::Tick => state.on_tick().await,
+                FlowMsg::EvictIfIdle => {
+                    let idle = state.empty_since.is_some_and(|t| t.elapsed() >= state.deps.config.idle_eviction);
+                    if state.peers.is_empty() && idle {
+                        // Forget first: from here on, new subscribers spawn a fresh actor
+                        // (which loads everything from the store, where all our changes are).
+                        state.registry.forget(&state.flow_id, myself.get_id());
+                        myself.stop(Some("idle".into()));
+                    }
+                }
+                FlowMsg::ToJson(reply) => {
+                    let mut json = state.doc.to_json();
+                    if let Some(obj) = json.as_object_mut() {
+                        obj.insert("id".into(), state.flow_id.clone().into());
+                    }
+                    let _ = reply.send(json);
+                }
+                FlowMsg::Heads(reply) => {
+                    let _ = reply.send(state.doc.heads_hex());
+                }
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn arm_eviction(myself: &ActorRef<FlowMsg>, state: &FlowState) {
+    // Slightly after the grace period, so the check in EvictIfIdle sees it elapsed.
+    myself.send_after(state.deps.config.idle_eviction + Duration::from_millis(10), || FlowMsg::EvictIfIdle);
+}
+
+/// Rebuilds a flow from the store: latest snapshot plus every later change.
+async fn load(store: &dyn Store, flow_id: &str) -> Result<(FlowDoc, Vec<String>)> {
+    let stored = store.load_flow(flow_id).await?;
+    let changes: Vec<Vec<u8>> = stored.changes.iter().map(|c| c.bytes.clone()).collect();
+    let doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes)?;
+    Ok((doc, stored.changes.into_iter().map(|c| c.hash).collect()))
+}
+
+impl FlowState {
+    fn join(&mut self, session_id: String, role: Role, out: Outbound, request_id: Option<RequestId>) {
+        let heads = self.doc.heads_hex();
+        out.send_control(&ServerMessage::FlowState {
+            id: request_id,
+            flow_id: self.flow_id.clone(),
+            role,
+            heads,
+        });
+        debug!(session_id, ?role, "peer joined");
+        self.peers.insert(
+            session_id.clone(),
+            Peer { role, out, sync: SyncState::new(), lagging: false },
+        );
+        self.empty_since = None;
+        self.sync_peer(&session_id);
+    }
+
+    async fn on_sync(&mut self, session_id: &str, payload: &[u8]) -> Result<()> {
+        let Some(peer) = self.peers.get_mut(session_id) else {
+            return Ok(());
+        };
+        let role = peer.role;
+        if !role.can_edit() {
+            match self.doc.sync_message_has_new_changes(payload) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let message = format!("role {role:?} cannot edit this flow").to_lowercase();
+                    self.refuse(session_id, ErrorCode::Forbidden, message);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.refuse(session_id, ErrorCode::BadRequest, e.to_string());
+                    return Ok(());
+                }
+            }
+        }
+        let Some(peer) = self.peers.get_mut(session_id) else {
+            return Ok(());
+        };
+        let applied = match self.doc.receive_sync_message_validated(&mut peer.sync, payload) {
+            Ok(applied) => applied,
+            Err(CrdtError::Schema(e)) => {
+                self.refuse(session_id, ErrorCode::SchemaViolation, e.to_string());
+                return Ok(());
+            }
+            Err(e) => {
+                self.refuse(session_id, ErrorCode::BadRequest, e.to_string());
+                return Ok(());
+            }
+        };
+        if !applied.changes.is_empty() {
+            let records: Vec<ChangeRecord> = applied
+                .changes
+                .iter()
+                .map(|c| ChangeRecord { hash: c.hash.to_string(), bytes: c.bytes.clone() })
+                .collect();
+            if let Err(e) = self.persist(&records).await {
+                warn!(error = %e, "store append failed; rolling the document back");
+                self.refuse(session_id, ErrorCode::Internal, "the store is unavailable; retry".into());
+                // The document must not hold what the store does not: reload it.
+                let (doc, uncompacted) = load(&*self.deps.store, &self.flow_id).await?;
+                self.doc = doc;
+                self.uncompacted = uncompacted;
+                return Ok(());
+            }
+            Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
+            if let Some(peer) = self.peers.get(session_id) {
+                peer.out.send_control(&ServerMessage::Ack {
+                    id: None,
+                    flow_id: Some(self.flow_id.clone()),
+                    changes: records.iter().map(|r| r.hash.clone()).collect(),
+                });
+            }
+            self.publish(FlowBusMessage::Changes {
+                origin: self.deps.node_id.clone(),
+                changes: records.into_iter().map(|r| r.bytes).collect(),
+            })
+            .await;
+            self.sync_all();
+            self.maybe_compact().await;
+        } else {
+            // Only the author needs an answer to sync chatter without changes.
+            self.sync_peer(session_id);
+        }
+        Ok(())
+    }
+
+    /// Tells a peer its sync message was refused and restarts its sync from scratch
+    /// (the client rolls back by resyncing too).
+    fn refuse(&mut self, session_id: &str, code: ErrorCode, message: String) {
+        Metrics::inc(&self.deps.metrics.edits_refused);
+        debug!(session_id, %code, message, "sync message refused");
+        if let Some(peer) = self.peers.get_mut(session_id) {
+            peer.out.send_control(&ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
+            peer.sync.reset();
+        }
+        self.sync_peer(session_id);
+    }
+
+    async fn persist(&mut self, records: &[ChangeRecord]) -> Result<()> {
+        let started = Instant::now();
+        let result = self.deps.store.append_changes(&self.flow_id, records).await;
+        let m = &self.deps.metrics;
+        Metrics::inc(&m.store_appends);
+        Metrics::add(&m.store_append_micros, started.elapsed().as_micros() as u64);
+        if result.is_err() {
+            Metrics::inc(&m.store_errors);
+        }
+        result?;
+        self.uncompacted.extend(records.iter().map(|r| r.hash.clone()));
+        Ok(())
+    }
+
+    async fn publish(&mut self, msg: FlowBusMessage) {
+        let channel = channel::flow(&self.flow_id);
+        match self.deps.bus.publish(&channel, msg.encode()).await {
+            Ok(()) => Metrics::inc(&self.deps.metrics.bus_published),
+            // At most once: other nodes catch up from the store via heads.
+            Err(e) => debug!(error = %e, "bus publish failed"),
+        }
+    }
+
+    /// Sends every peer whatever the sync protocol says it still needs.
+    fn sync_all(&mut self) {
+        let ids: Vec<String> = self.peers.keys().cloned().collect();
+        for id in ids {
+            self.sync_peer(&id);
+        }
+    }
+
+    fn sync_peer(&mut self, session_id: &str) {
+        let Some(peer) = self.peers.get_mut(session_id) else {
+            return;
+        };
+        if peer.lagging {
+            return;
+        }
+        // The protocol rarely needs more than one message per round; the bound only
+        // guards against a livelock.
+        for _ in 0..8 {
+            let Some(msg) = self.doc.generate_sync_message(&mut peer.sync) else {
+                break;
+            };
+            match peer.out.try_send_sync(&self.flow_id, &msg) {
+                Delivery::Queued => {}
+                Delivery::Full => {
+                    // Never wait for a slow peer; forget what we think it has and
+                    // start over once its queue drains (see on_tick).
+                    peer.lagging = true;
+                    peer.sync.reset();
+                    break;
+                }
+                Delivery::Closed => {
+                    self.peers.remove(session_id);
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn on_bus(&mut self, bytes: Vec<u8>) -> Result<()> {
+        Metrics::inc(&self.deps.metrics.bus_received);
+        match FlowBusMessage::decode(&bytes) {
+            Some(FlowBusMessage::Changes { origin, changes }) if origin != self.deps.node_id => {
+                let new = self.doc.apply_changes(&changes)?;
+                // The origin persisted these before publishing; they count for our
+                // next compaction too.
+                self.uncompacted.extend(new.iter().map(|c| c.hash.to_string()));
+                if !self.doc.missing_deps().is_empty() {
+                    self.catch_up_from_store().await?;
+                }
+                if !new.is_empty() {
+                    self.sync_all();
+                }
+            }
+            Some(FlowBusMessage::Heads { origin, heads }) if origin != self.deps.node_id => {
+                let unknown = heads.iter().any(|h| match ChangeHash::try_from(h.as_slice()) {
+                    Ok(hash) => !self.doc.has_change(&hash),
+                    Err(_) => false,
+                });
+                if unknown {
+                    self.catch_up_from_store().await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Anti-entropy: applies whatever the store has that this replica lacks.
+    async fn catch_up_from_store(&mut self) -> Result<()> {
+        let stored = self.deps.store.load_flow(&self.flow_id).await?;
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        if let Some(snapshot) = &stored.snapshot {
+            raw.extend(FlowDoc::load(snapshot)?.all_changes().into_iter().map(|c| c.bytes));
+        }
+        raw.extend(stored.changes.into_iter().map(|c| c.bytes));
+        let new = self.doc.apply_changes(&raw)?;
+        if !new.is_empty() {
+            info!(repaired = new.len(), "caught up from the store");
+            self.sync_all();
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) {
+        let ids: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.lagging && p.out.capacity() * 2 >= p.out.max_capacity())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.lagging = false;
+                Metrics::inc(&self.deps.metrics.resyncs);
+            }
+            self.sync_peer(&id);
+        }
+        let heads = self.doc.heads();
+        if heads != self.last_heads_published {
+            self.last_heads_published = heads.clone();
+            self.publish(FlowBusMessage::Heads {
+                origin: self.deps.node_id.clone(),
+                heads: heads.iter().map(|h| h.0.to_vec()).collect(),
+            })
+            .await;
+        }
+    }
+
+    async fn maybe_compact(&mut self) {
+        if self.uncompacted.len() < self.deps.config.compact_after {
+            return;
+        }
+        let bytes = self.doc.save();
+        let snapshot = Snapshot { heads: self.doc.heads_hex(), bytes };
+        match self.deps.store.compact(&self.flow_id, snapshot, &self.uncompacted).await {
+            Ok(()) => {
+                Metrics::inc(&self.deps.metrics.compactions);
+                info!(covered = self.uncompacted.len(), "compacted");
+                self.uncompacted.clear();
+            }
+            // Harmless: the change log is intact; the next append retries.
+            Err(e) => warn!(error = %e, "compaction failed"),
+        }
+    }
+}
+
+impl From<ractor::SpawnErr> for ActorsError {
+    fn from(e: ractor::SpawnErr) -> Self {
+        ActorsError::Spawn(e.to_string())
+    }
+}

@@ -1,0 +1,7 @@
+//! One [`FlowActor`] per open flow, and the [`FlowRegistry`] that finds or spawns it.
+
+mod actor;
+mod registry;
+
+pub use actor::{FlowActor, FlowArgs, FlowConfig, FlowDeps, FlowMsg, FlowState};
+pub use registry::FlowRegistry;

@@ -1,0 +1,42 @@
+//! Who a session is, as established from a verified token. Presence and permissions
+//! use this, never what a client claims about itself.
+
+use std::collections::HashMap;
+
+use flowhub_protocol::Role;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub name: String,
+    /// Role per flow id; the key `*` applies to every flow not named.
+    pub flows: HashMap<String, Role>,
+    /// Expiry in seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    /// The role this identity has on `flow_id`, if any.
+    pub fn role_for(&self, flow_id: &str) -> Option<Role> {
+        self.flows.get(flow_id).or_else(|| self.flows.get("*")).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_flow_wins_over_wildcard() {
+        let id = Identity {
+            user_id: "u".into(),
+            name: "U".into(),
+            flows: [("*".to_string(), Role::Viewer), ("demo".to_string(), Role::Editor)].into(),
+            expires_at: None,
+        };
+        assert_eq!(id.role_for("demo"), Some(Role::Editor));
+        assert_eq!(id.role_for("other"), Some(Role::Viewer));
+        let none = Identity { flows: HashMap::new(), ..id };
+        assert_eq!(none.role_for("demo"), None);
+    }
+}

@@ -1,0 +1,26 @@
+//! The actors of a flowhub node.
+//!
+//! Each open flow is a [`FlowActor`](flow::FlowActor) holding the flow's Automerge
+//! document; each WebSocket connection is a [`SessionActor`](session::SessionActor).
+//! Actors do I/O only through two small traits: [`Store`](store::Store) (durable, every
+//! acknowledged change) and [`Bus`](bus::Bus) (pub/sub between nodes, at most once).
+//! Each has an in-process implementation here; the hub adds SQL and Redis ones.
+//!
+//! # Layout
+//! - [`flow`]: the flow actor and the registry that gets-or-spawns exactly one per flow.
+//! - [`session`]: the session actor and its bounded outbound queue with per-class policy.
+//! - [`store`]: the `Store` trait, its guarantees, and `MemoryStore`.
+//! - [`bus`]: the `Bus` trait (at most once), `MemoryBus`, and the bus message format.
+//! - [`identity`]: who a session is and its role per flow, from a verified token.
+//! - [`metrics`]: counters exposed by the hub on `/metrics`.
+//! - [`error`]: this crate's error type.
+
+pub mod bus;
+pub mod error;
+pub mod flow;
+pub mod identity;
+pub mod metrics;
+pub mod session;
+pub mod store;
+
+pub use error::{ActorsError, Result};

@@ -1,0 +1,61 @@
+//! Counters the hub exposes on `/metrics`. Plain atomics: they are bumped on hot paths
+//! (every frame), where a lock or a registry lookup would cost more than the work.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_open: AtomicI64,
+    pub flows_open: AtomicI64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// Outbound frames that did not fit a session's queue.
+    pub queue_drops: AtomicU64,
+    /// Peers resynced from scratch after their queue overflowed or an edit was refused.
+    pub resyncs: AtomicU64,
+    pub sessions_closed_slow: AtomicU64,
+    pub edits_applied: AtomicU64,
+    pub edits_refused: AtomicU64,
+    pub store_appends: AtomicU64,
+    pub store_append_micros: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub bus_published: AtomicU64,
+    pub bus_received: AtomicU64,
+    pub compactions: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition of every counter, names prefixed `flowhub_`.
+    pub fn render(&self) -> String {
+        let g = |v: &AtomicI64| v.load(Ordering::Relaxed);
+        let c = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(2048);
+        let mut line = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!("# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} {kind}\nflowhub_{name} {value}\n"));
+        };
+        line("sessions_open", "gauge", "Open WebSocket sessions.", g(&self.sessions_open).to_string());
+        line("flows_open", "gauge", "Flow actors alive on this node.", g(&self.flows_open).to_string());
+        line("frames_in_total", "counter", "Frames received from clients.", c(&self.frames_in).to_string());
+        line("frames_out_total", "counter", "Frames queued to clients.", c(&self.frames_out).to_string());
+        line("queue_drops_total", "counter", "Outbound frames dropped because a session queue was full.", c(&self.queue_drops).to_string());
+        line("resyncs_total", "counter", "Peers resynced from the flow actor's state.", c(&self.resyncs).to_string());
+        line("sessions_closed_slow_total", "counter", "Sessions closed because they stopped reading.", c(&self.sessions_closed_slow).to_string());
+        line("edits_applied_total", "counter", "Changes applied and persisted.", c(&self.edits_applied).to_string());
+        line("edits_refused_total", "counter", "Sync messages refused (forbidden, schema, malformed).", c(&self.edits_refused).to_string());
+        line("store_appends_total", "counter", "Store append calls.", c(&self.store_appends).to_string());
+        line("store_append_seconds_total", "counter", "Time spent in store appends.", format!("{:.6}", c(&self.store_append_micros) as f64 / 1e6));
+        line("store_errors_total", "counter", "Failed store operations.", c(&self.store_errors).to_string());
+        line("bus_published_total", "counter", "Messages published on the bus.", c(&self.bus_published).to_string());
+        line("bus_received_total", "counter", "Messages received from the bus.", c(&self.bus_received).to_string());
+        line("compactions_total", "counter", "Flow change logs compacted into snapshots.", c(&self.compactions).to_string());
+        out
+    }
+}

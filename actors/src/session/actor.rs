@@ -1,0 +1,264 @@
+//! The session actor: one authenticated WebSocket connection.
+//!
+//! The socket reader (in the hub) hands every frame to this actor with a `call`, so a
+//! client that floods is slowed to the pace at which its frames are handled instead
+//! of growing a mailbox. Replies and errors go out through the session's bounded
+//! [`Outbound`] queue, never directly to the socket.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use flowhub_protocol::{
+    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId, ServerMessage,
+    SyncFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, info, Instrument};
+
+use super::outbound::Outbound;
+use crate::flow::{FlowMsg, FlowRegistry};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+
+/// Behaviour of a session actor (the state is [`SessionState`]).
+pub struct SessionActor;
+
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Frames above this get `too_large` (the socket's hard limit, above which the
+    /// connection is closed, is set higher by the hub).
+    pub max_frame_bytes: usize,
+    pub max_subscriptions: usize,
+    /// Refused frames tolerated before the session is closed for abuse.
+    pub max_bad_frames: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { max_frame_bytes: 1 << 20, max_subscriptions: 64, max_bad_frames: 100 }
+    }
+}
+
+pub struct SessionArgs {
+    pub session_id: String,
+    pub identity: Identity,
+    pub out: Outbound,
+    pub registry: FlowRegistry,
+    pub limits: SessionLimits,
+    pub metrics: Arc<Metrics>,
+}
+
+pub enum SessionMsg {
+    /// A text frame from the socket; the reply says it was handled.
+    Text(String, RpcReplyPort<()>),
+    /// A binary frame from the socket; the reply says it was handled.
+    Binary(Vec<u8>, RpcReplyPort<()>),
+    /// A frame above the soft size limit (its bytes were not kept).
+    Oversize(usize),
+}
+
+struct Subscription {
+    flow: ActorRef<FlowMsg>,
+}
+
+pub struct SessionState {
+    session_id: String,
+    identity: Identity,
+    out: Outbound,
+    registry: FlowRegistry,
+    limits: SessionLimits,
+    metrics: Arc<Metrics>,
+    subscriptions: HashMap<String, Subscription>,
+    bad_frames: u32,
+    span: tracing::Span,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+        let span = tracing::info_span!("session", session_id = %args.session_id, user_id = %args.identity.user_id);
+        let state = SessionState {
+            session_id: args.session_id,
+            identity: args.identity,
+            out: args.out,
+            registry: args.registry,
+            limits: args.limits,
+            metrics: args.metrics,
+            subscriptions: HashMap::new(),
+            bad_frames: 0,
+            span,
+        };
+        state.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+        state.out.send_control(&state.welcome(None));
+        state.span.in_scope(|| info!("session opened"));
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        for (_, sub) in state.subscriptions.drain() {
+            let _ = sub.flow.cast(FlowMsg::Leave { session_id: state.session_id.clone() });
+        }
+        state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        state.span.in_scope(|| info!("session closed"));
+        Ok(())
+    }
+
+    async fn handle(&self, _myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        Metrics::inc(&state.metrics.frames_in);
+        let span = state.span.clone();
+        async {
+            match msg {
+                SessionMsg::Text(text, reply) => {
+                    state.on_text(&text).await;
+                    let _ = reply.send(());
+                }
+                SessionMsg::Binary(bytes, reply) => {
+                    state.on_binary(bytes).await;
+                    let _ = reply.send(());
+                }
+                SessionMsg::Oversize(size) => {
+                    let max = state.limits.max_frame_bytes;
+                    state.fail(None, None, ErrorCode::TooLarge, format!("frame of {size} bytes exceeds the limit of {max}"));
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+}
+
+impl SessionState {
+    fn welcome(&self, id: Option<RequestId>) -> ServerMessage {
+        ServerMessage::Welcome {
+            id,
+            protocol: PROTOCOL_VERSION,
+            session_id: self.session_id.clone(),
+            user_id: self.identity.user_id.clone(),
+            name: self.identity.name.clone(),
+            node_id: self.registry.deps().node_id.clone(),
+            limits: Limits {
+                max_frame_bytes: self.limits.max_frame_bytes,
+                max_subscriptions: self.limits.max_subscriptions,
+            },
+        }
+    }
+
+    /// Sends a typed error; counts it toward the abuse limit.
+    fn fail(&mut self, id: Option<RequestId>, flow_id: Option<&str>, code: ErrorCode, message: String) {
+        debug!(%code, message, "request refused");
+        let mut err = ServerMessage::error(code, message).with_id(id);
+        if let Some(flow) = flow_id {
+            err = err.with_flow(flow);
+        }
+        self.out.send_control(&err);
+        self.bad_frames += 1;
+        if self.bad_frames > self.limits.max_bad_frames {
+            info!(bad_frames = self.bad_frames, "closing abusive session");
+            self.out.close(close::POLICY, "too many invalid frames");
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let msg = match decode_client_text(text) {
+            Ok(msg) => msg,
+            Err(f) => return self.fail(f.id, None, f.error.code(), f.error.to_string()),
+        };
+        match msg {
+            ClientMessage::Hello { id, protocol, .. } => {
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
+                    self.out.send_control(&self.welcome(id));
+                } else {
+                    self.fail(
+                        id,
+                        None,
+                        ErrorCode::UnsupportedVersion,
+                        format!("protocol {protocol} unsupported; this hub speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
+                    );
+                    self.out.close(close::UNSUPPORTED_VERSION, "unsupported protocol version");
+                }
+            }
+            ClientMessage::SubscribeFlow { id, flow_id } => self.subscribe(id, flow_id).await,
+            ClientMessage::UnsubscribeFlow { id, flow_id } => {
+                if let Some(sub) = self.subscriptions.remove(&flow_id) {
+                    let _ = sub.flow.cast(FlowMsg::Leave { session_id: self.session_id.clone() });
+                    self.out.send_control(&ServerMessage::Ack { id, flow_id: Some(flow_id), changes: vec![] });
+                } else {
+                    self.fail(id, Some(&flow_id), ErrorCode::NotFound, "not subscribed to this flow".into());
+                }
+            }
+            ClientMessage::Ping { id } => {
+                self.out.send_control(&ServerMessage::Pong { id });
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, id: Option<RequestId>, flow_id: String) {
+        if let Err(e) = validate_flow_id(&flow_id) {
+            return self.fail(id, None, e.code(), e.to_string());
+        }
+        let Some(role) = self.identity.role_for(&flow_id) else {
+            return self.fail(id, Some(&flow_id), ErrorCode::Forbidden, "the token grants no role on this flow".into());
+        };
+        if !self.subscriptions.contains_key(&flow_id) && self.subscriptions.len() >= self.limits.max_subscriptions {
+            let max = self.limits.max_subscriptions;
+            return self.fail(id, Some(&flow_id), ErrorCode::TooLarge, format!("subscription limit of {max} reached"));
+        }
+        // An actor may retire between lookup and join; the registry then spawns a
+        // fresh one, so a second attempt succeeds.
+        for attempt in 0..3 {
+            let flow = match self.registry.get_or_spawn(&flow_id).await {
+                Ok(flow) => flow,
+                Err(e) => {
+                    tracing::warn!(flow_id, error = %e, "cannot open flow");
+                    return self.fail(id, Some(&flow_id), ErrorCode::Internal, "the flow could not be opened".into());
+                }
+            };
+            let joined = flow
+                .call(
+                    |reply| FlowMsg::Join {
+                        session_id: self.session_id.clone(),
+                        role,
+                        out: self.out.clone(),
+                        request_id: id.clone(),
+                        reply,
+                    },
+                    None,
+                )
+                .await;
+            if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
+                debug!(flow_id, ?role, attempt, "subscribed");
+                self.subscriptions.insert(flow_id, Subscription { flow });
+                return;
+            }
+        }
+        self.fail(id, Some(&flow_id), ErrorCode::Internal, "the flow could not be opened".into());
+    }
+
+    async fn on_binary(&mut self, bytes: Vec<u8>) {
+        let frame = match SyncFrame::decode(&bytes) {
+            Ok(frame) => frame,
+            Err(e) => return self.fail(None, None, e.code(), e.to_string()),
+        };
+        let Some(sub) = self.subscriptions.get(&frame.flow_id) else {
+            return self.fail(None, Some(&frame.flow_id), ErrorCode::BadRequest, "sync frame for a flow not subscribed".into());
+        };
+        let result = sub
+            .flow
+            .call(
+                |reply| FlowMsg::Sync { session_id: self.session_id.clone(), payload: frame.payload, reply },
+                None,
+            )
+            .await;
+        if !matches!(result, Ok(ractor::rpc::CallResult::Success(()))) {
+            // The flow actor died (store failure): drop the subscription so the client
+            // can subscribe again, which reloads the flow from the store.
+            self.subscriptions.remove(&frame.flow_id);
+            self.fail(None, Some(&frame.flow_id), ErrorCode::Internal, "the flow was closed; subscribe again".into());
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! One [`SessionActor`] per WebSocket connection, and its bounded [`outbound`] queue.
+
+mod actor;
+pub mod outbound;
+
+pub use actor::{SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionState};
+pub use outbound::{Delivery, OutFrame, Outbound, OutboundRx};

@@ -1,0 +1,72 @@
+//! An in-process [`Store`] for tests and benches. Durable only for the life of the
+//! process; otherwise it keeps every guarantee of the trait.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
+
+#[derive(Default)]
+struct FlowRecord {
+    snapshot: Option<Vec<u8>>,
+    changes: Vec<ChangeRecord>,
+    hashes: HashSet<String>,
+}
+
+/// A std `Mutex`, not a tokio one: nothing async happens while it is held.
+#[derive(Default)]
+pub struct MemoryStore {
+    flows: Mutex<HashMap<String, FlowRecord>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FlowRecord>> {
+        // A panic while holding the lock cannot leave a record half-written (every
+        // mutation below is a single push/insert), so a poisoned lock is still usable.
+        self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
+        Ok(match self.lock().get(flow_id) {
+            None => StoredFlow::default(),
+            Some(r) => StoredFlow {
+                exists: true,
+                snapshot: r.snapshot.clone(),
+                changes: r.changes.clone(),
+            },
+        })
+    }
+
+    async fn append_changes(&self, flow_id: &str, changes: &[ChangeRecord]) -> Result<(), StoreError> {
+        let mut flows = self.lock();
+        let record = flows.entry(flow_id.to_owned()).or_default();
+        for c in changes {
+            if record.hashes.insert(c.hash.clone()) {
+                record.changes.push(c.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn compact(&self, flow_id: &str, snapshot: Snapshot, covered: &[String]) -> Result<(), StoreError> {
+        let mut flows = self.lock();
+        let record = flows.entry(flow_id.to_owned()).or_default();
+        let covered: HashSet<&String> = covered.iter().collect();
+        record.changes.retain(|c| !covered.contains(&c.hash));
+        record.snapshot = Some(snapshot.bytes);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! The durable store, as the actors see it.
+//!
+//! # Guarantees an implementation must give
+//! - [`Store::append_changes`] returns only once the changes are durable (committed).
+//!   The hub acknowledges an edit only after this returns, so an acknowledged edit is
+//!   never lost.
+//! - Appending a change twice is harmless: changes are keyed by `(flow_id, hash)`.
+//! - [`Store::load_flow`] returns the latest snapshot and every change not covered by
+//!   it, so `snapshot + changes` rebuilds everything acknowledged so far.
+//! - [`Store::compact`] writes a snapshot and deletes exactly the changes it covers, in
+//!   one transaction; changes appended concurrently (by another node) survive.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+
+/// One Automerge change as stored: its hex hash and its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub hash: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What the store holds for one flow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredFlow {
+    /// `true` when the flow has ever been written (a row in `flows`).
+    pub exists: bool,
+    /// The latest `doc.save()` snapshot, if the flow was ever compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// Every change stored after the snapshot, in append order.
+    pub changes: Vec<ChangeRecord>,
+}
+
+/// A snapshot to write during compaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Hex heads of the saved document.
+    pub heads: Vec<String>,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store query failed: {0}")]
+    Query(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Durable storage of flows (see the module doc for the guarantees).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError>;
+
+    /// Durably appends changes (creating the flow row if needed). Idempotent by hash.
+    async fn append_changes(&self, flow_id: &str, changes: &[ChangeRecord]) -> Result<(), StoreError>;
+
+    /// Writes `snapshot` and deletes the changes whose hashes are in `covered`.
+    async fn compact(&self, flow_id: &str, snapshot: Snapshot, covered: &[String]) -> Result<(), StoreError>;
+
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

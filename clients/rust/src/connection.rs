@@ -1,0 +1,376 @@
+//! [`Client`]: one WebSocket session with a hub, and its handshake.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use flowhub_protocol::{
+    close, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId, ServerMessage,
+    PROTOCOL_VERSION,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::Instrument;
+
+use crate::dispatch::{lock, read_loop, write_loop, Shared, Ws};
+use crate::endpoint::ws_url;
+use crate::flow::FlowHandle;
+use crate::{ClientError, DEFAULT_TIMEOUT};
+
+/// How long [`Client::close`] waits for the hub to answer the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The hub's `welcome`: who this session is and the limits it must respect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The protocol version the hub will speak.
+    pub protocol: u32,
+    pub session_id: String,
+    pub user_id: String,
+    /// The user's display name.
+    pub name: String,
+    /// The hub node serving this session.
+    pub node_id: String,
+    pub limits: Limits,
+}
+
+/// What every [`Client`] and [`FlowHandle`] clone shares. When the last of them is
+/// dropped the connection is closed (close code 1000).
+pub(crate) struct ClientInner {
+    pub(crate) shared: Arc<Shared>,
+    welcome: Welcome,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        if self.shared.close_info().is_none() {
+            self.shared.send_close(close::NORMAL, "client dropped");
+        }
+    }
+}
+
+/// A session with a hub. Cheap to clone: clones share one connection, served by a
+/// reader task (which decodes and dispatches frames) and a writer task (which owns
+/// the socket's sink, fed by an mpsc).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("session_id", &self.inner.welcome.session_id)
+            .field("user_id", &self.inner.welcome.user_id)
+            .field("closed", &self.close_reason())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to `{base_url}/v1/ws?token=...` (`base_url` like `ws://127.0.0.1:7878`;
+    /// `http://` works too), sends `hello` and waits for the matching `welcome`, all
+    /// within 10 s.
+    ///
+    /// A 401 at the upgrade (or an `unauthorized` error / 4001 close during the
+    /// handshake) is [`ClientError::Unauthorized`].
+    pub async fn connect(base_url: &str, token: &str) -> Result<Client, ClientError> {
+        let url = ws_url(base_url, token)?;
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        let (mut ws, _response) =
+            tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url.as_str()))
+                .await
+                .map_err(|_| ClientError::Timeout("connect"))?
+                .map_err(connect_error)?;
+        let hello_id = 1;
+        let welcome = tokio::time::timeout_at(deadline, handshake(&mut ws, hello_id))
+            .await
+            .map_err(|_| ClientError::Timeout("welcome"))??;
+
+        let (sink, stream) = ws.split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(welcome.session_id.clone(), tx, hello_id + 1));
+        let span = tracing::info_span!("flowhub_client", session_id = %welcome.session_id);
+        tokio::spawn(write_loop(sink, rx, welcome.session_id.clone()).instrument(span.clone()));
+        let reader = tokio::spawn(read_loop(shared.clone(), stream).instrument(span));
+        tracing::debug!(session_id = %welcome.session_id, user_id = %welcome.user_id, node_id = %welcome.node_id, "connected");
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                shared,
+                welcome,
+                reader: Mutex::new(Some(reader)),
+            }),
+        })
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.inner.welcome.session_id
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.inner.welcome.user_id
+    }
+
+    /// The hub's answer to `hello`.
+    pub fn welcome(&self) -> &Welcome {
+        &self.inner.welcome
+    }
+
+    /// Sends `msg` with a fresh numeric id (replacing any id it had) and waits (10 s)
+    /// for the frame echoing that id. An `error` reply is [`ClientError::Server`].
+    pub async fn request(&self, msg: ClientMessage) -> Result<ServerMessage, ClientError> {
+        self.inner.shared.request(msg).await
+    }
+
+    /// Subscribes to a flow and waits (10 s) until the local replica has caught up with
+    /// the heads the hub named in `flow_state`.
+    ///
+    /// Subscribing to a flow this client is already subscribed to returns a handle to
+    /// the same replica without asking the hub again.
+    pub async fn subscribe(&self, flow_id: &str) -> Result<FlowHandle, ClientError> {
+        self.subscribe_with_timeout(flow_id, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Client::subscribe`] with a custom catch-up timeout.
+    pub async fn subscribe_with_timeout(
+        &self,
+        flow_id: &str,
+        timeout: Duration,
+    ) -> Result<FlowHandle, ClientError> {
+        let shared = &self.inner.shared;
+        let request = ClientMessage::SubscribeFlow {
+            id: None,
+            flow_id: flow_id.to_owned(),
+        };
+        if validate_flow_id(flow_id).is_err() {
+            // Frames cannot name this flow; let the hub say what is wrong with it.
+            let reply = shared.request(request).await?;
+            return Err(ClientError::Protocol(format!(
+                "hub accepted invalid flow id `{flow_id}`: {reply:?}"
+            )));
+        }
+        let (flow, fresh) = shared.flow_entry(flow_id);
+        let handle = FlowHandle::new(flow.clone(), self.inner.clone());
+        if !fresh {
+            // Subscribed already, or a concurrent subscribe is under way.
+            wait_subscribed(&handle, &flow, timeout).await?;
+            handle
+                .wait_for_heads(&flow.initial_heads(), timeout)
+                .await
+                .map_err(catch_up_timeout)?;
+            return Ok(handle);
+        }
+        let reply = match shared.request(request).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                shared.forget_flow(&flow);
+                return Err(e);
+            }
+        };
+        let ServerMessage::FlowState { role, heads, .. } = reply else {
+            shared.forget_flow(&flow);
+            return Err(ClientError::Protocol(format!(
+                "expected flow_state in reply to subscribe_flow, got {reply:?}"
+            )));
+        };
+        tracing::debug!(session_id = %shared.session_id, %flow_id, ?role, heads = heads.len(), "subscribed");
+        flow.set_subscribed(role, heads.clone());
+        // The hub starts the sync; say what we have too, in case it waits for us.
+        flow.sync_now(shared)?;
+        handle
+            .wait_for_heads(&heads, timeout)
+            .await
+            .map_err(catch_up_timeout)?;
+        Ok(handle)
+    }
+
+    /// Round-trip time of an application-level `ping`.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        match self.request(ClientMessage::Ping { id: None }).await? {
+            ServerMessage::Pong { .. } => Ok(start.elapsed()),
+            other => Err(ClientError::Protocol(format!(
+                "expected pong, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a raw text frame (for tests of bad input). Replies that echo an id no
+    /// [`Client::request`] is waiting for are dropped, except errors, which go to
+    /// [`Client::errors`].
+    pub async fn send_text(&self, raw: String) -> Result<(), ClientError> {
+        self.inner.shared.send(Message::text(raw))
+    }
+
+    /// Sends a raw binary frame (for tests of bad input).
+    pub async fn send_binary(&self, raw: Vec<u8>) -> Result<(), ClientError> {
+        self.inner.shared.send(Message::binary(raw))
+    }
+
+    /// Every `error` frame that no [`Client::request`] claimed: errors without a request
+    /// id (refused sync frames, which also carry `flow_id`; undecodable frames) and
+    /// errors echoing an id this client did not send through `request`. Refusals
+    /// are delivered after the flow's pending edits failed and its rollback started.
+    pub fn errors(&self) -> broadcast::Receiver<ServerMessage> {
+        self.inner.shared.errors()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.close_info().is_some()
+    }
+
+    /// The close code and reason once the connection is closed: what the hub's close
+    /// frame said, or 1006 if the connection was lost without one.
+    pub fn close_reason(&self) -> Option<(u16, String)> {
+        self.inner.shared.close_info()
+    }
+
+    /// Closes the connection (code 1000) and waits (5 s) for the hub to answer.
+    pub async fn close(&self) {
+        let shared = &self.inner.shared;
+        if shared.close_info().is_some() {
+            return;
+        }
+        shared.send_close(close::NORMAL, "client closing");
+        let mut closed = shared.closed_rx();
+        let answered = tokio::time::timeout(CLOSE_TIMEOUT, closed.wait_for(|c| c.is_some()))
+            .await
+            .is_ok();
+        if !answered {
+            if let Some(reader) = lock(&self.inner.reader).take() {
+                reader.abort();
+            }
+            shared.shut_down(close::NORMAL, "closed by client".into());
+        }
+    }
+}
+
+fn catch_up_timeout(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Timeout(_) => ClientError::Timeout("catch up"),
+        e => e,
+    }
+}
+
+/// Waits until a concurrent subscribe of the same flow got its `flow_state`.
+async fn wait_subscribed(
+    handle: &FlowHandle,
+    flow: &crate::flow::FlowShared,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let deadline = Instant::now() + timeout;
+    while !flow.is_subscribed() {
+        if flow.is_gone() {
+            return Err(ClientError::NotSubscribed {
+                flow_id: handle.flow_id().to_owned(),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Timeout("flow_state"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Maps a failed upgrade: 401 is [`ClientError::Unauthorized`].
+fn connect_error(e: tungstenite::Error) -> ClientError {
+    match e {
+        tungstenite::Error::Http(response) => {
+            let status = response.status();
+            if status == tungstenite::http::StatusCode::UNAUTHORIZED {
+                return ClientError::Unauthorized;
+            }
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+                .unwrap_or_default();
+            ClientError::Connect(format!("upgrade refused: HTTP {status} {body}"))
+        }
+        e => ClientError::Connect(e.to_string()),
+    }
+}
+
+/// Sends `hello` and reads frames until the `welcome` answering it.
+///
+/// The hub sends one `welcome` unprompted on connect and another, echoing the id, in
+/// reply to `hello`; the reply is the one that counts (a second `welcome` is accepted
+/// even without the id).
+async fn handshake(ws: &mut Ws, hello_id: u64) -> Result<Welcome, ClientError> {
+    let hello = ClientMessage::Hello {
+        id: Some(RequestId::Num(hello_id)),
+        protocol: PROTOCOL_VERSION,
+        client: Some(format!("flowhub-client-rust/{}", env!("CARGO_PKG_VERSION"))),
+    };
+    ws.send(Message::text(flowhub_protocol::encode(&hello)))
+        .await
+        .map_err(|e| ClientError::Connect(format!("sending hello: {e}")))?;
+    let ours = Some(RequestId::Num(hello_id));
+    let mut welcomes = 0;
+    while let Some(frame) = ws.next().await {
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                    .unwrap_or((1005, String::new()));
+                if code == close::TOKEN_EXPIRED {
+                    return Err(ClientError::Unauthorized);
+                }
+                return Err(ClientError::Closed { code, reason });
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                return Err(ClientError::Connect(format!(
+                    "connection lost during handshake: {e}"
+                )))
+            }
+        };
+        let msg = match serde_json::from_str::<ServerMessage>(text.as_str()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable frame during handshake ignored");
+                continue;
+            }
+        };
+        match msg {
+            ServerMessage::Welcome {
+                id,
+                protocol,
+                session_id,
+                user_id,
+                name,
+                node_id,
+                limits,
+            } => {
+                welcomes += 1;
+                if id == ours || welcomes >= 2 {
+                    return Ok(Welcome {
+                        protocol,
+                        session_id,
+                        user_id,
+                        name,
+                        node_id,
+                        limits,
+                    });
+                }
+            }
+            ServerMessage::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            } => return Err(ClientError::Unauthorized),
+            ServerMessage::Error {
+                id, code, message, ..
+            } if id == ours => return Err(ClientError::Server { code, message }),
+            other => tracing::debug!(?other, "message before welcome ignored"),
+        }
+    }
+    Err(ClientError::Closed {
+        code: 1006,
+        reason: "connection closed during the handshake".into(),
+    })
+}

@@ -1,0 +1,274 @@
+//! Edit tickets and the bookkeeping that resolves them: which local changes the hub has
+//! acknowledged (stored durably) and which it refused.
+//!
+//! The hub acks changes by hash, possibly before [`crate::FlowHandle::edit`] has returned
+//! (the ack races the edit's bookkeeping only in theory, since both run under the flow's
+//! lock, but acks for changes made through [`crate::FlowHandle::with_doc`] are never
+//! registered at all). So every acked hash is remembered, whether or not it was pending,
+//! in a set bounded to the most recent [`MAX_REMEMBERED`] hashes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use flowhub_protocol::ErrorCode;
+
+/// Names the changes one [`crate::FlowHandle::edit`] made, as hex change hashes. Pass it
+/// to [`crate::FlowHandle::wait_acked`] to learn whether the hub stored them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EditTicket {
+    pub hashes: Vec<String>,
+}
+
+impl EditTicket {
+    /// Whether the edit changed nothing (such a ticket is acked at once).
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+}
+
+/// How many acked (and, separately, rejected) hashes one flow remembers.
+pub(crate) const MAX_REMEMBERED: usize = 65_536;
+
+/// The state of a ticket, from [`AckTracker::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TicketStatus {
+    /// Every hash was acked.
+    Acked,
+    /// Some hash is neither acked nor rejected yet.
+    Pending,
+    /// Some hash was pending when the hub refused a frame (and was not acked since).
+    Rejected { code: ErrorCode, message: String },
+}
+
+/// A set that forgets its oldest members beyond a capacity.
+#[derive(Debug)]
+struct BoundedSet<V> {
+    order: VecDeque<String>,
+    values: HashMap<String, V>,
+    cap: usize,
+}
+
+impl<V> BoundedSet<V> {
+    fn new(cap: usize) -> Self {
+        BoundedSet {
+            order: VecDeque::new(),
+            values: HashMap::new(),
+            cap,
+        }
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        if self.values.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.values.len() > self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.values.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.values.get(key)
+    }
+
+    fn remove(&mut self, key: &str) {
+        // The stale entry in `order` is skipped harmlessly when it is popped later.
+        self.values.remove(key);
+        if self.order.len() > 2 * self.cap.max(1) {
+            let values = &self.values;
+            self.order.retain(|k| values.contains_key(k));
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
+/// Per-flow ack bookkeeping. Pure data: the flow's lock serializes access.
+#[derive(Debug)]
+pub(crate) struct AckTracker {
+    /// Registered by an edit, neither acked nor rejected yet.
+    pending: HashSet<String>,
+    acked: BoundedSet<()>,
+    rejected: BoundedSet<(ErrorCode, String)>,
+}
+
+impl Default for AckTracker {
+    fn default() -> Self {
+        Self::with_capacity(MAX_REMEMBERED)
+    }
+}
+
+impl AckTracker {
+    pub(crate) fn with_capacity(cap: usize) -> Self {
+        AckTracker {
+            pending: HashSet::new(),
+            acked: BoundedSet::new(cap),
+            rejected: BoundedSet::new(cap),
+        }
+    }
+
+    /// Records the hashes of a local edit as awaiting the hub's ack. A hash already
+    /// acked stays acked.
+    pub(crate) fn register(&mut self, hashes: &[String]) {
+        for h in hashes {
+            if self.acked.get(h).is_none() {
+                self.pending.insert(h.clone());
+            }
+        }
+    }
+
+    /// Records an `ack` from the hub. An ack wins over an earlier rejection: the hub
+    /// stored the change after all (it arrived in a later frame, after the reset).
+    pub(crate) fn ack<'a>(&mut self, hashes: impl IntoIterator<Item = &'a String>) {
+        for h in hashes {
+            self.pending.remove(h);
+            self.rejected.remove(h);
+            self.acked.insert(h.clone(), ());
+        }
+    }
+
+    /// The hub refused a frame: every pending hash fails with this code. Returns how
+    /// many hashes were pending.
+    pub(crate) fn reject_pending(&mut self, code: ErrorCode, message: &str) -> usize {
+        let n = self.pending.len();
+        for h in self.pending.drain() {
+            self.rejected.insert(h, (code, message.to_owned()));
+        }
+        n
+    }
+
+    /// Whether the hub acked this hash (within the remembered window).
+    pub(crate) fn is_acked(&self, hash: &str) -> bool {
+        self.acked.get(hash).is_some()
+    }
+
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(crate) fn status(&self, hashes: &[String]) -> TicketStatus {
+        let mut all_acked = true;
+        for h in hashes {
+            if self.acked.get(h).is_some() {
+                continue;
+            }
+            if let Some((code, message)) = self.rejected.get(h) {
+                return TicketStatus::Rejected {
+                    code: *code,
+                    message: message.clone(),
+                };
+            }
+            all_acked = false;
+        }
+        if all_acked {
+            TicketStatus::Acked
+        } else {
+            TicketStatus::Pending
+        }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> (usize, usize) {
+        (self.acked.len(), self.rejected.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn empty_ticket_is_acked() {
+        let t = AckTracker::default();
+        assert_eq!(t.status(&[]), TicketStatus::Acked);
+        assert!(EditTicket::default().is_empty());
+    }
+
+    #[test]
+    fn ticket_resolves_when_every_hash_is_acked() {
+        let mut t = AckTracker::default();
+        let ticket = hs(&["a", "b"]);
+        t.register(&ticket);
+        assert_eq!(t.pending_len(), 2);
+        assert_eq!(t.status(&ticket), TicketStatus::Pending);
+        t.ack(&hs(&["a"]));
+        assert_eq!(t.status(&ticket), TicketStatus::Pending);
+        t.ack(&hs(&["b", "unrelated"]));
+        assert_eq!(t.status(&ticket), TicketStatus::Acked);
+        assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn ack_before_register_counts() {
+        let mut t = AckTracker::default();
+        t.ack(&hs(&["a"]));
+        t.register(&hs(&["a"]));
+        assert_eq!(t.pending_len(), 0);
+        assert_eq!(t.status(&hs(&["a"])), TicketStatus::Acked);
+    }
+
+    #[test]
+    fn rejection_fails_pending_only() {
+        let mut t = AckTracker::default();
+        t.register(&hs(&["a", "b"]));
+        t.ack(&hs(&["a"]));
+        assert_eq!(t.reject_pending(ErrorCode::Forbidden, "viewer"), 1);
+        assert_eq!(
+            t.status(&hs(&["a", "b"])),
+            TicketStatus::Rejected {
+                code: ErrorCode::Forbidden,
+                message: "viewer".into()
+            }
+        );
+        assert_eq!(t.status(&hs(&["a"])), TicketStatus::Acked);
+        // A later edit is unaffected by the earlier rejection.
+        t.register(&hs(&["c"]));
+        assert_eq!(t.status(&hs(&["c"])), TicketStatus::Pending);
+    }
+
+    #[test]
+    fn late_ack_wins_over_rejection() {
+        let mut t = AckTracker::default();
+        t.register(&hs(&["a"]));
+        t.reject_pending(ErrorCode::SchemaViolation, "bad");
+        t.ack(&hs(&["a"]));
+        assert_eq!(t.status(&hs(&["a"])), TicketStatus::Acked);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut t = AckTracker::with_capacity(8);
+        for i in 0..100 {
+            let h = format!("h{i}");
+            t.register(std::slice::from_ref(&h));
+            if i % 2 == 0 {
+                t.ack([&h]);
+            } else {
+                t.reject_pending(ErrorCode::TooLarge, "big");
+            }
+        }
+        let (acked, rejected) = t.remembered();
+        assert!(acked <= 8 && rejected <= 8, "{acked} {rejected}");
+        assert!(t.is_acked("h98"));
+        assert!(!t.is_acked("h0"));
+        // Acks that remove rejections keep `order` bounded too.
+        for i in 0..1000 {
+            let h = format!("x{i}");
+            t.register(std::slice::from_ref(&h));
+            t.reject_pending(ErrorCode::TooLarge, "big");
+            t.ack([&h]);
+        }
+        assert!(t.rejected.order.len() <= 2 * 8 + 1);
+        assert!(t.acked.order.len() <= 8);
+    }
+}

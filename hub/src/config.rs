@@ -1,0 +1,94 @@
+//! Hub configuration, independent of how it was given (flags, env, tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flowhub_actors::flow::FlowConfig;
+use flowhub_actors::session::SessionLimits;
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub listen: SocketAddr,
+    /// `postgres://…` or `sqlite://…`; `None` is the embedded default, a SQLite file
+    /// in `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the embedded default keeps its database and generated secret.
+    pub data_dir: PathBuf,
+    /// HS256 secret; `None` generates one once and keeps it in `data_dir`.
+    pub jwt_secret: Option<String>,
+    /// Name of this node in logs, `welcome` and the bus; `None` generates one.
+    pub node_id: Option<String>,
+    pub session: SessionLimits,
+    pub flow: FlowConfig,
+    /// Frames a session may have queued before sync frames are dropped (and later
+    /// resynced) and control frames close the session.
+    pub outbound_queue: usize,
+    /// Frames above this close the connection (1009); frames between
+    /// `session.max_frame_bytes` and this get a `too_large` error and the
+    /// connection stays usable.
+    pub hard_frame_bytes: usize,
+    /// WebSocket ping period (keeps NATs open and detects dead peers).
+    pub ping_interval: Duration,
+    /// How long a drain (SIGTERM) waits for sessions and flows before exiting.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            database_url: None,
+            data_dir: PathBuf::from("flowhub-data"),
+            jwt_secret: None,
+            node_id: None,
+            session: SessionLimits::default(),
+            flow: FlowConfig::default(),
+            outbound_queue: 512,
+            hard_frame_bytes: 16 << 20,
+            ping_interval: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HubConfig {
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("flowhub.db").display()),
+        }
+    }
+}
+
+/// Reads the JWT secret: configured, or kept in `data_dir/jwt-secret` (generated on
+/// first start so that tokens minted by `flowhub token` stay valid across restarts).
+pub fn resolve_secret(config: &HubConfig) -> std::io::Result<String> {
+    if let Some(s) = &config.jwt_secret {
+        return Ok(s.clone());
+    }
+    let path = config.data_dir.join("jwt-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    write_private(&path, &secret)?;
+    Ok(secret)
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}

@@ -1,0 +1,101 @@
+//! Plain HTTP handlers.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use flowhub_actors::flow::FlowMsg;
+use flowhub_crdt::FlowDoc;
+use serde::Deserialize;
+
+use crate::auth::Claims;
+use crate::error::AppError;
+use crate::server::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// The token from `Authorization: Bearer …`, else from `?token=`.
+pub fn authenticate(state: &AppState, headers: &HeaderMap, query: &TokenQuery) -> Result<Claims, AppError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = bearer.or(query.token.as_deref()).ok_or_else(|| AppError::unauthorized("no token"))?;
+    state.keys.verify(token).map_err(AppError::unauthorized)
+}
+
+/// `GET /v1/flows/{id}`: the flow as JSON for anyone with a role on it. Served by the
+/// open flow actor when there is one (it may hold changes newer than a reload would
+/// give only for an instant), otherwise read from the store without opening the flow.
+pub async fn get_flow(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let claims = authenticate(&state, &headers, &query)?;
+    flowhub_protocol::validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    if claims.identity().role_for(&flow_id).is_none() {
+        return Err(AppError::forbidden("the token grants no role on this flow"));
+    }
+    if let Some(actor) = state.registry.get(&flow_id) {
+        if let Ok(json) = ractor::call!(actor, FlowMsg::ToJson) {
+            return Ok(Json(json));
+        }
+    }
+    let stored = state.store.load_flow(&flow_id).await.map_err(AppError::internal)?;
+    if !stored.exists {
+        return Err(AppError::not_found(format!("no flow `{flow_id}`")));
+    }
+    let changes: Vec<Vec<u8>> = stored.changes.into_iter().map(|c| c.bytes).collect();
+    let mut doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes).map_err(AppError::internal)?;
+    let mut json = doc.to_json();
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("id".into(), flow_id.into());
+    }
+    Ok(Json(json))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the store answers and the node is not draining.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if *state.draining.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = state.metrics.render();
+    body.push_str(&format!(
+        "# HELP flowhub_process_resident_bytes Resident set size of the hub process.\n# TYPE flowhub_process_resident_bytes gauge\nflowhub_process_resident_bytes {}\n",
+        resident_bytes()
+    ));
+    if let Some(sql) = &state.sql {
+        let s = sql.stats();
+        body.push_str(&format!(
+            "# HELP flowhub_store_batches_total Group-commit transactions.\n# TYPE flowhub_store_batches_total counter\nflowhub_store_batches_total {}\n",
+            s.batches
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// RSS from /proc (Linux); 0 elsewhere.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}

@@ -1,0 +1,162 @@
+//! The `flowhub` binary: `flowhub serve` (the default) and `flowhub token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use flowhub::auth::{now_secs, parse_ttl, Claims, JwtKeys};
+use flowhub::config::resolve_secret;
+use flowhub::{Hub, HubConfig};
+use flowhub_protocol::Role;
+
+#[derive(Parser)]
+#[command(name = "flowhub", version, about = "Realtime collaboration hub for automation flows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a hub node (the default).
+    Serve(ServeArgs),
+    /// Print a signed token for development.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[arg(long, env = "FLOWHUB_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// postgres://… or sqlite://…; unset: SQLite in the data directory.
+    #[arg(long, env = "FLOWHUB_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, env = "FLOWHUB_DATA_DIR", default_value = "flowhub-data")]
+    data_dir: PathBuf,
+    /// HS256 secret; unset: generated once and kept in the data directory.
+    #[arg(long, env = "FLOWHUB_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    #[arg(long, env = "FLOWHUB_NODE_ID")]
+    node_id: Option<String>,
+    /// Frames above this get a `too_large` error (the connection stays open).
+    #[arg(long, env = "FLOWHUB_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    #[arg(long, env = "FLOWHUB_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    max_subscriptions: usize,
+    #[arg(long, env = "FLOWHUB_OUTBOUND_QUEUE", default_value_t = 512)]
+    outbound_queue: usize,
+    /// Seconds a SIGTERM drain may take.
+    #[arg(long, env = "FLOWHUB_DRAIN_TIMEOUT", default_value_t = 10)]
+    drain_timeout: u64,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long)]
+    sub: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// Flow id (or `*`) the role applies to; repeat with --role pairs.
+    #[arg(long = "flow", required = true)]
+    flows: Vec<String>,
+    /// owner, editor or viewer; one per --flow (or one for all).
+    #[arg(long = "role", required = true)]
+    roles: Vec<String>,
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    #[arg(long, env = "FLOWHUB_DATA_DIR", default_value = "flowhub-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "FLOWHUB_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+fn parse_role(s: &str) -> anyhow::Result<Role> {
+    Ok(match s {
+        "owner" => Role::Owner,
+        "editor" => Role::Editor,
+        "viewer" => Role::Viewer,
+        other => bail!("unknown role `{other}` (owner, editor, viewer)"),
+    })
+}
+
+fn config_from(args: ServeArgs) -> HubConfig {
+    let mut config = HubConfig {
+        listen: args.listen,
+        database_url: args.database_url.filter(|u| !u.is_empty()),
+        data_dir: args.data_dir,
+        jwt_secret: args.jwt_secret.filter(|s| !s.is_empty()),
+        node_id: args.node_id,
+        outbound_queue: args.outbound_queue,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        ..HubConfig::default()
+    };
+    config.session.max_frame_bytes = args.max_frame_bytes;
+    config.session.max_subscriptions = args.max_subscriptions;
+    config
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let hub = Hub::start(config_from(args)).await.context("starting the hub")?;
+    shutdown_signal().await;
+    hub.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let config = HubConfig { data_dir: args.data_dir, jwt_secret: args.jwt_secret, ..HubConfig::default() };
+    let secret = resolve_secret(&config).context("reading the JWT secret")?;
+    let ttl = parse_ttl(&args.ttl).with_context(|| format!("bad --ttl `{}`", args.ttl))?;
+    let roles: Vec<Role> = args.roles.iter().map(|r| parse_role(r)).collect::<anyhow::Result<_>>()?;
+    if roles.len() != 1 && roles.len() != args.flows.len() {
+        bail!("give one --role, or one per --flow");
+    }
+    let flows = args
+        .flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.clone(), roles[if roles.len() == 1 { 0 } else { i }]))
+        .collect();
+    let claims = Claims { sub: args.sub, name: args.name, exp: now_secs() + ttl, flows, svc: false };
+    println!("{}", JwtKeys::new(secret).sign(&claims));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    }
+}

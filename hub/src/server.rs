@@ -1,0 +1,160 @@
+//! Starting, running and draining one hub node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use flowhub_actors::bus::{Bus, MemoryBus};
+use flowhub_actors::flow::{FlowDeps, FlowRegistry};
+use flowhub_actors::metrics::Metrics;
+use flowhub_actors::store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::auth::JwtKeys;
+use crate::config::{resolve_secret, HubConfig};
+use crate::sql_store::SqlStore;
+use crate::{http, ws};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<HubConfig>,
+    pub keys: JwtKeys,
+    pub registry: FlowRegistry,
+    pub store: Arc<dyn Store>,
+    pub sql: Option<Arc<SqlStore>>,
+    pub metrics: Arc<Metrics>,
+    pub node_id: String,
+    /// Flips to `true` when the node starts draining.
+    pub draining: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read or create the JWT secret: {0}")]
+    Secret(std::io::Error),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] flowhub_actors::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running hub node.
+pub struct Hub {
+    addr: SocketAddr,
+    drain: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    state: AppState,
+}
+
+impl Hub {
+    /// Opens the store, binds the listener (port 0 picks a free port) and serves.
+    pub async fn start(config: HubConfig) -> Result<Hub, StartError> {
+        let secret = resolve_secret(&config).map_err(StartError::Secret)?;
+        if config.database_url.is_none() {
+            std::fs::create_dir_all(&config.data_dir).map_err(StartError::Secret)?;
+        }
+        let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
+        let store: Arc<dyn Store> = sql.clone();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        Self::start_with(config, JwtKeys::new(secret), store, Some(sql), bus).await
+    }
+
+    /// Starts on given store and bus (tests run several hubs on one in-process bus).
+    pub async fn start_with(
+        config: HubConfig,
+        keys: JwtKeys,
+        store: Arc<dyn Store>,
+        sql: Option<Arc<SqlStore>>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Hub, StartError> {
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let metrics = Arc::new(Metrics::default());
+        let registry = FlowRegistry::new(Arc::new(FlowDeps {
+            store: store.clone(),
+            bus,
+            node_id: node_id.clone(),
+            metrics: metrics.clone(),
+            config: config.flow.clone(),
+        }));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let (drain, draining) = watch::channel(false);
+        let state = AppState {
+            config: Arc::new(config),
+            keys,
+            registry,
+            store,
+            sql,
+            metrics,
+            node_id: node_id.clone(),
+            draining: draining.clone(),
+        };
+        let app = router(state.clone());
+        let mut stop = draining;
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|d| *d).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "server failed");
+            }
+        });
+        info!(%addr, node_id, "flowhub listening");
+        Ok(Hub { addr, drain, server, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://addr`, the base URL clients connect to.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Drains: stop accepting, tell every session to reconnect elsewhere (1012), stop
+    /// the flow actors, flush and close the store.
+    pub async fn shutdown(self) {
+        info!("draining");
+        let _ = self.drain.send(true);
+        let timeout = self.state.config.drain_timeout;
+        let _ = tokio::time::timeout(timeout, self.server).await;
+        // Sessions see the drain signal and close; give them a moment to flush.
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.state.metrics.sessions_open.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.state.registry.stop_all().await;
+        if let Some(sql) = &self.state.sql {
+            sql.close().await;
+        }
+        info!("drained");
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/flows/{flow_id}", get(http::get_flow))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .with_state(state)
+}

@@ -1,0 +1,433 @@
+//! The durable [`Store`]: SQLite or PostgreSQL through sqlx.
+//!
+//! # Guarantees (those of [`flowhub_actors::store`], and how they are kept)
+//! - [`Store::append_changes`] returns only after the transaction holding the changes has
+//!   committed. SQLite runs in WAL mode with `synchronous = NORMAL`: a commit survives a
+//!   crash of the hub process (kill -9), because the WAL write has reached the OS before
+//!   the commit returns; only an OS crash or power loss may drop the last commits.
+//!   PostgreSQL follows the server's `synchronous_commit` (on by default).
+//! - Appends are idempotent: `INSERT ... ON CONFLICT (flow_id, hash) DO NOTHING`.
+//! - [`Store::load_flow`] reads the flow row, the snapshot and the changes in one read
+//!   transaction (SQLite: one WAL read snapshot; PostgreSQL: `REPEATABLE READ`), so a
+//!   concurrent compaction is seen either entirely or not at all. Changes come in `seq`
+//!   order, which is append order.
+//! - [`Store::compact`] upserts the snapshot and deletes exactly the covered hashes in one
+//!   transaction; every other change, including one appended meanwhile, stays.
+//!
+//! # Group commit
+//! Appends do not open a transaction each. One writer task per [`SqlStore`] receives them
+//! over a bounded channel, takes everything already queued (up to 256 requests or 4 MiB),
+//! writes it in one transaction and answers every caller after the commit. Under load the
+//! cost of a commit (an fsync on PostgreSQL, a lock round on SQLite) is shared by many
+//! appends; an idle store still commits a lone append at once. See [`writer`].
+//!
+//! # Why two typed pools and not `AnyPool`
+//! [`DbPool`] is an enum of a `SqlitePool` and a `PgPool`, and [`with_pool!`] expands one
+//! body (same SQL: both drivers accept `$N` placeholders) for each. `AnyPool` would also
+//! give one code path, but:
+//! - `AnyConnectOptions` can only be parsed from a URL, and the SQLite URL knows only
+//!   `mode`/`cache`/`immutable`/`vfs`: WAL, `synchronous` and `busy_timeout` would become
+//!   PRAGMAs in an `after_connect` hook instead of typed `SqliteConnectOptions`;
+//! - every argument and row goes through Any's reduced value model, while the typed
+//!   drivers keep native BLOB/BYTEA and INT8 handling and their own error types (used to
+//!   tell an outage from a bad query, see [`error`]);
+//! - no process-global driver registry (`install_default_drivers`) to remember.
+//!
+//! The backends differ only in the `BEGIN` statements ([`DbPool::begin_write`],
+//! [`DbPool::begin_read`]) and the PostgreSQL advisory lock in [`migrate`].
+
+/// Runs `$body` (a block, compiled once per backend) as an async block with `$p` bound to
+/// the concrete pool, and awaits it. The block's value must be a `sqlx::Result`.
+macro_rules! with_pool {
+    ($pool:expr, |$p:ident| $body:block) => {
+        match $pool {
+            $crate::sql_store::DbPool::Sqlite($p) => async $body.await,
+            $crate::sql_store::DbPool::Postgres($p) => async $body.await,
+        }
+    };
+}
+
+mod error;
+mod migrate;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use flowhub_actors::store::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use error::db_error;
+pub use writer::StoreStats;
+
+/// How long a SQLite statement waits for another connection's write lock (the writer
+/// task, a compaction, another process) before failing with `SQLITE_BUSY`.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite serialises writers anyway; more connections only help concurrent readers.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const PG_MAX_CONNECTIONS: u32 = 16;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Appends waiting for the writer; beyond this, `append_changes` waits (backpressure).
+const WRITER_QUEUE: usize = 4096;
+/// Hashes per `DELETE ... IN (...)` during compaction; far below both backends'
+/// bind-parameter limits (SQLite 32766, PostgreSQL 65535).
+const DELETE_CHUNK: usize = 500;
+
+/// The pool of one backend. See the module doc for why this is not `AnyPool`.
+#[derive(Debug, Clone)]
+pub(crate) enum DbPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl DbPool {
+    fn backend(&self) -> &'static str {
+        match self {
+            DbPool::Sqlite(_) => "sqlite",
+            DbPool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Starts a transaction that will write. SQLite takes the write lock up front
+    /// (`IMMEDIATE`) so the busy timeout applies; a deferred transaction that reads
+    /// first and then writes can fail at once with `SQLITE_BUSY` instead of waiting.
+    fn begin_write(&self) -> &'static str {
+        match self {
+            DbPool::Sqlite(_) => "BEGIN IMMEDIATE",
+            DbPool::Postgres(_) => "BEGIN",
+        }
+    }
+
+    /// Starts a read-only transaction whose statements all see one snapshot. SQLite in
+    /// WAL mode does that for any transaction; PostgreSQL's default `READ COMMITTED`
+    /// takes a new snapshot per statement, hence `REPEATABLE READ`.
+    fn begin_read(&self) -> &'static str {
+        match self {
+            DbPool::Sqlite(_) => "BEGIN",
+            DbPool::Postgres(_) => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            DbPool::Sqlite(p) => p.close().await,
+            DbPool::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// Durable flow storage on SQLite or PostgreSQL; see the module doc.
+///
+/// Cloning is cheap and clones share the pool and the writer (so also the stats, and
+/// [`SqlStore::close`] on one closes all). Call `close` at shutdown to flush queued
+/// appends and close the pool.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: DbPool,
+    writer: mpsc::Sender<writer::Command>,
+    counters: Arc<writer::Counters>,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlStore {
+    /// Connects, applies pending migrations and starts the writer task.
+    ///
+    /// `url` is `sqlite://path/to/file.db` (the file is created if missing) or
+    /// `postgres://user@host:port/db` (`postgresql://` works too).
+    pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+        let pool = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(db_error)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(SQLITE_MAX_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(db_error)?;
+            DbPool::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(db_error)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_MAX_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(db_error)?;
+            DbPool::Postgres(pool)
+        } else {
+            // Only the scheme is echoed: the rest of the URL may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(StoreError::Unavailable(format!(
+                "unsupported database url scheme {scheme:?} (expected sqlite:// or postgres://)"
+            )));
+        };
+
+        if let Err(e) = migrate::run(&pool).await {
+            pool.close().await;
+            return Err(e);
+        }
+
+        let counters = Arc::new(writer::Counters::default());
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(writer::run(pool.clone(), rx, counters.clone()));
+        info!(backend = pool.backend(), "store connected");
+        Ok(SqlStore {
+            pool,
+            writer: tx,
+            counters,
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        self.pool.backend()
+    }
+
+    /// Group-commit counters since connect (committed batches, appends and changes).
+    pub fn stats(&self) -> StoreStats {
+        self.counters.snapshot()
+    }
+
+    /// Versions recorded in `flowhub_migrations`, ascending.
+    pub async fn schema_versions(&self) -> Result<Vec<i64>, StoreError> {
+        migrate::applied(&self.pool).await.map_err(db_error)
+    }
+
+    /// The role of `user_id` on `flow_id`, if any.
+    pub async fn flow_role(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        with_pool!(&self.pool, |p| {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT role FROM flow_members WHERE flow_id = $1 AND user_id = $2")
+                    .bind(flow_id)
+                    .bind(user_id)
+                    .fetch_optional(p)
+                    .await?;
+            Ok::<_, sqlx::Error>(row.map(|(role,)| role))
+        })
+        .map_err(db_error)
+    }
+
+    /// Grants `role` to `user_id` on `flow_id` (replacing any previous role), or revokes
+    /// access when `role` is `None`. Does not create the flow.
+    pub async fn set_flow_member(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+        role: Option<&str>,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.pool, |p| {
+            match role {
+                Some(role) => {
+                    sqlx::query(
+                        "INSERT INTO flow_members (flow_id, user_id, role) VALUES ($1, $2, $3) \
+                         ON CONFLICT (flow_id, user_id) DO UPDATE SET role = excluded.role",
+                    )
+                    .bind(flow_id)
+                    .bind(user_id)
+                    .bind(role)
+                    .execute(p)
+                    .await?
+                }
+                None => {
+                    sqlx::query("DELETE FROM flow_members WHERE flow_id = $1 AND user_id = $2")
+                        .bind(flow_id)
+                        .bind(user_id)
+                        .execute(p)
+                        .await?
+                }
+            };
+            Ok::<_, sqlx::Error>(())
+        })
+        .map_err(db_error)
+    }
+
+    /// Flushes the appends queued so far, stops the writer and closes the pool. Appends
+    /// made after this fail with [`StoreError::Unavailable`]. Calling it twice is fine.
+    pub async fn close(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.writer.send(writer::Command::Close(done)).await.is_ok() {
+            // An error means the writer already stopped; nothing left to flush.
+            let _ = flushed.await;
+        }
+        self.pool.close().await;
+        info!(backend = self.backend(), "store closed");
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
+        let begin = self.pool.begin_read();
+        let flow = with_pool!(&self.pool, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let row: Option<(String,)> = sqlx::query_as("SELECT id FROM flows WHERE id = $1")
+                .bind(flow_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if row.is_none() {
+                tx.rollback().await?;
+                return Ok(StoredFlow::default());
+            }
+            let snapshot: Option<(Vec<u8>,)> =
+                sqlx::query_as("SELECT bytes FROM flow_snapshots WHERE flow_id = $1")
+                    .bind(flow_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let changes: Vec<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT hash, bytes FROM flow_changes WHERE flow_id = $1 ORDER BY seq",
+            )
+            .bind(flow_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(StoredFlow {
+                exists: true,
+                snapshot: snapshot.map(|(bytes,)| bytes),
+                changes: changes
+                    .into_iter()
+                    .map(|(hash, bytes)| ChangeRecord { hash, bytes })
+                    .collect(),
+            })
+        })
+        .map_err(db_error)?;
+        debug!(
+            flow_id,
+            exists = flow.exists,
+            snapshot = flow.snapshot.is_some(),
+            changes = flow.changes.len(),
+            "flow loaded"
+        );
+        Ok(flow)
+    }
+
+    async fn append_changes(
+        &self,
+        flow_id: &str,
+        changes: &[ChangeRecord],
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = writer::AppendRequest {
+            flow_id: flow_id.to_owned(),
+            changes: changes.to_vec(),
+            reply,
+        };
+        self.writer
+            .send(writer::Command::Append(request))
+            .await
+            .map_err(|_| writer::closed_error())?;
+        // A dropped reply means the writer stopped before committing this request.
+        answer.await.map_err(|_| writer::closed_error())?
+    }
+
+    async fn compact(
+        &self,
+        flow_id: &str,
+        snapshot: Snapshot,
+        covered: &[String],
+    ) -> Result<(), StoreError> {
+        let heads = serde_json::to_string(&snapshot.heads)
+            .map_err(|e| StoreError::Query(format!("encoding snapshot heads: {e}")))?;
+        let now = now_ms();
+        let begin = self.pool.begin_write();
+        let deleted = with_pool!(&self.pool, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            // Compacting a flow writes it, so the flow row must exist (and the snapshot's
+            // foreign key needs it).
+            sqlx::query(
+                "INSERT INTO flows (id, created_at, updated_at) VALUES ($1, $2, $2) \
+                 ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
+            )
+            .bind(flow_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (flow_id) DO UPDATE SET heads = excluded.heads, \
+                 bytes = excluded.bytes, created_at = excluded.created_at",
+            )
+            .bind(flow_id)
+            .bind(heads.as_str())
+            .bind(snapshot.bytes.as_slice())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let mut deleted = 0u64;
+            for chunk in covered.chunks(DELETE_CHUNK) {
+                let mut query = sqlx::query(AssertSqlSafe(delete_changes_sql(chunk.len())))
+                    .bind(flow_id);
+                for hash in chunk {
+                    query = query.bind(hash.as_str());
+                }
+                deleted += query.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(deleted)
+        })
+        .map_err(db_error)?;
+        debug!(
+            flow_id,
+            covered = covered.len(),
+            deleted,
+            snapshot_bytes = snapshot.bytes.len(),
+            "flow compacted"
+        );
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(&self.pool, |p| {
+            sqlx::query("SELECT 1").execute(p).await?;
+            Ok::<_, sqlx::Error>(())
+        })
+        .map_err(db_error)
+    }
+}
+
+/// `DELETE ... WHERE flow_id = $1 AND hash IN ($2, ..., $n+1)`.
+fn delete_changes_sql(hashes: usize) -> String {
+    let mut sql = String::from("DELETE FROM flow_changes WHERE flow_id = $1 AND hash IN (");
+    for i in 0..hashes {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}", i + 2));
+    }
+    sql.push(')');
+    sql
+}
+
+/// Epoch milliseconds, the unit of every timestamp column.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        // A clock before 1970 is a broken host; a zero timestamp is harmless.
+        .unwrap_or(0)
+}

@@ -1,0 +1,298 @@
+//! The group-commit writer behind [`SqlStore::append_changes`](super::SqlStore).
+//!
+//! One task per store owns the write path for appends. It waits for a request, then
+//! takes every request already queued (up to [`MAX_BATCH_REQUESTS`] or
+//! [`MAX_BATCH_BYTES`]), writes them all in one transaction and only then answers the
+//! callers. It never waits for more requests to arrive: batching comes from the requests
+//! that queue up while the previous commit is in flight, so latency at low load is one
+//! commit and throughput at high load is many appends per commit.
+//!
+//! Failure handling:
+//! - transient errors (lost connection, deadlock, busy SQLite file) are retried a few
+//!   times; rewriting is safe because every insert is idempotent;
+//! - a batch failing for another reason is split and each request retried alone, so one
+//!   bad request (say a flow id PostgreSQL rejects) fails only its own caller;
+//! - otherwise every caller of the batch gets the error.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowhub_actors::store::{ChangeRecord, StoreError};
+use sqlx::AssertSqlSafe;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::error::{db_error, is_transient};
+use super::{now_ms, DbPool};
+
+/// Most requests written in one transaction.
+pub(super) const MAX_BATCH_REQUESTS: usize = 256;
+/// Stop adding requests to a batch once their change bytes reach this.
+pub(super) const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Rows per multi-row `INSERT`: 3 parameters a row keeps it far below both backends'
+/// bind-parameter limits (SQLite 32766, PostgreSQL 65535).
+const ROWS_PER_STATEMENT: usize = 500;
+/// Attempts for a batch failing with a transient error.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// One `append_changes` call waiting for its commit.
+pub(super) struct AppendRequest {
+    pub(super) flow_id: String,
+    pub(super) changes: Vec<ChangeRecord>,
+    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(super) enum Command {
+    Append(AppendRequest),
+    /// Write everything queued before this, then stop; the sender is told when done.
+    Close(oneshot::Sender<()>),
+}
+
+/// Group-commit counters, all counting committed work only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed by the writer.
+    pub batches: u64,
+    /// `append_changes` calls committed.
+    pub appends: u64,
+    /// Change records in those calls (re-appended duplicates included).
+    pub changes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    batches: AtomicU64,
+    appends: AtomicU64,
+    changes: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            changes: self.changes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, committed: &[AppendRequest]) {
+        let changes: usize = committed.iter().map(|r| r.changes.len()).sum();
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.appends
+            .fetch_add(committed.len() as u64, Ordering::Relaxed);
+        self.changes.fetch_add(changes as u64, Ordering::Relaxed);
+    }
+}
+
+pub(super) fn closed_error() -> StoreError {
+    StoreError::Unavailable("store is closed".to_owned())
+}
+
+/// The writer loop; ends on [`Command::Close`] or when every store handle is gone.
+pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters>) {
+    let mut close_ack = None;
+    while close_ack.is_none() {
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append(request) => {
+                    bytes += request.changes.iter().map(|c| c.bytes.len()).sum::<usize>();
+                    batch.push(request);
+                }
+                Command::Close(ack) => {
+                    close_ack = Some(ack);
+                    break;
+                }
+            }
+            if batch.len() >= MAX_BATCH_REQUESTS || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            commit(&pool, batch, &counters).await;
+        }
+    }
+
+    // Refuse new requests, and fail those that raced in behind the close: they were never
+    // acknowledged, so failing them loses nothing.
+    rx.close();
+    while let Ok(command) = rx.try_recv() {
+        match command {
+            Command::Append(request) => {
+                let _ = request.reply.send(Err(closed_error()));
+            }
+            Command::Close(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+    if let Some(ack) = close_ack {
+        let _ = ack.send(());
+    }
+    debug!("store writer stopped");
+}
+
+/// Writes one batch and answers its callers.
+async fn commit(pool: &DbPool, batch: Vec<AppendRequest>, counters: &Counters) {
+    let started = Instant::now();
+    match write_with_retry(pool, &batch).await {
+        Ok(()) => {
+            counters.record(&batch);
+            debug!(
+                requests = batch.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "append batch committed"
+            );
+            for request in batch {
+                // The caller may have given up waiting; its changes are stored anyway.
+                let _ = request.reply.send(Ok(()));
+            }
+        }
+        Err(e) if batch.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
+            warn!(
+                requests = batch.len(),
+                error = %e,
+                "append batch failed; retrying its requests one by one"
+            );
+            for request in batch {
+                let single = std::slice::from_ref(&request);
+                let result = write_with_retry(pool, single).await;
+                match &result {
+                    Ok(()) => counters.record(single),
+                    Err(e) => warn!(flow_id = %request.flow_id, error = %e, "append failed"),
+                }
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(e) => {
+            for request in batch {
+                warn!(flow_id = %request.flow_id, error = %e, "append failed");
+                let _ = request.reply.send(Err(same_error(&e)));
+            }
+        }
+    }
+}
+
+async fn write_with_retry(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match write(pool, requests).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
+                debug!(attempt, error = %e, "transient append failure; retrying");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(db_error(e)),
+        }
+    }
+}
+
+/// One transaction: upsert the flow rows, insert the changes (duplicates ignored).
+async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    let mut flow_ids: Vec<&str> = requests.iter().map(|r| r.flow_id.as_str()).collect();
+    // Sorted so writers on other hub nodes lock flow rows in the same order (no
+    // deadlock), and deduplicated because PostgreSQL rejects an upsert touching one row
+    // twice.
+    flow_ids.sort_unstable();
+    flow_ids.dedup();
+    // Request order, then change order: this is the append order `seq` records. A change
+    // sent twice within the batch is written once.
+    let mut seen = HashSet::new();
+    let rows: Vec<(&str, &ChangeRecord)> = requests
+        .iter()
+        .flat_map(|r| r.changes.iter().map(move |c| (r.flow_id.as_str(), c)))
+        .filter(|(flow_id, c)| seen.insert((*flow_id, c.hash.as_str())))
+        .collect();
+
+    let begin = pool.begin_write();
+    with_pool!(pool, |p| {
+        let mut tx = p.begin_with(begin).await?;
+        for chunk in flow_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::query(AssertSqlSafe(upsert_flows_sql(chunk.len()))).bind(now);
+            for flow_id in chunk {
+                query = query.bind(*flow_id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut query =
+                sqlx::query(AssertSqlSafe(insert_changes_sql(chunk.len()))).bind(now);
+            for (flow_id, change) in chunk {
+                query = query
+                    .bind(*flow_id)
+                    .bind(change.hash.as_str())
+                    .bind(change.bytes.as_slice());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(())
+    })
+}
+
+/// `INSERT INTO flows ... VALUES ($2, $1, $1), ($3, $1, $1) ... ON CONFLICT ...` where
+/// `$1` is the timestamp shared by every row.
+fn upsert_flows_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO flows (id, created_at, updated_at) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, $1, $1)", i + 2));
+    }
+    sql.push_str(" ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at");
+    sql
+}
+
+/// `INSERT INTO flow_changes ... VALUES ($2, $3, $4, $1), ... ON CONFLICT DO NOTHING`
+/// where `$1` is the timestamp shared by every row.
+fn insert_changes_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO flow_changes (flow_id, hash, bytes, created_at) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let base = 2 + 3 * i;
+        sql.push_str(&format!("(${}, ${}, ${}, $1)", base, base + 1, base + 2));
+    }
+    sql.push_str(" ON CONFLICT (flow_id, hash) DO NOTHING");
+    sql
+}
+
+/// `StoreError` is not `Clone`; every caller of a failed batch gets an equal copy.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Query(m) => StoreError::Query(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_per_row() {
+        assert_eq!(
+            upsert_flows_sql(2),
+            "INSERT INTO flows (id, created_at, updated_at) VALUES ($2, $1, $1), ($3, $1, $1) \
+             ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at"
+        );
+        assert_eq!(
+            insert_changes_sql(2),
+            "INSERT INTO flow_changes (flow_id, hash, bytes, created_at) VALUES \
+             ($2, $3, $4, $1), ($5, $6, $7, $1) ON CONFLICT (flow_id, hash) DO NOTHING"
+        );
+    }
+}

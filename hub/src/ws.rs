@@ -1,0 +1,153 @@
+//! `GET /v1/ws`: authenticate, upgrade, and run the socket of one session.
+//!
+//! The socket is split: a writer task drains the session's bounded outbound queue
+//! (and sends pings and the close frame), while this task reads frames and hands each
+//! to the session actor, waiting for it to be handled (backpressure on floods).
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use flowhub_actors::identity::Identity;
+use flowhub_actors::session::{OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg};
+use flowhub_protocol::close;
+use ractor::{Actor, ActorRef};
+use tracing::{debug, warn, Instrument};
+
+use crate::error::AppError;
+use crate::http::{authenticate, TokenQuery};
+use crate::server::AppState;
+
+/// Per-connection socket buffers. tungstenite defaults to 128 KiB each way, which is
+/// most of an idle session's memory; sync messages are small, and larger frames still
+/// work (buffers grow on demand).
+const READ_BUFFER: usize = 8 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    // Refuse before upgrading: a bad token is a plain 401, never a WebSocket.
+    let claims = authenticate(&state, &headers, &query)?;
+    let hard = state.config.hard_frame_bytes;
+    Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(hard.max(WRITE_BUFFER * 2))
+        .max_message_size(hard)
+        .max_frame_size(hard)
+        .on_upgrade(move |socket| run(socket, state, claims.identity())))
+}
+
+async fn run(socket: WebSocket, state: AppState, identity: Identity) {
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!("ws", session_id = %session_id);
+    async move {
+        let (out, out_rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
+        let args = SessionArgs {
+            session_id,
+            identity,
+            out: out.clone(),
+            registry: state.registry.clone(),
+            limits: state.config.session.clone(),
+            metrics: state.metrics.clone(),
+        };
+        let session = match Actor::spawn(None, SessionActor, args).await {
+            Ok((session, _)) => session,
+            Err(e) => {
+                warn!(error = %e, "cannot start session");
+                return;
+            }
+        };
+        let (sink, stream) = socket.split();
+        let mut writer = tokio::spawn(write_loop(sink, out_rx, state.config.ping_interval));
+        let mut draining = state.draining.clone();
+        tokio::select! {
+            _ = read_loop(stream, &session, &out, state.config.session.max_frame_bytes) => {}
+            _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
+            _ = &mut writer => {}
+        }
+        // Leaving flows happens in the session's post_stop.
+        let _ = session.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        // Let the writer send what is queued and the close frame.
+        out.close(close::NORMAL, "");
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_loop(mut stream: SplitStream<WebSocket>, session: &ActorRef<SessionMsg>, out: &Outbound, soft_limit: usize) {
+    while let Some(frame) = stream.next().await {
+        let handled = match frame {
+            Ok(Message::Text(text)) if text.len() > soft_limit => session.cast(SessionMsg::Oversize(text.len())).is_ok(),
+            Ok(Message::Binary(bytes)) if bytes.len() > soft_limit => {
+                session.cast(SessionMsg::Oversize(bytes.len())).is_ok()
+            }
+            Ok(Message::Text(text)) => session.call(|r| SessionMsg::Text(text.as_str().to_owned(), r), None).await.is_ok(),
+            Ok(Message::Binary(bytes)) => session.call(|r| SessionMsg::Binary(bytes.to_vec(), r), None).await.is_ok(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => true,
+            Ok(Message::Close(_)) => false,
+            Err(e) => {
+                debug!(error = %e, "socket read failed");
+                if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                    out.close(close::TOO_BIG, "frame exceeds the hard size limit");
+                }
+                false
+            }
+        };
+        if !handled || out.is_closed() {
+            break;
+        }
+    }
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: OutboundRx, ping_interval: Duration) {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            // Frames queued before a close request still go out first.
+            biased;
+            frame = rx.frames.recv() => {
+                let Some(frame) = frame else { break };
+                let msg = match frame {
+                    OutFrame::Text(t) => Message::Text(t.into()),
+                    OutFrame::Binary(b) => Message::Binary(b.into()),
+                };
+                if sink.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            _ = rx.close.changed() => {
+                let request = rx.close.borrow().clone();
+                if let Some((code, reason)) = request {
+                    // Flush what is already queued, then close.
+                    while let Ok(frame) = rx.frames.try_recv() {
+                        let msg = match frame {
+                            OutFrame::Text(t) => Message::Text(t.into()),
+                            OutFrame::Binary(b) => Message::Binary(b.into()),
+                        };
+                        if code != close::TOO_SLOW && sink.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

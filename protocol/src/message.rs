@@ -1,0 +1,183 @@
+//! Control messages (JSON text frames), tagged by `type`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// A request id chosen by the client and echoed in the reply. Numbers and strings are
+/// both accepted because JavaScript clients tend to use counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Num(u64),
+    Str(String),
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> Self {
+        RequestId::Num(n)
+    }
+}
+
+/// What a token allows on one flow. Ordered: `Viewer < Editor < Owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Owner,
+}
+
+impl Role {
+    pub fn can_edit(self) -> bool {
+        self >= Role::Editor
+    }
+}
+
+/// Limits the hub enforces on this session, announced in `welcome` so a client can
+/// stay inside them instead of discovering them by error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest text or binary frame answered with a typed error rather than a close.
+    pub max_frame_bytes: usize,
+    /// Most flows one session may subscribe to at once.
+    pub max_subscriptions: usize,
+}
+
+/// Messages a client sends in text frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Optional first message: names the protocol version the client speaks.
+    Hello {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        protocol: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    /// Join a flow: the hub answers `flow_state`, then starts the Automerge sync.
+    SubscribeFlow {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        flow_id: String,
+    },
+    /// Leave a flow; answered with `ack`.
+    UnsubscribeFlow {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        flow_id: String,
+    },
+    /// Liveness check at the application level; answered with `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+}
+
+impl ClientMessage {
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            ClientMessage::Hello { id, .. }
+            | ClientMessage::SubscribeFlow { id, .. }
+            | ClientMessage::UnsubscribeFlow { id, .. }
+            | ClientMessage::Ping { id } => id.as_ref(),
+        }
+    }
+
+    /// The `type` tag, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello { .. } => "hello",
+            ClientMessage::SubscribeFlow { .. } => "subscribe_flow",
+            ClientMessage::UnsubscribeFlow { .. } => "unsubscribe_flow",
+            ClientMessage::Ping { .. } => "ping",
+        }
+    }
+}
+
+/// Every `type` a client may send, for precise "unknown type" errors.
+pub const CLIENT_MESSAGE_TYPES: &[&str] = &["hello", "subscribe_flow", "unsubscribe_flow", "ping"];
+
+/// Messages the hub sends in text frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// First message on every connection (and the reply to `hello`).
+    Welcome {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        protocol: u32,
+        session_id: String,
+        user_id: String,
+        name: String,
+        node_id: String,
+        limits: Limits,
+    },
+    /// Reply to `subscribe_flow`: the caller's role and the hub's current heads. The
+    /// Automerge sync for the flow follows in binary frames; the client is caught up
+    /// once its document contains every hash in `heads`.
+    FlowState {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        flow_id: String,
+        role: Role,
+        heads: Vec<String>,
+    },
+    /// Acknowledges a request (with `id`), or changes that the hub has made durable
+    /// (with `flow_id` and `changes`, the hex hashes now in the store).
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changes: Vec<String>,
+    },
+    /// Reply to `ping`.
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// A typed error. `id` echoes the failed request; `flow_id` names the flow when the
+    /// error concerns a binary sync frame (which has no request id).
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow_id: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            id: None,
+            flow_id: None,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The same error with `id` echoed.
+    pub fn with_id(mut self, request: Option<RequestId>) -> Self {
+        match &mut self {
+            ServerMessage::Welcome { id, .. }
+            | ServerMessage::FlowState { id, .. }
+            | ServerMessage::Ack { id, .. }
+            | ServerMessage::Pong { id }
+            | ServerMessage::Error { id, .. } => *id = request,
+        }
+        self
+    }
+
+    /// The same error naming a flow.
+    pub fn with_flow(mut self, flow: impl Into<String>) -> Self {
+        if let ServerMessage::Error { flow_id, .. } = &mut self {
+            *flow_id = Some(flow.into());
+        }
+        self
+    }
+}
