@@ -19,7 +19,7 @@ const TYPE_BUNDLE: u8 = 3;
 /// One chunk of a storage byte sequence.
 pub(crate) enum Chunk<'a> {
     /// A single (possibly compressed) change, decoded.
-    Change(Change),
+    Change(Box<Change>),
     /// A whole document or a bundle of changes, left encoded: decoding one costs
     /// as much as loading it, so callers only do that when they must.
     Container(&'a [u8]),
@@ -61,9 +61,9 @@ pub(crate) fn split(bytes: &[u8]) -> Result<Vec<Chunk<'_>>, String> {
             .ok_or("chunk length exceeds input")?;
         let (chunk, tail) = rest.split_at(total);
         out.push(match chunk_type {
-            TYPE_CHANGE | TYPE_COMPRESSED_CHANGE => {
-                Chunk::Change(Change::try_from(chunk).map_err(|e| format!("bad change chunk: {e}"))?)
-            }
+            TYPE_CHANGE | TYPE_COMPRESSED_CHANGE => Chunk::Change(Box::new(
+                Change::try_from(chunk).map_err(|e| format!("bad change chunk: {e}"))?,
+            )),
             TYPE_DOCUMENT | TYPE_BUNDLE => Chunk::Container(chunk),
             other => return Err(format!("unknown chunk type {other}")),
         });
@@ -86,7 +86,10 @@ mod tests {
             uleb128(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
             Some((u64::MAX, 10))
         );
-        assert_eq!(uleb128(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]), None);
+        assert_eq!(
+            uleb128(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            None
+        );
     }
 
     #[test]

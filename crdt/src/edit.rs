@@ -86,7 +86,12 @@ impl FlowDoc {
     /// Only that key is written, so concurrent edits of different keys merge.
     /// Objects and arrays become Automerge maps and lists; `null` is stored as a
     /// null scalar (the key stays present).
-    pub fn configure_node(&mut self, id: &str, key: &str, value: serde_json::Value) -> Result<ChangeHash> {
+    pub fn configure_node(
+        &mut self,
+        id: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<ChangeHash> {
         let obj = self.node_obj(id)?;
         let path = join(&join("nodes", id), "config");
         let cfg = map_child(&self.doc, &obj, "config")
@@ -119,7 +124,12 @@ impl FlowDoc {
 
     /// Connect `source` to `target`; both nodes must exist. Generates a unique
     /// id when `id` is `None`.
-    pub fn connect(&mut self, id: Option<String>, source: Endpoint, target: Endpoint) -> Result<(String, ChangeHash)> {
+    pub fn connect(
+        &mut self,
+        id: Option<String>,
+        source: Endpoint,
+        target: Endpoint,
+    ) -> Result<(String, ChangeHash)> {
         self.node_obj(&source.node)?;
         self.node_obj(&target.node)?;
         let edges = self.require_root_map("edges")?;
@@ -198,7 +208,11 @@ fn check_position(node_path: &str, p: Position) -> Result<(), schema::SchemaErro
     schema::check_coordinate(&join(&path, "y"), p.y)
 }
 
-fn put_position(doc: &mut AutoCommit, node: &ObjId, p: Position) -> Result<(), automerge::AutomergeError> {
+fn put_position(
+    doc: &mut AutoCommit,
+    node: &ObjId,
+    p: Position,
+) -> Result<(), automerge::AutomergeError> {
     let pos = doc.put_object(node, "position", ObjType::Map)?;
     doc.put(&pos, "x", p.x)?;
     doc.put(&pos, "y", p.y)?;
@@ -207,7 +221,10 @@ fn put_position(doc: &mut AutoCommit, node: &ObjId, p: Position) -> Result<(), a
 
 /// `(edge id, source node, target node)` for every edge map; endpoints are
 /// `None` when missing or not strings.
-fn edge_endpoints(doc: &AutoCommit, edges: &ObjId) -> Vec<(String, Option<String>, Option<String>)> {
+fn edge_endpoints(
+    doc: &AutoCommit,
+    edges: &ObjId,
+) -> Vec<(String, Option<String>, Option<String>)> {
     doc.map_range(edges, RangeFull)
         .filter(|item| matches!(item.value, ValueRef::Object(ObjType::Map)))
         .map(|item| {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use automerge::transaction::CommitOptions;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::{CrdtError, Result};
@@ -42,7 +43,8 @@ pub fn genesis_hash() -> ChangeHash {
     static HASH: OnceLock<Option<ChangeHash>> = OnceLock::new();
     // `genesis()` only yields None if Automerge refused to write three root keys
     // into an empty document; an all-zero hash then simply matches no document.
-    HASH.get_or_init(|| genesis().1).unwrap_or(ChangeHash([0; 32]))
+    HASH.get_or_init(|| genesis().1)
+        .unwrap_or(ChangeHash([0; 32]))
 }
 
 impl FlowDoc {
@@ -123,14 +125,21 @@ impl FlowDoc {
     ///
     /// On error every op `f` made is rolled back, so a failed typed edit never
     /// leaks half its ops into the next change.
-    pub(crate) fn edit<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<(T, ChangeHash)> {
+    pub(crate) fn edit<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<(T, ChangeHash)> {
         // Ops someone left pending through `doc_mut` are committed on their own
         // first, so the typed edit's change contains only its own ops.
         self.doc.commit();
         match f(self) {
             Ok(value) => match self.doc.commit() {
                 Some(hash) => Ok((value, hash)),
-                None => Err(CrdtError::InvalidEdit("edit produced no operations".into())),
+                // Automerge drops a put of the value already there, so an edit
+                // that changes nothing has no ops. Commit an empty change anyway:
+                // callers rely on every typed edit yielding exactly one new change
+                // (to ack, persist and broadcast), and an empty change is harmless.
+                None => Ok((value, self.doc.empty_change(CommitOptions::default()))),
             },
             Err(e) => {
                 self.doc.rollback();

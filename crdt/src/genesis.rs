@@ -7,7 +7,7 @@
 //! its first sync, a hub creating a flow the client also created) would lose one
 //! side's nodes on merge.
 //!
-//! So the root maps are never created by a "real" actor. [`genesis`] builds them
+//! So the root maps are never created by a "real" actor. `genesis()` builds them
 //! in one change with a fixed actor id, a fixed timestamp (0) and no message, so
 //! the change is byte-identical — and has the same hash — on every replica that
 //! ever calls it. Automerge deduplicates changes by hash, so all FlowDocs share

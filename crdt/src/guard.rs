@@ -21,10 +21,14 @@ use crate::error::{CrdtError, Result};
 use crate::flow_doc::FlowDoc;
 
 /// Message used when Automerge panicked on the input.
-pub(crate) const PANIC_MESSAGE: &str = "automerge could not apply the changes (semantically invalid change)";
+pub(crate) const PANIC_MESSAGE: &str =
+    "automerge could not apply the changes (semantically invalid change)";
 
 /// Run `f`, turning a panic into `on_panic()`.
-pub(crate) fn no_panic<T>(f: impl FnOnce() -> Result<T>, on_panic: impl FnOnce() -> CrdtError) -> Result<T> {
+pub(crate) fn no_panic<T>(
+    f: impl FnOnce() -> Result<T>,
+    on_panic: impl FnOnce() -> CrdtError,
+) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(on_panic()))
 }
 

@@ -70,7 +70,8 @@ impl FlowDoc {
             Some(bytes) => Self::load(bytes)?,
             None => Self::new(),
         };
-        let parsed = parse_changes(changes).map_err(|e| CrdtError::InvalidDocument(e.to_string()))?;
+        let parsed =
+            parse_changes(changes).map_err(|e| CrdtError::InvalidDocument(e.to_string()))?;
         // The document is ours alone until we return it, so a panic needs no
         // restore: the half-built document is simply dropped.
         no_panic(
@@ -127,7 +128,7 @@ impl FlowDoc {
     ///
     /// All input is decoded before anything is applied, so one corrupt change
     /// means `InvalidChange` and no effect; if Automerge rejects or panics on
-    /// the batch (see [`crate::guard`]) the document is restored exactly.
+    /// the batch (see the `guard` module) the document is restored exactly.
     /// Changes whose dependencies are missing are queued until they arrive (see
     /// [`FlowDoc::missing_deps`]). No schema validation: this is for trusted
     /// input such as the hub's own store or changes the hub already validated.
@@ -136,7 +137,8 @@ impl FlowDoc {
         if parsed.iter().all(|c| self.has_change(&c.hash())) {
             return Ok(Vec::new());
         }
-        let known: HashMap<ChangeHash, Change> = parsed.iter().map(|c| (c.hash(), c.clone())).collect();
+        let known: HashMap<ChangeHash, Change> =
+            parsed.iter().map(|c| (c.hash(), c.clone())).collect();
         self.guarded(
             |this| {
                 let before = this.heads();
@@ -163,12 +165,20 @@ impl FlowDoc {
         if self.doc.get_heads() == before {
             return Vec::new();
         }
-        let hashes: Vec<ChangeHash> = self.doc.get_changes_meta(before).iter().map(|m| m.hash).collect();
+        let hashes: Vec<ChangeHash> = self
+            .doc
+            .get_changes_meta(before)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
         hashes
             .into_iter()
             .filter_map(|hash| match known.get(&hash) {
                 Some(change) => Some(StoredChange::from_change(change)),
-                None => self.doc.get_change_by_hash(&hash).map(|c| StoredChange::from_change(&c)),
+                None => self
+                    .doc
+                    .get_change_by_hash(&hash)
+                    .map(|c| StoredChange::from_change(&c)),
             })
             .collect()
     }
@@ -179,7 +189,8 @@ fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>> {
     raw.iter()
         .enumerate()
         .map(|(i, bytes)| {
-            Change::try_from(bytes.as_slice()).map_err(|e| CrdtError::InvalidChange(format!("change #{i}: {e}")))
+            Change::try_from(bytes.as_slice())
+                .map_err(|e| CrdtError::InvalidChange(format!("change #{i}: {e}")))
         })
         .collect()
 }

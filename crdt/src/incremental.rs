@@ -39,13 +39,22 @@ impl Touched {
         let mut touched = Self::default();
         for patch in patches {
             let own: Option<Prop> = match &patch.action {
-                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(Prop::Map(key.clone())),
-                PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => Some(prop.clone()),
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
+                    Some(Prop::Map(key.clone()))
+                }
+                PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => {
+                    Some(prop.clone())
+                }
                 _ => None,
             };
             // `path` leads from the root to `patch.obj`; the action's own key
             // (if any) extends it by one.
-            let full: Vec<&Prop> = patch.path.iter().map(|(_, prop)| prop).chain(own.as_ref()).collect();
+            let full: Vec<&Prop> = patch
+                .path
+                .iter()
+                .map(|(_, prop)| prop)
+                .chain(own.as_ref())
+                .collect();
             match full.as_slice() {
                 // Something at the root: `name`, a foreign key, or `nodes`/`edges`
                 // themselves. The root check sees the first two; a replaced
@@ -78,14 +87,19 @@ pub(crate) fn validate_touched(doc: &AutoCommit, touched: &Touched) -> Result<()
         return schema::validate(doc);
     }
     let (nodes, edges) = schema::validate_root(doc)?;
-    for (collection, obj, ids) in [("nodes", &nodes, &touched.nodes), ("edges", &edges, &touched.edges)] {
+    for (collection, obj, ids) in [
+        ("nodes", &nodes, &touched.nodes),
+        ("edges", &edges, &touched.edges),
+    ] {
         for id in ids {
             // A deleted entry has nothing left to check.
             if let Ok(Some((value, entry))) = doc.get(obj, id.as_str()) {
                 let value = match value {
                     automerge::Value::Object(t) => automerge::ValueRef::Object(t),
                     // Any scalar is wrong here; pass a stand-in so the error is uniform.
-                    automerge::Value::Scalar(_) => automerge::ValueRef::Scalar(automerge::ScalarValueRef::Null),
+                    automerge::Value::Scalar(_) => {
+                        automerge::ValueRef::Scalar(automerge::ScalarValueRef::Null)
+                    }
                 };
                 schema::validate_entry(doc, collection, id, &value, &entry)?;
             }

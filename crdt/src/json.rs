@@ -6,7 +6,9 @@
 
 use std::ops::RangeFull;
 
-use automerge::{AutoCommit, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, ScalarValueRef, ValueRef};
+use automerge::{
+    AutoCommit, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, ScalarValueRef, ValueRef,
+};
 use serde_json::{Map, Number, Value};
 
 /// Maximum container nesting inside a node, counting the `config` map itself.
@@ -143,7 +145,9 @@ fn read_value(doc: &AutoCommit, value: &ValueRef<'_>, id: &ObjId, depth: usize) 
     match value {
         ValueRef::Scalar(s) => scalar_json(s),
         ValueRef::Object(_) if depth >= MAX_CONFIG_DEPTH => None,
-        ValueRef::Object(ObjType::Map | ObjType::Table) => Some(Value::Object(read_map(doc, id, depth + 1))),
+        ValueRef::Object(ObjType::Map | ObjType::Table) => {
+            Some(Value::Object(read_map(doc, id, depth + 1)))
+        }
         ValueRef::Object(ObjType::List) => Some(Value::Array(read_list(doc, id, depth + 1))),
         ValueRef::Object(ObjType::Text) => doc.text(id).ok().map(Value::String),
     }

@@ -107,10 +107,16 @@ fn invalid(path: String, reason: impl Into<String>) -> SchemaError {
 pub(crate) fn check_id(path: &str, id: &str) -> Result<(), SchemaError> {
     let len = id.chars().count();
     if len == 0 || len > MAX_ID_LEN {
-        return Err(invalid(path.to_owned(), format!("id must be 1..={MAX_ID_LEN} chars")));
+        return Err(invalid(
+            path.to_owned(),
+            format!("id must be 1..={MAX_ID_LEN} chars"),
+        ));
     }
     if id.chars().any(char::is_control) {
-        return Err(invalid(path.to_owned(), "id must not contain control characters"));
+        return Err(invalid(
+            path.to_owned(),
+            "id must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -134,7 +140,10 @@ pub(crate) fn check_kind(path: &str, kind: &str) -> Result<(), SchemaError> {
 /// Labels and the flow name: at most [`MAX_LABEL_LEN`] chars.
 pub(crate) fn check_label(path: &str, label: &str) -> Result<(), SchemaError> {
     if label.chars().count() > MAX_LABEL_LEN {
-        return Err(invalid(path.to_owned(), format!("must be at most {MAX_LABEL_LEN} chars")));
+        return Err(invalid(
+            path.to_owned(),
+            format!("must be at most {MAX_LABEL_LEN} chars"),
+        ));
     }
     Ok(())
 }
@@ -150,7 +159,11 @@ pub(crate) fn check_coordinate(path: &str, v: f64) -> Result<(), SchemaError> {
 
 /// Config values handed to a typed edit: bounded depth so readers never recurse
 /// unboundedly. `base` is the nesting level of the container receiving `value`.
-pub(crate) fn check_config_value(path: &str, value: &serde_json::Value, base: usize) -> Result<(), SchemaError> {
+pub(crate) fn check_config_value(
+    path: &str,
+    value: &serde_json::Value,
+    base: usize,
+) -> Result<(), SchemaError> {
     if base + crate::json::json_depth(value) > MAX_CONFIG_DEPTH {
         return Err(SchemaError::TooDeep {
             path: path.to_owned(),
@@ -193,7 +206,9 @@ fn expect_number(path: &str, value: &ValueRef<'_>) -> Result<f64, SchemaError> {
 }
 
 fn require<T>(path: &str, key: &str, found: Option<T>) -> Result<T, SchemaError> {
-    found.ok_or_else(|| SchemaError::Missing { path: join(path, key) })
+    found.ok_or_else(|| SchemaError::Missing {
+        path: join(path, key),
+    })
 }
 
 /// Check the root map: exactly `name` (string), `nodes` (map), `edges` (map).
@@ -308,7 +323,12 @@ fn validate_position(doc: &AutoCommit, path: &str, obj: &ObjId) -> Result<(), Sc
 
 /// Config containers: maps and lists of JSON scalars, at most [`MAX_CONFIG_DEPTH`]
 /// deep (`depth` is the level of `obj` itself).
-fn validate_config(doc: &AutoCommit, path: &str, obj: &ObjId, depth: usize) -> Result<(), SchemaError> {
+fn validate_config(
+    doc: &AutoCommit,
+    path: &str,
+    obj: &ObjId,
+    depth: usize,
+) -> Result<(), SchemaError> {
     // Map and list children are walked the same way; only how they are listed differs.
     let children: Vec<(String, ValueRef<'_>, ObjId)> = match doc.object_type(obj) {
         Ok(ObjType::List) => doc
@@ -370,9 +390,14 @@ fn validate_edge(doc: &AutoCommit, path: &str, obj: &ObjId) -> Result<(), Schema
         expect_str(&p, &item.value)?;
         seen[idx] = true;
     }
-    for (idx, key) in ["source", "source_port", "target", "target_port"].iter().enumerate() {
+    for (idx, key) in ["source", "source_port", "target", "target_port"]
+        .iter()
+        .enumerate()
+    {
         if !seen[idx] {
-            return Err(SchemaError::Missing { path: join(path, key) });
+            return Err(SchemaError::Missing {
+                path: join(path, key),
+            });
         }
     }
     Ok(())

@@ -81,14 +81,15 @@ struct Incoming {
 /// before the document is touched. (Automerge itself would skip a corrupt chunk
 /// and apply the rest, leaving us unable to say what was applied.)
 fn decode(msg: &[u8]) -> Result<Incoming> {
-    let message = sync::Message::decode(msg).map_err(|e| CrdtError::InvalidSyncMessage(e.to_string()))?;
+    let message =
+        sync::Message::decode(msg).map_err(|e| CrdtError::InvalidSyncMessage(e.to_string()))?;
     let mut changes = HashMap::new();
     let mut containers = Vec::new();
     for blob in message.changes.iter() {
         for chunk in chunks::split(blob).map_err(CrdtError::InvalidSyncMessage)? {
             match chunk {
                 Chunk::Change(c) => {
-                    changes.insert(c.hash(), c);
+                    changes.insert(c.hash(), *c);
                 }
                 Chunk::Container(bytes) => containers.push(bytes.to_vec()),
             }
@@ -104,15 +105,37 @@ fn decode(msg: &[u8]) -> Result<Incoming> {
 impl FlowDoc {
     /// The next message for the peer behind `state`, or `None` if there is
     /// nothing to say until we hear from them (or something changes locally).
+    ///
+    /// `state` holds what the peer last told us (its heads, needs and bloom
+    /// filters), so this too runs on peer-controlled input: should Automerge
+    /// panic on it, the state is reset and the message is generated afresh.
     pub fn generate_sync_message(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
-        self.doc.sync().generate_sync_message(&mut state.0).map(sync::Message::encode)
+        let doc = &mut self.doc;
+        let mut generate = |state: &mut SyncState| {
+            no_panic(
+                || {
+                    Ok(doc
+                        .sync()
+                        .generate_sync_message(&mut state.0)
+                        .map(sync::Message::encode))
+                },
+                sync_panic,
+            )
+        };
+        match generate(state) {
+            Ok(message) => message,
+            Err(_) => {
+                state.reset();
+                generate(state).ok().flatten()
+            }
+        }
     }
 
     /// Apply a message from the peer behind `state`.
     ///
     /// Undecodable bytes (including any corrupt change chunk) give
     /// `InvalidSyncMessage` and leave both the document and `state` untouched.
-    /// If Automerge rejects (or panics on, see [`crate::guard`]) the changes,
+    /// If Automerge rejects (or panics on, see the `guard` module) the changes,
     /// the document is restored exactly and `state` is reset.
     pub fn receive_sync_message(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<Applied> {
         let incoming = decode(msg)?;
@@ -142,11 +165,15 @@ impl FlowDoc {
     /// * The clone is skipped entirely when the message carries no change we
     ///   lack (acks, heads, bloom filters: most sync traffic), since then nothing
     ///   can change.
-    /// * Validation is incremental (see [`crate::incremental`]): patches recorded
+    /// * Validation is incremental (see the `incremental` module): patches recorded
     ///   while applying name the nodes and edges touched, and only those (plus
     ///   the root map) are re-checked, so the cost follows the message size, not
     ///   the flow size.
-    pub fn receive_sync_message_validated(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<Applied> {
+    pub fn receive_sync_message_validated(
+        &mut self,
+        state: &mut SyncState,
+        msg: &[u8],
+    ) -> Result<Applied> {
         let incoming = decode(msg)?;
         if !self.may_change(&incoming) {
             return self.apply_message(state, incoming, None);
@@ -171,14 +198,23 @@ impl FlowDoc {
 
     /// Hand a decoded message to Automerge, optionally recording patches, and
     /// report what it applied.
-    fn apply_message(&mut self, state: &mut SyncState, incoming: Incoming, log: Option<&mut PatchLog>) -> Result<Applied> {
+    fn apply_message(
+        &mut self,
+        state: &mut SyncState,
+        incoming: Incoming,
+        log: Option<&mut PatchLog>,
+    ) -> Result<Applied> {
         let before = self.heads();
         match log {
-            Some(log) => self
+            Some(log) => self.doc.sync().receive_sync_message_log_patches(
+                &mut state.0,
+                incoming.message,
+                log,
+            )?,
+            None => self
                 .doc
                 .sync()
-                .receive_sync_message_log_patches(&mut state.0, incoming.message, log)?,
-            None => self.doc.sync().receive_sync_message(&mut state.0, incoming.message)?,
+                .receive_sync_message(&mut state.0, incoming.message)?,
         }
         Ok(Applied {
             changes: self.applied_since(&before, &incoming.changes),
@@ -189,7 +225,8 @@ impl FlowDoc {
     /// any change we lack, or any whole-document chunk (checking one of those
     /// exactly would mean loading it).
     fn may_change(&mut self, incoming: &Incoming) -> bool {
-        !incoming.containers.is_empty() || incoming.changes.keys().any(|hash| !self.has_change(hash))
+        !incoming.containers.is_empty()
+            || incoming.changes.keys().any(|hash| !self.has_change(hash))
     }
 
     /// Whether the encoded message carries any change this document lacks
@@ -210,7 +247,10 @@ impl FlowDoc {
         for bytes in &incoming.containers {
             // A whole document (sent on first sync): load it to learn its hashes.
             let mut other = no_panic(
-                || AutoCommit::load(bytes).map_err(|e| CrdtError::InvalidSyncMessage(e.to_string())),
+                || {
+                    AutoCommit::load(bytes)
+                        .map_err(|e| CrdtError::InvalidSyncMessage(e.to_string()))
+                },
                 sync_panic,
             )?;
             for meta in other.get_changes_meta(&[]) {

@@ -42,7 +42,9 @@ impl FlowDoc {
             for item in doc.map_range(&obj, RangeFull) {
                 if let ValueRef::Object(ObjType::Map) = item.value {
                     if let Some(edge) = read_edge(doc, &item.key, &item.id()) {
-                        if nodes.contains_key(&edge.source.node) && nodes.contains_key(&edge.target.node) {
+                        if nodes.contains_key(&edge.source.node)
+                            && nodes.contains_key(&edge.target.node)
+                        {
                             edges.insert(item.key.into_owned(), edge);
                         }
                     }
@@ -104,8 +106,12 @@ pub(crate) fn read_node(doc: &AutoCommit, id: &str, obj: &ObjId) -> Option<Node>
         match (item.key.as_ref(), &item.value) {
             ("kind", v) => kind = str_of(v),
             ("label", v) => label = str_of(v),
-            ("position", ValueRef::Object(ObjType::Map)) => position = read_position(doc, &item.id()),
-            ("config", ValueRef::Object(ObjType::Map)) => config = Some(json::read_map(doc, &item.id(), 1)),
+            ("position", ValueRef::Object(ObjType::Map)) => {
+                position = read_position(doc, &item.id())
+            }
+            ("config", ValueRef::Object(ObjType::Map)) => {
+                config = Some(json::read_map(doc, &item.id(), 1))
+            }
             _ => {}
         }
     }

@@ -59,7 +59,9 @@ fn add_node_with_explicit_and_generated_ids() {
 
     let mut ids = std::collections::BTreeSet::new();
     for _ in 0..50 {
-        let (id, _) = doc.add_node(NewNode::new("action", "a", Position::new(0.0, 0.0))).unwrap();
+        let (id, _) = doc
+            .add_node(NewNode::new("action", "a", Position::new(0.0, 0.0)))
+            .unwrap();
         assert!(ids.insert(id));
     }
     assert_eq!(doc.snapshot().nodes.len(), 51);
@@ -70,8 +72,12 @@ fn add_node_with_explicit_and_generated_ids() {
 fn generated_ids_differ_across_replicas() {
     let mut a = FlowDoc::new();
     let mut b = FlowDoc::new();
-    let (ia, _) = a.add_node(NewNode::new("action", "a", Position::new(0.0, 0.0))).unwrap();
-    let (ib, _) = b.add_node(NewNode::new("action", "b", Position::new(0.0, 0.0))).unwrap();
+    let (ia, _) = a
+        .add_node(NewNode::new("action", "a", Position::new(0.0, 0.0)))
+        .unwrap();
+    let (ib, _) = b
+        .add_node(NewNode::new("action", "b", Position::new(0.0, 0.0)))
+        .unwrap();
     assert_ne!(ia, ib);
 }
 
@@ -79,13 +85,31 @@ fn generated_ids_differ_across_replicas() {
 fn add_node_errors() {
     let mut doc = abc();
     let before = doc.heads();
-    assert!(matches!(doc.add_node(node("a", "http")), Err(CrdtError::DuplicateId(id)) if id == "a"));
-    assert!(matches!(doc.add_node(node("z", "Bad Kind")), Err(CrdtError::Schema(SchemaError::InvalidValue { .. }))));
-    assert!(matches!(doc.add_node(node("z", "")), Err(CrdtError::Schema(_))));
-    assert!(matches!(doc.add_node(node("z", &"k".repeat(65))), Err(CrdtError::Schema(_))));
-    assert!(matches!(doc.add_node(node("", "http")), Err(CrdtError::Schema(_))));
+    assert!(
+        matches!(doc.add_node(node("a", "http")), Err(CrdtError::DuplicateId(id)) if id == "a")
+    );
     assert!(matches!(
-        doc.add_node(NewNode::new("http", "x".repeat(1001), Position::new(0.0, 0.0))),
+        doc.add_node(node("z", "Bad Kind")),
+        Err(CrdtError::Schema(SchemaError::InvalidValue { .. }))
+    ));
+    assert!(matches!(
+        doc.add_node(node("z", "")),
+        Err(CrdtError::Schema(_))
+    ));
+    assert!(matches!(
+        doc.add_node(node("z", &"k".repeat(65))),
+        Err(CrdtError::Schema(_))
+    ));
+    assert!(matches!(
+        doc.add_node(node("", "http")),
+        Err(CrdtError::Schema(_))
+    ));
+    assert!(matches!(
+        doc.add_node(NewNode::new(
+            "http",
+            "x".repeat(1001),
+            Position::new(0.0, 0.0)
+        )),
         Err(CrdtError::Schema(_))
     ));
     assert!(matches!(
@@ -106,8 +130,18 @@ fn add_node_errors() {
 #[test]
 fn kinds_allow_documented_charset() {
     let mut doc = FlowDoc::new();
-    for kind in ["trigger", "action", "http", "filter", "transform", "decision", "delay", "my_kind.v2-beta"] {
-        doc.add_node(NewNode::new(kind, "k", Position::new(0.0, 0.0))).unwrap();
+    for kind in [
+        "trigger",
+        "action",
+        "http",
+        "filter",
+        "transform",
+        "decision",
+        "delay",
+        "my_kind.v2-beta",
+    ] {
+        doc.add_node(NewNode::new(kind, "k", Position::new(0.0, 0.0)))
+            .unwrap();
     }
     assert_eq!(doc.validate(), Ok(()));
 }
@@ -115,10 +149,17 @@ fn kinds_allow_documented_charset() {
 #[test]
 fn move_node() {
     let mut doc = abc();
-    one_change(&mut doc, |d| d.move_node("b", Position::new(10.0, 20.0)).unwrap());
+    one_change(&mut doc, |d| {
+        d.move_node("b", Position::new(10.0, 20.0)).unwrap()
+    });
     assert_eq!(doc.node("b").unwrap().position, Position::new(10.0, 20.0));
-    assert!(matches!(doc.move_node("nope", Position::new(0.0, 0.0)), Err(CrdtError::NodeNotFound(id)) if id == "nope"));
-    assert!(matches!(doc.move_node("b", Position::new(f64::INFINITY, 0.0)), Err(CrdtError::Schema(_))));
+    assert!(
+        matches!(doc.move_node("nope", Position::new(0.0, 0.0)), Err(CrdtError::NodeNotFound(id)) if id == "nope")
+    );
+    assert!(matches!(
+        doc.move_node("b", Position::new(f64::INFINITY, 0.0)),
+        Err(CrdtError::Schema(_))
+    ));
 }
 
 #[test]
@@ -126,8 +167,14 @@ fn relabel_node() {
     let mut doc = abc();
     one_change(&mut doc, |d| d.relabel_node("a", "Start here").unwrap());
     assert_eq!(doc.node("a").unwrap().label, "Start here");
-    assert!(matches!(doc.relabel_node("nope", "x"), Err(CrdtError::NodeNotFound(_))));
-    assert!(matches!(doc.relabel_node("a", &"x".repeat(1001)), Err(CrdtError::Schema(_))));
+    assert!(matches!(
+        doc.relabel_node("nope", "x"),
+        Err(CrdtError::NodeNotFound(_))
+    ));
+    assert!(matches!(
+        doc.relabel_node("a", &"x".repeat(1001)),
+        Err(CrdtError::Schema(_))
+    ));
     // Labels are counted in chars, not bytes.
     doc.relabel_node("a", &"é".repeat(1000)).unwrap();
 }
@@ -147,8 +194,12 @@ fn configure_node_round_trips_nested_json() {
         "empty": {},
         "empty_list": []
     });
-    one_change(&mut doc, |d| d.configure_node("b", "request", value.clone()).unwrap());
-    one_change(&mut doc, |d| d.configure_node("b", "timeout_ms", json!(5000)).unwrap());
+    one_change(&mut doc, |d| {
+        d.configure_node("b", "request", value.clone()).unwrap()
+    });
+    one_change(&mut doc, |d| {
+        d.configure_node("b", "timeout_ms", json!(5000)).unwrap()
+    });
     let n = doc.node("b").unwrap();
     assert_eq!(n.config["request"], value);
     assert_eq!(n.config["timeout_ms"], json!(5000));
@@ -157,12 +208,18 @@ fn configure_node_round_trips_nested_json() {
     doc.configure_node("b", "request", json!(null)).unwrap();
     assert_eq!(doc.node("b").unwrap().config["request"], json!(null));
 
-    assert!(matches!(doc.configure_node("nope", "k", json!(1)), Err(CrdtError::NodeNotFound(_))));
+    assert!(matches!(
+        doc.configure_node("nope", "k", json!(1)),
+        Err(CrdtError::NodeNotFound(_))
+    ));
     let mut deep = json!("leaf");
     for _ in 0..32 {
         deep = json!({ "d": deep });
     }
-    assert!(matches!(doc.configure_node("b", "deep", deep), Err(CrdtError::Schema(SchemaError::TooDeep { .. }))));
+    assert!(matches!(
+        doc.configure_node("b", "deep", deep),
+        Err(CrdtError::Schema(SchemaError::TooDeep { .. }))
+    ));
 }
 
 #[test]
@@ -197,13 +254,21 @@ fn concurrent_config_keys_merge() {
 fn delete_node_removes_touching_edges_in_same_change() {
     let mut doc = abc();
     doc.add_node(node("d", "delay")).unwrap();
-    doc.connect(Some("ad".into()), Endpoint::new("a", "out"), Endpoint::new("d", "in")).unwrap();
+    doc.connect(
+        Some("ad".into()),
+        Endpoint::new("a", "out"),
+        Endpoint::new("d", "in"),
+    )
+    .unwrap();
     one_change(&mut doc, |d| d.delete_node("b").unwrap());
     let snap = doc.snapshot();
     assert!(!snap.nodes.contains_key("b"));
     assert_eq!(snap.edges.keys().collect::<Vec<_>>(), vec!["ad"]);
     assert!(doc.dangling_edges().unwrap().is_empty());
-    assert!(matches!(doc.delete_node("b"), Err(CrdtError::NodeNotFound(_))));
+    assert!(matches!(
+        doc.delete_node("b"),
+        Err(CrdtError::NodeNotFound(_))
+    ));
 }
 
 #[test]
@@ -211,7 +276,9 @@ fn connect_and_disconnect() {
     let mut doc = abc();
     let mut id = String::new();
     one_change(&mut doc, |d| {
-        let (i, h) = d.connect(None, Endpoint::new("a", "err"), Endpoint::new("c", "in")).unwrap();
+        let (i, h) = d
+            .connect(None, Endpoint::new("a", "err"), Endpoint::new("c", "in"))
+            .unwrap();
         id = i;
         h
     });
@@ -228,13 +295,20 @@ fn connect_and_disconnect() {
         Err(CrdtError::NodeNotFound(n)) if n == "ghost"
     ));
     assert!(matches!(
-        doc.connect(Some("ab".into()), Endpoint::new("a", "out"), Endpoint::new("c", "in")),
+        doc.connect(
+            Some("ab".into()),
+            Endpoint::new("a", "out"),
+            Endpoint::new("c", "in")
+        ),
         Err(CrdtError::DuplicateId(_))
     ));
 
     one_change(&mut doc, |d| d.disconnect(&id).unwrap());
     assert!(!doc.snapshot().edges.contains_key(&id));
-    assert!(matches!(doc.disconnect(&id), Err(CrdtError::EdgeNotFound(_))));
+    assert!(matches!(
+        doc.disconnect(&id),
+        Err(CrdtError::EdgeNotFound(_))
+    ));
 }
 
 #[test]
@@ -277,4 +351,16 @@ fn edits_after_a_failed_edit_contain_only_their_own_ops() {
     assert_eq!(new.len(), 1);
     assert_eq!(doc.snapshot().nodes.len(), 3);
     assert_eq!(doc.snapshot().edges.len(), 2);
+}
+
+#[test]
+fn edits_that_change_nothing_still_commit_one_change() {
+    // Automerge skips a put of an identical value; typed edits still yield one change.
+    let mut doc = abc();
+    doc.set_name("same").unwrap();
+    one_change(&mut doc, |d| d.set_name("same").unwrap());
+    one_change(&mut doc, |d| d.relabel_node("a", "trigger a").unwrap());
+    doc.configure_node("a", "k", json!(1)).unwrap();
+    one_change(&mut doc, |d| d.configure_node("a", "k", json!(1)).unwrap());
+    assert_eq!(doc.validate(), Ok(()));
 }

@@ -18,13 +18,15 @@ const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/pos
 async fn fresh_postgres_url() -> String {
     let admin = std::env::var("FLOWHUB_TEST_POSTGRES")
         .unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_owned());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is required by these tests but {admin} is unreachable: {e}\n\
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required by these tests but {admin} is unreachable: {e}\n\
              Start PostgreSQL there (user `postgres`, trust auth) or point \
              FLOWHUB_TEST_POSTGRES at an admin URL."
-        )
-    });
+            )
+        });
     let name = format!("flowhub_test_{}", uuid::Uuid::new_v4().simple());
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
@@ -92,9 +94,17 @@ on_both_backends!(
     migrations_are_idempotent,
     flow_members_set_get_delete,
     close_flushes_then_rejects_appends,
+    one_bad_append_fails_alone,
 );
 
 async fn connect(url: &str) -> SqlStore {
+    // Store logs in test output (shown with --nocapture); RUST_LOG picks the level.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     SqlStore::connect(url)
         .await
         .unwrap_or_else(|e| panic!("connect failed: {e}"))
@@ -157,8 +167,19 @@ async fn append_then_load_keeps_append_order(url: String) {
     let flow = load(&store, "f1").await;
     assert!(flow.exists);
     assert_eq!(flow.snapshot, None);
-    assert_eq!(flow.changes, changes("f1", 1..=6), "append order, bytes intact");
+    assert_eq!(
+        flow.changes,
+        changes("f1", 1..=6),
+        "append order, bytes intact"
+    );
     assert_eq!(load(&store, "other").await.changes, changes("other", [1]));
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let wal = format!("{path}-wal");
+        assert!(
+            std::path::Path::new(&wal).exists(),
+            "SQLite runs in WAL mode"
+        );
+    }
 
     // An empty append still creates the flow, as the trait says.
     append(&store, "empty", &[]).await;
@@ -294,8 +315,8 @@ async fn group_commit_batches_concurrent_appends(url: String) {
         stats.batches - before.batches,
         stats.appends - before.appends,
     );
-    let expected_changes: u64 = (0..PER_FLOW).map(|n| u64::from(n % 3 + 1)).sum::<u64>()
-        * u64::from(FLOWS);
+    let expected_changes: u64 =
+        (0..PER_FLOW).map(|n| u64::from(n % 3 + 1)).sum::<u64>() * u64::from(FLOWS);
     assert_eq!(appends, u64::from(FLOWS * PER_FLOW));
     assert_eq!(stats.changes - before.changes, expected_changes);
     assert!(
@@ -303,7 +324,10 @@ async fn group_commit_batches_concurrent_appends(url: String) {
         "expected group commit (at least 4 appends per transaction on average), \
          got {batches} transactions for {appends} appends"
     );
-    eprintln!("{}: {appends} appends in {batches} transactions", backend_of(&url));
+    eprintln!(
+        "{}: {appends} appends in {batches} transactions",
+        backend_of(&url)
+    );
 
     for f in 0..FLOWS {
         let flow = format!("flow-{f}");
@@ -349,7 +373,11 @@ async fn reopen_sees_everything(url: String) {
     assert_eq!(load(&store, "b").await.changes, changes("b", 1..=2));
     assert_eq!(load(&store, "c").await.changes, changes("c", [1]));
     assert_eq!(
-        store.flow_role("a", "alice").await.expect("role").as_deref(),
+        store
+            .flow_role("a", "alice")
+            .await
+            .expect("role")
+            .as_deref(),
         Some("editor")
     );
     store.close().await;
@@ -446,6 +474,46 @@ async fn close_flushes_then_rejects_appends(url: String) {
         assert!(stored.contains(&hash), "acknowledged change {hash} lost");
     }
     reopened.close().await;
+}
+
+/// PostgreSQL rejects NUL in TEXT; that append must fail without failing the appends
+/// that shared its transaction (the writer retries a failed batch request by request).
+async fn one_bad_append_fails_alone(url: String) {
+    const GOOD: u32 = 40;
+    let store = Arc::new(connect(&url).await);
+    let start = Arc::new(tokio::sync::Barrier::new(GOOD as usize + 1));
+    let mut good = Vec::new();
+    for n in 0..GOOD {
+        let (store, start) = (store.clone(), start.clone());
+        good.push(tokio::spawn(async move {
+            start.wait().await;
+            append(&store, &format!("good-{n}"), &changes("good", [n])).await;
+        }));
+    }
+    let bad = {
+        let (store, start) = (store.clone(), start.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            store
+                .append_changes("bad\0flow", &changes("bad", [1]))
+                .await
+        })
+    };
+    for task in good {
+        task.await.expect("good append");
+    }
+    let bad = bad.await.expect("bad append task");
+    match backend_of(&url) {
+        "postgres" => assert!(matches!(bad, Err(StoreError::Query(_))), "{bad:?}"),
+        _ => bad.expect("SQLite stores NUL in TEXT"),
+    }
+    for n in 0..GOOD {
+        assert_eq!(
+            load(&store, &format!("good-{n}")).await.changes,
+            changes("good", [n])
+        );
+    }
+    store.close().await;
 }
 
 #[tokio::test]

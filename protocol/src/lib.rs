@@ -15,6 +15,8 @@
 //! - [`frame`]: the binary sync frame header, encode and decode.
 //! - [`codec`]: decoding client text frames into typed messages or typed errors.
 //! - [`error`]: [`ErrorCode`], [`ProtocolError`] and the close codes.
+//! - [`presence`]: presence entries (cursor, selection, colour).
+//! - [`run`]: run events as engines report them, run state and summaries.
 //! - [`ids`]: validation of flow ids (they appear in frame headers and store keys).
 
 pub mod codec;
@@ -22,12 +24,16 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod message;
+pub mod presence;
+pub mod run;
 
 pub use codec::{decode_client_text, encode, DecodeFailure};
 pub use error::{close, ErrorCode, ProtocolError};
 pub use frame::{FrameKind, SyncFrame};
 pub use ids::{validate_flow_id, MAX_FLOW_ID_LEN};
 pub use message::{ClientMessage, Limits, RequestId, Role, ServerMessage};
+pub use presence::{Cursor, PresenceEntry};
+pub use run::{RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, RunSummary};
 
 /// The protocol version this crate speaks. A client names the version it speaks in
 /// `hello`; the hub answers with the version it will use in `welcome`.

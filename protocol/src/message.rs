@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::presence::{Cursor, PresenceEntry};
+use crate::run::{RunEvent, RunSnapshot, RunSummary};
 use crate::ErrorCode;
 
 /// A request id chosen by the client and echoed in the reply. Numbers and strings are
@@ -73,6 +75,49 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
+    /// Own cursor, selection and colour in a subscribed flow. Fields left out keep
+    /// their previous value. Coalesced by the hub (last value wins); not answered.
+    Presence {
+        flow_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selection: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        color: Option<String>,
+    },
+    /// Watch a run: answered with `run_state`, then every event after `since_seq`
+    /// (0 or absent: from the start), then live events, in order, without gaps.
+    SubscribeRun {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        run_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_seq: Option<u64>,
+    },
+    UnsubscribeRun {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        run_id: String,
+    },
+    /// A feed of run started/finished summaries of one flow (`flow_run` messages).
+    SubscribeFlowRuns {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        flow_id: String,
+    },
+    UnsubscribeFlowRuns {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        flow_id: String,
+    },
+    /// Replace the session's token (before it expires, or after a role change).
+    /// Answered with `ack`; a bad token gets `unauthorized` and the old one stays.
+    Reauth {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        token: String,
+    },
 }
 
 impl ClientMessage {
@@ -81,7 +126,29 @@ impl ClientMessage {
             ClientMessage::Hello { id, .. }
             | ClientMessage::SubscribeFlow { id, .. }
             | ClientMessage::UnsubscribeFlow { id, .. }
-            | ClientMessage::Ping { id } => id.as_ref(),
+            | ClientMessage::Ping { id }
+            | ClientMessage::SubscribeRun { id, .. }
+            | ClientMessage::UnsubscribeRun { id, .. }
+            | ClientMessage::SubscribeFlowRuns { id, .. }
+            | ClientMessage::UnsubscribeFlowRuns { id, .. }
+            | ClientMessage::Reauth { id, .. } => id.as_ref(),
+            ClientMessage::Presence { .. } => None,
+        }
+    }
+
+    /// Sets the request id (no effect on `presence`, which is never answered).
+    pub fn set_id(&mut self, new_id: RequestId) {
+        match self {
+            ClientMessage::Hello { id, .. }
+            | ClientMessage::SubscribeFlow { id, .. }
+            | ClientMessage::UnsubscribeFlow { id, .. }
+            | ClientMessage::Ping { id }
+            | ClientMessage::SubscribeRun { id, .. }
+            | ClientMessage::UnsubscribeRun { id, .. }
+            | ClientMessage::SubscribeFlowRuns { id, .. }
+            | ClientMessage::UnsubscribeFlowRuns { id, .. }
+            | ClientMessage::Reauth { id, .. } => *id = Some(new_id),
+            ClientMessage::Presence { .. } => {}
         }
     }
 
@@ -92,12 +159,29 @@ impl ClientMessage {
             ClientMessage::SubscribeFlow { .. } => "subscribe_flow",
             ClientMessage::UnsubscribeFlow { .. } => "unsubscribe_flow",
             ClientMessage::Ping { .. } => "ping",
+            ClientMessage::Presence { .. } => "presence",
+            ClientMessage::SubscribeRun { .. } => "subscribe_run",
+            ClientMessage::UnsubscribeRun { .. } => "unsubscribe_run",
+            ClientMessage::SubscribeFlowRuns { .. } => "subscribe_flow_runs",
+            ClientMessage::UnsubscribeFlowRuns { .. } => "unsubscribe_flow_runs",
+            ClientMessage::Reauth { .. } => "reauth",
         }
     }
 }
 
 /// Every `type` a client may send, for precise "unknown type" errors.
-pub const CLIENT_MESSAGE_TYPES: &[&str] = &["hello", "subscribe_flow", "unsubscribe_flow", "ping"];
+pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
+    "hello",
+    "subscribe_flow",
+    "unsubscribe_flow",
+    "ping",
+    "presence",
+    "subscribe_run",
+    "unsubscribe_run",
+    "subscribe_flow_runs",
+    "unsubscribe_flow_runs",
+    "reauth",
+];
 
 /// Messages the hub sends in text frames.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +223,32 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
+    /// Everyone present in a flow; sent once after `flow_state`.
+    PresenceState { flow_id: String, peers: Vec<PresenceEntry> },
+    /// Changes to a flow's presence since the last state or diff.
+    PresenceDiff {
+        flow_id: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<PresenceEntry>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        updated: Vec<PresenceEntry>,
+        /// Session ids that left.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<String>,
+    },
+    /// Reply to `subscribe_run`: the run's state; events after `since_seq` follow.
+    RunState {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        run: RunSnapshot,
+    },
+    /// One run event, in sequence order.
+    RunEvent { run_id: String, event: RunEvent },
+    /// The watcher fell behind and events were skipped: subscribe again with
+    /// `since_seq = seq` to get them; nothing is lost.
+    ResumeFrom { run_id: String, seq: u64 },
+    /// A run of a flow started or finished (`subscribe_flow_runs`).
+    FlowRun { flow_id: String, run: RunSummary },
     /// A typed error. `id` echoes the failed request; `flow_id` names the flow when the
     /// error concerns a binary sync frame (which has no request id).
     Error {
@@ -168,9 +278,28 @@ impl ServerMessage {
             | ServerMessage::FlowState { id, .. }
             | ServerMessage::Ack { id, .. }
             | ServerMessage::Pong { id }
+            | ServerMessage::RunState { id, .. }
             | ServerMessage::Error { id, .. } => *id = request,
+            ServerMessage::PresenceState { .. }
+            | ServerMessage::PresenceDiff { .. }
+            | ServerMessage::RunEvent { .. }
+            | ServerMessage::ResumeFrom { .. }
+            | ServerMessage::FlowRun { .. } => {}
         }
         self
+    }
+
+    /// The request id this message answers, if any.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            ServerMessage::Welcome { id, .. }
+            | ServerMessage::FlowState { id, .. }
+            | ServerMessage::Ack { id, .. }
+            | ServerMessage::Pong { id }
+            | ServerMessage::RunState { id, .. }
+            | ServerMessage::Error { id, .. } => id.as_ref(),
+            _ => None,
+        }
     }
 
     /// The same error naming a flow.

@@ -149,7 +149,7 @@ impl SessionState {
     }
 
     /// Sends a typed error; counts it toward the abuse limit.
-    fn fail(&mut self, id: Option<RequestId>, flow_id: Option<&str>, code: ErrorCode, message: String) {
+    pub(super) fn fail(&mut self, id: Option<RequestId>, flow_id: Option<&str>, code: ErrorCode, message: String) {
         debug!(%code, message, "request refused");
         let mut err = ServerMessage::error(code, message).with_id(id);
         if let Some(flow) = flow_id {
@@ -194,6 +194,14 @@ impl SessionState {
             ClientMessage::Ping { id } => {
                 self.out.send_control(&ServerMessage::Pong { id });
             }
+            ClientMessage::Presence { flow_id, cursor, selection, color } => {
+                self.presence(flow_id, cursor, selection, color).await
+            }
+            ClientMessage::SubscribeRun { id, run_id, since_seq } => self.subscribe_run(id, run_id, since_seq).await,
+            ClientMessage::UnsubscribeRun { id, run_id } => self.unsubscribe_run(id, run_id).await,
+            ClientMessage::SubscribeFlowRuns { id, flow_id } => self.subscribe_flow_runs(id, flow_id).await,
+            ClientMessage::UnsubscribeFlowRuns { id, flow_id } => self.unsubscribe_flow_runs(id, flow_id).await,
+            ClientMessage::Reauth { id, token } => self.reauth(id, token).await,
         }
     }
 
@@ -260,5 +268,21 @@ impl SessionState {
             self.subscriptions.remove(&frame.flow_id);
             self.fail(None, Some(&frame.flow_id), ErrorCode::Internal, "the flow was closed; subscribe again".into());
         }
+    }
+}
+
+impl SessionState {
+    async fn presence(
+        &mut self,
+        flow_id: String,
+        _cursor: Option<flowhub_protocol::Cursor>,
+        _selection: Option<Vec<String>>,
+        _color: Option<String>,
+    ) {
+        self.fail(None, Some(&flow_id), ErrorCode::NotFound, "presence is not available yet".into());
+    }
+
+    async fn reauth(&mut self, id: Option<RequestId>, _token: String) {
+        self.fail(id, None, ErrorCode::Unauthorized, "reauth is not available yet".into());
     }
 }

@@ -3,11 +3,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use flowhub_protocol::{
     close, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId, ServerMessage,
     PROTOCOL_VERSION,
 };
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use flowhub_protocol::{
+    frame::encode_flow_sync, ClientMessage, RequestId, ServerMessage, SyncFrame,
+};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use flowhub_protocol::{frame::encode_flow_sync, ClientMessage, RequestId, ServerMessage, SyncFrame};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -91,7 +93,11 @@ impl Shared {
     }
 
     /// Queues one binary sync frame per message, in order.
-    pub(crate) fn send_sync(&self, flow_id: &str, messages: Vec<Vec<u8>>) -> Result<(), ClientError> {
+    pub(crate) fn send_sync(
+        &self,
+        flow_id: &str,
+        messages: Vec<Vec<u8>>,
+    ) -> Result<(), ClientError> {
         for payload in messages {
             self.send(Message::binary(encode_flow_sync(flow_id, &payload)))?;
         }
@@ -140,7 +146,9 @@ impl Shared {
             }
         };
         match reply {
-            ServerMessage::Error { code, message, .. } => Err(ClientError::Server { code, message }),
+            ServerMessage::Error { code, message, .. } => {
+                Err(ClientError::Server { code, message })
+            }
             other => Ok(other),
         }
     }
@@ -171,7 +179,10 @@ impl Shared {
     pub(crate) fn forget_flow(&self, flow: &Arc<FlowShared>) {
         {
             let mut flows = lock(&self.flows);
-            if flows.get(&flow.flow_id).is_some_and(|f| Arc::ptr_eq(f, flow)) {
+            if flows
+                .get(&flow.flow_id)
+                .is_some_and(|f| Arc::ptr_eq(f, flow))
+            {
                 flows.remove(&flow.flow_id);
             }
         }
@@ -221,7 +232,9 @@ impl Shared {
                 ..
             } => match self.flow(flow_id) {
                 Some(flow) => flow.on_ack(changes),
-                None => tracing::debug!(session_id = %self.session_id, %flow_id, "ack for an unsubscribed flow ignored"),
+                None => {
+                    tracing::debug!(session_id = %self.session_id, %flow_id, "ack for an unsubscribed flow ignored")
+                }
             },
             ServerMessage::Error {
                 ref flow_id,
@@ -280,23 +293,12 @@ impl Shared {
 
 /// The request id a server message echoes, if any.
 fn reply_id(msg: &ServerMessage) -> Option<&RequestId> {
-    match msg {
-        ServerMessage::Welcome { id, .. }
-        | ServerMessage::FlowState { id, .. }
-        | ServerMessage::Ack { id, .. }
-        | ServerMessage::Pong { id }
-        | ServerMessage::Error { id, .. } => id.as_ref(),
-    }
+    msg.id()
 }
 
 /// The same message carrying `new_id`.
 pub(crate) fn with_request_id(mut msg: ClientMessage, new_id: RequestId) -> ClientMessage {
-    match &mut msg {
-        ClientMessage::Hello { id, .. }
-        | ClientMessage::SubscribeFlow { id, .. }
-        | ClientMessage::UnsubscribeFlow { id, .. }
-        | ClientMessage::Ping { id } => *id = Some(new_id),
-    }
+    msg.set_id(new_id);
     msg
 }
 
@@ -458,7 +460,13 @@ mod tests {
         let first = errors.recv().await.unwrap();
         assert!(matches!(first, ServerMessage::Error { id: None, .. }));
         let second = errors.recv().await.unwrap();
-        assert!(matches!(second, ServerMessage::Error { id: Some(RequestId::Num(77)), .. }));
+        assert!(matches!(
+            second,
+            ServerMessage::Error {
+                id: Some(RequestId::Num(77)),
+                ..
+            }
+        ));
         assert!(errors.try_recv().is_err());
     }
 
@@ -506,7 +514,8 @@ mod tests {
                     rx: &mut mpsc::UnboundedReceiver<Message>|
          -> Vec<String> {
             let mut stored = Vec::new();
-            let mut to_client: Vec<Vec<u8>> = hub.generate_sync_message(hub_sync).into_iter().collect();
+            let mut to_client: Vec<Vec<u8>> =
+                hub.generate_sync_message(hub_sync).into_iter().collect();
             for _ in 0..50 {
                 for msg in to_client.drain(..) {
                     shared.on_binary(&encode_flow_sync("f1", &msg));
@@ -538,7 +547,10 @@ mod tests {
         assert_eq!(stored, edited);
         let ack = serde_json::json!({"type": "ack", "flow_id": "f1", "changes": stored});
         shared.on_text(&ack.to_string());
-        assert_eq!(flow.status_for_test(&edited), crate::ticket::TicketStatus::Acked);
+        assert_eq!(
+            flow.status_for_test(&edited),
+            crate::ticket::TicketStatus::Acked
+        );
 
         // A refusal fails pending edits and rolls the replica back.
         let refused = flow.edit_for_test(&shared, |doc| doc.relabel_node("t", "refused"));
@@ -550,7 +562,10 @@ mod tests {
         );
         assert!(matches!(
             flow.status_for_test(&refused),
-            crate::ticket::TicketStatus::Rejected { code: ErrorCode::Forbidden, .. }
+            crate::ticket::TicketStatus::Rejected {
+                code: ErrorCode::Forbidden,
+                ..
+            }
         ));
         assert!(errors.try_recv().is_ok());
         assert_eq!(flow.snapshot().nodes["t"].label, "T2");

@@ -109,7 +109,10 @@ mod tests {
     #[test]
     fn bad_bases_are_errors() {
         assert!(matches!(ws_url("nope", "t"), Err(ClientError::Connect(_))));
-        assert!(matches!(ws_url("ftp://h", "t"), Err(ClientError::Connect(_))));
+        assert!(matches!(
+            ws_url("ftp://h", "t"),
+            Err(ClientError::Connect(_))
+        ));
         assert!(matches!(
             flow_url("mailto:x@y", "f"),
             Err(ClientError::Connect(_))

@@ -98,7 +98,8 @@ impl FlowShared {
         let mut replica = lock(&self.replica);
         let edited = replica.edit(f);
         edited.result.expect("test edit");
-        conn.send_sync(&self.flow_id, edited.messages).expect("send");
+        conn.send_sync(&self.flow_id, edited.messages)
+            .expect("send");
         edited.hashes
     }
 
@@ -121,18 +122,18 @@ impl FlowShared {
             match replica.receive(payload) {
                 Ok(received) => {
                     if let Err(e) = conn.send_sync(&self.flow_id, received.replies) {
-                        tracing::debug!(flow_id = %self.flow_id, error = %e, "sync reply not sent");
+                        tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "sync reply not sent");
                     }
                     received.applied
                 }
                 Err(e) => {
-                    tracing::warn!(flow_id = %self.flow_id, error = %e, "undecodable sync message from the hub ignored");
+                    tracing::warn!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "undecodable sync message from the hub ignored");
                     0
                 }
             }
         };
         if applied > 0 {
-            tracing::trace!(flow_id = %self.flow_id, applied, "remote changes applied");
+            tracing::trace!(session_id = %conn.session_id, flow_id = %self.flow_id, applied, "remote changes applied");
             self.version.send_modify(|v| *v += 1);
         }
     }
@@ -149,10 +150,10 @@ impl FlowShared {
         {
             let mut replica = lock(&self.replica);
             let pending = replica.pending_len();
-            tracing::info!(flow_id = %self.flow_id, %code, message, pending, "hub refused a sync frame; rolling back and resyncing");
+            tracing::info!(session_id = %conn.session_id, flow_id = %self.flow_id, %code, message, pending, "hub refused a sync frame; rolling back and resyncing");
             let messages = replica.reject(code, message);
             if let Err(e) = conn.send_sync(&self.flow_id, messages) {
-                tracing::debug!(flow_id = %self.flow_id, error = %e, "resync not sent");
+                tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "resync not sent");
             }
         }
         self.acks.send_modify(|v| *v += 1);
@@ -226,7 +227,7 @@ impl FlowHandle {
             (edited.result, edited.hashes, sent)
         };
         if !hashes.is_empty() {
-            tracing::debug!(flow_id = %self.flow.flow_id, changes = hashes.len(), "local edit sent");
+            tracing::debug!(session_id = %self.conn().session_id, flow_id = %self.flow.flow_id, changes = hashes.len(), "local edit sent");
         }
         let value = result?;
         sent?;
@@ -278,7 +279,7 @@ impl FlowHandle {
         let mut replica = lock(&self.flow.replica);
         let (result, messages) = replica.with_doc(f);
         if let Err(e) = self.conn().send_sync(&self.flow.flow_id, messages) {
-            tracing::debug!(flow_id = %self.flow.flow_id, error = %e, "sync after with_doc not sent");
+            tracing::debug!(session_id = %self.conn().session_id, flow_id = %self.flow.flow_id, error = %e, "sync after with_doc not sent");
         }
         result
     }
@@ -329,19 +330,22 @@ impl FlowHandle {
         .await
     }
 
-    /// Leaves the flow (`unsubscribe_flow`). Every clone of this handle stops working:
-    /// edits and waits fail with [`ClientError::NotSubscribed`].
+    /// Leaves the flow (`unsubscribe_flow`). Every clone of this handle stops working
+    /// (even if the hub answers with an error): edits and waits fail with
+    /// [`ClientError::NotSubscribed`]. Calling it again does nothing.
     pub async fn unsubscribe(&self) -> Result<(), ClientError> {
         if self.flow.is_gone() {
             return Ok(());
         }
+        // Forget the flow first: sync frames still in flight may be answered with
+        // `not subscribed` errors, which must not trigger a resync.
+        self.conn().forget_flow(&self.flow);
         let msg = ClientMessage::UnsubscribeFlow {
             id: None,
             flow_id: self.flow.flow_id.clone(),
         };
         self.conn().request(msg).await?;
-        self.conn().forget_flow(&self.flow);
-        tracing::debug!(flow_id = %self.flow.flow_id, "unsubscribed");
+        tracing::debug!(session_id = %self.conn().session_id, flow_id = %self.flow.flow_id, "unsubscribed");
         Ok(())
     }
 
@@ -415,7 +419,10 @@ mod tests {
     #[test]
     fn heads_parse_or_fail_cleanly() {
         let genesis = flowhub_crdt::genesis_hash().to_string();
-        assert_eq!(parse_heads(std::slice::from_ref(&genesis)).unwrap().len(), 1);
+        assert_eq!(
+            parse_heads(std::slice::from_ref(&genesis)).unwrap().len(),
+            1
+        );
         assert!(parse_heads(&[]).unwrap().is_empty());
         assert!(matches!(
             parse_heads(&["zz".into()]),

@@ -82,8 +82,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(error_from_body(401, b""), ClientError::Unauthorized));
-        assert!(matches!(error_from_body(502, b"<html>"), ClientError::Http(m) if m.contains("502")));
+        assert!(matches!(
+            error_from_body(401, b""),
+            ClientError::Unauthorized
+        ));
+        assert!(
+            matches!(error_from_body(502, b"<html>"), ClientError::Http(m) if m.contains("502"))
+        );
         assert!(matches!(
             error_from_body(404, br#"{"error":{"code":"weird","message":"m"}}"#),
             ClientError::Http(_)

@@ -29,10 +29,16 @@ use crate::ticket::{AckTracker, TicketStatus};
 /// couple means something is wrong; the bound only guards against a busy loop.
 const MAX_MESSAGES_PER_ROUND: usize = 64;
 
+/// After this many refusals with no sync message from the hub in between, a refusal
+/// no longer triggers an immediate resync (the next local edit or hub message restarts
+/// the exchange). Guards against a frame/refusal ping-pong with a hub that refuses
+/// everything this session sends for the flow.
+const MAX_REFUSALS_IN_A_ROW: u32 = 3;
+
 /// What receiving one sync message did.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
-    /// Hashes of the changes the message applied (empty for protocol chatter).
+    /// How many changes the message applied (0 for protocol chatter).
     pub(crate) applied: usize,
     /// Replies for the hub.
     pub(crate) replies: Vec<Vec<u8>>,
@@ -55,6 +61,8 @@ pub(crate) struct Replica {
     tracker: AckTracker,
     /// Actor ids (hex) this replica has edited under; a rebuilt document gets a new one.
     local_actors: HashSet<String>,
+    /// Refusals since the last sync message received from the hub.
+    refusals_in_a_row: u32,
 }
 
 impl Default for Replica {
@@ -76,6 +84,7 @@ impl Replica {
             sync: SyncState::new(),
             tracker: AckTracker::default(),
             local_actors,
+            refusals_in_a_row: 0,
         }
     }
 
@@ -150,6 +159,7 @@ impl Replica {
     /// that do not decode) neither the document nor the sync state changed.
     pub(crate) fn receive(&mut self, payload: &[u8]) -> Result<Received, CrdtError> {
         let applied = self.doc.receive_sync_message(&mut self.sync, payload)?;
+        self.refusals_in_a_row = 0;
         Ok(Received {
             applied: applied.changes.len(),
             replies: self.outgoing(),
@@ -171,9 +181,11 @@ impl Replica {
 
     /// The hub refused a sync frame and reset its side: fail the pending edits, roll
     /// the document back to what the hub can have, and restart the sync. Returns the
-    /// first messages of the new exchange.
+    /// first messages of the new exchange (none after [`MAX_REFUSALS_IN_A_ROW`]
+    /// refusals without a sync message from the hub in between).
     pub(crate) fn reject(&mut self, code: ErrorCode, message: &str) -> Vec<Vec<u8>> {
         self.tracker.reject_pending(code, message);
+        self.refusals_in_a_row += 1;
         let rebuilt = self.rebuild_without_unacked_local().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "rebuilding the replica failed; starting from empty");
             FlowDoc::new()
@@ -181,6 +193,13 @@ impl Replica {
         self.local_actors.insert(rebuilt.actor_hex());
         self.doc = rebuilt;
         self.sync = SyncState::new();
+        if self.refusals_in_a_row > MAX_REFUSALS_IN_A_ROW {
+            tracing::warn!(
+                refusals = self.refusals_in_a_row,
+                "the hub keeps refusing this flow's sync frames; not resyncing until it sends one"
+            );
+            return Vec::new();
+        }
         self.outgoing()
     }
 
@@ -298,8 +317,12 @@ mod tests {
         let (b, _) = doc
             .add_node(NewNode::new("http", "B", Position::new(1.0, 0.0)).with_id("b"))
             .unwrap();
-        doc.connect(Some("e1".into()), Endpoint::new(&a, "out"), Endpoint::new(&b, "in"))
-            .unwrap();
+        doc.connect(
+            Some("e1".into()),
+            Endpoint::new(&a, "out"),
+            Endpoint::new(&b, "in"),
+        )
+        .unwrap();
         (FakeHub::new(doc), vec![a, b])
     }
 
@@ -428,6 +451,30 @@ mod tests {
         hub.sync.reset();
         pump(&mut hub, &mut replica, resync);
         assert_eq!(replica.doc_ref().snapshot(), hub.doc.snapshot());
+    }
+
+    #[test]
+    fn endless_refusals_stop_resyncing() {
+        let mut replica = Replica::new();
+        for _ in 0..MAX_REFUSALS_IN_A_ROW {
+            assert!(!replica
+                .reject(ErrorCode::BadRequest, "not subscribed")
+                .is_empty());
+        }
+        assert!(replica
+            .reject(ErrorCode::BadRequest, "not subscribed")
+            .is_empty());
+        // A message from the hub re-arms the resync.
+        let mut hub = FlowDoc::new();
+        let mut hub_sync = SyncState::new();
+        let msg = hub.generate_sync_message(&mut hub_sync).unwrap();
+        replica.receive(&msg).unwrap();
+        assert!(!replica.reject(ErrorCode::BadRequest, "again").is_empty());
+        // Local edits are always sent.
+        for _ in 0..=MAX_REFUSALS_IN_A_ROW {
+            replica.reject(ErrorCode::BadRequest, "x");
+        }
+        assert!(!replica.edit(|doc| doc.set_name("n")).messages.is_empty());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Edit tickets and the bookkeeping that resolves them: which local changes the hub has
 //! acknowledged (stored durably) and which it refused.
 //!
-//! The hub acks changes by hash, possibly before [`crate::FlowHandle::edit`] has returned
-//! (the ack races the edit's bookkeeping only in theory, since both run under the flow's
-//! lock, but acks for changes made through [`crate::FlowHandle::with_doc`] are never
-//! registered at all). So every acked hash is remembered, whether or not it was pending,
-//! in a set bounded to the most recent [`MAX_REMEMBERED`] hashes.
+//! Every acked hash is remembered, whether or not an edit registered it as pending: an
+//! ack may concern a change made through [`crate::FlowHandle::with_doc`] (never
+//! registered), and a ticket may be awaited long after its ack arrived. Acked and
+//! rejected hashes are each kept in a set bounded to the most recent
+//! [`MAX_REMEMBERED`] entries, so a long session does not grow without bound; only a
+//! ticket older than that many later edits can then no longer resolve (it times out).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -39,11 +40,16 @@ pub(crate) enum TicketStatus {
     Rejected { code: ErrorCode, message: String },
 }
 
-/// A set that forgets its oldest members beyond a capacity.
+/// A map that forgets its oldest entries beyond a capacity.
+///
+/// `order` lists keys by insertion, each tagged with the sequence number it was
+/// inserted under; an entry popped from `order` is only evicted if the key was not
+/// removed and re-inserted since (its sequence number still matches).
 #[derive(Debug)]
 struct BoundedSet<V> {
-    order: VecDeque<String>,
-    values: HashMap<String, V>,
+    order: VecDeque<(u64, String)>,
+    values: HashMap<String, (u64, V)>,
+    next_seq: u64,
     cap: usize,
 }
 
@@ -52,34 +58,42 @@ impl<V> BoundedSet<V> {
         BoundedSet {
             order: VecDeque::new(),
             values: HashMap::new(),
+            next_seq: 0,
             cap,
         }
     }
 
     fn insert(&mut self, key: String, value: V) {
-        if self.values.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
+        if let Some(entry) = self.values.get_mut(&key) {
+            entry.1 = value;
+            return;
         }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.values.insert(key.clone(), (seq, value));
+        self.order.push_back((seq, key));
         while self.values.len() > self.cap {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.values.remove(&old);
-                }
-                None => break,
+            let Some((seq, old)) = self.order.pop_front() else {
+                break;
+            };
+            if self.values.get(&old).is_some_and(|(s, _)| *s == seq) {
+                self.values.remove(&old);
             }
         }
     }
 
     fn get(&self, key: &str) -> Option<&V> {
-        self.values.get(key)
+        self.values.get(key).map(|(_, v)| v)
     }
 
     fn remove(&mut self, key: &str) {
-        // The stale entry in `order` is skipped harmlessly when it is popped later.
+        // The stale entry left in `order` is skipped when popped; compact once stale
+        // entries dominate so `order` stays bounded too.
         self.values.remove(key);
         if self.order.len() > 2 * self.cap.max(1) {
             let values = &self.values;
-            self.order.retain(|k| values.contains_key(k));
+            self.order
+                .retain(|(seq, k)| values.get(k).is_some_and(|(s, _)| s == seq));
         }
     }
 
@@ -270,5 +284,20 @@ mod tests {
         }
         assert!(t.rejected.order.len() <= 2 * 8 + 1);
         assert!(t.acked.order.len() <= 8);
+    }
+
+    #[test]
+    fn reinserted_keys_are_not_evicted_early() {
+        let mut set = BoundedSet::new(3);
+        set.insert("a".to_owned(), ());
+        set.remove("a");
+        set.insert("b".to_owned(), ());
+        set.insert("a".to_owned(), ());
+        set.insert("c".to_owned(), ());
+        // Popping the stale "a" must not evict the live one.
+        set.insert("d".to_owned(), ());
+        assert!(set.get("a").is_some(), "{set:?}");
+        assert!(set.get("b").is_none());
+        assert_eq!(set.len(), 3);
     }
 }

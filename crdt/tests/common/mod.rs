@@ -9,7 +9,11 @@ use flowhub_crdt::{ChangeHash, Endpoint, FlowDoc, NewNode, Position, SyncState};
 /// Run the sync protocol between `a` and `b` until neither has anything to
 /// send. `validated` makes `b` (the "hub") use the validated receive. Returns
 /// the first error `b` reported, if any (and stops there).
-pub fn sync_pair(a: &mut FlowDoc, b: &mut FlowDoc, validated: bool) -> Result<(), flowhub_crdt::CrdtError> {
+pub fn sync_pair(
+    a: &mut FlowDoc,
+    b: &mut FlowDoc,
+    validated: bool,
+) -> Result<(), flowhub_crdt::CrdtError> {
     let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
     for _ in 0..100 {
         let ab = a.generate_sync_message(&mut sa);
@@ -34,7 +38,11 @@ pub fn sync_pair(a: &mut FlowDoc, b: &mut FlowDoc, validated: bool) -> Result<()
 /// Send `from` every change `to` lacks, as raw changes.
 pub fn push_changes(from: &mut FlowDoc, to: &mut FlowDoc) {
     let have = to.heads();
-    let raw: Vec<Vec<u8>> = from.changes_since(&have).into_iter().map(|c| c.bytes).collect();
+    let raw: Vec<Vec<u8>> = from
+        .changes_since(&have)
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
     to.apply_changes(&raw).expect("apply changes");
 }
 
@@ -49,10 +57,18 @@ pub fn abc() -> FlowDoc {
     for (id, kind) in [("a", "trigger"), ("b", "http"), ("c", "action")] {
         doc.add_node(node(id, kind)).expect("add");
     }
-    doc.connect(Some("ab".into()), Endpoint::new("a", "out"), Endpoint::new("b", "in"))
-        .expect("connect");
-    doc.connect(Some("bc".into()), Endpoint::new("b", "out"), Endpoint::new("c", "in"))
-        .expect("connect");
+    doc.connect(
+        Some("ab".into()),
+        Endpoint::new("a", "out"),
+        Endpoint::new("b", "in"),
+    )
+    .expect("connect");
+    doc.connect(
+        Some("bc".into()),
+        Endpoint::new("b", "out"),
+        Endpoint::new("c", "in"),
+    )
+    .expect("connect");
     doc
 }
 
@@ -89,7 +105,12 @@ pub fn message_with_changes(heads: Vec<ChangeHash>, changes: &[Change]) -> Vec<u
         heads,
         need: vec![],
         have: vec![],
-        changes: ChunkList::from(changes.iter().map(|c| c.raw_bytes().to_vec()).collect::<Vec<_>>()),
+        changes: ChunkList::from(
+            changes
+                .iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        ),
         flags: None,
         version: MessageVersion::V1,
     }

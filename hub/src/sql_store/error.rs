@@ -57,10 +57,7 @@ fn is_outage(db: &(dyn DatabaseError + 'static)) -> bool {
             || matches!(code, "40001" | "40P01");
     }
     // SQLITE_BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN.
-    matches!(
-        sqlite_primary_code(db),
-        Some(5 | 6 | 7 | 8 | 10 | 13 | 14)
-    )
+    matches!(sqlite_primary_code(db), Some(5 | 6 | 7 | 8 | 10 | 13 | 14))
 }
 
 /// The primary result code of a SQLite error (sqlx reports the extended code, whose low

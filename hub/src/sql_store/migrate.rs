@@ -77,7 +77,9 @@ async fn apply(pool: &DbPool, migration: &Migration) -> Result<bool, sqlx::Error
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(CREATE_MIGRATIONS_TABLE).execute(&mut *tx).await?;
+        sqlx::query(CREATE_MIGRATIONS_TABLE)
+            .execute(&mut *tx)
+            .await?;
         let recorded: Option<(i64,)> =
             sqlx::query_as("SELECT version FROM flowhub_migrations WHERE version = $1")
                 .bind(migration.version)

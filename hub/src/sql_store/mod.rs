@@ -19,10 +19,18 @@
 //! over a bounded channel, takes everything already queued (up to 256 requests or 4 MiB),
 //! writes it in one transaction and answers every caller after the commit. Under load the
 //! cost of a commit (an fsync on PostgreSQL, a lock round on SQLite) is shared by many
-//! appends; an idle store still commits a lone append at once. See [`writer`].
+//! appends; an idle store still commits a lone append at once. See the `writer` module.
+//!
+//! # Limits
+//! - Compaction deletes covered rows, so it forgets their hashes: a covered change
+//!   appended again later (a client resending) is stored again and loaded after the
+//!   snapshot. Harmless, since applying a change a document already has is a no-op.
+//! - A compaction always replaces the snapshot; the store cannot tell an older snapshot
+//!   from a newer one, so only one node (the flow's owner) should compact a flow.
+//! - `connect` keeps retrying an unreachable database until the 10 s acquire timeout.
 //!
 //! # Why two typed pools and not `AnyPool`
-//! [`DbPool`] is an enum of a `SqlitePool` and a `PgPool`, and [`with_pool!`] expands one
+//! `DbPool` is an enum of a `SqlitePool` and a `PgPool`, and `with_pool!` expands one
 //! body (same SQL: both drivers accept `$N` placeholders) for each. `AnyPool` would also
 //! give one code path, but:
 //! - `AnyConnectOptions` can only be parsed from a URL, and the SQLite URL knows only
@@ -30,11 +38,11 @@
 //!   PRAGMAs in an `after_connect` hook instead of typed `SqliteConnectOptions`;
 //! - every argument and row goes through Any's reduced value model, while the typed
 //!   drivers keep native BLOB/BYTEA and INT8 handling and their own error types (used to
-//!   tell an outage from a bad query, see [`error`]);
+//!   tell an outage from a bad query, see the `error` module);
 //! - no process-global driver registry (`install_default_drivers`) to remember.
 //!
-//! The backends differ only in the `BEGIN` statements ([`DbPool::begin_write`],
-//! [`DbPool::begin_read`]) and the PostgreSQL advisory lock in [`migrate`].
+//! The backends differ only in the `BEGIN` statements (`DbPool::begin_write`,
+//! `DbPool::begin_read`) and the PostgreSQL advisory lock in the `migrate` module.
 
 /// Runs `$body` (a block, compiled once per backend) as an async block with `$p` bound to
 /// the concrete pool, and awaits it. The block's value must be a `sqlx::Result`.
@@ -58,9 +66,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use flowhub_actors::store::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
@@ -380,8 +386,8 @@ impl Store for SqlStore {
             .await?;
             let mut deleted = 0u64;
             for chunk in covered.chunks(DELETE_CHUNK) {
-                let mut query = sqlx::query(AssertSqlSafe(delete_changes_sql(chunk.len())))
-                    .bind(flow_id);
+                let mut query =
+                    sqlx::query(AssertSqlSafe(delete_changes_sql(chunk.len()))).bind(flow_id);
                 for hash in chunk {
                     query = query.bind(hash.as_str());
                 }

@@ -225,8 +225,7 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
             query.execute(&mut *tx).await?;
         }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut query =
-                sqlx::query(AssertSqlSafe(insert_changes_sql(chunk.len()))).bind(now);
+            let mut query = sqlx::query(AssertSqlSafe(insert_changes_sql(chunk.len()))).bind(now);
             for (flow_id, change) in chunk {
                 query = query
                     .bind(*flow_id)
@@ -257,7 +256,8 @@ fn upsert_flows_sql(rows: usize) -> String {
 /// `INSERT INTO flow_changes ... VALUES ($2, $3, $4, $1), ... ON CONFLICT DO NOTHING`
 /// where `$1` is the timestamp shared by every row.
 fn insert_changes_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO flow_changes (flow_id, hash, bytes, created_at) VALUES ");
+    let mut sql =
+        String::from("INSERT INTO flow_changes (flow_id, hash, bytes, created_at) VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");

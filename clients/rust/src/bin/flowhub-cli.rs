@@ -25,7 +25,11 @@ use serde_json::{json, Value};
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
-#[command(name = "flowhub-cli", version, about = "Dump, edit and watch flowhub flows")]
+#[command(
+    name = "flowhub-cli",
+    version,
+    about = "Dump, edit and watch flowhub flows"
+)]
 struct Cli {
     /// Hub base URL (ws://, wss://, http:// or https://).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:7878")]
@@ -83,7 +87,11 @@ enum Op {
     /// Change a node's label.
     Relabel { id: String, label: String },
     /// Set one config key of a node to a JSON value.
-    Configure { id: String, key: String, json: String },
+    Configure {
+        id: String,
+        key: String,
+        json: String,
+    },
     /// Delete a node and its edges.
     DeleteNode { id: String },
     /// Connect two nodes.

@@ -5,7 +5,7 @@
 //! Tokens: `bad` is refused with 401; a token starting with `viewer` gets the viewer
 //! role; any other token is an editor. The user id is the token.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +35,7 @@ struct HubState {
     control: broadcast::Sender<Control>,
     acks: AtomicBool,
     sessions: AtomicU64,
+    active: AtomicU64,
 }
 
 pub struct FakeHub {
@@ -52,6 +53,7 @@ impl FakeHub {
             control: broadcast::Sender::new(16),
             acks: AtomicBool::new(true),
             sessions: AtomicU64::new(0),
+            active: AtomicU64::new(0),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -98,6 +100,11 @@ impl FakeHub {
         let _ = self.state.control.send(Control::Close(code, reason.into()));
     }
 
+    /// How many WebSocket sessions are open.
+    pub fn active_sessions(&self) -> u64 {
+        self.state.active.load(Ordering::SeqCst)
+    }
+
     /// Whether the hub sends `ack`s for stored changes.
     pub fn set_acks(&self, on: bool) {
         self.state.acks.store(on, Ordering::SeqCst);
@@ -122,7 +129,9 @@ async fn serve(state: Arc<HubState>, stream: TcpStream) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     if head.to_ascii_lowercase().contains("upgrade: websocket") {
-        session(state, stream).await;
+        state.active.fetch_add(1, Ordering::SeqCst);
+        session(state.clone(), stream).await;
+        state.active.fetch_sub(1, Ordering::SeqCst);
     } else {
         http(state, stream, &head).await;
     }
@@ -135,11 +144,17 @@ async fn http(state: Arc<HubState>, mut stream: TcpStream, head: &str) {
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let auth = head
         .lines()
-        .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+        .find_map(|l| {
+            l.strip_prefix("authorization: ")
+                .or_else(|| l.strip_prefix("Authorization: "))
+        })
         .unwrap_or("")
         .to_owned();
     let (status, body) = if auth != "Bearer good" && !auth.starts_with("Bearer viewer") {
-        (401, serde_json::json!({"error": {"code": "unauthorized", "message": "bad token"}}))
+        (
+            401,
+            serde_json::json!({"error": {"code": "unauthorized", "message": "bad token"}}),
+        )
     } else {
         let id = path.strip_prefix("/v1/flows/").unwrap_or("");
         let doc = state.flows.lock().unwrap().get(id).cloned();
@@ -294,7 +309,11 @@ fn on_binary(
     };
     let flow_id = frame.flow_id.as_str();
     let Some(sync) = subs.get_mut(flow_id) else {
-        out.push(error(Some(flow_id), ErrorCode::BadRequest, "not subscribed"));
+        out.push(error(
+            Some(flow_id),
+            ErrorCode::BadRequest,
+            "not subscribed",
+        ));
         return;
     };
     let doc = state.flows.lock().unwrap()[flow_id].clone();
@@ -304,7 +323,11 @@ fn on_binary(
             Ok(false) => {}
             Ok(true) => {
                 sync.reset();
-                out.push(error(Some(flow_id), ErrorCode::Forbidden, "viewers cannot edit"));
+                out.push(error(
+                    Some(flow_id),
+                    ErrorCode::Forbidden,
+                    "viewers cannot edit",
+                ));
                 return;
             }
             Err(e) => {
@@ -331,7 +354,11 @@ fn on_binary(
             }
         }
         Err(CrdtError::Schema(e)) => {
-            out.push(error(Some(flow_id), ErrorCode::SchemaViolation, &e.to_string()));
+            out.push(error(
+                Some(flow_id),
+                ErrorCode::SchemaViolation,
+                &e.to_string(),
+            ));
         }
         Err(e) => {
             sync.reset();
