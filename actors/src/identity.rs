@@ -18,7 +18,10 @@ pub struct Identity {
 impl Identity {
     /// The role this identity has on `flow_id`, if any.
     pub fn role_for(&self, flow_id: &str) -> Option<Role> {
-        self.flows.get(flow_id).or_else(|| self.flows.get("*")).copied()
+        self.flows
+            .get(flow_id)
+            .or_else(|| self.flows.get("*"))
+            .copied()
     }
 }
 
@@ -31,12 +34,26 @@ mod tests {
         let id = Identity {
             user_id: "u".into(),
             name: "U".into(),
-            flows: [("*".to_string(), Role::Viewer), ("demo".to_string(), Role::Editor)].into(),
+            flows: [
+                ("*".to_string(), Role::Viewer),
+                ("demo".to_string(), Role::Editor),
+            ]
+            .into(),
             expires_at: None,
         };
         assert_eq!(id.role_for("demo"), Some(Role::Editor));
         assert_eq!(id.role_for("other"), Some(Role::Viewer));
-        let none = Identity { flows: HashMap::new(), ..id };
+        let none = Identity {
+            flows: HashMap::new(),
+            ..id
+        };
         assert_eq!(none.role_for("demo"), None);
     }
+}
+
+/// Verifies a token presented on an open session (`reauth`). The hub implements it
+/// with its JWT keys; tests can implement it with anything.
+pub trait TokenVerifier: Send + Sync + 'static {
+    /// The identity the token proves, or why it does not.
+    fn verify(&self, token: &str) -> Result<Identity, String>;
 }

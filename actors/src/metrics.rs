@@ -41,21 +41,96 @@ impl Metrics {
         let mut line = |name: &str, kind: &str, help: &str, value: String| {
             out.push_str(&format!("# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} {kind}\nflowhub_{name} {value}\n"));
         };
-        line("sessions_open", "gauge", "Open WebSocket sessions.", g(&self.sessions_open).to_string());
-        line("flows_open", "gauge", "Flow actors alive on this node.", g(&self.flows_open).to_string());
-        line("frames_in_total", "counter", "Frames received from clients.", c(&self.frames_in).to_string());
-        line("frames_out_total", "counter", "Frames queued to clients.", c(&self.frames_out).to_string());
-        line("queue_drops_total", "counter", "Outbound frames dropped because a session queue was full.", c(&self.queue_drops).to_string());
-        line("resyncs_total", "counter", "Peers resynced from the flow actor's state.", c(&self.resyncs).to_string());
-        line("sessions_closed_slow_total", "counter", "Sessions closed because they stopped reading.", c(&self.sessions_closed_slow).to_string());
-        line("edits_applied_total", "counter", "Changes applied and persisted.", c(&self.edits_applied).to_string());
-        line("edits_refused_total", "counter", "Sync messages refused (forbidden, schema, malformed).", c(&self.edits_refused).to_string());
-        line("store_appends_total", "counter", "Store append calls.", c(&self.store_appends).to_string());
-        line("store_append_seconds_total", "counter", "Time spent in store appends.", format!("{:.6}", c(&self.store_append_micros) as f64 / 1e6));
-        line("store_errors_total", "counter", "Failed store operations.", c(&self.store_errors).to_string());
-        line("bus_published_total", "counter", "Messages published on the bus.", c(&self.bus_published).to_string());
-        line("bus_received_total", "counter", "Messages received from the bus.", c(&self.bus_received).to_string());
-        line("compactions_total", "counter", "Flow change logs compacted into snapshots.", c(&self.compactions).to_string());
+        line(
+            "sessions_open",
+            "gauge",
+            "Open WebSocket sessions.",
+            g(&self.sessions_open).to_string(),
+        );
+        line(
+            "flows_open",
+            "gauge",
+            "Flow actors alive on this node.",
+            g(&self.flows_open).to_string(),
+        );
+        line(
+            "frames_in_total",
+            "counter",
+            "Frames received from clients.",
+            c(&self.frames_in).to_string(),
+        );
+        line(
+            "frames_out_total",
+            "counter",
+            "Frames queued to clients.",
+            c(&self.frames_out).to_string(),
+        );
+        line(
+            "queue_drops_total",
+            "counter",
+            "Outbound frames dropped because a session queue was full.",
+            c(&self.queue_drops).to_string(),
+        );
+        line(
+            "resyncs_total",
+            "counter",
+            "Peers resynced from the flow actor's state.",
+            c(&self.resyncs).to_string(),
+        );
+        line(
+            "sessions_closed_slow_total",
+            "counter",
+            "Sessions closed because they stopped reading.",
+            c(&self.sessions_closed_slow).to_string(),
+        );
+        line(
+            "edits_applied_total",
+            "counter",
+            "Changes applied and persisted.",
+            c(&self.edits_applied).to_string(),
+        );
+        line(
+            "edits_refused_total",
+            "counter",
+            "Sync messages refused (forbidden, schema, malformed).",
+            c(&self.edits_refused).to_string(),
+        );
+        line(
+            "store_appends_total",
+            "counter",
+            "Store append calls.",
+            c(&self.store_appends).to_string(),
+        );
+        line(
+            "store_append_seconds_total",
+            "counter",
+            "Time spent in store appends.",
+            format!("{:.6}", c(&self.store_append_micros) as f64 / 1e6),
+        );
+        line(
+            "store_errors_total",
+            "counter",
+            "Failed store operations.",
+            c(&self.store_errors).to_string(),
+        );
+        line(
+            "bus_published_total",
+            "counter",
+            "Messages published on the bus.",
+            c(&self.bus_published).to_string(),
+        );
+        line(
+            "bus_received_total",
+            "counter",
+            "Messages received from the bus.",
+            c(&self.bus_received).to_string(),
+        );
+        line(
+            "compactions_total",
+            "counter",
+            "Flow change logs compacted into snapshots.",
+            c(&self.compactions).to_string(),
+        );
         out
     }
 }

@@ -18,7 +18,10 @@ fn registry(store: Arc<dyn Store>, idle: Duration) -> FlowRegistry {
         bus: Arc::new(MemoryBus::new()),
         node_id: "test-node".into(),
         metrics: Arc::new(Metrics::default()),
-        config: FlowConfig { idle_eviction: idle, ..FlowConfig::default() },
+        config: FlowConfig {
+            idle_eviction: idle,
+            ..FlowConfig::default()
+        },
     }))
 }
 
@@ -28,7 +31,9 @@ async fn concurrent_get_or_spawn_spawns_exactly_one_actor() {
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let reg = reg.clone();
-        tasks.push(tokio::spawn(async move { reg.get_or_spawn("race").await.unwrap().get_id() }));
+        tasks.push(tokio::spawn(async move {
+            reg.get_or_spawn("race").await.unwrap().get_id()
+        }));
     }
     let mut ids = Vec::new();
     for t in tasks {
@@ -47,6 +52,9 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
     let (out, mut rx) = Outbound::new(64, Arc::new(Metrics::default()));
     ractor::call!(actor, |reply| FlowMsg::Join {
         session_id: label.into(),
+        user_id: "u".into(),
+        name: "U".into(),
+        token_role: Some(Role::Editor),
         role: Role::Editor,
         out: out.clone(),
         request_id: None,
@@ -55,24 +63,42 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
     .unwrap();
     let mut doc = FlowDoc::new();
     let mut sync = SyncState::new();
-    let (id, _) = doc.add_node(NewNode::new("action", label, Position { x: 0.0, y: 0.0 })).unwrap();
+    let (id, _) = doc
+        .add_node(NewNode::new("action", label, Position { x: 0.0, y: 0.0 }))
+        .unwrap();
     // Run the sync protocol until the hub acknowledges our change.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         while let Some(msg) = doc.generate_sync_message(&mut sync) {
-            ractor::call!(actor, |reply| FlowMsg::Sync { session_id: label.into(), payload: msg.clone(), reply }).unwrap();
+            ractor::call!(actor, |reply| FlowMsg::Sync {
+                session_id: label.into(),
+                payload: msg.clone(),
+                reply
+            })
+            .unwrap();
         }
-        let frame = tokio::time::timeout_at(deadline, rx.frames.recv()).await.expect("hub answers").unwrap();
+        let frame = tokio::time::timeout_at(deadline, rx.frames.recv())
+            .await
+            .expect("hub answers")
+            .unwrap();
         match frame {
             flowhub_actors::session::OutFrame::Binary(b) => {
                 let f = SyncFrame::decode(&b).unwrap();
                 doc.receive_sync_message(&mut sync, &f.payload).unwrap();
             }
-            flowhub_actors::session::OutFrame::Text(t) if t.contains(r#""type":"ack""#) && t.contains("changes") => break,
+            flowhub_actors::session::OutFrame::Text(t)
+                if t.contains(r#""type":"ack""#) && t.contains("changes") =>
+            {
+                break
+            }
             flowhub_actors::session::OutFrame::Text(_) => {}
         }
     }
-    actor.cast(FlowMsg::Leave { session_id: label.into() }).unwrap();
+    actor
+        .cast(FlowMsg::Leave {
+            session_id: label.into(),
+        })
+        .unwrap();
     id
 }
 
@@ -92,7 +118,10 @@ async fn idle_flows_are_evicted_and_reload_from_the_store() {
     let actor = reg.get_or_spawn("evict").await.unwrap();
     assert_ne!(actor.get_id(), first_actor);
     let json = ractor::call!(actor, FlowMsg::ToJson).unwrap();
-    assert!(json["nodes"].get(&first).is_some(), "edit made before eviction is missing");
+    assert!(
+        json["nodes"].get(&first).is_some(),
+        "edit made before eviction is missing"
+    );
     assert!(json["nodes"].get(&second).is_some());
     assert_eq!(reg.spawned(), 2);
     reg.stop_all().await;

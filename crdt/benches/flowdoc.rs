@@ -120,37 +120,48 @@ fn persistence(c: &mut Criterion) {
     let mut peer = FlowDoc::load(&bytes).expect("load");
     let mut hub = FlowDoc::load(&bytes).expect("load");
     sync_pair(&mut peer, &mut hub);
+    let mut setup = || {
+        let mut hub = hub.fork();
+        let mut peer = peer.fork();
+        // Settle both sync states first so the measured message is the
+        // steady-state one carrying just the new change.
+        let (mut sp, mut sh) = (SyncState::new(), SyncState::new());
+        loop {
+            let a = peer.generate_sync_message(&mut sp);
+            if let Some(m) = &a {
+                hub.receive_sync_message(&mut sh, m).expect("receive");
+            }
+            let b = hub.generate_sync_message(&mut sh);
+            if let Some(m) = &b {
+                peer.receive_sync_message(&mut sp, m).expect("receive");
+            }
+            if a.is_none() && b.is_none() {
+                break;
+            }
+        }
+        peer.move_node("n500", Position::new(5.0, 5.0))
+            .expect("move");
+        let msg = peer.generate_sync_message(&mut sp).expect("message");
+        (hub, sh, msg)
+    };
     group.bench_function("receive_sync_message_validated_single_edit", |b| {
         b.iter_batched(
-            || {
-                let mut hub = hub.fork();
-                let mut peer = peer.fork();
-                // Settle both sync states first so the measured message is the
-                // steady-state one carrying just the new change.
-                let (mut sp, mut sh) = (SyncState::new(), SyncState::new());
-                loop {
-                    let a = peer.generate_sync_message(&mut sp);
-                    if let Some(m) = &a {
-                        hub.receive_sync_message(&mut sh, m).expect("receive");
-                    }
-                    let b = hub.generate_sync_message(&mut sh);
-                    if let Some(m) = &b {
-                        peer.receive_sync_message(&mut sp, m).expect("receive");
-                    }
-                    if a.is_none() && b.is_none() {
-                        break;
-                    }
-                }
-                peer.move_node("n500", Position::new(5.0, 5.0))
-                    .expect("move");
-                let msg = peer.generate_sync_message(&mut sp).expect("message");
-                (hub, sh, msg)
-            },
+            &mut setup,
             |(mut hub, mut sh, msg)| {
-                black_box(
-                    hub.receive_sync_message_validated(&mut sh, &msg)
-                        .expect("valid"),
-                )
+                let applied = hub
+                    .receive_sync_message_validated(&mut sh, &msg)
+                    .expect("valid");
+                assert_eq!(applied.changes.len(), 1);
+                black_box(applied)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("receive_sync_message_single_edit", |b| {
+        b.iter_batched(
+            &mut setup,
+            |(mut hub, mut sh, msg)| {
+                black_box(hub.receive_sync_message(&mut sh, &msg).expect("receive"))
             },
             BatchSize::LargeInput,
         )

@@ -17,6 +17,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use automerge::{AutoCommit, SaveOptions};
+
 use crate::error::{CrdtError, Result};
 use crate::flow_doc::FlowDoc;
 
@@ -34,8 +36,10 @@ pub(crate) fn no_panic<T>(
 
 impl FlowDoc {
     /// Run `f` against this document; if it returns an error or panics, restore
-    /// the document to exactly its state before the call (ops, queued changes,
-    /// actor, cursors) and return the error (`on_panic()` for a panic).
+    /// the document to its state before the call (ops, actor, cursors) and
+    /// return the error (`on_panic()` for a panic). Changes that were queued for
+    /// missing dependencies are dropped on failure (see
+    /// [`FlowDoc::drop_queued_changes`]).
     pub(crate) fn guarded<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T>,
@@ -45,7 +49,37 @@ impl FlowDoc {
         let outcome = no_panic(|| f(self), on_panic);
         if outcome.is_err() {
             self.doc = backup;
+            if !self.missing_deps().is_empty() {
+                self.drop_queued_changes();
+            }
         }
         outcome
+    }
+
+    /// Forget changes queued for missing dependencies.
+    ///
+    /// Needed after a failed apply: the failure may have come from a change
+    /// that sat in the queue (e.g. a hostile change sent ahead of its
+    /// dependency) and was released by this call's changes. Restoring the
+    /// snapshot alone would keep that change queued, and every later message
+    /// supplying the dependency — even an honest peer's — would release and
+    /// fail it again. Dropping the queue is safe: the sync protocol re-requests
+    /// whatever an honest peer still has (our `need` list is computed from the
+    /// peer's heads). Costs a save and load, on this failure path only.
+    pub(crate) fn drop_queued_changes(&mut self) {
+        let actor = self.doc.get_actor().clone();
+        let bytes = self.doc.save_with_options(SaveOptions {
+            deflate: false,
+            retain_orphans: false,
+        });
+        let reloaded = no_panic(
+            || AutoCommit::load(&bytes).map_err(CrdtError::from),
+            || CrdtError::InvalidDocument(PANIC_MESSAGE.into()),
+        );
+        // Reloading our own freshly saved document cannot realistically fail;
+        // if it did, keeping the queue is the lesser evil.
+        if let Ok(doc) = reloaded {
+            self.doc = doc.with_actor(actor);
+        }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use automerge::{AutoCommit, Change, ChangeHash};
+use automerge::{AutoCommit, Change, ChangeHash, SaveOptions};
 
 use crate::error::{CrdtError, Result};
 use crate::flow_doc::{genesis_hash, FlowDoc};
@@ -86,8 +86,15 @@ impl FlowDoc {
     }
 
     /// The whole document, compacted.
+    ///
+    /// Changes still queued for missing dependencies are left out: they were
+    /// never applied (nor, on the hub, validated), and the sync protocol fetches
+    /// them again together with their dependencies.
     pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+        self.doc.save_with_options(SaveOptions {
+            deflate: true,
+            retain_orphans: false,
+        })
     }
 
     /// Current heads, sorted by hash.

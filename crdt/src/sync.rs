@@ -152,7 +152,12 @@ impl FlowDoc {
     /// The hub's receive: apply the message, validate the resulting document,
     /// and if it breaks the schema put everything back exactly as it was, reset
     /// `state`, and return `Err(Schema)`. Never leaves a half-applied or invalid
-    /// document.
+    /// document. (One deliberate exception to "exactly": changes that were
+    /// queued for missing dependencies are dropped on failure, because one of
+    /// them may be what failed; see `FlowDoc::drop_queued_changes`.)
+    ///
+    /// Changes that arrive ahead of their dependencies are queued unvalidated
+    /// and validated when a later message releases them.
     ///
     /// Strategy — apply in place, validate, restore a snapshot on failure:
     /// * The snapshot is a clone of the Automerge document. automerge 0.12 keeps

@@ -313,6 +313,7 @@ fn validated_receive_rejects_each_violation_and_restores_exactly() {
         assert_eq!(hub.heads(), heads, "{name}");
         assert_eq!(hub.to_json(), json, "{name}");
         assert_eq!(hub.save(), saved, "{name}: document restored byte for byte");
+        assert!(hub.missing_deps().is_empty(), "{name}: nothing left queued");
         assert_eq!(hub.validate(), Ok(()));
 
         // Another peer's valid edit still goes through.
@@ -480,4 +481,38 @@ fn validated_receive_catches_invalid_value_exposed_by_a_delete() {
         other => panic!("expected the exposed value to be rejected, got {other:?}"),
     }
     assert_eq!(hub.heads(), heads);
+}
+
+#[test]
+fn hostile_change_queued_ahead_of_its_dependency_cannot_block_honest_peers() {
+    // C1 (honest, valid) <- C2 (hostile, invalid). The attacker sends C2 alone;
+    // the hub queues it. When an honest peer later delivers C1, C2 is released
+    // and fails validation. The hub must then forget C2, so that the honest
+    // peer's retry succeeds instead of failing forever.
+    let mut hub = abc();
+    let mut honest = hub.fork();
+    honest.relabel_node("a", "honest").unwrap();
+    let mut attacker = honest.fork();
+    let n = obj(attacker.doc(), &["nodes", "a"]);
+    attacker.doc_mut().put(&n, "kind", 42).unwrap();
+    attacker.doc_mut().commit();
+    let c2 = attacker.doc_mut().get_last_local_change().unwrap();
+
+    let msg = common::message_with_changes(vec![c2.hash()], std::slice::from_ref(&c2));
+    let mut st = SyncState::new();
+    let applied = hub.receive_sync_message_validated(&mut st, &msg).unwrap();
+    assert!(applied.is_empty(), "queued, not applied");
+    assert_eq!(hub.missing_deps().len(), 1);
+
+    let first = sync_pair(&mut honest, &mut hub, true);
+    assert!(matches!(first, Err(CrdtError::Schema(_))), "{first:?}");
+    assert!(
+        hub.missing_deps().is_empty(),
+        "hostile change dropped from the queue"
+    );
+    assert_eq!(hub.node("a").unwrap().label, "trigger a");
+
+    sync_pair(&mut honest, &mut hub, true).expect("honest retry succeeds");
+    assert_eq!(hub.node("a").unwrap().label, "honest");
+    assert_eq!(hub.validate(), Ok(()));
 }

@@ -82,17 +82,23 @@ impl std::fmt::Debug for JwtKeys {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl JwtKeys {
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        JwtKeys { secret: secret.into() }
+        JwtKeys {
+            secret: secret.into(),
+        }
     }
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length; this cannot fail.
-        HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+        HmacSha256::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -111,14 +117,18 @@ impl JwtKeys {
 
     pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(AuthError::Malformed);
         };
         let header: Header = decode_part(h)?;
         if header.alg != "HS256" {
             return Err(AuthError::Algorithm);
         }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| AuthError::Malformed)?;
         let mut mac = self.mac();
         mac.update(h.as_bytes());
         mac.update(b".");
@@ -133,8 +143,18 @@ impl JwtKeys {
     }
 }
 
+impl flowhub_actors::identity::TokenVerifier for JwtKeys {
+    fn verify(&self, token: &str) -> Result<Identity, String> {
+        JwtKeys::verify(self, token)
+            .map(|c| c.identity())
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
 }
 
@@ -179,16 +199,27 @@ mod tests {
         let keys = JwtKeys::new("s3cret");
         let t = keys.sign(&claims(2_000));
         assert_eq!(keys.verify_at(&t, 2_000), Err(AuthError::Expired));
-        assert_eq!(JwtKeys::new("other").verify_at(&t, 1_000), Err(AuthError::Signature));
+        assert_eq!(
+            JwtKeys::new("other").verify_at(&t, 1_000),
+            Err(AuthError::Signature)
+        );
         assert_eq!(keys.verify_at("a.b", 1_000), Err(AuthError::Malformed));
         assert_eq!(keys.verify_at("", 1_000), Err(AuthError::Malformed));
         // Tampered claims keep the old signature.
         let mut parts: Vec<&str> = t.split('.').collect();
-        let evil = URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","exp":9999999999,"flows":{"*":"owner"}}"#);
+        let evil =
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","exp":9999999999,"flows":{"*":"owner"}}"#);
         parts[1] = &evil;
-        assert_eq!(keys.verify_at(&parts.join("."), 1_000), Err(AuthError::Signature));
+        assert_eq!(
+            keys.verify_at(&parts.join("."), 1_000),
+            Err(AuthError::Signature)
+        );
         // alg "none" is refused before anything else.
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts[1]);
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            parts[1]
+        );
         assert_eq!(keys.verify_at(&none, 1_000), Err(AuthError::Algorithm));
     }
 

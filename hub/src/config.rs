@@ -30,6 +30,9 @@ pub struct HubConfig {
     pub hard_frame_bytes: usize,
     /// WebSocket ping period (keeps NATs open and detects dead peers).
     pub ping_interval: Duration,
+    /// A session from which nothing (not even a pong) arrives for this long is
+    /// closed and leaves presence: the bound on how long a vanished client lingers.
+    pub idle_timeout: Duration,
     /// How long a drain (SIGTERM) waits for sessions and flows before exiting.
     pub drain_timeout: Duration,
 }
@@ -46,7 +49,8 @@ impl Default for HubConfig {
             flow: FlowConfig::default(),
             outbound_queue: 512,
             hard_frame_bytes: 16 << 20,
-            ping_interval: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(4),
+            idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -75,7 +79,9 @@ pub fn resolve_secret(config: &HubConfig) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     std::fs::create_dir_all(&config.data_dir)?;
-    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     write_private(&path, &secret)?;
     Ok(secret)
 }
@@ -84,7 +90,11 @@ pub fn resolve_secret(config: &HubConfig) -> std::io::Result<String> {
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())
 }
 

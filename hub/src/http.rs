@@ -18,13 +18,19 @@ pub struct TokenQuery {
 }
 
 /// The token from `Authorization: Bearer …`, else from `?token=`.
-pub fn authenticate(state: &AppState, headers: &HeaderMap, query: &TokenQuery) -> Result<Claims, AppError> {
+pub fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+) -> Result<Claims, AppError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let token = bearer.or(query.token.as_deref()).ok_or_else(|| AppError::unauthorized("no token"))?;
+    let token = bearer
+        .or(query.token.as_deref())
+        .ok_or_else(|| AppError::unauthorized("no token"))?;
     state.keys.verify(token).map_err(AppError::unauthorized)
 }
 
@@ -38,7 +44,8 @@ pub async fn get_flow(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let claims = authenticate(&state, &headers, &query)?;
-    flowhub_protocol::validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    flowhub_protocol::validate_flow_id(&flow_id)
+        .map_err(|e| AppError::bad_request(e.to_string()))?;
     if claims.identity().role_for(&flow_id).is_none() {
         return Err(AppError::forbidden("the token grants no role on this flow"));
     }
@@ -47,12 +54,17 @@ pub async fn get_flow(
             return Ok(Json(json));
         }
     }
-    let stored = state.store.load_flow(&flow_id).await.map_err(AppError::internal)?;
+    let stored = state
+        .store
+        .load_flow(&flow_id)
+        .await
+        .map_err(AppError::internal)?;
     if !stored.exists {
         return Err(AppError::not_found(format!("no flow `{flow_id}`")));
     }
     let changes: Vec<Vec<u8>> = stored.changes.into_iter().map(|c| c.bytes).collect();
-    let mut doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes).map_err(AppError::internal)?;
+    let mut doc =
+        FlowDoc::load_parts(stored.snapshot.as_deref(), &changes).map_err(AppError::internal)?;
     let mut json = doc.to_json();
     if let Some(obj) = json.as_object_mut() {
         obj.insert("id".into(), flow_id.into());
@@ -95,7 +107,64 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MemberBody {
+    /// `owner`, `editor`, `viewer`, `revoked`, or `null` to remove the override.
+    pub role: Option<String>,
+}
+
+/// `PUT /v1/flows/{id}/members/{user_id}`: sets a user's `flow_members` override
+/// (owners and service tokens only). Open sessions of that user on this node get the
+/// new role at once; a revoked editor's next edit is refused.
+pub async fn put_member(
+    State(state): State<AppState>,
+    Path((flow_id, user_id)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    Json(body): Json<MemberBody>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    use flowhub_actors::store::MemberAccess;
+    let claims = authenticate(&state, &headers, &query)?;
+    flowhub_protocol::validate_flow_id(&flow_id)
+        .map_err(|e| AppError::bad_request(e.to_string()))?;
+    let is_owner = claims.identity().role_for(&flow_id) == Some(flowhub_protocol::Role::Owner);
+    if !(claims.svc || is_owner) {
+        return Err(AppError::forbidden(
+            "only owners of the flow and service tokens manage members",
+        ));
+    }
+    if user_id.is_empty() || user_id.len() > 256 {
+        return Err(AppError::bad_request("user_id must be 1 to 256 bytes"));
+    }
+    let access = match body.role.as_deref() {
+        None => None,
+        Some(role) => Some(MemberAccess::parse(role).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "role: `{role}` is not one of owner, editor, viewer, revoked"
+            ))
+        })?),
+    };
+    state
+        .store
+        .set_member_access(&flow_id, &user_id, access)
+        .await
+        .map_err(AppError::internal)?;
+    if let Some(actor) = state.registry.get(&flow_id) {
+        let _ = actor.cast(FlowMsg::MemberChanged {
+            user_id: user_id.clone(),
+            access,
+        });
+    }
+    Ok(Json(
+        serde_json::json!({"flow_id": flow_id, "user_id": user_id, "role": access.map(MemberAccess::as_str)}),
+    ))
 }

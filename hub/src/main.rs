@@ -12,7 +12,11 @@ use flowhub::{Hub, HubConfig};
 use flowhub_protocol::Role;
 
 #[derive(Parser)]
-#[command(name = "flowhub", version, about = "Realtime collaboration hub for automation flows")]
+#[command(
+    name = "flowhub",
+    version,
+    about = "Realtime collaboration hub for automation flows"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -100,7 +104,9 @@ fn config_from(args: ServeArgs) -> HubConfig {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let hub = Hub::start(config_from(args)).await.context("starting the hub")?;
+    let hub = Hub::start(config_from(args))
+        .await
+        .context("starting the hub")?;
     shutdown_signal().await;
     hub.shutdown().await;
     Ok(())
@@ -110,13 +116,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -127,10 +134,18 @@ async fn shutdown_signal() {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let config = HubConfig { data_dir: args.data_dir, jwt_secret: args.jwt_secret, ..HubConfig::default() };
+    let config = HubConfig {
+        data_dir: args.data_dir,
+        jwt_secret: args.jwt_secret,
+        ..HubConfig::default()
+    };
     let secret = resolve_secret(&config).context("reading the JWT secret")?;
     let ttl = parse_ttl(&args.ttl).with_context(|| format!("bad --ttl `{}`", args.ttl))?;
-    let roles: Vec<Role> = args.roles.iter().map(|r| parse_role(r)).collect::<anyhow::Result<_>>()?;
+    let roles: Vec<Role> = args
+        .roles
+        .iter()
+        .map(|r| parse_role(r))
+        .collect::<anyhow::Result<_>>()?;
     if roles.len() != 1 && roles.len() != args.flows.len() {
         bail!("give one --role, or one per --flow");
     }
@@ -140,7 +155,13 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, f)| (f.clone(), roles[if roles.len() == 1 { 0 } else { i }]))
         .collect();
-    let claims = Claims { sub: args.sub, name: args.name, exp: now_secs() + ttl, flows, svc: false };
+    let claims = Claims {
+        sub: args.sub,
+        name: args.name,
+        exp: now_secs() + ttl,
+        flows,
+        svc: false,
+    };
     println!("{}", JwtKeys::new(secret).sign(&claims));
     Ok(())
 }

@@ -39,7 +39,10 @@ pub enum StartError {
     #[error("cannot open the store: {0}")]
     Store(#[from] flowhub_actors::store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running hub node.
@@ -85,10 +88,14 @@ impl Hub {
         }));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let (drain, draining) = watch::channel(false);
         let state = AppState {
             config: Arc::new(config),
@@ -106,12 +113,20 @@ impl Hub {
             let shutdown = async move {
                 let _ = stop.wait_for(|d| *d).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::error!(error = %e, "server failed");
             }
         });
         info!(%addr, node_id, "flowhub listening");
-        Ok(Hub { addr, drain, server, state })
+        Ok(Hub {
+            addr,
+            drain,
+            server,
+            state,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -136,7 +151,12 @@ impl Hub {
         let _ = tokio::time::timeout(timeout, self.server).await;
         // Sessions see the drain signal and close; give them a moment to flush.
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.state.metrics.sessions_open.load(std::sync::atomic::Ordering::Relaxed) > 0
+        while self
+            .state
+            .metrics
+            .sessions_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -153,6 +173,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/flows/{flow_id}", get(http::get_flow))
+        .route(
+            "/v1/flows/{flow_id}/members/{user_id}",
+            axum::routing::put(http::put_member),
+        )
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))

@@ -4,17 +4,20 @@
 //! (and sends pings and the close frame), while this task reads frames and hands each
 //! to the session actor, waiting for it to be handled (backpressure on floods).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use flowhub_actors::identity::Identity;
+use flowhub_actors::session::{
+    OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
+};
+use flowhub_protocol::close;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use flowhub_actors::identity::Identity;
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg};
-use flowhub_protocol::close;
 use ractor::{Actor, ActorRef};
 use tracing::{debug, warn, Instrument};
 
@@ -58,6 +61,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
             registry: state.registry.clone(),
             limits: state.config.session.clone(),
             metrics: state.metrics.clone(),
+            verifier: Arc::new(state.keys.clone()),
         };
         let session = match Actor::spawn(None, SessionActor, args).await {
             Ok((session, _)) => session,
@@ -70,7 +74,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         let mut writer = tokio::spawn(write_loop(sink, out_rx, state.config.ping_interval));
         let mut draining = state.draining.clone();
         tokio::select! {
-            _ = read_loop(stream, &session, &out, state.config.session.max_frame_bytes) => {}
+            _ = read_loop(stream, &session, &out, state.config.session.max_frame_bytes, state.config.idle_timeout) => {}
             _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
             _ = &mut writer => {}
         }
@@ -84,15 +88,41 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
     .await
 }
 
-async fn read_loop(mut stream: SplitStream<WebSocket>, session: &ActorRef<SessionMsg>, out: &Outbound, soft_limit: usize) {
-    while let Some(frame) = stream.next().await {
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    session: &ActorRef<SessionMsg>,
+    out: &Outbound,
+    soft_limit: usize,
+    idle_timeout: Duration,
+) {
+    loop {
+        // Pings go out every `ping_interval`; a live client answers with a pong, so
+        // silence this long means the peer is gone (dropped without a close frame,
+        // or no longer reading).
+        let frame = match tokio::time::timeout(idle_timeout, stream.next()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                debug!("idle timeout");
+                out.close(close::IDLE_TIMEOUT, "no traffic within the idle timeout");
+                break;
+            }
+        };
         let handled = match frame {
-            Ok(Message::Text(text)) if text.len() > soft_limit => session.cast(SessionMsg::Oversize(text.len())).is_ok(),
+            Ok(Message::Text(text)) if text.len() > soft_limit => {
+                session.cast(SessionMsg::Oversize(text.len())).is_ok()
+            }
             Ok(Message::Binary(bytes)) if bytes.len() > soft_limit => {
                 session.cast(SessionMsg::Oversize(bytes.len())).is_ok()
             }
-            Ok(Message::Text(text)) => session.call(|r| SessionMsg::Text(text.as_str().to_owned(), r), None).await.is_ok(),
-            Ok(Message::Binary(bytes)) => session.call(|r| SessionMsg::Binary(bytes.to_vec(), r), None).await.is_ok(),
+            Ok(Message::Text(text)) => session
+                .call(|r| SessionMsg::Text(text.as_str().to_owned(), r), None)
+                .await
+                .is_ok(),
+            Ok(Message::Binary(bytes)) => session
+                .call(|r| SessionMsg::Binary(bytes.to_vec(), r), None)
+                .await
+                .is_ok(),
             Ok(Message::Ping(_) | Message::Pong(_)) => true,
             Ok(Message::Close(_)) => false,
             Err(e) => {
@@ -109,7 +139,11 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &ActorRef<Sessio
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: OutboundRx, ping_interval: Duration) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: OutboundRx,
+    ping_interval: Duration,
+) {
     let mut ping = tokio::time::interval(ping_interval);
     ping.tick().await;
     loop {

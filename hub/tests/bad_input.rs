@@ -14,7 +14,10 @@ use tokio::sync::broadcast;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn next_error(errors: &mut broadcast::Receiver<ServerMessage>) -> ServerMessage {
-    tokio::time::timeout(WAIT, errors.recv()).await.expect("an error frame arrives").expect("error channel open")
+    tokio::time::timeout(WAIT, errors.recv())
+        .await
+        .expect("an error frame arrives")
+        .expect("error channel open")
 }
 
 fn code_of(msg: &ServerMessage) -> (ErrorCode, Option<String>) {
@@ -28,11 +31,20 @@ fn code_of(msg: &ServerMessage) -> (ErrorCode, Option<String>) {
 async fn malformed_frames_get_typed_errors_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub(Backend::Sqlite, dir.path()).await;
-    let tok = token("mallory", &[("demo", Role::Editor), ("other", Role::Editor)]);
+    let tok = token(
+        "mallory",
+        &[("demo", Role::Editor), ("other", Role::Editor)],
+    );
     let client = Client::connect(&hub.ws_url(), &tok).await.unwrap();
     let flow = client.subscribe("demo").await.unwrap();
     let (_, t) = flow
-        .edit(|d| d.add_node(NewNode::new("trigger", "start", Position { x: 0.0, y: 0.0 })))
+        .edit(|d| {
+            d.add_node(NewNode::new(
+                "trigger",
+                "start",
+                Position { x: 0.0, y: 0.0 },
+            ))
+        })
         .await
         .unwrap();
     flow.wait_acked(&t, WAIT).await.unwrap();
@@ -41,12 +53,20 @@ async fn malformed_frames_get_typed_errors_and_change_nothing() {
 
     // Malformed JSON.
     client.send_text("{not json".into()).await.unwrap();
-    assert_eq!(code_of(&next_error(&mut errors).await).0, ErrorCode::BadRequest);
+    assert_eq!(
+        code_of(&next_error(&mut errors).await).0,
+        ErrorCode::BadRequest
+    );
 
     // Unknown message type: the request id is echoed, so it is a reply, not a broadcast.
-    client.send_text(r#"{"type":"teleport","id":77}"#.into()).await.unwrap();
+    client
+        .send_text(r#"{"type":"teleport","id":77}"#.into())
+        .await
+        .unwrap();
     match next_error(&mut errors).await {
-        ServerMessage::Error { code, id, message, .. } => {
+        ServerMessage::Error {
+            code, id, message, ..
+        } => {
             assert_eq!(code, ErrorCode::BadRequest);
             assert_eq!(id, Some(flowhub_protocol::RequestId::Num(77)));
             assert!(message.contains("teleport"), "{message}");
@@ -55,30 +75,62 @@ async fn malformed_frames_get_typed_errors_and_change_nothing() {
     }
 
     // Invalid Automerge bytes for a subscribed flow.
-    client.send_binary(encode_flow_sync("demo", b"\x42definitely not automerge")).await.unwrap();
-    assert_eq!(code_of(&next_error(&mut errors).await), (ErrorCode::BadRequest, Some("demo".into())));
+    client
+        .send_binary(encode_flow_sync("demo", b"\x42definitely not automerge"))
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(&next_error(&mut errors).await),
+        (ErrorCode::BadRequest, Some("demo".into()))
+    );
 
     // A sync frame for a flow this session has not subscribed to.
-    client.send_binary(encode_flow_sync("other", b"\x42\x00")).await.unwrap();
-    assert_eq!(code_of(&next_error(&mut errors).await), (ErrorCode::BadRequest, Some("other".into())));
+    client
+        .send_binary(encode_flow_sync("other", b"\x42\x00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(&next_error(&mut errors).await),
+        (ErrorCode::BadRequest, Some("other".into()))
+    );
 
     // A binary frame with a broken header.
     client.send_binary(vec![0x09, 0x01]).await.unwrap();
-    assert_eq!(code_of(&next_error(&mut errors).await).0, ErrorCode::BadRequest);
+    assert_eq!(
+        code_of(&next_error(&mut errors).await).0,
+        ErrorCode::BadRequest
+    );
 
     // An oversize frame (above the 1 MiB soft limit, below the hard limit).
-    client.send_text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2 << 20))).await.unwrap();
-    assert_eq!(code_of(&next_error(&mut errors).await).0, ErrorCode::TooLarge);
+    client
+        .send_text(format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(2 << 20)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(&next_error(&mut errors).await).0,
+        ErrorCode::TooLarge
+    );
 
     // The connection still works, the replica still syncs, the document is unchanged.
     client.ping().await.expect("connection still usable");
     let after = fetch_flow(&hub.ws_url(), "demo", &tok).await.unwrap();
     assert_eq!(before, after, "bad input changed the document");
     let (_, t) = flow
-        .edit(|d| d.add_node(NewNode::new("action", "still editing", Position { x: 1.0, y: 0.0 })))
+        .edit(|d| {
+            d.add_node(NewNode::new(
+                "action",
+                "still editing",
+                Position { x: 1.0, y: 0.0 },
+            ))
+        })
         .await
         .unwrap();
-    flow.wait_acked(&t, WAIT).await.expect("edits still work after bad input");
+    flow.wait_acked(&t, WAIT)
+        .await
+        .expect("edits still work after bad input");
     hub.shutdown().await;
 }
 
@@ -97,7 +149,13 @@ async fn viewer_edits_are_refused_and_never_stored() {
 
     // The viewer's edit is refused with `forbidden`.
     let ((evil_id, _), t) = vi_flow
-        .edit(|d| d.add_node(NewNode::new("action", "sneaky", Position { x: 0.0, y: 0.0 })))
+        .edit(|d| {
+            d.add_node(NewNode::new(
+                "action",
+                "sneaky",
+                Position { x: 0.0, y: 0.0 },
+            ))
+        })
         .await
         .unwrap();
     match vi_flow.wait_acked(&t, WAIT).await {
@@ -119,11 +177,19 @@ async fn viewer_edits_are_refused_and_never_stored() {
     // Nothing of the viewer's reached the store, the editor, or stayed on the viewer.
     hub.shutdown().await;
     let hub = start_hub(Backend::Sqlite, dir.path()).await;
-    let stored = fetch_flow(&hub.ws_url(), "demo", &editor_tok).await.unwrap();
-    assert!(stored["nodes"].get(&evil_id).is_none(), "viewer edit was persisted");
+    let stored = fetch_flow(&hub.ws_url(), "demo", &editor_tok)
+        .await
+        .unwrap();
+    assert!(
+        stored["nodes"].get(&evil_id).is_none(),
+        "viewer edit was persisted"
+    );
     assert!(stored["nodes"].get(&good_id).is_some());
     assert!(!ed_flow.snapshot().nodes.contains_key(&evil_id));
-    assert!(!vi_flow.snapshot().nodes.contains_key(&evil_id), "refused edit not rolled back locally");
+    assert!(
+        !vi_flow.snapshot().nodes.contains_key(&evil_id),
+        "refused edit not rolled back locally"
+    );
     hub.shutdown().await;
 }
 
@@ -147,15 +213,21 @@ async fn bad_tokens_are_refused_at_upgrade_with_401() {
         }
     }
     // And over HTTP: 401 with a JSON body.
-    let resp = reqwest::get(format!("http://{}/v1/flows/demo?token=garbage", hub.addr())).await.unwrap();
+    let resp = reqwest::get(format!("http://{}/v1/flows/demo?token=garbage", hub.addr()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
     // No role on a flow: 403; unknown flow: 404.
     let tok = token("u", &[("demo", Role::Viewer)]);
-    let resp = reqwest::get(format!("http://{}/v1/flows/secret?token={tok}", hub.addr())).await.unwrap();
+    let resp = reqwest::get(format!("http://{}/v1/flows/secret?token={tok}", hub.addr()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
-    let resp = reqwest::get(format!("http://{}/v1/flows/demo?token={tok}", hub.addr())).await.unwrap();
+    let resp = reqwest::get(format!("http://{}/v1/flows/demo?token={tok}", hub.addr()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     hub.shutdown().await;
 }

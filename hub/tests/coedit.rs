@@ -12,7 +12,9 @@ use support::*;
 const ACK: Duration = Duration::from_secs(20);
 
 async fn editor(hub_url: &str, name: &str) -> (Client, FlowHandle) {
-    let client = Client::connect(hub_url, &token(name, &[("demo", Role::Editor)])).await.expect("connect");
+    let client = Client::connect(hub_url, &token(name, &[("demo", Role::Editor)]))
+        .await
+        .expect("connect");
     let flow = client.subscribe("demo").await.expect("subscribe");
     (client, flow)
 }
@@ -23,7 +25,9 @@ async fn three_editors_converge(backend: Backend) {
         Backend::Sqlite => None,
         Backend::Postgres => Some(fresh_postgres_database().await),
     };
-    let hub = flowhub::Hub::start(config(dir.path(), database_url.clone())).await.expect("hub starts");
+    let hub = flowhub::Hub::start(config(dir.path(), database_url.clone()))
+        .await
+        .expect("hub starts");
     let url = hub.ws_url();
 
     // Step 1: three editors on one flow; Alice seeds ten shared nodes.
@@ -33,7 +37,16 @@ async fn three_editors_converge(backend: Backend) {
     let mut shared = Vec::new();
     for i in 0..10 {
         let ((id, _), ticket) = alice
-            .edit(|d| d.add_node(NewNode::new("action", &format!("shared {i}"), Position { x: i as f64, y: 0.0 })))
+            .edit(|d| {
+                d.add_node(NewNode::new(
+                    "action",
+                    &format!("shared {i}"),
+                    Position {
+                        x: i as f64,
+                        y: 0.0,
+                    },
+                ))
+            })
             .await
             .unwrap();
         alice.wait_acked(&ticket, ACK).await.unwrap();
@@ -52,7 +65,16 @@ async fn three_editors_converge(backend: Backend) {
         let mut tickets = Vec::new();
         for i in 0..100 {
             let (_, t) = flow
-                .edit(|d| d.add_node(NewNode::new("http", &format!("n{me}-{i}"), Position { x: i as f64, y: me as f64 })))
+                .edit(|d| {
+                    d.add_node(NewNode::new(
+                        "http",
+                        &format!("n{me}-{i}"),
+                        Position {
+                            x: i as f64,
+                            y: me as f64,
+                        },
+                    ))
+                })
                 .await
                 .unwrap();
             tickets.push(t);
@@ -61,13 +83,24 @@ async fn three_editors_converge(backend: Backend) {
                 // Carol may have deleted it already on this replica: then there is
                 // nothing to move.
                 if let Ok((_, t)) = flow
-                    .edit(|d| d.move_node(target, Position { x: (me * 1000 + i) as f64, y: -(i as f64) }))
+                    .edit(|d| {
+                        d.move_node(
+                            target,
+                            Position {
+                                x: (me * 1000 + i) as f64,
+                                y: -(i as f64),
+                            },
+                        )
+                    })
                     .await
                 {
                     tickets.push(t);
                 }
                 if me == 2 && (i / 10) < 3 {
-                    let (_, t) = flow.edit(|d| d.delete_node(&shared[7 + i / 10])).await.unwrap();
+                    let (_, t) = flow
+                        .edit(|d| d.delete_node(&shared[7 + i / 10]))
+                        .await
+                        .unwrap();
                     tickets.push(t);
                 }
                 if me < 2 {
@@ -75,7 +108,19 @@ async fn three_editors_converge(backend: Backend) {
                     let dst = shared[7 + (i / 10) % 3].clone();
                     // The target may already be gone on this replica: that is fine.
                     if let Ok((_, t)) = flow
-                        .edit(|d| d.connect(None, Endpoint { node: src, port: "out".into() }, Endpoint { node: dst, port: "in".into() }))
+                        .edit(|d| {
+                            d.connect(
+                                None,
+                                Endpoint {
+                                    node: src,
+                                    port: "out".into(),
+                                },
+                                Endpoint {
+                                    node: dst,
+                                    port: "in".into(),
+                                },
+                            )
+                        })
                         .await
                     {
                         tickets.push(t);
@@ -87,7 +132,9 @@ async fn three_editors_converge(backend: Backend) {
             }
         }
         for t in &tickets {
-            flow.wait_acked(t, ACK).await.expect("every edit is acknowledged");
+            flow.wait_acked(t, ACK)
+                .await
+                .expect("every edit is acknowledged");
         }
     }
     let (r1, r2, r3) = tokio::join!(
@@ -107,29 +154,54 @@ async fn three_editors_converge(backend: Backend) {
     })
     .await;
     assert!(converged, "replicas did not reach the same heads");
-    let stored = fetch_flow(&url, "demo", &token("auditor", &[("demo", Role::Viewer)])).await.unwrap();
+    let stored = fetch_flow(&url, "demo", &token("auditor", &[("demo", Role::Viewer)]))
+        .await
+        .unwrap();
     let reference = alice.to_json();
     for r in replicas {
         assert_eq!(r.to_json(), reference, "replica differs");
         r.with_doc(|d| d.validate()).expect("replica is valid");
     }
-    assert_eq!(stored, with_id(reference.clone(), "demo"), "the hub's copy differs");
+    assert_eq!(
+        stored,
+        with_id(reference.clone(), "demo"),
+        "the hub's copy differs"
+    );
 
     let snap = alice.snapshot();
-    assert_eq!(snap.nodes.len(), 10 + 300 - 3, "300 added, 3 of the 10 shared deleted");
+    assert_eq!(
+        snap.nodes.len(),
+        10 + 300 - 3,
+        "300 added, 3 of the 10 shared deleted"
+    );
     for gone in &shared[7..] {
         assert!(!snap.nodes.contains_key(gone));
     }
     for e in snap.edges.values() {
-        assert!(snap.nodes.contains_key(&e.source.node) && snap.nodes.contains_key(&e.target.node), "dangling edge {e:?}");
+        assert!(
+            snap.nodes.contains_key(&e.source.node) && snap.nodes.contains_key(&e.target.node),
+            "dangling edge {e:?}"
+        );
     }
 
     // Step 4: the store itself holds that document: a fresh hub on the same store,
     // with no flow actor open, serves it from the database.
     hub.shutdown().await;
-    let hub = flowhub::Hub::start(config(dir.path(), database_url)).await.expect("hub restarts");
-    let reloaded = fetch_flow(&hub.ws_url(), "demo", &token("auditor", &[("demo", Role::Viewer)])).await.unwrap();
-    assert_eq!(reloaded, with_id(reference, "demo"), "the stored copy differs after restart");
+    let hub = flowhub::Hub::start(config(dir.path(), database_url))
+        .await
+        .expect("hub restarts");
+    let reloaded = fetch_flow(
+        &hub.ws_url(),
+        "demo",
+        &token("auditor", &[("demo", Role::Viewer)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reloaded,
+        with_id(reference, "demo"),
+        "the stored copy differs after restart"
+    );
     hub.shutdown().await;
 }
 

@@ -20,16 +20,33 @@ async fn acked_edits_survive_kill9(database_url: Option<String>) {
     let mut acked = Vec::new();
     for i in 0..50 {
         let ((id, _), ticket) = flow
-            .edit(|d| d.add_node(NewNode::new("action", &format!("step {i}"), Position { x: i as f64, y: 1.0 })))
+            .edit(|d| {
+                d.add_node(NewNode::new(
+                    "action",
+                    &format!("step {i}"),
+                    Position {
+                        x: i as f64,
+                        y: 1.0,
+                    },
+                ))
+            })
             .await
             .unwrap();
-        flow.wait_acked(&ticket, Duration::from_secs(10)).await.unwrap();
+        flow.wait_acked(&ticket, Duration::from_secs(10))
+            .await
+            .unwrap();
         acked.push(id);
     }
     // Step 2: some more edits that are sent but not awaited, then SIGKILL at once.
     for i in 0..20 {
         let _ = flow
-            .edit(|d| d.add_node(NewNode::new("action", &format!("late {i}"), Position { x: 0.0, y: 0.0 })))
+            .edit(|d| {
+                d.add_node(NewNode::new(
+                    "action",
+                    &format!("late {i}"),
+                    Position { x: 0.0, y: 0.0 },
+                ))
+            })
             .await;
     }
     hub.kill9().await;

@@ -8,13 +8,23 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("protocol");
     g.throughput(Throughput::Elements(1));
     let text = r#"{"type":"subscribe_flow","id":42,"flow_id":"org:acme.flow-7"}"#;
-    g.bench_function("decode_subscribe_flow", |b| b.iter(|| decode_client_text(black_box(text)).unwrap()));
-    let ack = ServerMessage::Ack { id: None, flow_id: Some("demo".into()), changes: vec!["ab".repeat(32)] };
+    g.bench_function("decode_subscribe_flow", |b| {
+        b.iter(|| decode_client_text(black_box(text)).unwrap())
+    });
+    let ack = ServerMessage::Ack {
+        id: None,
+        flow_id: Some("demo".into()),
+        changes: vec!["ab".repeat(32)],
+    };
     g.bench_function("encode_ack", |b| b.iter(|| encode(black_box(&ack))));
     let payload = vec![7u8; 256];
-    g.bench_function("encode_sync_frame_256B", |b| b.iter(|| frame::encode_flow_sync(black_box("demo"), black_box(&payload))));
+    g.bench_function("encode_sync_frame_256B", |b| {
+        b.iter(|| frame::encode_flow_sync(black_box("demo"), black_box(&payload)))
+    });
     let bytes = frame::encode_flow_sync("demo", &payload);
-    g.bench_function("decode_sync_frame_256B", |b| b.iter(|| SyncFrame::decode(black_box(&bytes)).unwrap()));
+    g.bench_function("decode_sync_frame_256B", |b| {
+        b.iter(|| SyncFrame::decode(black_box(&bytes)).unwrap())
+    });
     g.finish();
 }
 

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use crate::message::CLIENT_MESSAGE_TYPES;
 use crate::ids::truncate;
+use crate::message::CLIENT_MESSAGE_TYPES;
 use crate::{ClientMessage, ProtocolError, RequestId};
 
 /// A text frame that could not be decoded, with the request id when one was readable.

@@ -92,6 +92,7 @@ impl ProtocolError {
 /// | 4001 | token expired or revoked | with a fresh token |
 /// | 4002 | unsupported protocol version | no |
 /// | 4003 | too slow: the outbound queue overflowed | yes, with backoff |
+/// | 4004 | idle: nothing (not even a pong) received within the idle timeout | yes |
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const POLICY: u16 = 1008;
@@ -100,4 +101,5 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     pub const UNSUPPORTED_VERSION: u16 = 4002;
     pub const TOO_SLOW: u16 = 4003;
+    pub const IDLE_TIMEOUT: u16 = 4004;
 }

@@ -224,7 +224,10 @@ pub enum ServerMessage {
         id: Option<RequestId>,
     },
     /// Everyone present in a flow; sent once after `flow_state`.
-    PresenceState { flow_id: String, peers: Vec<PresenceEntry> },
+    PresenceState {
+        flow_id: String,
+        peers: Vec<PresenceEntry>,
+    },
     /// Changes to a flow's presence since the last state or diff.
     PresenceDiff {
         flow_id: String,

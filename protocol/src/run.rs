@@ -29,7 +29,10 @@ impl RunEventKind {
     pub fn needs_node(self) -> bool {
         matches!(
             self,
-            RunEventKind::StepStarted | RunEventKind::StepSucceeded | RunEventKind::StepFailed | RunEventKind::StepRetrying
+            RunEventKind::StepStarted
+                | RunEventKind::StepSucceeded
+                | RunEventKind::StepFailed
+                | RunEventKind::StepRetrying
         )
     }
 }
@@ -46,7 +49,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 

@@ -9,14 +9,23 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
         "[a-z_]{0,12}".prop_map(serde_json::Value::from),
-        prop::sample::select(vec!["hello", "subscribe_flow", "unsubscribe_flow", "ping", "type", "id", "flow_id"])
-            .prop_map(serde_json::Value::from),
+        prop::sample::select(vec![
+            "hello",
+            "subscribe_flow",
+            "unsubscribe_flow",
+            "ping",
+            "type",
+            "id",
+            "flow_id"
+        ])
+        .prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
             prop::collection::btree_map(
-                prop::sample::select(vec!["type", "id", "flow_id", "protocol", "client", "x"]).prop_map(String::from),
+                prop::sample::select(vec!["type", "id", "flow_id", "protocol", "client", "x"])
+                    .prop_map(String::from),
                 inner,
                 0..5
             )

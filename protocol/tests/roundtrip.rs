@@ -22,12 +22,19 @@ fn client_messages_roundtrip() {
         protocol: PROTOCOL_VERSION,
         client: Some("flowhub-client/0.1".into()),
     });
-    client_roundtrip(ClientMessage::Hello { id: None, protocol: 1, client: None });
+    client_roundtrip(ClientMessage::Hello {
+        id: None,
+        protocol: 1,
+        client: None,
+    });
     client_roundtrip(ClientMessage::SubscribeFlow {
         id: Some(RequestId::Str("a".into())),
         flow_id: "demo".into(),
     });
-    client_roundtrip(ClientMessage::UnsubscribeFlow { id: Some(7.into()), flow_id: "demo".into() });
+    client_roundtrip(ClientMessage::UnsubscribeFlow {
+        id: Some(7.into()),
+        flow_id: "demo".into(),
+    });
     client_roundtrip(ClientMessage::Ping { id: None });
 }
 
@@ -40,7 +47,10 @@ fn server_messages_roundtrip() {
         user_id: "alice".into(),
         name: "Alice".into(),
         node_id: "node-a".into(),
-        limits: Limits { max_frame_bytes: 1 << 20, max_subscriptions: 64 },
+        limits: Limits {
+            max_frame_bytes: 1 << 20,
+            max_subscriptions: 64,
+        },
     });
     server_roundtrip(ServerMessage::FlowState {
         id: Some(2.into()),
@@ -53,7 +63,11 @@ fn server_messages_roundtrip() {
         flow_id: Some("demo".into()),
         changes: vec!["cd".repeat(32)],
     });
-    server_roundtrip(ServerMessage::Ack { id: Some(3.into()), flow_id: None, changes: vec![] });
+    server_roundtrip(ServerMessage::Ack {
+        id: Some(3.into()),
+        flow_id: None,
+        changes: vec![],
+    });
     server_roundtrip(ServerMessage::Pong { id: Some(4.into()) });
     server_roundtrip(
         ServerMessage::error(ErrorCode::Forbidden, "viewers cannot edit")
@@ -93,7 +107,9 @@ fn decode_errors_are_typed_and_echo_the_id() {
     assert_eq!(f.id, Some(RequestId::Num(3)));
 
     let f = decode_client_text(r#"{"type":"subscribe_flow","id":4}"#).unwrap_err();
-    assert!(matches!(f.error, ProtocolError::InvalidMessage { ref kind, .. } if kind == "subscribe_flow"));
+    assert!(
+        matches!(f.error, ProtocolError::InvalidMessage { ref kind, .. } if kind == "subscribe_flow")
+    );
     assert_eq!(f.id, Some(RequestId::Num(4)));
     assert_eq!(f.error.code(), ErrorCode::BadRequest);
 }
@@ -106,10 +122,28 @@ fn sync_frames_roundtrip_and_reject_bad_headers() {
     assert_eq!(SyncFrame::decode(&bytes).unwrap(), frame);
 
     assert_eq!(SyncFrame::decode(&[]), Err(ProtocolError::TruncatedFrame));
-    assert_eq!(SyncFrame::decode(&[0x01]), Err(ProtocolError::TruncatedFrame));
-    assert_eq!(SyncFrame::decode(&[0x01, 10, b'a']), Err(ProtocolError::TruncatedFrame));
-    assert_eq!(SyncFrame::decode(&[0x07, 1, b'a', 1]), Err(ProtocolError::UnknownFrameKind(7)));
-    assert!(matches!(SyncFrame::decode(&[0x01, 1, b'/', 1]), Err(ProtocolError::InvalidFlowId(_))));
-    assert_eq!(SyncFrame::decode(&[0x01, 1, b'a']), Err(ProtocolError::EmptyPayload));
-    assert!(matches!(SyncFrame::decode(&[0x01, 0, 1]), Err(ProtocolError::InvalidFlowId(_))));
+    assert_eq!(
+        SyncFrame::decode(&[0x01]),
+        Err(ProtocolError::TruncatedFrame)
+    );
+    assert_eq!(
+        SyncFrame::decode(&[0x01, 10, b'a']),
+        Err(ProtocolError::TruncatedFrame)
+    );
+    assert_eq!(
+        SyncFrame::decode(&[0x07, 1, b'a', 1]),
+        Err(ProtocolError::UnknownFrameKind(7))
+    );
+    assert!(matches!(
+        SyncFrame::decode(&[0x01, 1, b'/', 1]),
+        Err(ProtocolError::InvalidFlowId(_))
+    ));
+    assert_eq!(
+        SyncFrame::decode(&[0x01, 1, b'a']),
+        Err(ProtocolError::EmptyPayload)
+    );
+    assert!(matches!(
+        SyncFrame::decode(&[0x01, 0, 1]),
+        Err(ProtocolError::InvalidFlowId(_))
+    ));
 }

@@ -12,7 +12,10 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowBusMessage {
     /// Changes the origin node has made durable.
-    Changes { origin: String, changes: Vec<Vec<u8>> },
+    Changes {
+        origin: String,
+        changes: Vec<Vec<u8>>,
+    },
     /// The origin node's current heads, for anti-entropy.
     Heads { origin: String, heads: Vec<Vec<u8>> },
 }
@@ -56,8 +59,14 @@ impl FlowBusMessage {
             return None;
         }
         match kind {
-            1 => Some(FlowBusMessage::Changes { origin, changes: items }),
-            2 => Some(FlowBusMessage::Heads { origin, heads: items }),
+            1 => Some(FlowBusMessage::Changes {
+                origin,
+                changes: items,
+            }),
+            2 => Some(FlowBusMessage::Heads {
+                origin,
+                heads: items,
+            }),
             _ => None,
         }
     }
@@ -75,9 +84,15 @@ mod tests {
 
     #[test]
     fn roundtrip_and_reject_garbage() {
-        let m = FlowBusMessage::Changes { origin: "node-a".into(), changes: vec![vec![1, 2], vec![]] };
+        let m = FlowBusMessage::Changes {
+            origin: "node-a".into(),
+            changes: vec![vec![1, 2], vec![]],
+        };
         assert_eq!(FlowBusMessage::decode(&m.encode()), Some(m));
-        let h = FlowBusMessage::Heads { origin: "b".into(), heads: vec![vec![7; 32]] };
+        let h = FlowBusMessage::Heads {
+            origin: "b".into(),
+            heads: vec![vec![7; 32]],
+        };
         assert_eq!(FlowBusMessage::decode(&h.encode()), Some(h.clone()));
         let mut bad = h.encode();
         bad.push(0);

@@ -44,7 +44,8 @@ impl Drop for Unsubscribe {
         if let Some(mut subs) = self.subscribers.get_mut(&self.channel) {
             subs.retain(|(id, _)| *id != self.id);
         }
-        self.subscribers.remove_if(&self.channel, |_, subs| subs.is_empty());
+        self.subscribers
+            .remove_if(&self.channel, |_, subs| subs.is_empty());
     }
 }
 
@@ -64,7 +65,10 @@ impl Bus for MemoryBus {
     async fn subscribe(&self, channel: &str) -> Result<BusSubscription, BusError> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribers.entry(channel.to_owned()).or_default().push((id, tx));
+        self.subscribers
+            .entry(channel.to_owned())
+            .or_default()
+            .push((id, tx));
         let guard = Unsubscribe {
             subscribers: self.subscribers.clone(),
             channel: channel.to_owned(),

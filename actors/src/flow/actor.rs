@@ -12,17 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowhub_crdt::{ChangeHash, CrdtError, FlowDoc, SyncState};
-use flowhub_protocol::{ErrorCode, RequestId, Role, ServerMessage};
+use flowhub_protocol::{Cursor, ErrorCode, RequestId, Role, ServerMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
+use super::presence::{PresenceBook, PresenceChanges, FLUSH_INTERVAL};
 use super::registry::FlowRegistry;
 use crate::bus::{channel, Bus, FlowBusMessage};
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
 use crate::session::outbound::{Delivery, Outbound};
-use crate::store::{ChangeRecord, Snapshot, Store};
+use crate::store::{ChangeRecord, MemberAccess, Snapshot, Store};
 
 /// Behaviour of a flow actor (the state is [`FlowState`]).
 pub struct FlowActor;
@@ -38,6 +39,11 @@ pub struct FlowConfig {
     pub compact_after: usize,
     /// Period of housekeeping: resyncing lagging peers, publishing heads.
     pub tick: Duration,
+    /// Largest sync message that may carry changes (`too_large` above).
+    pub max_change_bytes: usize,
+    /// Largest document, measured as stored bytes (snapshot plus changes since);
+    /// edits that would grow it beyond get `too_large`.
+    pub max_doc_bytes: usize,
 }
 
 impl Default for FlowConfig {
@@ -46,6 +52,8 @@ impl Default for FlowConfig {
             idle_eviction: Duration::from_secs(30),
             compact_after: 1000,
             tick: Duration::from_millis(250),
+            max_change_bytes: 1 << 20,
+            max_doc_bytes: 64 << 20,
         }
     }
 }
@@ -70,6 +78,12 @@ pub enum FlowMsg {
     /// the first sync message to `out` before replying.
     Join {
         session_id: String,
+        /// From the verified token; presence shows them.
+        user_id: String,
+        name: String,
+        /// The role the token grants, and the effective role after membership
+        /// overrides (the two differ when `flow_members` restricts or grants).
+        token_role: Option<Role>,
         role: Role,
         out: Outbound,
         request_id: Option<RequestId>,
@@ -78,18 +92,34 @@ pub enum FlowMsg {
     Leave {
         session_id: String,
     },
-    /// A session's role changed while subscribed (a new token, a membership change).
+    /// A session's role changed while subscribed (a new token). `None`: no access.
     SetRole {
         session_id: String,
-        role: Role,
+        token_role: Option<Role>,
+        role: Option<Role>,
     },
+    /// A `flow_members` row changed (`None`: removed, the token decides again).
+    MemberChanged {
+        user_id: String,
+        access: Option<MemberAccess>,
+    },
+    /// A presence update from a subscribed session.
+    Presence {
+        session_id: String,
+        cursor: Option<Cursor>,
+        selection: Option<Vec<String>>,
+        color: Option<String>,
+    },
+    /// Time to send the coalesced presence diff.
+    PresenceFlush,
     /// An Automerge sync message from a subscribed session. The reply comes after the
     /// message was fully handled (persisted, acknowledged), which gives the session's
-    /// reader natural backpressure.
+    /// reader natural backpressure; it is `false` when the session is not (or no
+    /// longer, after a revocation) a peer of this flow.
     Sync {
         session_id: String,
         payload: Vec<u8>,
-        reply: RpcReplyPort<()>,
+        reply: RpcReplyPort<bool>,
     },
     /// A message from another node, via the bus.
     Bus(Vec<u8>),
@@ -102,8 +132,12 @@ pub enum FlowMsg {
 }
 
 struct Peer {
+    user_id: String,
+    token_role: Option<Role>,
     role: Role,
     out: Outbound,
+    /// A presence diff was dropped; send the full state when the queue drains.
+    presence_stale: bool,
     sync: SyncState,
     /// A sync frame was dropped because the queue was full; resync when it drains.
     lagging: bool,
@@ -118,6 +152,10 @@ pub struct FlowState {
     /// Hashes stored since the last snapshot: what the next compaction covers.
     uncompacted: Vec<String>,
     last_heads_published: Vec<ChangeHash>,
+    presence: PresenceBook,
+    presence_flush_armed: bool,
+    /// Stored bytes of the document (snapshot plus changes since), for the size limit.
+    doc_bytes: usize,
     empty_since: Option<Instant>,
     tasks: Vec<JoinHandle<()>>,
     span: tracing::Span,
@@ -128,13 +166,23 @@ impl Actor for FlowActor {
     type State = FlowState;
     type Arguments = FlowArgs;
 
-    async fn pre_start(&self, myself: ActorRef<FlowMsg>, args: FlowArgs) -> Result<FlowState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<FlowMsg>,
+        args: FlowArgs,
+    ) -> Result<FlowState, ActorProcessingErr> {
         let span = tracing::info_span!("flow", flow_id = %args.flow_id);
-        let (doc, uncompacted) = load(&*args.deps.store, &args.flow_id).instrument(span.clone()).await?;
+        let (doc, uncompacted, doc_bytes) = load(&*args.deps.store, &args.flow_id)
+            .instrument(span.clone())
+            .await?;
         let mut tasks = Vec::new();
         // Subscribe before the first peer joins, so no change published by another
         // node after our load is missed (anything published before is in the store).
-        let mut sub = args.deps.bus.subscribe(&channel::flow(&args.flow_id)).await?;
+        let mut sub = args
+            .deps
+            .bus
+            .subscribe(&channel::flow(&args.flow_id))
+            .await?;
         let me = myself.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(msg) = sub.rx.recv().await {
@@ -144,7 +192,10 @@ impl Actor for FlowActor {
             }
         }));
         tasks.push(myself.send_interval(args.deps.config.tick, || FlowMsg::Tick));
-        args.deps.metrics.flows_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        args.deps
+            .metrics
+            .flows_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         span.in_scope(|| info!(changes = uncompacted.len(), "flow opened"));
         Ok(FlowState {
             flow_id: args.flow_id,
@@ -154,57 +205,139 @@ impl Actor for FlowActor {
             registry: args.registry,
             uncompacted,
             last_heads_published: Vec::new(),
+            presence: PresenceBook::default(),
+            presence_flush_armed: false,
+            doc_bytes,
             empty_since: Some(Instant::now()),
             tasks,
             span,
         })
     }
 
-    async fn post_start(&self, myself: ActorRef<FlowMsg>, state: &mut FlowState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<FlowMsg>,
+        state: &mut FlowState,
+    ) -> Result<(), ActorProcessingErr> {
         // A flow opened by a request that never joined (e.g. GET) must not stay forever.
         arm_eviction(&myself, state);
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<FlowMsg>, state: &mut FlowState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<FlowMsg>,
+        state: &mut FlowState,
+    ) -> Result<(), ActorProcessingErr> {
         for t in state.tasks.drain(..) {
             t.abort();
         }
         state.registry.forget(&state.flow_id, myself.get_id());
-        state.deps.metrics.flows_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        state
+            .deps
+            .metrics
+            .flows_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         state.span.in_scope(|| info!("flow closed"));
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<FlowMsg>, msg: FlowMsg, state: &mut FlowState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<FlowMsg>,
+        msg: FlowMsg,
+        state: &mut FlowState,
+    ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
         async {
             match msg {
-                FlowMsg::Join { session_id, role, out, request_id, reply } => {
-                    state.join(session_id, role, out, request_id);
+                FlowMsg::Join {
+                    session_id,
+                    user_id,
+                    name,
+                    token_role,
+                    role,
+                    out,
+                    request_id,
+                    reply,
+                } => {
+                    state.join(session_id, user_id, name, token_role, role, out, request_id);
+                    state.arm_presence_flush(&myself);
                     let _ = reply.send(());
                 }
                 FlowMsg::Leave { session_id } => {
-                    state.peers.remove(&session_id);
-                    if state.peers.is_empty() {
-                        state.empty_since = Some(Instant::now());
-                        arm_eviction(&myself, state);
+                    state.remove_peer(&session_id, &myself);
+                }
+                FlowMsg::SetRole {
+                    session_id,
+                    token_role,
+                    role,
+                } => {
+                    let Some(peer) = state.peers.get_mut(&session_id) else {
+                        return Ok(());
+                    };
+                    peer.token_role = token_role;
+                    match role {
+                        Some(role) => peer.role = role,
+                        None => state.revoke(&session_id, &myself),
                     }
                 }
-                FlowMsg::SetRole { session_id, role } => {
-                    if let Some(peer) = state.peers.get_mut(&session_id) {
-                        peer.role = role;
+                FlowMsg::MemberChanged { user_id, access } => {
+                    let affected: Vec<String> = state
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.user_id == user_id)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for session_id in affected {
+                        let Some(peer) = state.peers.get_mut(&session_id) else {
+                            continue;
+                        };
+                        match MemberAccess::effective(access, peer.token_role) {
+                            Some(role) => peer.role = role,
+                            None => state.revoke(&session_id, &myself),
+                        }
                     }
                 }
-                FlowMsg::Sync { session_id, payload, reply } => {
+                FlowMsg::Presence {
+                    session_id,
+                    cursor,
+                    selection,
+                    color,
+                } => match state.presence.update(&session_id, cursor, selection, color) {
+                    Ok(true) => state.arm_presence_flush(&myself),
+                    Ok(false) => {}
+                    Err(e) => {
+                        if let Some(peer) = state.peers.get(&session_id) {
+                            let err = ServerMessage::error(ErrorCode::BadRequest, e.to_string())
+                                .with_flow(state.flow_id.clone());
+                            peer.out.send_control(&err);
+                        }
+                    }
+                },
+                FlowMsg::PresenceFlush => {
+                    state.presence_flush_armed = false;
+                    state.flush_presence();
+                }
+                FlowMsg::Sync {
+                    session_id,
+                    payload,
+                    reply,
+                } => {
+                    if !state.peers.contains_key(&session_id) {
+                        let _ = reply.send(false);
+                        return Ok(());
+                    }
                     let result = state.on_sync(&session_id, &payload).await;
-                    let _ = reply.send(());
+                    let _ = reply.send(true);
                     result?;
                 }
                 FlowMsg::Bus(bytes) => state.on_bus(bytes).await?,
                 FlowMsg::Tick => state.on_tick().await,
                 FlowMsg::EvictIfIdle => {
-                    let idle = state.empty_since.is_some_and(|t| t.elapsed() >= state.deps.config.idle_eviction);
+                    let idle = state
+                        .empty_since
+                        .is_some_and(|t| t.elapsed() >= state.deps.config.idle_eviction);
                     if state.peers.is_empty() && idle {
                         // Forget first: from here on, new subscribers spawn a fresh actor
                         // (which loads everything from the store, where all our changes are).
@@ -232,19 +365,39 @@ impl Actor for FlowActor {
 
 fn arm_eviction(myself: &ActorRef<FlowMsg>, state: &FlowState) {
     // Slightly after the grace period, so the check in EvictIfIdle sees it elapsed.
-    myself.send_after(state.deps.config.idle_eviction + Duration::from_millis(10), || FlowMsg::EvictIfIdle);
+    myself.send_after(
+        state.deps.config.idle_eviction + Duration::from_millis(10),
+        || FlowMsg::EvictIfIdle,
+    );
 }
 
-/// Rebuilds a flow from the store: latest snapshot plus every later change.
-async fn load(store: &dyn Store, flow_id: &str) -> Result<(FlowDoc, Vec<String>)> {
+/// Rebuilds a flow from the store: latest snapshot plus every later change. Also
+/// returns the hashes not covered by the snapshot and the stored size in bytes.
+async fn load(store: &dyn Store, flow_id: &str) -> Result<(FlowDoc, Vec<String>, usize)> {
     let stored = store.load_flow(flow_id).await?;
     let changes: Vec<Vec<u8>> = stored.changes.iter().map(|c| c.bytes.clone()).collect();
     let doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes)?;
-    Ok((doc, stored.changes.into_iter().map(|c| c.hash).collect()))
+    let bytes =
+        stored.snapshot.as_ref().map_or(0, Vec::len) + changes.iter().map(Vec::len).sum::<usize>();
+    Ok((
+        doc,
+        stored.changes.into_iter().map(|c| c.hash).collect(),
+        bytes,
+    ))
 }
 
 impl FlowState {
-    fn join(&mut self, session_id: String, role: Role, out: Outbound, request_id: Option<RequestId>) {
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        session_id: String,
+        user_id: String,
+        name: String,
+        token_role: Option<Role>,
+        role: Role,
+        out: Outbound,
+        request_id: Option<RequestId>,
+    ) {
         let heads = self.doc.heads_hex();
         out.send_control(&ServerMessage::FlowState {
             id: request_id,
@@ -253,12 +406,102 @@ impl FlowState {
             heads,
         });
         debug!(session_id, ?role, "peer joined");
+        self.presence.join(PresenceBook::new_entry(
+            &session_id,
+            &user_id,
+            &name,
+            &self.deps.node_id,
+        ));
+        out.send_control(&ServerMessage::PresenceState {
+            flow_id: self.flow_id.clone(),
+            peers: self.presence.entries(),
+        });
         self.peers.insert(
             session_id.clone(),
-            Peer { role, out, sync: SyncState::new(), lagging: false },
+            Peer {
+                user_id,
+                token_role,
+                role,
+                out,
+                presence_stale: false,
+                sync: SyncState::new(),
+                lagging: false,
+            },
         );
         self.empty_since = None;
         self.sync_peer(&session_id);
+    }
+
+    fn remove_peer(&mut self, session_id: &str, myself: &ActorRef<FlowMsg>) {
+        self.peers.remove(session_id);
+        self.presence.leave(session_id);
+        self.arm_presence_flush(myself);
+        if self.peers.is_empty() {
+            self.empty_since = Some(Instant::now());
+            arm_eviction(myself, self);
+        }
+    }
+
+    /// Access was revoked: tell the session and drop it from the flow.
+    fn revoke(&mut self, session_id: &str, myself: &ActorRef<FlowMsg>) {
+        if let Some(peer) = self.peers.get(session_id) {
+            let err = ServerMessage::error(ErrorCode::Forbidden, "access to this flow was revoked")
+                .with_flow(self.flow_id.clone());
+            peer.out.send_control(&err);
+        }
+        info!(session_id, "access revoked");
+        self.remove_peer(session_id, myself);
+    }
+
+    fn arm_presence_flush(&mut self, myself: &ActorRef<FlowMsg>) {
+        if !self.presence_flush_armed && self.presence.is_dirty() {
+            self.presence_flush_armed = true;
+            myself.send_after(FLUSH_INTERVAL, || FlowMsg::PresenceFlush);
+        }
+    }
+
+    /// Sends the coalesced presence diff; a peer whose queue is full gets the full
+    /// state later instead (last value wins, so nothing of value is lost).
+    fn flush_presence(&mut self) {
+        let Some(PresenceChanges {
+            joined,
+            updated,
+            left,
+        }) = self.presence.take_changes()
+        else {
+            return;
+        };
+        for (session_id, peer) in self.peers.iter_mut() {
+            if peer.presence_stale {
+                continue;
+            }
+            let others = |v: &Vec<flowhub_protocol::PresenceEntry>| {
+                v.iter()
+                    .filter(|e| &e.session_id != session_id)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let diff = ServerMessage::PresenceDiff {
+                flow_id: self.flow_id.clone(),
+                joined: others(&joined),
+                updated: others(&updated),
+                left: left.clone(),
+            };
+            if let ServerMessage::PresenceDiff {
+                joined,
+                updated,
+                left,
+                ..
+            } = &diff
+            {
+                if joined.is_empty() && updated.is_empty() && left.is_empty() {
+                    continue;
+                }
+            }
+            if peer.out.try_send_text(&diff) == Delivery::Full {
+                peer.presence_stale = true;
+            }
+        }
     }
 
     async fn on_sync(&mut self, session_id: &str, payload: &[u8]) -> Result<()> {
@@ -266,6 +509,29 @@ impl FlowState {
             return Ok(());
         };
         let role = peer.role;
+        let limits = &self.deps.config;
+        if payload.len() > limits.max_change_bytes
+            || (self.doc_bytes + payload.len() > limits.max_doc_bytes
+                && self
+                    .doc
+                    .sync_message_has_new_changes(payload)
+                    .unwrap_or(true))
+        {
+            let message = if payload.len() > limits.max_change_bytes {
+                format!(
+                    "sync message of {} bytes exceeds the change limit of {}",
+                    payload.len(),
+                    limits.max_change_bytes
+                )
+            } else {
+                format!(
+                    "the flow would exceed its size limit of {} bytes",
+                    limits.max_doc_bytes
+                )
+            };
+            self.refuse(session_id, ErrorCode::TooLarge, message);
+            return Ok(());
+        }
         if !role.can_edit() {
             match self.doc.sync_message_has_new_changes(payload) {
                 Ok(false) => {}
@@ -283,7 +549,10 @@ impl FlowState {
         let Some(peer) = self.peers.get_mut(session_id) else {
             return Ok(());
         };
-        let applied = match self.doc.receive_sync_message_validated(&mut peer.sync, payload) {
+        let applied = match self
+            .doc
+            .receive_sync_message_validated(&mut peer.sync, payload)
+        {
             Ok(applied) => applied,
             Err(CrdtError::Schema(e)) => {
                 self.refuse(session_id, ErrorCode::SchemaViolation, e.to_string());
@@ -298,15 +567,23 @@ impl FlowState {
             let records: Vec<ChangeRecord> = applied
                 .changes
                 .iter()
-                .map(|c| ChangeRecord { hash: c.hash.to_string(), bytes: c.bytes.clone() })
+                .map(|c| ChangeRecord {
+                    hash: c.hash.to_string(),
+                    bytes: c.bytes.clone(),
+                })
                 .collect();
             if let Err(e) = self.persist(&records).await {
                 warn!(error = %e, "store append failed; rolling the document back");
-                self.refuse(session_id, ErrorCode::Internal, "the store is unavailable; retry".into());
+                self.refuse(
+                    session_id,
+                    ErrorCode::Internal,
+                    "the store is unavailable; retry".into(),
+                );
                 // The document must not hold what the store does not: reload it.
-                let (doc, uncompacted) = load(&*self.deps.store, &self.flow_id).await?;
+                let (doc, uncompacted, doc_bytes) = load(&*self.deps.store, &self.flow_id).await?;
                 self.doc = doc;
                 self.uncompacted = uncompacted;
+                self.doc_bytes = doc_bytes;
                 return Ok(());
             }
             Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
@@ -337,7 +614,8 @@ impl FlowState {
         Metrics::inc(&self.deps.metrics.edits_refused);
         debug!(session_id, %code, message, "sync message refused");
         if let Some(peer) = self.peers.get_mut(session_id) {
-            peer.out.send_control(&ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
+            peer.out
+                .send_control(&ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
             peer.sync.reset();
         }
         self.sync_peer(session_id);
@@ -353,7 +631,9 @@ impl FlowState {
             Metrics::inc(&m.store_errors);
         }
         result?;
-        self.uncompacted.extend(records.iter().map(|r| r.hash.clone()));
+        self.uncompacted
+            .extend(records.iter().map(|r| r.hash.clone()));
+        self.doc_bytes += records.iter().map(|r| r.bytes.len()).sum::<usize>();
         Ok(())
     }
 
@@ -411,7 +691,8 @@ impl FlowState {
                 let new = self.doc.apply_changes(&changes)?;
                 // The origin persisted these before publishing; they count for our
                 // next compaction too.
-                self.uncompacted.extend(new.iter().map(|c| c.hash.to_string()));
+                self.uncompacted
+                    .extend(new.iter().map(|c| c.hash.to_string()));
                 if !self.doc.missing_deps().is_empty() {
                     self.catch_up_from_store().await?;
                 }
@@ -420,10 +701,12 @@ impl FlowState {
                 }
             }
             Some(FlowBusMessage::Heads { origin, heads }) if origin != self.deps.node_id => {
-                let unknown = heads.iter().any(|h| match ChangeHash::try_from(h.as_slice()) {
-                    Ok(hash) => !self.doc.has_change(&hash),
-                    Err(_) => false,
-                });
+                let unknown = heads
+                    .iter()
+                    .any(|h| match ChangeHash::try_from(h.as_slice()) {
+                        Ok(hash) => !self.doc.has_change(&hash),
+                        Err(_) => false,
+                    });
                 if unknown {
                     self.catch_up_from_store().await?;
                 }
@@ -438,7 +721,12 @@ impl FlowState {
         let stored = self.deps.store.load_flow(&self.flow_id).await?;
         let mut raw: Vec<Vec<u8>> = Vec::new();
         if let Some(snapshot) = &stored.snapshot {
-            raw.extend(FlowDoc::load(snapshot)?.all_changes().into_iter().map(|c| c.bytes));
+            raw.extend(
+                FlowDoc::load(snapshot)?
+                    .all_changes()
+                    .into_iter()
+                    .map(|c| c.bytes),
+            );
         }
         raw.extend(stored.changes.into_iter().map(|c| c.bytes));
         let new = self.doc.apply_changes(&raw)?;
@@ -463,6 +751,28 @@ impl FlowState {
             }
             self.sync_peer(&id);
         }
+        let stale: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.presence_stale && p.out.capacity() * 2 >= p.out.max_capacity())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let entries = if stale.is_empty() {
+            Vec::new()
+        } else {
+            self.presence.entries()
+        };
+        for id in stale {
+            if let Some(p) = self.peers.get_mut(&id) {
+                let state = ServerMessage::PresenceState {
+                    flow_id: self.flow_id.clone(),
+                    peers: entries.clone(),
+                };
+                if p.out.try_send_text(&state) == Delivery::Queued {
+                    p.presence_stale = false;
+                }
+            }
+        }
         let heads = self.doc.heads();
         if heads != self.last_heads_published {
             self.last_heads_published = heads.clone();
@@ -479,12 +789,22 @@ impl FlowState {
             return;
         }
         let bytes = self.doc.save();
-        let snapshot = Snapshot { heads: self.doc.heads_hex(), bytes };
-        match self.deps.store.compact(&self.flow_id, snapshot, &self.uncompacted).await {
+        let size = bytes.len();
+        let snapshot = Snapshot {
+            heads: self.doc.heads_hex(),
+            bytes,
+        };
+        match self
+            .deps
+            .store
+            .compact(&self.flow_id, snapshot, &self.uncompacted)
+            .await
+        {
             Ok(()) => {
                 Metrics::inc(&self.deps.metrics.compactions);
                 info!(covered = self.uncompacted.len(), "compacted");
                 self.uncompacted.clear();
+                self.doc_bytes = size;
             }
             // Harmless: the change log is intact; the next append retries.
             Err(e) => warn!(error = %e, "compaction failed"),

@@ -1,6 +1,7 @@
 //! One [`FlowActor`] per open flow, and the [`FlowRegistry`] that finds or spawns it.
 
 mod actor;
+pub mod presence;
 mod registry;
 
 pub use actor::{FlowActor, FlowArgs, FlowConfig, FlowDeps, FlowMsg, FlowState};

@@ -35,7 +35,11 @@ struct RegistryInner {
 impl FlowRegistry {
     pub fn new(deps: Arc<FlowDeps>) -> Self {
         FlowRegistry {
-            inner: Arc::new(RegistryInner { flows: DashMap::new(), deps, spawned: AtomicU64::new(0) }),
+            inner: Arc::new(RegistryInner {
+                flows: DashMap::new(),
+                deps,
+                spawned: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -47,10 +51,19 @@ impl FlowRegistry {
     pub async fn get_or_spawn(&self, flow_id: &str) -> Result<ActorRef<FlowMsg>> {
         // Two rounds: the second covers an actor that died between lookup and use.
         for _ in 0..2 {
-            let slot = self.inner.flows.entry(flow_id.to_owned()).or_default().clone();
+            let slot = self
+                .inner
+                .flows
+                .entry(flow_id.to_owned())
+                .or_default()
+                .clone();
             let spawned = slot
                 .get_or_try_init(|| async {
-                    let args = FlowArgs { flow_id: flow_id.to_owned(), deps: self.inner.deps.clone(), registry: self.clone() };
+                    let args = FlowArgs {
+                        flow_id: flow_id.to_owned(),
+                        deps: self.inner.deps.clone(),
+                        registry: self.clone(),
+                    };
                     let (actor, _join) = Actor::spawn(None, FlowActor, args).await?;
                     self.inner.spawned.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, ActorsError>(actor)
@@ -61,7 +74,9 @@ impl FlowRegistry {
                 Ok(actor) => self.forget(flow_id, actor.get_id()),
                 Err(e) => {
                     // Drop the empty slot so the next caller tries again from scratch.
-                    self.inner.flows.remove_if(flow_id, |_, s| Arc::ptr_eq(s, &slot) && s.get().is_none());
+                    self.inner
+                        .flows
+                        .remove_if(flow_id, |_, s| Arc::ptr_eq(s, &slot) && s.get().is_none());
                     return Err(e);
                 }
             }
@@ -77,9 +92,9 @@ impl FlowRegistry {
 
     /// Removes `flow_id` if it still maps to the actor `id` (a newer actor is kept).
     pub fn forget(&self, flow_id: &str, id: ActorId) {
-        self.inner
-            .flows
-            .remove_if(flow_id, |_, slot| slot.get().is_some_and(|a| a.get_id() == id));
+        self.inner.flows.remove_if(flow_id, |_, slot| {
+            slot.get().is_some_and(|a| a.get_id() == id)
+        });
     }
 
     /// Flow ids with a live actor.
@@ -100,15 +115,27 @@ impl FlowRegistry {
     /// Stops every flow actor and waits for them to finish (shutdown). Their changes
     /// are already in the store: nothing is acknowledged before it is stored.
     pub async fn stop_all(&self) {
-        let actors: Vec<ActorRef<FlowMsg>> =
-            self.inner.flows.iter().filter_map(|e| e.value().get().cloned()).collect();
+        let actors: Vec<ActorRef<FlowMsg>> = self
+            .inner
+            .flows
+            .iter()
+            .filter_map(|e| e.value().get().cloned())
+            .collect();
         for actor in actors {
-            let _ = actor.stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(5))).await;
+            let _ = actor
+                .stop_and_wait(
+                    Some("shutdown".into()),
+                    Some(std::time::Duration::from_secs(5)),
+                )
+                .await;
         }
         self.inner.flows.clear();
     }
 }
 
 fn is_alive(cell: ActorCell) -> bool {
-    matches!(cell.get_status(), ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading)
+    matches!(
+        cell.get_status(),
+        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+    )
 }

@@ -6,20 +6,22 @@
 //! [`Outbound`] queue, never directly to the socket.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowhub_protocol::{
-    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId, ServerMessage,
-    SyncFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId,
+    ServerMessage, SyncFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
 
 use super::outbound::Outbound;
 use crate::flow::{FlowMsg, FlowRegistry};
-use crate::identity::Identity;
+use crate::identity::{Identity, TokenVerifier};
 use crate::metrics::Metrics;
+use crate::store::MemberAccess;
 
 /// Behaviour of a session actor (the state is [`SessionState`]).
 pub struct SessionActor;
@@ -32,11 +34,22 @@ pub struct SessionLimits {
     pub max_subscriptions: usize,
     /// Refused frames tolerated before the session is closed for abuse.
     pub max_bad_frames: u32,
+    /// Sustained control messages per second (presence is exempt: it is coalesced;
+    /// sync frames are slowed down rather than refused, so no edit is dropped).
+    pub messages_per_second: u32,
+    /// Short bursts above the rate that are still accepted.
+    pub burst: u32,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { max_frame_bytes: 1 << 20, max_subscriptions: 64, max_bad_frames: 100 }
+        SessionLimits {
+            max_frame_bytes: 1 << 20,
+            max_subscriptions: 64,
+            max_bad_frames: 100,
+            messages_per_second: 100,
+            burst: 200,
+        }
     }
 }
 
@@ -47,6 +60,7 @@ pub struct SessionArgs {
     pub registry: FlowRegistry,
     pub limits: SessionLimits,
     pub metrics: Arc<Metrics>,
+    pub verifier: Arc<dyn TokenVerifier>,
 }
 
 pub enum SessionMsg {
@@ -56,7 +70,11 @@ pub enum SessionMsg {
     Binary(Vec<u8>, RpcReplyPort<()>),
     /// A frame above the soft size limit (its bytes were not kept).
     Oversize(usize),
+    /// Closes the session if its token has expired by now.
+    CheckExpiry,
 }
+
+type Limiter = governor::DefaultDirectRateLimiter;
 
 struct Subscription {
     flow: ActorRef<FlowMsg>,
@@ -71,6 +89,8 @@ pub struct SessionState {
     metrics: Arc<Metrics>,
     subscriptions: HashMap<String, Subscription>,
     bad_frames: u32,
+    limiter: Limiter,
+    verifier: Arc<dyn TokenVerifier>,
     span: tracing::Span,
 }
 
@@ -79,9 +99,21 @@ impl Actor for SessionActor {
     type State = SessionState;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
         let span = tracing::info_span!("session", session_id = %args.session_id, user_id = %args.identity.user_id);
+        let rate =
+            NonZeroU32::new(args.limits.messages_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(args.limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limiter =
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst));
+        schedule_expiry_check(&myself, args.identity.expires_at);
         let state = SessionState {
+            limiter,
+            verifier: args.verifier,
             session_id: args.session_id,
             identity: args.identity,
             out: args.out,
@@ -98,31 +130,63 @@ impl Actor for SessionActor {
         Ok(state)
     }
 
-    async fn post_stop(&self, _myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         for (_, sub) in state.subscriptions.drain() {
-            let _ = sub.flow.cast(FlowMsg::Leave { session_id: state.session_id.clone() });
+            let _ = sub.flow.cast(FlowMsg::Leave {
+                session_id: state.session_id.clone(),
+            });
         }
         state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
         state.span.in_scope(|| info!("session closed"));
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         Metrics::inc(&state.metrics.frames_in);
         let span = state.span.clone();
         async {
             match msg {
                 SessionMsg::Text(text, reply) => {
-                    state.on_text(&text).await;
+                    state.on_text(&text, &myself).await;
                     let _ = reply.send(());
                 }
                 SessionMsg::Binary(bytes, reply) => {
                     state.on_binary(bytes).await;
                     let _ = reply.send(());
                 }
+                SessionMsg::CheckExpiry => {
+                    let expired = state
+                        .identity
+                        .expires_at
+                        .is_some_and(|exp| exp <= now_secs());
+                    if expired {
+                        info!("token expired; closing");
+                        state.out.send_control(&ServerMessage::error(
+                            ErrorCode::Unauthorized,
+                            "token expired",
+                        ));
+                        state.out.close(close::TOKEN_EXPIRED, "token expired");
+                    } else {
+                        schedule_expiry_check(&myself, state.identity.expires_at);
+                    }
+                }
                 SessionMsg::Oversize(size) => {
                     let max = state.limits.max_frame_bytes;
-                    state.fail(None, None, ErrorCode::TooLarge, format!("frame of {size} bytes exceeds the limit of {max}"));
+                    state.fail(
+                        None,
+                        None,
+                        ErrorCode::TooLarge,
+                        format!("frame of {size} bytes exceeds the limit of {max}"),
+                    );
                 }
             }
         }
@@ -149,7 +213,13 @@ impl SessionState {
     }
 
     /// Sends a typed error; counts it toward the abuse limit.
-    pub(super) fn fail(&mut self, id: Option<RequestId>, flow_id: Option<&str>, code: ErrorCode, message: String) {
+    pub(super) fn fail(
+        &mut self,
+        id: Option<RequestId>,
+        flow_id: Option<&str>,
+        code: ErrorCode,
+        message: String,
+    ) {
         debug!(%code, message, "request refused");
         let mut err = ServerMessage::error(code, message).with_id(id);
         if let Some(flow) = flow_id {
@@ -163,11 +233,20 @@ impl SessionState {
         }
     }
 
-    async fn on_text(&mut self, text: &str) {
+    async fn on_text(&mut self, text: &str, myself: &ActorRef<SessionMsg>) {
         let msg = match decode_client_text(text) {
             Ok(msg) => msg,
             Err(f) => return self.fail(f.id, None, f.error.code(), f.error.to_string()),
         };
+        if !matches!(msg, ClientMessage::Presence { .. }) && self.limiter.check().is_err() {
+            let rate = self.limits.messages_per_second;
+            return self.fail(
+                msg.id().cloned(),
+                None,
+                ErrorCode::RateLimited,
+                format!("more than {rate} messages per second"),
+            );
+        }
         match msg {
             ClientMessage::Hello { id, protocol, .. } => {
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
@@ -179,29 +258,52 @@ impl SessionState {
                         ErrorCode::UnsupportedVersion,
                         format!("protocol {protocol} unsupported; this hub speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
                     );
-                    self.out.close(close::UNSUPPORTED_VERSION, "unsupported protocol version");
+                    self.out
+                        .close(close::UNSUPPORTED_VERSION, "unsupported protocol version");
                 }
             }
             ClientMessage::SubscribeFlow { id, flow_id } => self.subscribe(id, flow_id).await,
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
                 if let Some(sub) = self.subscriptions.remove(&flow_id) {
-                    let _ = sub.flow.cast(FlowMsg::Leave { session_id: self.session_id.clone() });
-                    self.out.send_control(&ServerMessage::Ack { id, flow_id: Some(flow_id), changes: vec![] });
+                    let _ = sub.flow.cast(FlowMsg::Leave {
+                        session_id: self.session_id.clone(),
+                    });
+                    self.out.send_control(&ServerMessage::Ack {
+                        id,
+                        flow_id: Some(flow_id),
+                        changes: vec![],
+                    });
                 } else {
-                    self.fail(id, Some(&flow_id), ErrorCode::NotFound, "not subscribed to this flow".into());
+                    self.fail(
+                        id,
+                        Some(&flow_id),
+                        ErrorCode::NotFound,
+                        "not subscribed to this flow".into(),
+                    );
                 }
             }
             ClientMessage::Ping { id } => {
                 self.out.send_control(&ServerMessage::Pong { id });
             }
-            ClientMessage::Presence { flow_id, cursor, selection, color } => {
-                self.presence(flow_id, cursor, selection, color).await
-            }
-            ClientMessage::SubscribeRun { id, run_id, since_seq } => self.subscribe_run(id, run_id, since_seq).await,
+            ClientMessage::Presence {
+                flow_id,
+                cursor,
+                selection,
+                color,
+            } => self.presence(flow_id, cursor, selection, color).await,
+            ClientMessage::SubscribeRun {
+                id,
+                run_id,
+                since_seq,
+            } => self.subscribe_run(id, run_id, since_seq).await,
             ClientMessage::UnsubscribeRun { id, run_id } => self.unsubscribe_run(id, run_id).await,
-            ClientMessage::SubscribeFlowRuns { id, flow_id } => self.subscribe_flow_runs(id, flow_id).await,
-            ClientMessage::UnsubscribeFlowRuns { id, flow_id } => self.unsubscribe_flow_runs(id, flow_id).await,
-            ClientMessage::Reauth { id, token } => self.reauth(id, token).await,
+            ClientMessage::SubscribeFlowRuns { id, flow_id } => {
+                self.subscribe_flow_runs(id, flow_id).await
+            }
+            ClientMessage::UnsubscribeFlowRuns { id, flow_id } => {
+                self.unsubscribe_flow_runs(id, flow_id).await
+            }
+            ClientMessage::Reauth { id, token } => self.reauth(id, token, myself).await,
         }
     }
 
@@ -209,12 +311,43 @@ impl SessionState {
         if let Err(e) = validate_flow_id(&flow_id) {
             return self.fail(id, None, e.code(), e.to_string());
         }
-        let Some(role) = self.identity.role_for(&flow_id) else {
-            return self.fail(id, Some(&flow_id), ErrorCode::Forbidden, "the token grants no role on this flow".into());
+        let token_role = self.identity.role_for(&flow_id);
+        let access = match self
+            .registry
+            .deps()
+            .store
+            .member_access(&flow_id, &self.identity.user_id)
+            .await
+        {
+            Ok(access) => access,
+            Err(e) => {
+                tracing::warn!(flow_id, error = %e, "cannot read flow members");
+                return self.fail(
+                    id,
+                    Some(&flow_id),
+                    ErrorCode::Internal,
+                    "the store is unavailable; retry".into(),
+                );
+            }
         };
-        if !self.subscriptions.contains_key(&flow_id) && self.subscriptions.len() >= self.limits.max_subscriptions {
+        let Some(role) = MemberAccess::effective(access, token_role) else {
+            return self.fail(
+                id,
+                Some(&flow_id),
+                ErrorCode::Forbidden,
+                "no role on this flow".into(),
+            );
+        };
+        if !self.subscriptions.contains_key(&flow_id)
+            && self.subscriptions.len() >= self.limits.max_subscriptions
+        {
             let max = self.limits.max_subscriptions;
-            return self.fail(id, Some(&flow_id), ErrorCode::TooLarge, format!("subscription limit of {max} reached"));
+            return self.fail(
+                id,
+                Some(&flow_id),
+                ErrorCode::TooLarge,
+                format!("subscription limit of {max} reached"),
+            );
         }
         // An actor may retire between lookup and join; the registry then spawns a
         // fresh one, so a second attempt succeeds.
@@ -223,13 +356,21 @@ impl SessionState {
                 Ok(flow) => flow,
                 Err(e) => {
                     tracing::warn!(flow_id, error = %e, "cannot open flow");
-                    return self.fail(id, Some(&flow_id), ErrorCode::Internal, "the flow could not be opened".into());
+                    return self.fail(
+                        id,
+                        Some(&flow_id),
+                        ErrorCode::Internal,
+                        "the flow could not be opened".into(),
+                    );
                 }
             };
             let joined = flow
                 .call(
                     |reply| FlowMsg::Join {
                         session_id: self.session_id.clone(),
+                        user_id: self.identity.user_id.clone(),
+                        name: self.identity.name.clone(),
+                        token_role,
                         role,
                         out: self.out.clone(),
                         request_id: id.clone(),
@@ -244,29 +385,64 @@ impl SessionState {
                 return;
             }
         }
-        self.fail(id, Some(&flow_id), ErrorCode::Internal, "the flow could not be opened".into());
+        self.fail(
+            id,
+            Some(&flow_id),
+            ErrorCode::Internal,
+            "the flow could not be opened".into(),
+        );
     }
 
     async fn on_binary(&mut self, bytes: Vec<u8>) {
+        // Sync frames are slowed down, never refused: a dropped sync message would
+        // stall the peer's sync protocol, and waiting here backs up the socket reader.
+        self.limiter.until_ready().await;
         let frame = match SyncFrame::decode(&bytes) {
             Ok(frame) => frame,
             Err(e) => return self.fail(None, None, e.code(), e.to_string()),
         };
         let Some(sub) = self.subscriptions.get(&frame.flow_id) else {
-            return self.fail(None, Some(&frame.flow_id), ErrorCode::BadRequest, "sync frame for a flow not subscribed".into());
+            return self.fail(
+                None,
+                Some(&frame.flow_id),
+                ErrorCode::BadRequest,
+                "sync frame for a flow not subscribed".into(),
+            );
         };
         let result = sub
             .flow
             .call(
-                |reply| FlowMsg::Sync { session_id: self.session_id.clone(), payload: frame.payload, reply },
+                |reply| FlowMsg::Sync {
+                    session_id: self.session_id.clone(),
+                    payload: frame.payload,
+                    reply,
+                },
                 None,
             )
             .await;
-        if !matches!(result, Ok(ractor::rpc::CallResult::Success(()))) {
-            // The flow actor died (store failure): drop the subscription so the client
-            // can subscribe again, which reloads the flow from the store.
-            self.subscriptions.remove(&frame.flow_id);
-            self.fail(None, Some(&frame.flow_id), ErrorCode::Internal, "the flow was closed; subscribe again".into());
+        match result {
+            Ok(ractor::rpc::CallResult::Success(true)) => {}
+            Ok(ractor::rpc::CallResult::Success(false)) => {
+                // Access was revoked while subscribed.
+                self.subscriptions.remove(&frame.flow_id);
+                self.fail(
+                    None,
+                    Some(&frame.flow_id),
+                    ErrorCode::Forbidden,
+                    "no access to this flow".into(),
+                );
+            }
+            _ => {
+                // The flow actor died (store failure): drop the subscription so the client
+                // can subscribe again, which reloads the flow from the store.
+                self.subscriptions.remove(&frame.flow_id);
+                self.fail(
+                    None,
+                    Some(&frame.flow_id),
+                    ErrorCode::Internal,
+                    "the flow was closed; subscribe again".into(),
+                );
+            }
         }
     }
 }
@@ -275,14 +451,93 @@ impl SessionState {
     async fn presence(
         &mut self,
         flow_id: String,
-        _cursor: Option<flowhub_protocol::Cursor>,
-        _selection: Option<Vec<String>>,
-        _color: Option<String>,
+        cursor: Option<flowhub_protocol::Cursor>,
+        selection: Option<Vec<String>>,
+        color: Option<String>,
     ) {
-        self.fail(None, Some(&flow_id), ErrorCode::NotFound, "presence is not available yet".into());
+        let Some(sub) = self.subscriptions.get(&flow_id) else {
+            return self.fail(
+                None,
+                Some(&flow_id),
+                ErrorCode::BadRequest,
+                "presence for a flow not subscribed".into(),
+            );
+        };
+        let _ = sub.flow.cast(FlowMsg::Presence {
+            session_id: self.session_id.clone(),
+            cursor,
+            selection,
+            color,
+        });
     }
 
-    async fn reauth(&mut self, id: Option<RequestId>, _token: String) {
-        self.fail(id, None, ErrorCode::Unauthorized, "reauth is not available yet".into());
+    /// Replaces the token of this open session. The user must stay the same; roles
+    /// are re-evaluated on every subscribed flow at once.
+    async fn reauth(
+        &mut self,
+        id: Option<RequestId>,
+        token: String,
+        myself: &ActorRef<SessionMsg>,
+    ) {
+        let identity = match self.verifier.verify(&token) {
+            Ok(identity) => identity,
+            Err(e) => return self.fail(id, None, ErrorCode::Unauthorized, e),
+        };
+        if identity.user_id != self.identity.user_id {
+            return self.fail(
+                id,
+                None,
+                ErrorCode::Unauthorized,
+                "reauth must keep the same user".into(),
+            );
+        }
+        self.identity = identity;
+        schedule_expiry_check(myself, self.identity.expires_at);
+        let store = self.registry.deps().store.clone();
+        let flows: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for flow_id in flows {
+            let token_role = self.identity.role_for(&flow_id);
+            // A store failure keeps the current membership override unknown: fall
+            // back to the token alone rather than granting more.
+            let access = store
+                .member_access(&flow_id, &self.identity.user_id)
+                .await
+                .unwrap_or(None);
+            let role = MemberAccess::effective(access, token_role);
+            if let Some(sub) = self.subscriptions.get(&flow_id) {
+                let _ = sub.flow.cast(FlowMsg::SetRole {
+                    session_id: self.session_id.clone(),
+                    token_role,
+                    role,
+                });
+            }
+            if role.is_none() {
+                self.subscriptions.remove(&flow_id);
+            }
+        }
+        info!("token refreshed");
+        self.out.send_control(&ServerMessage::Ack {
+            id,
+            flow_id: None,
+            changes: vec![],
+        });
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Wakes the session when its token expires (or in an hour at most, to re-check).
+fn schedule_expiry_check(myself: &ActorRef<SessionMsg>, expires_at: Option<u64>) {
+    if let Some(exp) = expires_at {
+        let secs = exp.saturating_sub(now_secs()).min(3600);
+        myself.send_after(
+            std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(50),
+            || SessionMsg::CheckExpiry,
+        );
     }
 }

@@ -58,7 +58,11 @@ impl Outbound {
         let (tx, frames) = mpsc::channel(capacity.max(1));
         let (closer, close) = watch::channel(None);
         (
-            Outbound { tx, closer: Arc::new(closer), metrics },
+            Outbound {
+                tx,
+                closer: Arc::new(closer),
+                metrics,
+            },
             OutboundRx { frames, close },
         )
     }
@@ -66,6 +70,12 @@ impl Outbound {
     /// Offers an Automerge sync frame for `flow_id`.
     pub fn try_send_sync(&self, flow_id: &str, payload: &[u8]) -> Delivery {
         self.offer(OutFrame::Binary(encode_flow_sync(flow_id, payload)))
+    }
+
+    /// Offers a message that may be dropped when the queue is full (presence, run
+    /// events): the caller keeps what it needs to make up for the loss.
+    pub fn try_send_text(&self, msg: &ServerMessage) -> Delivery {
+        self.offer(OutFrame::Text(encode(msg)))
     }
 
     /// Queues a control message; closes the session if it cannot be queued.
@@ -76,7 +86,10 @@ impl Outbound {
             Delivery::Closed => false,
             Delivery::Full => {
                 Metrics::inc(&self.metrics.sessions_closed_slow);
-                self.close(close::TOO_SLOW, "outbound queue overflowed: the client is not reading");
+                self.close(
+                    close::TOO_SLOW,
+                    "outbound queue overflowed: the client is not reading",
+                );
                 false
             }
         }
@@ -138,8 +151,19 @@ mod tests {
         assert!(!out.is_closed());
         assert!(!out.send_control(&ServerMessage::Pong { id: None }));
         assert!(out.is_closed());
-        assert_eq!(rx.close.borrow().as_ref().map(|c| c.0), Some(close::TOO_SLOW));
-        assert_eq!(rx.frames.try_recv().unwrap(), OutFrame::Binary(encode_flow_sync("f", b"a")));
-        assert_eq!(metrics.queue_drops.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(
+            rx.close.borrow().as_ref().map(|c| c.0),
+            Some(close::TOO_SLOW)
+        );
+        assert_eq!(
+            rx.frames.try_recv().unwrap(),
+            OutFrame::Binary(encode_flow_sync("f", b"a"))
+        );
+        assert_eq!(
+            metrics
+                .queue_drops
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
+use super::{ChangeRecord, MemberAccess, Snapshot, Store, StoreError, StoredFlow};
 
 #[derive(Default)]
 struct FlowRecord {
@@ -19,6 +19,7 @@ struct FlowRecord {
 #[derive(Default)]
 pub struct MemoryStore {
     flows: Mutex<HashMap<String, FlowRecord>>,
+    members: Mutex<HashMap<(String, String), MemberAccess>>,
 }
 
 impl MemoryStore {
@@ -46,7 +47,11 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn append_changes(&self, flow_id: &str, changes: &[ChangeRecord]) -> Result<(), StoreError> {
+    async fn append_changes(
+        &self,
+        flow_id: &str,
+        changes: &[ChangeRecord],
+    ) -> Result<(), StoreError> {
         let mut flows = self.lock();
         let record = flows.entry(flow_id.to_owned()).or_default();
         for c in changes {
@@ -57,12 +62,43 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn compact(&self, flow_id: &str, snapshot: Snapshot, covered: &[String]) -> Result<(), StoreError> {
+    async fn compact(
+        &self,
+        flow_id: &str,
+        snapshot: Snapshot,
+        covered: &[String],
+    ) -> Result<(), StoreError> {
         let mut flows = self.lock();
         let record = flows.entry(flow_id.to_owned()).or_default();
         let covered: HashSet<&String> = covered.iter().collect();
         record.changes.retain(|c| !covered.contains(&c.hash));
         record.snapshot = Some(snapshot.bytes);
+        Ok(())
+    }
+
+    async fn member_access(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberAccess>, StoreError> {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(members
+            .get(&(flow_id.to_owned(), user_id.to_owned()))
+            .copied())
+    }
+
+    async fn set_member_access(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+        access: Option<MemberAccess>,
+    ) -> Result<(), StoreError> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (flow_id.to_owned(), user_id.to_owned());
+        match access {
+            Some(a) => members.insert(key, a),
+            None => members.remove(&key),
+        };
         Ok(())
     }
 

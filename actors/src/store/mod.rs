@@ -15,6 +15,7 @@ mod memory;
 pub use memory::MemoryStore;
 
 use async_trait::async_trait;
+use flowhub_protocol::Role;
 
 /// One Automerge change as stored: its hex hash and its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,43 @@ pub struct Snapshot {
     pub bytes: Vec<u8>,
 }
 
+/// A `flow_members` row: it overrides what a token grants on that flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberAccess {
+    Role(Role),
+    Revoked,
+}
+
+impl MemberAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberAccess::Role(Role::Owner) => "owner",
+            MemberAccess::Role(Role::Editor) => "editor",
+            MemberAccess::Role(Role::Viewer) => "viewer",
+            MemberAccess::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "owner" => MemberAccess::Role(Role::Owner),
+            "editor" => MemberAccess::Role(Role::Editor),
+            "viewer" => MemberAccess::Role(Role::Viewer),
+            "revoked" => MemberAccess::Revoked,
+            _ => return None,
+        })
+    }
+
+    /// The effective role given what the token grants.
+    pub fn effective(access: Option<MemberAccess>, token_role: Option<Role>) -> Option<Role> {
+        match access {
+            Some(MemberAccess::Role(role)) => Some(role),
+            Some(MemberAccess::Revoked) => None,
+            None => token_role,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -58,10 +96,34 @@ pub trait Store: Send + Sync + 'static {
     async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError>;
 
     /// Durably appends changes (creating the flow row if needed). Idempotent by hash.
-    async fn append_changes(&self, flow_id: &str, changes: &[ChangeRecord]) -> Result<(), StoreError>;
+    async fn append_changes(
+        &self,
+        flow_id: &str,
+        changes: &[ChangeRecord],
+    ) -> Result<(), StoreError>;
 
     /// Writes `snapshot` and deletes the changes whose hashes are in `covered`.
-    async fn compact(&self, flow_id: &str, snapshot: Snapshot, covered: &[String]) -> Result<(), StoreError>;
+    async fn compact(
+        &self,
+        flow_id: &str,
+        snapshot: Snapshot,
+        covered: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// The `flow_members` override for a user on a flow, if any.
+    async fn member_access(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberAccess>, StoreError>;
+
+    /// Sets (`Some`) or removes (`None`) a user's `flow_members` override.
+    async fn set_member_access(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+        access: Option<MemberAccess>,
+    ) -> Result<(), StoreError>;
 
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -64,7 +64,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use flowhub_actors::store::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
+use flowhub_actors::store::{ChangeRecord, MemberAccess, Snapshot, Store, StoreError, StoredFlow};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
@@ -287,6 +287,29 @@ impl SqlStore {
 
 #[async_trait]
 impl Store for SqlStore {
+    async fn member_access(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberAccess>, StoreError> {
+        match self.flow_role(flow_id, user_id).await? {
+            None => Ok(None),
+            Some(role) => MemberAccess::parse(&role)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("flow_members role `{role}`"))),
+        }
+    }
+
+    async fn set_member_access(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+        access: Option<MemberAccess>,
+    ) -> Result<(), StoreError> {
+        self.set_flow_member(flow_id, user_id, access.map(MemberAccess::as_str))
+            .await
+    }
+
     async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
         let begin = self.pool.begin_read();
         let flow = with_pool!(&self.pool, |p| {

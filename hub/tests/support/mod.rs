@@ -130,7 +130,10 @@ impl HubProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("hub child process did not become ready on port {}", self.port);
+        panic!(
+            "hub child process did not become ready on port {}",
+            self.port
+        );
     }
 
     /// SIGKILL: no drain, no flush.
@@ -141,5 +144,108 @@ impl HubProcess {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare WebSocket client speaking JSON frames, for tests that need to see every
+/// message (presence diffs, closes) or to misbehave (stop reading, drop the socket).
+pub struct RawClient {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    pub session_id: String,
+}
+
+impl RawClient {
+    pub async fn connect(base: &str, token: &str) -> RawClient {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{base}/v1/ws?token={token}"))
+            .await
+            .expect("ws connect");
+        let mut c = RawClient {
+            ws,
+            session_id: String::new(),
+        };
+        match c.next(Duration::from_secs(5)).await {
+            Some(flowhub_protocol::ServerMessage::Welcome { session_id, .. }) => {
+                c.session_id = session_id
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        c
+    }
+
+    pub async fn send(&mut self, msg: &flowhub_protocol::ClientMessage) {
+        use futures_util::SinkExt;
+        let text = flowhub_protocol::encode(msg);
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn subscribe(&mut self, flow_id: &str) {
+        self.send(&flowhub_protocol::ClientMessage::SubscribeFlow {
+            id: Some(1.into()),
+            flow_id: flow_id.into(),
+        })
+        .await;
+        self.until(Duration::from_secs(5), |m| {
+            matches!(m, flowhub_protocol::ServerMessage::FlowState { .. })
+        })
+        .await
+        .expect("flow_state");
+    }
+
+    /// The next text message, skipping binary frames; `None` on timeout or close.
+    pub async fn next(&mut self, timeout: Duration) -> Option<flowhub_protocol::ServerMessage> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends valid JSON"))
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
+                    return None
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Reads until a message satisfies `pred`; `None` on timeout or close.
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&flowhub_protocol::ServerMessage) -> bool,
+    ) -> Option<flowhub_protocol::ServerMessage> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = self.next(left).await?;
+            if pred(&msg) {
+                return Some(msg);
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code (None on timeout).
+    pub async fn close_code(&mut self, timeout: Duration) -> Option<u16> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => return Some(1006),
+                Err(_) => return None,
+            }
+        }
+    }
 }

@@ -266,6 +266,10 @@ async fn session(state: Arc<HubState>, stream: TcpStream) {
                             }
                         }
                     }
+                    Ok(other) => {
+                        let err = ServerMessage::error(ErrorCode::NotFound, format!("the fake hub does not serve `{}`", other.kind()));
+                        out.push(text(&err.with_id(other.id().cloned())));
+                    }
                 },
                 Some(Ok(Message::Binary(bytes))) => {
                     on_binary(&state, role, &mut subs, &bytes, &mut out);

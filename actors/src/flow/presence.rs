@@ -1,0 +1,272 @@
+//! The presence of one flow on one node: who is here, their cursor, selection and
+//! colour. Sans-IO: the flow actor feeds it joins, updates and leaves, and takes a
+//! coalesced diff at most every [`FLUSH_INTERVAL`], so a mouse stream of any rate
+//! becomes at most ~20 messages per second per flow, last value winning.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flowhub_protocol::presence::{MAX_COLOR_LEN, MAX_SELECTION};
+use flowhub_protocol::{Cursor, PresenceEntry};
+
+/// Presence diffs go out at most this often per flow (20 per second).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Colours handed out when a client does not pick one, chosen from the user id so a
+/// person keeps their colour across sessions.
+const PALETTE: [&str; 8] = [
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
+];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn default_color(user_id: &str) -> String {
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let hash = user_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    PALETTE[(hash % PALETTE.len() as u64) as usize].to_owned()
+}
+
+/// Why a presence update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceError {
+    #[error("color must be at most {MAX_COLOR_LEN} characters of [#a-zA-Z0-9(),.% ]")]
+    BadColor,
+    #[error("selection holds at most {MAX_SELECTION} node ids of at most 128 bytes")]
+    BadSelection,
+    #[error("cursor coordinates must be finite numbers")]
+    BadCursor,
+}
+
+/// A coalesced change set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PresenceChanges {
+    pub joined: Vec<PresenceEntry>,
+    pub updated: Vec<PresenceEntry>,
+    pub left: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct PresenceBook {
+    entries: BTreeMap<String, PresenceEntry>,
+    joined: BTreeSet<String>,
+    updated: BTreeSet<String>,
+    left: BTreeSet<String>,
+}
+
+impl PresenceBook {
+    pub fn join(&mut self, entry: PresenceEntry) {
+        let id = entry.session_id.clone();
+        self.left.remove(&id);
+        self.entries.insert(id.clone(), entry);
+        self.joined.insert(id);
+    }
+
+    /// Applies an update; fields left as `None` keep their value. Returns whether the
+    /// session is present (unknown sessions are ignored).
+    pub fn update(
+        &mut self,
+        session_id: &str,
+        cursor: Option<Cursor>,
+        selection: Option<Vec<String>>,
+        color: Option<String>,
+    ) -> Result<bool, PresenceError> {
+        if let Some(c) = &cursor {
+            if !c.x.is_finite() || !c.y.is_finite() {
+                return Err(PresenceError::BadCursor);
+            }
+        }
+        if let Some(sel) = &selection {
+            if sel.len() > MAX_SELECTION || sel.iter().any(|s| s.len() > 128) {
+                return Err(PresenceError::BadSelection);
+            }
+        }
+        if let Some(color) = &color {
+            let ok = color.len() <= MAX_COLOR_LEN
+                && color
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "#(),.% ".contains(c));
+            if !ok {
+                return Err(PresenceError::BadColor);
+            }
+        }
+        let Some(entry) = self.entries.get_mut(session_id) else {
+            return Ok(false);
+        };
+        if let Some(c) = cursor {
+            entry.cursor = Some(c);
+        }
+        if let Some(s) = selection {
+            entry.selection = s;
+        }
+        if let Some(c) = color {
+            entry.color = c;
+        }
+        entry.updated_at = now_ms();
+        if !self.joined.contains(session_id) {
+            self.updated.insert(session_id.to_owned());
+        }
+        Ok(true)
+    }
+
+    pub fn leave(&mut self, session_id: &str) {
+        if self.entries.remove(session_id).is_some() {
+            self.updated.remove(session_id);
+            // Joined and left within one interval: nobody needs to hear of it.
+            if !self.joined.remove(session_id) {
+                self.left.insert(session_id.to_owned());
+            }
+        }
+    }
+
+    /// Removes every entry of sessions on `node_id` (a node that died).
+    pub fn leave_node(&mut self, node_id: &str) {
+        let gone: Vec<String> = self
+            .entries
+            .values()
+            .filter(|e| e.node_id == node_id)
+            .map(|e| e.session_id.clone())
+            .collect();
+        for id in gone {
+            self.leave(&id);
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !(self.joined.is_empty() && self.updated.is_empty() && self.left.is_empty())
+    }
+
+    /// Everything that changed since the last call.
+    pub fn take_changes(&mut self) -> Option<PresenceChanges> {
+        if !self.is_dirty() {
+            return None;
+        }
+        let pick = |ids: &BTreeSet<String>, entries: &BTreeMap<String, PresenceEntry>| {
+            ids.iter()
+                .filter_map(|id| entries.get(id).cloned())
+                .collect::<Vec<_>>()
+        };
+        let changes = PresenceChanges {
+            joined: pick(&self.joined, &self.entries),
+            updated: pick(&self.updated, &self.entries),
+            left: self.left.iter().cloned().collect(),
+        };
+        self.joined.clear();
+        self.updated.clear();
+        self.left.clear();
+        Some(changes)
+    }
+
+    pub fn entries(&self) -> Vec<PresenceEntry> {
+        self.entries.values().cloned().collect()
+    }
+
+    pub fn get(&self, session_id: &str) -> Option<&PresenceEntry> {
+        self.entries.get(session_id)
+    }
+
+    pub fn new_entry(session_id: &str, user_id: &str, name: &str, node_id: &str) -> PresenceEntry {
+        PresenceEntry {
+            session_id: session_id.to_owned(),
+            user_id: user_id.to_owned(),
+            name: name.to_owned(),
+            color: default_color(user_id),
+            cursor: None,
+            selection: Vec::new(),
+            node_id: node_id.to_owned(),
+            updated_at: now_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book_with(ids: &[&str]) -> PresenceBook {
+        let mut b = PresenceBook::default();
+        for id in ids {
+            b.join(PresenceBook::new_entry(id, &format!("u-{id}"), "N", "node"));
+        }
+        b.take_changes();
+        b
+    }
+
+    #[test]
+    fn many_updates_coalesce_to_the_last_value() {
+        let mut b = book_with(&["s1"]);
+        for i in 0..1000 {
+            b.update(
+                "s1",
+                Some(Cursor {
+                    x: i as f64,
+                    y: 0.0,
+                }),
+                None,
+                None,
+            )
+            .unwrap();
+        }
+        let c = b.take_changes().unwrap();
+        assert_eq!(c.updated.len(), 1);
+        assert_eq!(c.updated[0].cursor, Some(Cursor { x: 999.0, y: 0.0 }));
+        assert!(b.take_changes().is_none());
+    }
+
+    #[test]
+    fn join_then_leave_in_one_interval_is_silent() {
+        let mut b = book_with(&[]);
+        b.join(PresenceBook::new_entry("s", "u", "N", "node"));
+        b.update("s", Some(Cursor { x: 1.0, y: 1.0 }), None, None)
+            .unwrap();
+        b.leave("s");
+        assert!(b.take_changes().is_none());
+    }
+
+    #[test]
+    fn leaves_and_node_loss_are_reported() {
+        let mut b = book_with(&["a", "b"]);
+        b.leave("a");
+        b.leave_node("node");
+        let c = b.take_changes().unwrap();
+        assert_eq!(c.left, vec!["a".to_string(), "b".to_string()]);
+        assert!(b.entries().is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_input_and_ignores_unknown_sessions() {
+        let mut b = book_with(&["s"]);
+        assert_eq!(
+            b.update(
+                "s",
+                Some(Cursor {
+                    x: f64::NAN,
+                    y: 0.0
+                }),
+                None,
+                None
+            ),
+            Err(PresenceError::BadCursor)
+        );
+        assert_eq!(
+            b.update("s", None, None, Some("<script>".into())),
+            Err(PresenceError::BadColor)
+        );
+        assert_eq!(
+            b.update("s", None, Some(vec!["x".repeat(200)]), None),
+            Err(PresenceError::BadSelection)
+        );
+        assert_eq!(
+            b.update("nobody", None, None, Some("#fff".into())),
+            Ok(false)
+        );
+        assert!(b.take_changes().is_none());
+        assert_eq!(default_color("alice"), default_color("alice"));
+    }
+}
