@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`flow`]: the flow actor and the registry that gets-or-spawns exactly one per flow.
 //! - [`session`]: the session actor and its bounded outbound queue with per-class policy.
+//! - [`run`]: run actors (live run progress), their registry, `RunStore` and the runs feed.
 //! - [`store`]: the `Store` trait, its guarantees, and `MemoryStore`.
 //! - [`bus`]: the `Bus` trait (at most once), `MemoryBus`, and the bus message format.
 //! - [`identity`]: who a session is and its role per flow, from a verified token.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod flow;
 pub mod identity;
 pub mod metrics;
+pub mod run;
 pub mod session;
 pub mod store;
 

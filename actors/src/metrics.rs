@@ -22,6 +22,8 @@ pub struct Metrics {
     pub bus_published: AtomicU64,
     pub bus_received: AtomicU64,
     pub compactions: AtomicU64,
+    /// Changes a flow actor had to read from the store because the bus lost them.
+    pub antientropy_repairs: AtomicU64,
 }
 
 impl Metrics {
@@ -130,6 +132,12 @@ impl Metrics {
             "counter",
             "Flow change logs compacted into snapshots.",
             c(&self.compactions).to_string(),
+        );
+        line(
+            "antientropy_repairs_total",
+            "counter",
+            "Changes read from the store because the bus lost them.",
+            c(&self.antientropy_repairs).to_string(),
         );
         out
     }

@@ -1,10 +1,17 @@
-//! FlowDoc benchmarks: typed edit throughput, merging, persistence, validation
-//! and the hub's validated sync receive.
+//! FlowDoc benchmarks: typed edit throughput (single and batched) against the
+//! bare-Automerge floor, merging, persistence, read views, validation and the
+//! hub's validated sync receive.
 //!
 //! Quick run: `cargo bench -p flowhub-crdt -- --warm-up-time 1 --measurement-time 2`
+//!
+//! `floor/*` does the very same Automerge ops as the typed edit of the same
+//! name with no lookups or checks at all, so `typed_edits/X ÷ floor/X` is the
+//! overhead FlowDoc adds. `batch/*` reports throughput per typed edit.
 
 use std::hint::black_box;
 
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjType, ReadDoc, ROOT};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use flowhub_crdt::{Endpoint, FlowDoc, NewNode, Position, SyncState};
 
@@ -72,6 +79,120 @@ fn typed_edits(c: &mut Criterion) {
                 .expect("move")
         })
     });
+    group.bench_function("relabel_node", |b| {
+        let mut doc = big_flow(100);
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            doc.relabel_node("n50", if i % 2 == 0 { "even" } else { "odd" })
+                .expect("relabel")
+        })
+    });
+    group.finish();
+}
+
+/// The bare-Automerge cost of each typed edit: the same ops and one commit,
+/// without lookups, checks or id generation.
+fn floor(c: &mut Criterion) {
+    let mut group = c.benchmark_group("floor");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("put_commit", |b| {
+        let mut doc = AutoCommit::new();
+        let mut i = 0i64;
+        b.iter(|| {
+            i += 1;
+            doc.put(ROOT, "k", i).expect("put");
+            doc.commit()
+        })
+    });
+    group.bench_function("add_node", |b| {
+        let mut flow = FlowDoc::new();
+        let doc = flow.doc_mut();
+        let nodes = match doc.get(ROOT, "nodes").expect("get") {
+            Some((_, id)) => id,
+            None => panic!("no nodes map"),
+        };
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let obj = doc
+                .put_object(&nodes, format!("n{i}"), ObjType::Map)
+                .expect("put");
+            doc.put(&obj, "kind", "action").expect("put");
+            doc.put(&obj, "label", "a").expect("put");
+            let pos = doc.put_object(&obj, "position", ObjType::Map).expect("put");
+            doc.put(&pos, "x", 1.0).expect("put");
+            doc.put(&pos, "y", 2.0).expect("put");
+            doc.put_object(&obj, "config", ObjType::Map).expect("put");
+            doc.commit()
+        })
+    });
+    group.bench_function("move_node", |b| {
+        let mut flow = big_flow(100);
+        let doc = flow.doc_mut();
+        let nodes = doc.get(ROOT, "nodes").expect("get").expect("nodes").1;
+        let node = doc.get(&nodes, "n50").expect("get").expect("n50").1;
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let pos = doc
+                .put_object(&node, "position", ObjType::Map)
+                .expect("put");
+            doc.put(&pos, "x", i as f64).expect("put");
+            doc.put(&pos, "y", 1.0).expect("put");
+            doc.commit()
+        })
+    });
+    group.finish();
+}
+
+/// Many typed edits committed as one change ([`FlowDoc::batch`]); throughput
+/// is per typed edit.
+fn batched_edits(c: &mut Criterion) {
+    const N: u64 = 100;
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Elements(N));
+    group.bench_function("drag_100_moves_one_node", |b| {
+        let mut doc = big_flow(100);
+        let mut i = 0u64;
+        b.iter(|| {
+            doc.batch(|tx| {
+                for _ in 0..N {
+                    i += 1;
+                    tx.move_node("n50", Position::new(i as f64, 1.0))?;
+                }
+                Ok(())
+            })
+            .expect("batch")
+        })
+    });
+    group.bench_function("move_100_nodes", |b| {
+        let mut doc = big_flow(100);
+        let ids: Vec<String> = (0..N).map(|i| format!("n{i}")).collect();
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            doc.batch(|tx| {
+                for id in &ids {
+                    tx.move_node(id, Position::new(i as f64, 1.0))?;
+                }
+                Ok(())
+            })
+            .expect("batch")
+        })
+    });
+    group.bench_function("add_100_nodes", |b| {
+        let mut doc = FlowDoc::new();
+        b.iter(|| {
+            doc.batch(|tx| {
+                for _ in 0..N {
+                    tx.add_node(NewNode::new("action", "a", Position::new(1.0, 2.0)))?;
+                }
+                Ok(())
+            })
+            .expect("batch")
+        })
+    });
     group.finish();
 }
 
@@ -112,6 +233,23 @@ fn persistence(c: &mut Criterion) {
     });
     group.bench_function("validate", |b| b.iter(|| doc.validate().expect("valid")));
     group.bench_function("snapshot", |b| b.iter(|| black_box(doc.snapshot())));
+    group.bench_function("to_json", |b| b.iter(|| black_box(doc.to_json())));
+    group.bench_function("node", |b| b.iter(|| black_box(doc.node("n500"))));
+
+    // A run recorded half-way through the edits below.
+    let mut history = big_flow(1000);
+    let run_heads = history.heads();
+    for i in 0..200 {
+        history
+            .move_node(&format!("n{i}"), Position::new(-1.0, -1.0))
+            .expect("move");
+    }
+    group.bench_function("to_json_at_older_heads", |b| {
+        b.iter(|| black_box(history.to_json_at(&run_heads).expect("to_json_at")))
+    });
+    group.bench_function("at_heads_fork", |b| {
+        b.iter(|| black_box(history.at_heads(&run_heads).expect("at_heads")))
+    });
     group.bench_function("clone_automerge", |b| {
         b.iter(|| black_box(doc.doc().clone()))
     });
@@ -169,5 +307,12 @@ fn persistence(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, typed_edits, merge, persistence);
+criterion_group!(
+    benches,
+    typed_edits,
+    floor,
+    batched_edits,
+    merge,
+    persistence
+);
 criterion_main!(benches);

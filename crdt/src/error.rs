@@ -35,6 +35,13 @@ pub enum CrdtError {
     /// A typed edit that is well-formed but cannot be carried out.
     #[error("invalid edit: {0}")]
     InvalidEdit(String),
+    /// A list of heads was malformed: not 64 hex digits, or empty.
+    #[error("invalid heads: {0}")]
+    InvalidHeads(String),
+    /// Heads this document does not have (or has only queued, waiting for
+    /// missing dependencies), listed as hex.
+    #[error("unknown heads: {}", .0.join(", "))]
+    UnknownHeads(Vec<String>),
     /// An error reported by Automerge itself.
     #[error(transparent)]
     Automerge(#[from] automerge::AutomergeError),

@@ -1,9 +1,10 @@
 //! [`FlowDoc`]: the flow document type and the plumbing its operations share.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use automerge::transaction::CommitOptions;
+use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::{CrdtError, Result};
@@ -22,6 +23,28 @@ pub struct FlowDoc {
     pub(crate) doc: AutoCommit,
     /// Counter behind generated node/edge ids (see [`FlowDoc::fresh_id`]).
     next_id: u64,
+    /// The actor the id prefix below was made from, and the prefix.
+    id_prefix: Option<(ActorId, String)>,
+    /// Object ids typed edits looked up, valid while the heads are unchanged.
+    pub(crate) cache: Option<EditCache>,
+}
+
+/// Object ids that typed edits need again and again (the root maps, node
+/// maps), each lookup costing microseconds in automerge 0.12.
+///
+/// Valid only for the document state at `heads`: heads name the exact set of
+/// applied changes, so the same heads mean the same content. Typed edits
+/// check the heads when they start (anything else — a sync message, raw
+/// changes, `doc_mut` — moves the heads and so drops the cache), keep the
+/// entries right for their own ops, and move `heads` to their commit. A
+/// failed or abandoned edit drops the cache.
+#[derive(Debug)]
+pub(crate) struct EditCache {
+    pub(crate) heads: Vec<ChangeHash>,
+    pub(crate) nodes: Option<ObjId>,
+    pub(crate) edges: Option<ObjId>,
+    /// Winning node map per node id.
+    pub(crate) node_objs: HashMap<String, ObjId>,
 }
 
 impl fmt::Debug for FlowDoc {
@@ -47,6 +70,21 @@ pub fn genesis_hash() -> ChangeHash {
         .unwrap_or(ChangeHash([0; 32]))
 }
 
+/// Parse change hashes written as hex (64 digits each, surrounding whitespace
+/// ignored), e.g. the `heads=a,b` of a URL. Fails with
+/// [`CrdtError::InvalidHeads`] naming the first malformed entry.
+pub fn parse_heads<S: AsRef<str>>(hex: &[S]) -> Result<Vec<ChangeHash>> {
+    hex.iter()
+        .map(|h| {
+            let h = h.as_ref().trim();
+            h.parse::<ChangeHash>().map_err(|_| {
+                let shown: String = h.chars().take(80).collect();
+                CrdtError::InvalidHeads(format!("{shown:?} is not a 64-digit hex change hash"))
+            })
+        })
+        .collect()
+}
+
 impl FlowDoc {
     /// A new empty flow: the shared genesis change (see [`crate::genesis`]) and a
     /// random actor for this replica's own edits.
@@ -57,12 +95,59 @@ impl FlowDoc {
     /// Wrap an Automerge document, giving it a fresh random actor.
     pub(crate) fn from_automerge(mut doc: AutoCommit) -> Self {
         doc.set_actor(ActorId::random());
-        Self { doc, next_id: 0 }
+        Self {
+            doc,
+            next_id: 0,
+            id_prefix: None,
+            cache: None,
+        }
     }
 
     /// An independent replica of this document with its own random actor.
     pub fn fork(&mut self) -> Self {
         Self::from_automerge(self.doc.fork())
+    }
+
+    /// An independent replica holding exactly the changes up to `heads`: the
+    /// flow as it was then, with its own history, heads and random actor
+    /// (editing it never affects this document).
+    ///
+    /// Costs a replay of the history up to `heads` (automerge's `fork_at`),
+    /// i.e. milliseconds for a large flow; to just *read* the past, use
+    /// [`FlowDoc::to_json_at`] / [`FlowDoc::snapshot_at`], which read in place.
+    /// When `heads` are the current heads this is a plain [`FlowDoc::fork`].
+    ///
+    /// Fails with [`CrdtError::UnknownHeads`] naming every hash this document
+    /// does not have, and with [`CrdtError::InvalidHeads`] for an empty list.
+    pub fn at_heads(&mut self, heads: &[ChangeHash]) -> Result<FlowDoc> {
+        let heads = self.known_heads(heads)?;
+        let mut current = self.heads();
+        current.sort();
+        if heads == current {
+            return Ok(self.fork());
+        }
+        Ok(Self::from_automerge(self.doc.fork_at(&heads)?))
+    }
+
+    /// `heads` deduplicated and sorted, after checking that every one is an
+    /// applied change of this document.
+    pub(crate) fn known_heads(&mut self, heads: &[ChangeHash]) -> Result<Vec<ChangeHash>> {
+        if heads.is_empty() {
+            return Err(CrdtError::InvalidHeads("no heads given".into()));
+        }
+        let mut heads = heads.to_vec();
+        heads.sort();
+        heads.dedup();
+        let unknown: Vec<String> = heads
+            .iter()
+            .filter(|h| !self.has_change(h))
+            .map(ChangeHash::to_string)
+            .collect();
+        if unknown.is_empty() {
+            Ok(heads)
+        } else {
+            Err(CrdtError::UnknownHeads(unknown))
+        }
     }
 
     /// The underlying Automerge document (read-only).
@@ -87,19 +172,87 @@ impl FlowDoc {
         map_child(&self.doc, &ROOT, key)
     }
 
-    pub(crate) fn require_root_map(&self, key: &str) -> Result<ObjId> {
-        self.root_map(key)
-            .ok_or_else(|| CrdtError::InvalidDocument(format!("{key}: root map missing")))
+    /// Prepare for a typed edit: commit ops someone left pending through
+    /// `doc_mut` as their own change (so the edit's change contains only its
+    /// own ops), and drop the edit cache unless it is for the current heads.
+    pub(crate) fn begin_edit(&mut self) {
+        // `commit` with nothing pending would still open and close a
+        // transaction; skip it in the common case.
+        if self.doc.pending_ops() > 0 {
+            self.doc.commit();
+        }
+        let heads = self.doc.get_heads();
+        match &mut self.cache {
+            Some(cache) if cache.heads == heads => {}
+            slot => {
+                *slot = Some(EditCache {
+                    heads,
+                    nodes: None,
+                    edges: None,
+                    node_objs: HashMap::new(),
+                })
+            }
+        }
+    }
+
+    fn cache_mut(&mut self) -> Option<&mut EditCache> {
+        self.cache.as_mut()
+    }
+
+    /// A root map (`nodes` / `edges`) for an edit, via the cache.
+    pub(crate) fn require_root_map(&mut self, key: &str) -> Result<ObjId> {
+        let cached = self.cache.as_ref().and_then(|c| match key {
+            "nodes" => c.nodes.clone(),
+            "edges" => c.edges.clone(),
+            _ => None,
+        });
+        if let Some(obj) = cached {
+            return Ok(obj);
+        }
+        let obj = self
+            .root_map(key)
+            .ok_or_else(|| CrdtError::InvalidDocument(format!("{key}: root map missing")))?;
+        if let Some(cache) = self.cache_mut() {
+            match key {
+                "nodes" => cache.nodes = Some(obj.clone()),
+                "edges" => cache.edges = Some(obj.clone()),
+                _ => {}
+            }
+        }
+        Ok(obj)
     }
 
     /// The node map for `id`, or `NodeNotFound`.
-    pub(crate) fn node_obj(&self, id: &str) -> Result<ObjId> {
+    pub(crate) fn node_obj(&mut self, id: &str) -> Result<ObjId> {
+        if let Some(obj) = self.cache.as_ref().and_then(|c| c.node_objs.get(id)) {
+            return Ok(obj.clone());
+        }
         let nodes = self.require_root_map("nodes")?;
-        map_child(&self.doc, &nodes, id).ok_or_else(|| CrdtError::NodeNotFound(id.to_owned()))
+        let obj = map_child(&self.doc, &nodes, id)
+            .ok_or_else(|| CrdtError::NodeNotFound(id.to_owned()))?;
+        if let Some(cache) = self.cache_mut() {
+            cache.node_objs.insert(id.to_owned(), obj.clone());
+        }
+        Ok(obj)
+    }
+
+    /// Record that the edit in progress made `obj` the node map of `id`
+    /// (`None`: deleted it).
+    pub(crate) fn set_node_obj(&mut self, id: &str, obj: Option<ObjId>) {
+        if let Some(cache) = self.cache_mut() {
+            match obj {
+                Some(obj) => {
+                    cache.node_objs.insert(id.to_owned(), obj);
+                }
+                None => {
+                    cache.node_objs.remove(id);
+                }
+            }
+        }
     }
 
     /// The edge map for `id`, or `EdgeNotFound`.
-    pub(crate) fn edge_obj(&self, id: &str) -> Result<ObjId> {
+    pub(crate) fn edge_obj(&mut self, id: &str) -> Result<ObjId> {
         let edges = self.require_root_map("edges")?;
         map_child(&self.doc, &edges, id).ok_or_else(|| CrdtError::EdgeNotFound(id.to_owned()))
     }
@@ -110,42 +263,51 @@ impl FlowDoc {
     /// local counter, so ids generated concurrently by different replicas do not
     /// collide without any coordination; the existence check covers the rest.
     pub(crate) fn fresh_id(&mut self, prefix: &str, map: &ObjId) -> String {
-        let actor = self.doc.get_actor().to_hex_string();
-        let actor = actor.get(..12).unwrap_or(&actor).to_owned();
+        let actor = self.doc.get_actor();
+        let actor_prefix = match &self.id_prefix {
+            Some((cached, p)) if cached == actor => p.clone(),
+            _ => {
+                let hex = actor.to_hex_string();
+                let p = hex.get(..12).unwrap_or(&hex).to_owned();
+                self.id_prefix = Some((actor.clone(), p.clone()));
+                p
+            }
+        };
         loop {
             self.next_id += 1;
-            let id = format!("{prefix}{actor}-{}", self.next_id);
+            let id = format!("{prefix}{actor_prefix}-{}", self.next_id);
             if !matches!(self.doc.get(map, id.as_str()), Ok(Some(_))) {
                 return id;
             }
         }
     }
 
-    /// Run `f` as exactly one Automerge change and return its hash.
-    ///
-    /// On error every op `f` made is rolled back, so a failed typed edit never
-    /// leaks half its ops into the next change.
-    pub(crate) fn edit<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T>,
-    ) -> Result<(T, ChangeHash)> {
-        // Ops someone left pending through `doc_mut` are committed on their own
-        // first, so the typed edit's change contains only its own ops.
-        self.doc.commit();
-        match f(self) {
-            Ok(value) => match self.doc.commit() {
-                Some(hash) => Ok((value, hash)),
-                // Automerge drops a put of the value already there, so an edit
-                // that changes nothing has no ops. Commit an empty change anyway:
-                // callers rely on every typed edit yielding exactly one new change
-                // (to ack, persist and broadcast), and an empty change is harmless.
-                None => Ok((value, self.doc.empty_change(CommitOptions::default()))),
-            },
-            Err(e) => {
-                self.doc.rollback();
-                Err(e)
+    /// End a typed edit: commit its ops as exactly one change and move the
+    /// edit cache to the new heads.
+    pub(crate) fn commit_edit(&mut self) -> ChangeHash {
+        let hash = match self.doc.commit() {
+            Some(hash) => hash,
+            // Automerge drops a put of the value already there, so an edit
+            // that changes nothing has no ops. Commit an empty change anyway:
+            // callers rely on every typed edit yielding exactly one new change
+            // (to ack, persist and broadcast), and an empty change is harmless.
+            None => self.doc.empty_change(Default::default()),
+        };
+        if self.cache.is_some() {
+            // Normally just `[hash]`; asking keeps this right under isolation.
+            let heads = self.doc.get_heads();
+            if let Some(cache) = self.cache_mut() {
+                cache.heads = heads;
             }
         }
+        hash
+    }
+
+    /// Abandon a typed edit: roll its ops back and drop the edit cache (it
+    /// may describe ops that no longer exist).
+    pub(crate) fn abort_edit(&mut self) {
+        self.doc.rollback();
+        self.cache = None;
     }
 }
 

@@ -4,12 +4,10 @@
 //! opaque string) so that two users editing different keys of the same config
 //! object merge cleanly instead of one overwriting the other.
 
-use std::ops::RangeFull;
-
-use automerge::{
-    AutoCommit, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, ScalarValueRef, ValueRef,
-};
+use automerge::{AutoCommit, AutomergeError, ObjId, ObjType, ScalarValue, ScalarValueRef};
 use serde_json::{Map, Number, Value};
+
+use crate::tree::{Obj, Slot, Tree, Val};
 
 /// Maximum container nesting inside a node, counting the `config` map itself.
 ///
@@ -141,34 +139,33 @@ pub(crate) fn scalar_json(s: &ScalarValueRef<'_>) -> Option<Value> {
 /// Tolerant read of one value; `depth` is the nesting level of the container
 /// holding it. Unrepresentable values (and containers beyond
 /// [`MAX_CONFIG_DEPTH`]) yield `None`.
-fn read_value(doc: &AutoCommit, value: &ValueRef<'_>, id: &ObjId, depth: usize) -> Option<Value> {
+fn read_value(tree: &Tree<'_>, value: &Val<'_>, depth: usize) -> Option<Value> {
     match value {
-        ValueRef::Scalar(s) => scalar_json(s),
-        ValueRef::Object(_) if depth >= MAX_CONFIG_DEPTH => None,
-        ValueRef::Object(ObjType::Map | ObjType::Table) => {
-            Some(Value::Object(read_map(doc, id, depth + 1)))
-        }
-        ValueRef::Object(ObjType::List) => Some(Value::Array(read_list(doc, id, depth + 1))),
-        ValueRef::Object(ObjType::Text) => doc.text(id).ok().map(Value::String),
+        Val::Scalar(s) => scalar_json(s),
+        Val::Obj(_) if depth >= MAX_CONFIG_DEPTH => None,
+        Val::Obj(slot) => Some(match tree.obj(*slot) {
+            Obj::Map(..) => Value::Object(read_map(tree, *slot, depth + 1)),
+            Obj::List(items) => Value::Array(
+                items
+                    .iter()
+                    // Unrepresentable items become `null` so indices stay
+                    // aligned with the document.
+                    .map(|item| read_value(tree, item, depth + 1).unwrap_or(Value::Null))
+                    .collect(),
+            ),
+            Obj::Text(text) => Value::String(text.clone()),
+        }),
     }
 }
 
-/// Tolerant read of an Automerge map as a JSON object (`depth` is the map's own
-/// nesting level). Unrepresentable entries are omitted.
-pub(crate) fn read_map(doc: &AutoCommit, obj: &ObjId, depth: usize) -> Map<String, Value> {
+/// Tolerant read of the map (or table) in `slot` as a JSON object (`depth` is
+/// the map's own nesting level). Unrepresentable entries are omitted.
+pub(crate) fn read_map(tree: &Tree<'_>, slot: Slot, depth: usize) -> Map<String, Value> {
     let mut out = Map::new();
-    for item in doc.map_range(obj, RangeFull) {
-        if let Some(v) = read_value(doc, &item.value, &item.id(), depth) {
-            out.insert(item.key.into_owned(), v);
+    for (key, value) in tree.entries(slot) {
+        if let Some(v) = read_value(tree, value, depth) {
+            out.insert(key.to_string(), v);
         }
     }
     out
-}
-
-/// Tolerant read of an Automerge list; unrepresentable items become `null` so
-/// indices stay aligned with the document.
-fn read_list(doc: &AutoCommit, obj: &ObjId, depth: usize) -> Vec<Value> {
-    doc.list_range(obj, RangeFull)
-        .map(|item| read_value(doc, &item.value, &item.id(), depth).unwrap_or(Value::Null))
-        .collect()
 }

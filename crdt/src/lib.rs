@@ -63,11 +63,13 @@ mod json;
 mod model;
 pub mod schema;
 mod sync;
+mod tree;
 mod view;
 
 pub use automerge::ChangeHash;
+pub use edit::FlowTx;
 pub use error::{CrdtError, Result};
-pub use flow_doc::{genesis_hash, FlowDoc};
+pub use flow_doc::{genesis_hash, parse_heads, FlowDoc};
 pub use history::StoredChange;
 pub use json::MAX_CONFIG_DEPTH;
 pub use model::{Edge, Endpoint, FlowSnapshot, NewNode, Node, Position};

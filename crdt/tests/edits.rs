@@ -364,3 +364,168 @@ fn edits_that_change_nothing_still_commit_one_change() {
     one_change(&mut doc, |d| d.configure_node("a", "k", json!(1)).unwrap());
     assert_eq!(doc.validate(), Ok(()));
 }
+
+#[test]
+fn batch_commits_many_edits_as_one_change() {
+    let mut doc = abc();
+    let before = doc.heads();
+    let (id, hash) = doc
+        .batch(|tx| {
+            tx.set_name("batched")?;
+            let id = tx.add_node(NewNode::new("http", "new", Position::new(0.0, 0.0)))?;
+            tx.move_node(&id, Position::new(3.0, 4.0))?;
+            tx.relabel_node("a", "A")?;
+            tx.configure_node(&id, "url", &json!("https://x"))?;
+            tx.connect(
+                Some("an".into()),
+                Endpoint::new("a", "out"),
+                Endpoint::new(id.clone(), "in"),
+            )?;
+            tx.disconnect("bc")?;
+            tx.delete_node("c")?;
+            Ok(id)
+        })
+        .unwrap();
+    let new = doc.changes_since(&before);
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].hash, hash);
+    let snap = doc.snapshot();
+    assert_eq!(snap.name, "batched");
+    assert_eq!(snap.nodes[&id].position, Position::new(3.0, 4.0));
+    assert_eq!(snap.nodes[&id].config["url"], json!("https://x"));
+    assert_eq!(snap.nodes["a"].label, "A");
+    assert!(!snap.nodes.contains_key("c"));
+    assert_eq!(snap.edges.keys().collect::<Vec<_>>(), vec!["ab", "an"]);
+    assert_eq!(doc.validate(), Ok(()));
+}
+
+#[test]
+fn failed_batch_changes_nothing_and_forgets_what_it_added() {
+    let mut doc = abc();
+    let before = doc.heads();
+    let json_before = doc.to_json();
+    let err = doc
+        .batch(|tx| {
+            tx.add_node(node("z", "http"))?;
+            tx.move_node("z", Position::new(1.0, 1.0))?;
+            tx.relabel_node("a", "changed")?;
+            tx.move_node("ghost", Position::new(0.0, 0.0))
+        })
+        .unwrap_err();
+    assert!(matches!(err, CrdtError::NodeNotFound(id) if id == "ghost"));
+    assert_eq!(doc.heads(), before);
+    assert_eq!(doc.to_json(), json_before);
+    // The rolled-back node must not linger in any lookup cache.
+    assert!(matches!(
+        doc.move_node("z", Position::new(0.0, 0.0)),
+        Err(CrdtError::NodeNotFound(_))
+    ));
+    one_change(&mut doc, |d| d.relabel_node("a", "x").unwrap());
+    assert_eq!(doc.snapshot().nodes.len(), 3);
+}
+
+#[test]
+fn panicking_batch_is_rolled_back() {
+    let mut doc = abc();
+    let before = doc.heads();
+    let json_before = doc.to_json();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = doc.batch(|tx| -> flowhub_crdt::Result<()> {
+            tx.relabel_node("a", "half")?;
+            panic!("client code panicked mid-batch");
+        });
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(doc.heads(), before);
+    assert_eq!(doc.to_json(), json_before);
+    one_change(&mut doc, |d| {
+        d.move_node("b", Position::new(1.0, 1.0)).unwrap()
+    });
+    assert_eq!(doc.node("a").unwrap().label, "trigger a");
+}
+
+#[test]
+fn empty_batch_still_commits_one_change() {
+    let mut doc = abc();
+    one_change(&mut doc, |d| d.batch(|_| Ok(())).unwrap().1);
+}
+
+#[test]
+fn drag_in_a_batch_writes_only_the_final_position() {
+    let mut doc = abc();
+    let before = doc.heads();
+    doc.batch(|tx| {
+        for i in 0..100 {
+            tx.move_node("a", Position::new(i as f64, -(i as f64)))?;
+            tx.move_node("b", Position::new(0.5, i as f64))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(doc.node("a").unwrap().position, Position::new(99.0, -99.0));
+    assert_eq!(doc.node("b").unwrap().position, Position::new(0.5, 99.0));
+    let change = doc.doc_mut().get_last_local_change().unwrap();
+    assert_eq!(change.len(), 6, "one position map (3 ops) per dragged node");
+    assert_eq!(doc.changes_since(&before).len(), 1);
+    // Bad input mid-drag fails the batch like any other edit.
+    assert!(matches!(
+        doc.batch(|tx| {
+            tx.move_node("a", Position::new(1.0, 1.0))?;
+            tx.move_node("a", Position::new(f64::NAN, 1.0))
+        }),
+        Err(CrdtError::Schema(_))
+    ));
+    assert_eq!(doc.node("a").unwrap().position, Position::new(99.0, -99.0));
+}
+
+#[test]
+fn moves_and_other_edits_interleave_in_order() {
+    let mut doc = abc();
+    doc.batch(|tx| {
+        tx.move_node("a", Position::new(1.0, 1.0))?;
+        tx.delete_node("a")?;
+        tx.add_node(node("a", "delay"))?;
+        tx.move_node("a", Position::new(2.0, 2.0))?;
+        Ok(())
+    })
+    .unwrap();
+    let a = doc.node("a").unwrap();
+    assert_eq!(
+        (a.kind.as_str(), a.position),
+        ("delay", Position::new(2.0, 2.0))
+    );
+    assert_eq!(doc.validate(), Ok(()));
+}
+
+#[test]
+fn edits_after_foreign_changes_target_the_current_node() {
+    // A peer deletes node "a" and re-creates it (a new map object). Our next
+    // typed edit must write into the new map, not one remembered from before.
+    let mut doc = abc();
+    let mut peer = doc.fork();
+    doc.move_node("a", Position::new(1.0, 1.0)).unwrap();
+    peer.delete_node("a").unwrap();
+    peer.add_node(node("a", "delay")).unwrap();
+    common::sync_pair(&mut peer, &mut doc, true).unwrap();
+    doc.move_node("a", Position::new(7.0, 7.0)).unwrap();
+    assert_eq!(doc.node("a").unwrap().position, Position::new(7.0, 7.0));
+    assert_eq!(doc.node("a").unwrap().kind, "delay");
+
+    // Same through raw changes and through uncommitted `doc_mut` writes.
+    let mut peer = doc.fork();
+    peer.delete_node("a").unwrap();
+    peer.add_node(node("a", "filter")).unwrap();
+    common::push_changes(&mut peer, &mut doc);
+    doc.relabel_node("a", "after raw").unwrap();
+    assert_eq!(doc.node("a").unwrap().label, "after raw");
+
+    use automerge::transaction::Transactable;
+    use automerge::ReadDoc;
+    let d = doc.doc_mut();
+    let nodes = d.get(automerge::ROOT, "nodes").unwrap().unwrap().1;
+    d.delete(&nodes, "a").unwrap();
+    assert!(matches!(
+        doc.move_node("a", Position::new(0.0, 0.0)),
+        Err(CrdtError::NodeNotFound(_))
+    ));
+}

@@ -15,6 +15,13 @@ pub struct HubConfig {
     pub database_url: Option<String>,
     /// Where the embedded default keeps its database and generated secret.
     pub data_dir: PathBuf,
+    /// `redis://…` (or several comma-separated seeds of a Redis Cluster): the bus
+    /// between hub nodes. `None`: the in-process bus (one node).
+    pub redis_url: Option<String>,
+    /// How often this node refreshes its heartbeat in Redis.
+    pub heartbeat_interval: Duration,
+    /// A node whose heartbeat is older than this is dead: its sessions leave presence.
+    pub heartbeat_ttl: Duration,
     /// HS256 secret; `None` generates one once and keeps it in `data_dir`.
     pub jwt_secret: Option<String>,
     /// Name of this node in logs, `welcome` and the bus; `None` generates one.
@@ -43,6 +50,9 @@ impl Default for HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             database_url: None,
             data_dir: PathBuf::from("flowhub-data"),
+            redis_url: None,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_ttl: Duration::from_secs(5),
             jwt_secret: None,
             node_id: None,
             session: SessionLimits::default(),

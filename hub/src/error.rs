@@ -11,6 +11,8 @@ pub struct AppError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// The offending request field (`events[3].node_id`), when one is to blame.
+    pub field: Option<String>,
 }
 
 impl AppError {
@@ -19,7 +21,14 @@ impl AppError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// The same error naming the field at fault (`"field"` in the JSON body).
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
 
     pub fn unauthorized(message: impl std::fmt::Display) -> Self {
@@ -55,7 +64,10 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(field) = self.field {
+            body["error"]["field"] = field.into();
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -72,14 +72,40 @@ pub async fn get_flow(
     Ok(Json(json))
 }
 
+/// `GET /v1/nodes`: live hub nodes with their load (this node alone without Redis).
+pub async fn nodes(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    let nodes = match &state.membership {
+        Some(m) => m.live_nodes().await.map_err(AppError::internal)?,
+        None => vec![crate::membership::NodeInfo {
+            node_id: state.node_id.clone(),
+            addr: String::new(),
+            connections: state
+                .metrics
+                .sessions_open
+                .load(std::sync::atomic::Ordering::Relaxed),
+            open_flows: state
+                .metrics
+                .flows_open
+                .load(std::sync::atomic::Ordering::Relaxed),
+            heartbeat_at: 0,
+        }],
+    };
+    Ok(Json(serde_json::json!({ "nodes": nodes })))
+}
+
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers and the node is not draining.
+/// Ready when the store and the bus answer and the node is not draining.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if *state.draining.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if let Some(redis) = &state.redis {
+        if redis.ping().await.is_err() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "bus unreachable");
+        }
     }
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
@@ -93,6 +119,41 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "# HELP flowhub_process_resident_bytes Resident set size of the hub process.\n# TYPE flowhub_process_resident_bytes gauge\nflowhub_process_resident_bytes {}\n",
         resident_bytes()
     ));
+    if let Some(redis) = &state.redis {
+        let s = redis.stats();
+        let c = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, v) in [
+            (
+                "redis_published_total",
+                "Messages published to Redis.",
+                c(&s.published),
+            ),
+            (
+                "redis_publish_errors_total",
+                "Failed publishes (Redis unreachable).",
+                c(&s.publish_errors),
+            ),
+            (
+                "redis_received_total",
+                "Messages received from Redis.",
+                c(&s.received),
+            ),
+            (
+                "redis_dropped_total",
+                "Received messages dropped: a local subscriber lagged.",
+                c(&s.dropped),
+            ),
+            (
+                "redis_disconnects_total",
+                "Redis connection losses.",
+                c(&s.disconnects),
+            ),
+        ] {
+            body.push_str(&format!(
+                "# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} counter\nflowhub_{name} {v}\n"
+            ));
+        }
+    }
     if let Some(sql) = &state.sql {
         let s = sql.stats();
         body.push_str(&format!(

@@ -7,15 +7,25 @@
 //! - [`server`]: [`Hub`](server::Hub) start/shutdown, the router and shared [`AppState`](server::AppState).
 //! - [`ws`]: `GET /v1/ws`: authenticate, upgrade, the socket reader and writer of a session.
 //! - [`http`]: `GET /v1/flows/{id}`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`runs`]: run ingest by engines, `GET /v1/runs/{id}` (+ `/events`, SSE `/stream`), a flow's runs.
+//! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors.
+//! - [`demo`]: the demo page at `/` (embedded assets) and, on the embedded default, dev endpoints.
 //! - [`auth`]: HS256 JWTs: claims, signing, verification.
 //! - [`config`]: [`HubConfig`](config::HubConfig) and the embedded default's secret.
+//! - [`membership`]: node heartbeats in Redis, `GET /v1/nodes`, presence cleanup of dead nodes.
+//! - [`redis_bus`]: the `Bus` on Redis pub/sub (sharded on a Redis Cluster).
 //! - [`sql_store`]: the `Store` on PostgreSQL or SQLite through sqlx, with group commit.
 //! - [`error`]: [`AppError`](error::AppError), the JSON error body at the HTTP edge.
 
 pub mod auth;
+pub mod automerge_repo;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod http;
+pub mod membership;
+pub mod redis_bus;
+pub mod runs;
 pub mod server;
 pub mod sql_store;
 pub mod ws;

@@ -41,6 +41,12 @@ struct ServeArgs {
     database_url: Option<String>,
     #[arg(long, env = "FLOWHUB_DATA_DIR", default_value = "flowhub-data")]
     data_dir: PathBuf,
+    /// redis://… (or comma-separated Redis Cluster seeds); unset: in-process bus.
+    #[arg(long, env = "FLOWHUB_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Seconds after which a silent node counts as dead.
+    #[arg(long, env = "FLOWHUB_HEARTBEAT_TTL", default_value_t = 5)]
+    heartbeat_ttl: u64,
     /// HS256 secret; unset: generated once and kept in the data directory.
     #[arg(long, env = "FLOWHUB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -65,11 +71,15 @@ struct TokenArgs {
     #[arg(long)]
     name: Option<String>,
     /// Flow id (or `*`) the role applies to; repeat with --role pairs.
-    #[arg(long = "flow", required = true)]
+    #[arg(long = "flow", required_unless_present = "svc")]
     flows: Vec<String>,
     /// owner, editor or viewer; one per --flow (or one for all).
-    #[arg(long = "role", required = true)]
+    #[arg(long = "role", required_unless_present = "svc")]
     roles: Vec<String>,
+    /// A service token, for an execution engine reporting runs
+    /// (`POST /v1/runs/{id}/events`); --flow/--role are then optional.
+    #[arg(long)]
+    svc: bool,
     #[arg(long, default_value = "1h")]
     ttl: String,
     #[arg(long, env = "FLOWHUB_DATA_DIR", default_value = "flowhub-data")]
@@ -91,6 +101,8 @@ fn config_from(args: ServeArgs) -> HubConfig {
     let mut config = HubConfig {
         listen: args.listen,
         database_url: args.database_url.filter(|u| !u.is_empty()),
+        redis_url: args.redis_url.filter(|u| !u.is_empty()),
+        heartbeat_ttl: Duration::from_secs(args.heartbeat_ttl.max(2)),
         data_dir: args.data_dir,
         jwt_secret: args.jwt_secret.filter(|s| !s.is_empty()),
         node_id: args.node_id,
@@ -160,7 +172,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         name: args.name,
         exp: now_secs() + ttl,
         flows,
-        svc: false,
+        svc: args.svc,
     };
     println!("{}", JwtKeys::new(secret).sign(&claims));
     Ok(())

@@ -8,6 +8,7 @@ use axum::Router;
 use flowhub_actors::bus::{Bus, MemoryBus};
 use flowhub_actors::flow::{FlowDeps, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
+use flowhub_actors::run::{MemoryRunStore, RunConfig, RunDeps, RunRegistry, RunStore};
 use flowhub_actors::store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,6 +16,8 @@ use tracing::info;
 
 use crate::auth::JwtKeys;
 use crate::config::{resolve_secret, HubConfig};
+use crate::membership::Membership;
+use crate::redis_bus::RedisBus;
 use crate::sql_store::SqlStore;
 use crate::{http, ws};
 
@@ -24,10 +27,15 @@ pub struct AppState {
     pub config: Arc<HubConfig>,
     pub keys: JwtKeys,
     pub registry: FlowRegistry,
+    /// Run actors (live run progress, `hub/src/runs.rs`).
+    pub runs: RunRegistry,
     pub store: Arc<dyn Store>,
     pub sql: Option<Arc<SqlStore>>,
     pub metrics: Arc<Metrics>,
     pub node_id: String,
+    /// The Redis bus and node membership, when `redis_url` is configured.
+    pub redis: Option<RedisBus>,
+    pub membership: Option<Membership>,
     /// Flips to `true` when the node starts draining.
     pub draining: watch::Receiver<bool>,
 }
@@ -38,6 +46,8 @@ pub enum StartError {
     Secret(std::io::Error),
     #[error("cannot open the store: {0}")]
     Store(#[from] flowhub_actors::store::StoreError),
+    #[error("cannot connect to Redis: {0}")]
+    Bus(#[from] flowhub_actors::bus::BusError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -62,8 +72,15 @@ impl Hub {
         }
         let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
         let store: Arc<dyn Store> = sql.clone();
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-        Self::start_with(config, JwtKeys::new(secret), store, Some(sql), bus).await
+        let redis = match &config.redis_url {
+            Some(url) => Some(RedisBus::connect(url).await?),
+            None => None,
+        };
+        let bus: Arc<dyn Bus> = match &redis {
+            Some(redis) => Arc::new(redis.clone()),
+            None => Arc::new(MemoryBus::new()),
+        };
+        Self::start_with(config, JwtKeys::new(secret), store, Some(sql), bus, redis).await
     }
 
     /// Starts on given store and bus (tests run several hubs on one in-process bus).
@@ -73,6 +90,7 @@ impl Hub {
         store: Arc<dyn Store>,
         sql: Option<Arc<SqlStore>>,
         bus: Arc<dyn Bus>,
+        redis: Option<RedisBus>,
     ) -> Result<Hub, StartError> {
         let node_id = config
             .node_id
@@ -86,6 +104,17 @@ impl Hub {
             metrics: metrics.clone(),
             config: config.flow.clone(),
         }));
+        // Runs live in the same database as flows; without one (tests), in memory.
+        let run_store: Arc<dyn RunStore> = match &sql {
+            Some(sql) => sql.clone(),
+            None => Arc::new(MemoryRunStore::new()),
+        };
+        let runs = RunRegistry::new(Arc::new(RunDeps {
+            store: run_store,
+            flows: registry.clone(),
+            metrics: metrics.clone(),
+            config: RunConfig::default(),
+        }));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -97,10 +126,26 @@ impl Hub {
             source,
         })?;
         let (drain, draining) = watch::channel(false);
+        let membership = redis.clone().map(|bus| Membership {
+            bus,
+            node_id: node_id.clone(),
+            addr: format!("ws://{addr}"),
+            interval: config.heartbeat_interval,
+            ttl: config.heartbeat_ttl,
+        });
+        if let Some(m) = &membership {
+            tokio::spawn(
+                m.clone()
+                    .run(registry.clone(), metrics.clone(), draining.clone()),
+            );
+        }
         let state = AppState {
+            redis,
+            membership,
             config: Arc::new(config),
             keys,
             registry,
+            runs,
             store,
             sql,
             metrics,
@@ -161,7 +206,12 @@ impl Hub {
         {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        if let Some(m) = &self.state.membership {
+            m.leave().await;
+        }
         self.state.registry.stop_all().await;
+        // Every run event is stored before it is broadcast: nothing to flush.
+        self.state.runs.stop_all().await;
         if let Some(sql) = &self.state.sql {
             sql.close().await;
         }
@@ -177,8 +227,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/flows/{flow_id}/members/{user_id}",
             axum::routing::put(http::put_member),
         )
+        .route("/v1/nodes", get(http::nodes))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
+        .merge(crate::runs::routes())
+        .merge(crate::automerge_repo::routes())
+        // The dev endpoints exist only on the embedded default (no database configured).
+        .merge(crate::demo::routes(state.config.database_url.is_none()))
         .with_state(state)
 }

@@ -62,6 +62,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
             limits: state.config.session.clone(),
             metrics: state.metrics.clone(),
             verifier: Arc::new(state.keys.clone()),
+            runs: state.runs.clone(),
         };
         let session = match Actor::spawn(None, SessionActor, args).await {
             Ok((session, _)) => session,
@@ -70,26 +71,35 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
                 return;
             }
         };
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let mut writer = tokio::spawn(write_loop(sink, out_rx, state.config.ping_interval));
         let mut draining = state.draining.clone();
         tokio::select! {
-            _ = read_loop(stream, &session, &out, state.config.session.max_frame_bytes, state.config.idle_timeout) => {}
+            _ = read_loop(&mut stream, &session, &out, state.config.session.max_frame_bytes, state.config.idle_timeout) => {}
             _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
             _ = &mut writer => {}
         }
         // Leaving flows happens in the session's post_stop.
         let _ = session.stop_and_wait(None, Some(Duration::from_secs(5))).await;
-        // Let the writer send what is queued and the close frame.
+        // Let the writer send what is queued and the close frame, and keep reading
+        // meanwhile: closing a socket with unread input makes the kernel reset the
+        // connection, and the client would lose our close frame and its reason.
         out.close(close::NORMAL, "");
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        let drain = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { tokio::join!(drain, writer) }).await;
     }
     .instrument(span)
     .await
 }
 
 async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     session: &ActorRef<SessionMsg>,
     out: &Outbound,
     soft_limit: usize,

@@ -129,6 +129,15 @@ fn snapshot(tag: &str) -> Snapshot {
     Snapshot {
         heads: vec![format!("{tag}01"), format!("{tag}02")],
         bytes: format!("snapshot {tag}").into_bytes(),
+        base_heads: None,
+    }
+}
+
+/// A snapshot built on the stored snapshot `base`.
+fn snapshot_on(tag: &str, base: &str) -> Snapshot {
+    Snapshot {
+        base_heads: Some(snapshot(base).heads),
+        ..snapshot(tag)
     }
 }
 
@@ -224,7 +233,7 @@ async fn compact_replaces_covered_changes(url: String) {
     append(&store, "f", &changes("f", [5])).await;
     let covered = vec![change("f", 4).hash, "feedface".to_owned()];
     store
-        .compact("f", snapshot("s2"), &covered)
+        .compact("f", snapshot_on("s2", "s1"), &covered)
         .await
         .expect("compact 2");
     let flow = load(&store, "f").await;
@@ -234,10 +243,26 @@ async fn compact_replaces_covered_changes(url: String) {
     // Other flows are untouched by a compaction, even for equal hashes.
     append(&store, "g", &changes("g", 1..=2)).await;
     store
-        .compact("f", snapshot("s3"), &[change("g", 1).hash])
+        .compact("f", snapshot_on("s3", "s2"), &[change("g", 1).hash])
         .await
         .expect("compact 3");
     assert_eq!(load(&store, "g").await.changes, changes("g", 1..=2));
+
+    // A compaction built on a snapshot that is no longer the stored one (another node
+    // compacted meanwhile) is refused and changes nothing.
+    append(&store, "f", &changes("f", [6])).await;
+    let stale = store
+        .compact("f", snapshot_on("s9", "s1"), &[change("f", 6).hash])
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let stale = store
+        .compact("f", snapshot("s9"), &[change("f", 6).hash])
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let flow = load(&store, "f").await;
+    assert_eq!(flow.snapshot, Some(snapshot("s3").bytes));
+    assert_eq!(flow.snapshot_heads, Some(snapshot("s3").heads));
+    assert_eq!(flow.changes, changes("f", 5..=6));
 
     // Compacting a flow never written creates it.
     store
@@ -393,7 +418,7 @@ async fn migrations_are_idempotent(url: String) {
     second.close().await;
 
     let again = connect(&url).await;
-    assert_eq!(again.schema_versions().await.expect("versions"), vec![1]);
+    assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2]);
     assert_eq!(load(&again, "f").await.changes, changes("f", [1]));
     again.close().await;
 }

@@ -2,7 +2,8 @@
 //! are binary; JSON would triple their size).
 //!
 //! ```text
-//! byte 0      kind: 1 = changes, 2 = heads
+//! byte 0      kind: 1 = changes, 2 = heads, 3 = presence (one JSON item),
+//!             4 = presence request (no items)
 //! byte 1      L, length of the origin node id
 //! 2..2+L      origin node id (so a node ignores its own echo)
 //! then        u32 BE count, and per item: u32 BE length + bytes
@@ -18,13 +19,32 @@ pub enum FlowBusMessage {
     },
     /// The origin node's current heads, for anti-entropy.
     Heads { origin: String, heads: Vec<Vec<u8>> },
+    /// Presence of the origin node's sessions ([`PresenceUpdate`] as JSON).
+    Presence { origin: String, json: Vec<u8> },
+    /// A node that just opened the flow asks the others for their full presence.
+    PresenceRequest { origin: String },
+}
+
+/// Presence changes of one node's local sessions. `full`: the entries are all of
+/// that node's sessions in the flow (anything else of that node is gone).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PresenceUpdate {
+    pub full: bool,
+    pub upserts: Vec<flowhub_protocol::PresenceEntry>,
+    pub left: Vec<String>,
 }
 
 impl FlowBusMessage {
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, origin, items) = match self {
-            FlowBusMessage::Changes { origin, changes } => (1u8, origin, changes),
-            FlowBusMessage::Heads { origin, heads } => (2u8, origin, heads),
+        let single;
+        let (kind, origin, items): (u8, &String, &[Vec<u8>]) = match self {
+            FlowBusMessage::Changes { origin, changes } => (1, origin, changes),
+            FlowBusMessage::Heads { origin, heads } => (2, origin, heads),
+            FlowBusMessage::Presence { origin, json } => {
+                single = [json.clone()];
+                (3, origin, &single)
+            }
+            FlowBusMessage::PresenceRequest { origin } => (4, origin, &[]),
         };
         let origin = &origin.as_bytes()[..origin.len().min(255)];
         let size: usize = items.iter().map(|i| 4 + i.len()).sum();
@@ -67,6 +87,11 @@ impl FlowBusMessage {
                 origin,
                 heads: items,
             }),
+            3 if items.len() == 1 => Some(FlowBusMessage::Presence {
+                origin,
+                json: items.into_iter().next()?,
+            }),
+            4 if items.is_empty() => Some(FlowBusMessage::PresenceRequest { origin }),
             _ => None,
         }
     }
@@ -99,5 +124,12 @@ mod tests {
         assert_eq!(FlowBusMessage::decode(&bad), None);
         assert_eq!(FlowBusMessage::decode(&[1, 5, b'a']), None);
         assert_eq!(FlowBusMessage::decode(&[]), None);
+        let p = FlowBusMessage::Presence {
+            origin: "c".into(),
+            json: b"{}".to_vec(),
+        };
+        assert_eq!(FlowBusMessage::decode(&p.encode()), Some(p));
+        let r = FlowBusMessage::PresenceRequest { origin: "d".into() };
+        assert_eq!(FlowBusMessage::decode(&r.encode()), Some(r));
     }
 }

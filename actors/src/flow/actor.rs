@@ -19,7 +19,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::presence::{PresenceBook, PresenceChanges, FLUSH_INTERVAL};
 use super::registry::FlowRegistry;
-use crate::bus::{channel, Bus, FlowBusMessage};
+use crate::bus::{channel, Bus, FlowBusMessage, PresenceUpdate};
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
 use crate::session::outbound::{Delivery, Outbound};
@@ -39,6 +39,10 @@ pub struct FlowConfig {
     pub compact_after: usize,
     /// Period of housekeeping: resyncing lagging peers, publishing heads.
     pub tick: Duration,
+    /// Heads are published at least this often even when unchanged, so a node that
+    /// missed messages (the bus is at most once) notices and catches up from the
+    /// store. This bounds how long replicas differ after the bus heals.
+    pub heads_interval: Duration,
     /// Largest sync message that may carry changes (`too_large` above).
     pub max_change_bytes: usize,
     /// Largest document, measured as stored bytes (snapshot plus changes since);
@@ -52,6 +56,7 @@ impl Default for FlowConfig {
             idle_eviction: Duration::from_secs(30),
             compact_after: 1000,
             tick: Duration::from_millis(250),
+            heads_interval: Duration::from_secs(1),
             max_change_bytes: 1 << 20,
             max_doc_bytes: 64 << 20,
         }
@@ -112,6 +117,8 @@ pub enum FlowMsg {
     },
     /// Time to send the coalesced presence diff.
     PresenceFlush,
+    /// The hub nodes currently alive: presence of sessions on any other node goes.
+    LiveNodes(Arc<std::collections::HashSet<String>>),
     /// An Automerge sync message from a subscribed session. The reply comes after the
     /// message was fully handled (persisted, acknowledged), which gives the session's
     /// reader natural backpressure; it is `false` when the session is not (or no
@@ -152,7 +159,10 @@ pub struct FlowState {
     /// Hashes stored since the last snapshot: what the next compaction covers.
     uncompacted: Vec<String>,
     last_heads_published: Vec<ChangeHash>,
+    last_heads_at: Instant,
     presence: PresenceBook,
+    /// Local sessions that left since the last presence publish.
+    local_left: Vec<String>,
     presence_flush_armed: bool,
     /// Stored bytes of the document (snapshot plus changes since), for the size limit.
     doc_bytes: usize,
@@ -172,19 +182,22 @@ impl Actor for FlowActor {
         args: FlowArgs,
     ) -> Result<FlowState, ActorProcessingErr> {
         let span = tracing::info_span!("flow", flow_id = %args.flow_id);
-        let (doc, uncompacted, doc_bytes) = load(&*args.deps.store, &args.flow_id)
-            .instrument(span.clone())
-            .await?;
-        let mut tasks = Vec::new();
-        // Subscribe before the first peer joins, so no change published by another
-        // node after our load is missed (anything published before is in the store).
-        let mut sub = args
+        // Subscribe before loading: a change another node publishes after our load
+        // is queued on the subscription rather than missed (duplicates are harmless).
+        let sub = args
             .deps
             .bus
             .subscribe(&channel::flow(&args.flow_id))
             .await?;
+        let (doc, uncompacted, doc_bytes) = load(&*args.deps.store, &args.flow_id)
+            .instrument(span.clone())
+            .await?;
+        let mut tasks = Vec::new();
         let me = myself.clone();
         tasks.push(tokio::spawn(async move {
+            // Bind the whole subscription: using only `sub.rx` would capture just that
+            // field and drop the guard at once, which unsubscribes.
+            let mut sub = sub;
             while let Some(msg) = sub.rx.recv().await {
                 if me.cast(FlowMsg::Bus(msg)).is_err() {
                     break;
@@ -205,7 +218,9 @@ impl Actor for FlowActor {
             registry: args.registry,
             uncompacted,
             last_heads_published: Vec::new(),
+            last_heads_at: Instant::now(),
             presence: PresenceBook::default(),
+            local_left: Vec::new(),
             presence_flush_armed: false,
             doc_bytes,
             empty_since: Some(Instant::now()),
@@ -221,6 +236,11 @@ impl Actor for FlowActor {
     ) -> Result<(), ActorProcessingErr> {
         // A flow opened by a request that never joined (e.g. GET) must not stay forever.
         arm_eviction(&myself, state);
+        // Learn who is already here on other nodes instead of waiting for them to move.
+        let request = FlowBusMessage::PresenceRequest {
+            origin: state.deps.node_id.clone(),
+        };
+        state.publish(request).await;
         Ok(())
     }
 
@@ -317,7 +337,7 @@ impl Actor for FlowActor {
                 },
                 FlowMsg::PresenceFlush => {
                     state.presence_flush_armed = false;
-                    state.flush_presence();
+                    state.flush_presence().await;
                 }
                 FlowMsg::Sync {
                     session_id,
@@ -332,7 +352,12 @@ impl Actor for FlowActor {
                     let _ = reply.send(true);
                     result?;
                 }
-                FlowMsg::Bus(bytes) => state.on_bus(bytes).await?,
+                FlowMsg::Bus(bytes) => state.on_bus(bytes, &myself).await?,
+                FlowMsg::LiveNodes(live) => {
+                    let own = state.deps.node_id.clone();
+                    state.presence.retain_nodes(&own, &live);
+                    state.arm_presence_flush(&myself);
+                }
                 FlowMsg::Tick => state.on_tick().await,
                 FlowMsg::EvictIfIdle => {
                     let idle = state
@@ -433,7 +458,9 @@ impl FlowState {
     }
 
     fn remove_peer(&mut self, session_id: &str, myself: &ActorRef<FlowMsg>) {
-        self.peers.remove(session_id);
+        if self.peers.remove(session_id).is_some() {
+            self.local_left.push(session_id.to_owned());
+        }
         self.presence.leave(session_id);
         self.arm_presence_flush(myself);
         if self.peers.is_empty() {
@@ -462,7 +489,7 @@ impl FlowState {
 
     /// Sends the coalesced presence diff; a peer whose queue is full gets the full
     /// state later instead (last value wins, so nothing of value is lost).
-    fn flush_presence(&mut self) {
+    async fn flush_presence(&mut self) {
         let Some(PresenceChanges {
             joined,
             updated,
@@ -471,6 +498,18 @@ impl FlowState {
         else {
             return;
         };
+        // Other nodes hear about our own sessions only (each node speaks for its own).
+        let own = &self.deps.node_id;
+        let upserts: Vec<_> = joined
+            .iter()
+            .chain(updated.iter())
+            .filter(|e| &e.node_id == own)
+            .cloned()
+            .collect();
+        let local_left = std::mem::take(&mut self.local_left);
+        if !upserts.is_empty() || !local_left.is_empty() {
+            self.publish_presence(false, upserts, local_left).await;
+        }
         for (session_id, peer) in self.peers.iter_mut() {
             if peer.presence_stale {
                 continue;
@@ -684,7 +723,28 @@ impl FlowState {
         }
     }
 
-    async fn on_bus(&mut self, bytes: Vec<u8>) -> Result<()> {
+    async fn publish_presence(
+        &mut self,
+        full: bool,
+        upserts: Vec<flowhub_protocol::PresenceEntry>,
+        left: Vec<String>,
+    ) {
+        let update = PresenceUpdate {
+            full,
+            upserts,
+            left,
+        };
+        let Ok(json) = serde_json::to_vec(&update) else {
+            return;
+        };
+        self.publish(FlowBusMessage::Presence {
+            origin: self.deps.node_id.clone(),
+            json,
+        })
+        .await;
+    }
+
+    async fn on_bus(&mut self, bytes: Vec<u8>, myself: &ActorRef<FlowMsg>) -> Result<()> {
         Metrics::inc(&self.deps.metrics.bus_received);
         match FlowBusMessage::decode(&bytes) {
             Some(FlowBusMessage::Changes { origin, changes }) if origin != self.deps.node_id => {
@@ -699,6 +759,17 @@ impl FlowState {
                 if !new.is_empty() {
                     self.sync_all();
                 }
+            }
+            Some(FlowBusMessage::Presence { origin, json }) if origin != self.deps.node_id => {
+                if let Ok(update) = serde_json::from_slice::<PresenceUpdate>(&json) {
+                    self.presence
+                        .apply_remote(&origin, update.full, update.upserts, &update.left);
+                    self.arm_presence_flush(myself);
+                }
+            }
+            Some(FlowBusMessage::PresenceRequest { origin }) if origin != self.deps.node_id => {
+                let own = self.presence.entries_of(&self.deps.node_id);
+                self.publish_presence(true, own, Vec::new()).await;
             }
             Some(FlowBusMessage::Heads { origin, heads }) if origin != self.deps.node_id => {
                 let unknown = heads
@@ -716,9 +787,11 @@ impl FlowState {
         Ok(())
     }
 
-    /// Anti-entropy: applies whatever the store has that this replica lacks.
-    async fn catch_up_from_store(&mut self) -> Result<()> {
+    /// Anti-entropy: applies whatever the store has that this replica lacks. Returns
+    /// the heads of the stored snapshot, now included in this replica.
+    async fn catch_up_from_store(&mut self) -> Result<Option<Vec<String>>> {
         let stored = self.deps.store.load_flow(&self.flow_id).await?;
+        let snapshot_heads = stored.snapshot_heads.clone();
         let mut raw: Vec<Vec<u8>> = Vec::new();
         if let Some(snapshot) = &stored.snapshot {
             raw.extend(
@@ -731,10 +804,11 @@ impl FlowState {
         raw.extend(stored.changes.into_iter().map(|c| c.bytes));
         let new = self.doc.apply_changes(&raw)?;
         if !new.is_empty() {
+            Metrics::add(&self.deps.metrics.antientropy_repairs, new.len() as u64);
             info!(repaired = new.len(), "caught up from the store");
             self.sync_all();
         }
-        Ok(())
+        Ok(snapshot_heads)
     }
 
     async fn on_tick(&mut self) {
@@ -774,8 +848,11 @@ impl FlowState {
             }
         }
         let heads = self.doc.heads();
-        if heads != self.last_heads_published {
+        if heads != self.last_heads_published
+            || self.last_heads_at.elapsed() >= self.deps.config.heads_interval
+        {
             self.last_heads_published = heads.clone();
+            self.last_heads_at = Instant::now();
             self.publish(FlowBusMessage::Heads {
                 origin: self.deps.node_id.clone(),
                 heads: heads.iter().map(|h| h.0.to_vec()).collect(),
@@ -788,11 +865,18 @@ impl FlowState {
         if self.uncompacted.len() < self.deps.config.compact_after {
             return;
         }
+        // Merge the stored snapshot first: another node may have compacted changes
+        // this replica has not seen; the new snapshot must include them.
+        let base_heads = match self.catch_up_from_store().await {
+            Ok(base) => base,
+            Err(e) => return warn!(error = %e, "compaction skipped: cannot read the store"),
+        };
         let bytes = self.doc.save();
         let size = bytes.len();
         let snapshot = Snapshot {
             heads: self.doc.heads_hex(),
             bytes,
+            base_heads,
         };
         match self
             .deps

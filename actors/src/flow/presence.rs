@@ -125,6 +125,70 @@ impl PresenceBook {
         }
     }
 
+    /// Applies presence published by another node (see `PresenceUpdate`).
+    pub fn apply_remote(
+        &mut self,
+        origin: &str,
+        full: bool,
+        upserts: Vec<PresenceEntry>,
+        left: &[String],
+    ) {
+        if full {
+            let keep: BTreeSet<&str> = upserts.iter().map(|e| e.session_id.as_str()).collect();
+            let gone: Vec<String> = self
+                .entries
+                .values()
+                .filter(|e| e.node_id == origin && !keep.contains(e.session_id.as_str()))
+                .map(|e| e.session_id.clone())
+                .collect();
+            for id in gone {
+                self.leave(&id);
+            }
+        }
+        for mut entry in upserts {
+            // A node speaks only for its own sessions.
+            entry.node_id = origin.to_owned();
+            let id = entry.session_id.clone();
+            match self.entries.insert(id.clone(), entry) {
+                Some(_) if !self.joined.contains(&id) => {
+                    self.updated.insert(id);
+                }
+                Some(_) => {}
+                None => {
+                    self.left.remove(&id);
+                    self.joined.insert(id);
+                }
+            }
+        }
+        for id in left {
+            if self.entries.get(id).is_some_and(|e| e.node_id == origin) {
+                self.leave(id);
+            }
+        }
+    }
+
+    /// Drops entries of nodes that are neither `own_node` nor in `live`.
+    pub fn retain_nodes(&mut self, own_node: &str, live: &std::collections::HashSet<String>) {
+        let gone: Vec<String> = self
+            .entries
+            .values()
+            .filter(|e| e.node_id != own_node && !live.contains(&e.node_id))
+            .map(|e| e.session_id.clone())
+            .collect();
+        for id in gone {
+            self.leave(&id);
+        }
+    }
+
+    /// Entries of sessions connected to `node_id`.
+    pub fn entries_of(&self, node_id: &str) -> Vec<PresenceEntry> {
+        self.entries
+            .values()
+            .filter(|e| e.node_id == node_id)
+            .cloned()
+            .collect()
+    }
+
     /// Removes every entry of sessions on `node_id` (a node that died).
     pub fn leave_node(&mut self, node_id: &str) {
         let gone: Vec<String> = self
@@ -237,6 +301,32 @@ mod tests {
         let c = b.take_changes().unwrap();
         assert_eq!(c.left, vec!["a".to_string(), "b".to_string()]);
         assert!(b.entries().is_empty());
+    }
+
+    #[test]
+    fn remote_presence_merges_and_node_loss_removes_it() {
+        let mut b = book_with(&["local"]);
+        let mut remote = PresenceBook::new_entry("r1", "bob", "Bob", "node-b");
+        b.apply_remote("node-b", true, vec![remote.clone()], &[]);
+        remote.cursor = Some(Cursor { x: 1.0, y: 2.0 });
+        b.apply_remote("node-b", false, vec![remote.clone()], &[]);
+        let c = b.take_changes().unwrap();
+        assert_eq!(
+            c.joined.len(),
+            1,
+            "a join and an update in one interval is one join"
+        );
+        assert_eq!(c.joined[0].cursor, Some(Cursor { x: 1.0, y: 2.0 }));
+        // A node cannot remove another node's sessions.
+        b.apply_remote("node-c", false, vec![], &["local".to_string()]);
+        assert!(b.get("local").is_some());
+        // A full update from node-b without r1 means r1 left.
+        b.apply_remote("node-b", true, vec![], &[]);
+        assert_eq!(b.take_changes().unwrap().left, vec!["r1".to_string()]);
+        b.apply_remote("node-b", false, vec![remote], &[]);
+        b.retain_nodes("node", &std::collections::HashSet::new());
+        assert!(b.get("r1").is_none());
+        assert!(b.get("local").is_some());
     }
 
     #[test]

@@ -92,7 +92,10 @@ pub fn apply(run: &mut RunSnapshot, event: &RunEvent, max_logs: usize) -> bool {
         }
         RunEventKind::RunFinished => {
             if !run.status.is_final() {
-                run.status = e.status.filter(|s| s.is_final()).unwrap_or(RunStatus::Succeeded);
+                run.status = e
+                    .status
+                    .filter(|s| s.is_final())
+                    .unwrap_or(RunStatus::Succeeded);
                 run.finished_at = Some(e.ts);
             }
         }
@@ -214,19 +217,34 @@ mod tests {
         let mut started = ev(1, RunEventKind::RunStarted, None, 1000);
         started.event.flow_heads = Some(vec!["ab".repeat(32)]);
         assert!(apply(&mut run, &started, 10));
-        assert_eq!((run.status, run.started_at), (RunStatus::Running, Some(1000)));
+        assert_eq!(
+            (run.status, run.started_at),
+            (RunStatus::Running, Some(1000))
+        );
         assert_eq!(run.flow_heads, vec!["ab".repeat(32)]);
 
-        assert!(!apply(&mut run, &ev(2, RunEventKind::StepStarted, Some("a"), 1100), 10));
+        assert!(!apply(
+            &mut run,
+            &ev(2, RunEventKind::StepStarted, Some("a"), 1100),
+            10
+        ));
         let mut ok = ev(3, RunEventKind::StepSucceeded, Some("a"), 1350);
         ok.event.duration_ms = Some(240);
         apply(&mut run, &ok, 10);
 
-        apply(&mut run, &ev(4, RunEventKind::StepStarted, Some("b"), 1400), 10);
+        apply(
+            &mut run,
+            &ev(4, RunEventKind::StepStarted, Some("b"), 1400),
+            10,
+        );
         let mut retry = ev(5, RunEventKind::StepRetrying, Some("b"), 1500);
         retry.event.error = Some("timeout".into());
         apply(&mut run, &retry, 10);
-        apply(&mut run, &ev(6, RunEventKind::StepStarted, Some("b"), 1600), 10);
+        apply(
+            &mut run,
+            &ev(6, RunEventKind::StepStarted, Some("b"), 1600),
+            10,
+        );
         let mut failed = ev(7, RunEventKind::StepFailed, Some("b"), 1650);
         failed.event.error = Some("HTTP 500".into());
         apply(&mut run, &failed, 10);
@@ -236,16 +254,32 @@ mod tests {
         assert!(apply(&mut run, &fin, 10));
 
         assert_eq!(run.last_seq, 8);
-        assert_eq!((run.status, run.finished_at), (RunStatus::Failed, Some(1700)));
+        assert_eq!(
+            (run.status, run.finished_at),
+            (RunStatus::Failed, Some(1700))
+        );
         let a = &run.steps[0];
-        assert_eq!((a.node_id.as_str(), a.status, a.attempt), ("a", StepStatus::Succeeded, 1));
-        assert_eq!((a.started_at, a.finished_at, a.duration_ms), (Some(1100), Some(1350), Some(240)));
+        assert_eq!(
+            (a.node_id.as_str(), a.status, a.attempt),
+            ("a", StepStatus::Succeeded, 1)
+        );
+        assert_eq!(
+            (a.started_at, a.finished_at, a.duration_ms),
+            (Some(1100), Some(1350), Some(240))
+        );
         let b = &run.steps[1];
-        assert_eq!((b.status, b.attempt, b.duration_ms), (StepStatus::Failed, 2, Some(50)));
+        assert_eq!(
+            (b.status, b.attempt, b.duration_ms),
+            (StepStatus::Failed, 2, Some(50))
+        );
         assert_eq!(b.error.as_deref(), Some("HTTP 500"));
 
         // An ended run stays ended.
-        assert!(!apply(&mut run, &ev(9, RunEventKind::RunStarted, None, 1800), 10));
+        assert!(!apply(
+            &mut run,
+            &ev(9, RunEventKind::RunStarted, None, 1800),
+            10
+        ));
         assert_eq!(run.status, RunStatus::Failed);
     }
 

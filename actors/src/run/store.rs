@@ -37,14 +37,27 @@ pub trait RunStore: Send + Sync + 'static {
     async fn load_run(&self, run_id: &str, recent: usize) -> Result<Option<StoredRun>, StoreError>;
 
     /// Which of `event_ids` the run already has.
-    async fn existing_event_ids(&self, run_id: &str, event_ids: &[String]) -> Result<HashSet<String>, StoreError>;
+    async fn existing_event_ids(
+        &self,
+        run_id: &str,
+        event_ids: &[String],
+    ) -> Result<HashSet<String>, StoreError>;
 
     /// Atomically stores `events` (sequenced right after the stored `last_seq`) and
     /// the run's state after them (`run`, whose `last_seq` is the last event's).
-    async fn append_run_events(&self, run: &RunSnapshot, events: &[RunEvent]) -> Result<(), StoreError>;
+    async fn append_run_events(
+        &self,
+        run: &RunSnapshot,
+        events: &[RunEvent],
+    ) -> Result<(), StoreError>;
 
     /// Events with `seq > after_seq`, in order, at most `limit`.
-    async fn run_events(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<RunEvent>, StoreError>;
+    async fn run_events(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RunEvent>, StoreError>;
 
     /// The flow's runs, most recently created first, at most `limit`.
     async fn flow_runs(&self, flow_id: &str, limit: usize) -> Result<Vec<RunSummary>, StoreError>;
@@ -94,21 +107,36 @@ impl RunStore for MemoryRunStore {
         }))
     }
 
-    async fn existing_event_ids(&self, run_id: &str, event_ids: &[String]) -> Result<HashSet<String>, StoreError> {
+    async fn existing_event_ids(
+        &self,
+        run_id: &str,
+        event_ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
         let state = self.lock();
         let Some(run) = state.runs.get(run_id) else {
             return Ok(HashSet::new());
         };
-        Ok(event_ids.iter().filter(|id| run.event_ids.contains(*id)).cloned().collect())
+        Ok(event_ids
+            .iter()
+            .filter(|id| run.event_ids.contains(*id))
+            .cloned()
+            .collect())
     }
 
-    async fn append_run_events(&self, run: &RunSnapshot, events: &[RunEvent]) -> Result<(), StoreError> {
+    async fn append_run_events(
+        &self,
+        run: &RunSnapshot,
+        events: &[RunEvent],
+    ) -> Result<(), StoreError> {
         let mut state = self.lock();
         let stored_last = state.runs.get(&run.id).map_or(0, |r| r.snapshot.last_seq);
         let stored_flow = state.runs.get(&run.id).map(|r| r.snapshot.flow_id.clone());
         // Check everything before writing anything: all or nothing.
         if stored_flow.is_some_and(|f| f != run.flow_id) {
-            return Err(StoreError::Query(format!("run {} belongs to another flow", run.id)));
+            return Err(StoreError::Query(format!(
+                "run {} belongs to another flow",
+                run.id
+            )));
         }
         let mut batch_ids = HashSet::new();
         for (i, e) in events.iter().enumerate() {
@@ -120,13 +148,22 @@ impl RunStore for MemoryRunStore {
                     stored_last + i as u64
                 )));
             }
-            let known = state.runs.get(&run.id).is_some_and(|r| r.event_ids.contains(&e.event.event_id));
+            let known = state
+                .runs
+                .get(&run.id)
+                .is_some_and(|r| r.event_ids.contains(&e.event.event_id));
             if known || !batch_ids.insert(e.event.event_id.as_str()) {
-                return Err(StoreError::Query(format!("run {}: duplicate event id {}", run.id, e.event.event_id)));
+                return Err(StoreError::Query(format!(
+                    "run {}: duplicate event id {}",
+                    run.id, e.event.event_id
+                )));
             }
         }
         if run.last_seq != stored_last + events.len() as u64 {
-            return Err(StoreError::Query(format!("run {}: last_seq does not match the events", run.id)));
+            return Err(StoreError::Query(format!(
+                "run {}: last_seq does not match the events",
+                run.id
+            )));
         }
         state.created += 1;
         let created = state.created;
@@ -144,21 +181,36 @@ impl RunStore for MemoryRunStore {
         Ok(())
     }
 
-    async fn run_events(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<RunEvent>, StoreError> {
+    async fn run_events(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RunEvent>, StoreError> {
         let state = self.lock();
         let Some(run) = state.runs.get(run_id) else {
             return Ok(Vec::new());
         };
         // seq n is at index n - 1.
-        let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(run.events.len());
+        let start = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(run.events.len());
         Ok(run.events[start..].iter().take(limit).cloned().collect())
     }
 
     async fn flow_runs(&self, flow_id: &str, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let state = self.lock();
-        let mut runs: Vec<&MemRun> = state.runs.values().filter(|r| r.snapshot.flow_id == flow_id).collect();
-        runs.sort_by(|a, b| b.created.cmp(&a.created));
-        Ok(runs.into_iter().take(limit).map(|r| super::summary(&r.snapshot)).collect())
+        let mut runs: Vec<&MemRun> = state
+            .runs
+            .values()
+            .filter(|r| r.snapshot.flow_id == flow_id)
+            .collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(r.created));
+        Ok(runs
+            .into_iter()
+            .take(limit)
+            .map(|r| super::summary(&r.snapshot))
+            .collect())
     }
 }
 
@@ -203,22 +255,34 @@ mod tests {
         let store = MemoryRunStore::new();
         let mut run = new_snapshot("r", "f");
         let first = events(1, 3);
-        store.append_run_events(&state_after(&mut run, &first), &first).await.unwrap();
+        store
+            .append_run_events(&state_after(&mut run, &first), &first)
+            .await
+            .unwrap();
 
         // A repeated event id or a seq that does not follow fails and writes nothing.
         let mut dup = events(4, 5);
         dup[1].event.event_id = "e1".into();
         let mut bad = run.clone();
-        assert!(store.append_run_events(&state_after(&mut bad, &dup), &dup).await.is_err());
+        assert!(store
+            .append_run_events(&state_after(&mut bad, &dup), &dup)
+            .await
+            .is_err());
         let gap = events(6, 6);
         let mut bad = run.clone();
-        assert!(store.append_run_events(&state_after(&mut bad, &gap), &gap).await.is_err());
+        assert!(store
+            .append_run_events(&state_after(&mut bad, &gap), &gap)
+            .await
+            .is_err());
 
         let loaded = store.load_run("r", 2).await.unwrap().unwrap();
         assert_eq!(loaded.snapshot, run);
         assert_eq!(loaded.recent, events(2, 3));
         assert_eq!(store.run_events("r", 1, 10).await.unwrap(), events(2, 3));
-        let known = store.existing_event_ids("r", &["e2".into(), "e9".into()]).await.unwrap();
+        let known = store
+            .existing_event_ids("r", &["e2".into(), "e9".into()])
+            .await
+            .unwrap();
         assert_eq!(known, HashSet::from(["e2".to_string()]));
         assert!(store.load_run("nope", 2).await.unwrap().is_none());
         assert_eq!(store.flow_runs("f", 10).await.unwrap()[0].last_seq, 3);

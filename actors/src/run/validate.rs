@@ -26,7 +26,10 @@ pub struct InvalidEvent {
 
 impl InvalidEvent {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        InvalidEvent { field: field.into(), message: message.into() }
+        InvalidEvent {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -40,12 +43,18 @@ pub fn validate_run_id(run_id: &str) -> Result<(), InvalidEvent> {
 /// Checks a batch: not empty, not too large, every event well-formed, all of one flow.
 pub fn validate_batch(events: &[RunEventInput]) -> Result<(), InvalidEvent> {
     if events.is_empty() {
-        return Err(InvalidEvent::new("events", "at least one event is required"));
+        return Err(InvalidEvent::new(
+            "events",
+            "at least one event is required",
+        ));
     }
     if events.len() > MAX_BATCH_EVENTS {
         return Err(InvalidEvent::new(
             "events",
-            format!("{} events in one batch; at most {MAX_BATCH_EVENTS}", events.len()),
+            format!(
+                "{} events in one batch; at most {MAX_BATCH_EVENTS}",
+                events.len()
+            ),
         ));
     }
     let flow_id = &events[0].flow_id;
@@ -64,17 +73,27 @@ pub fn validate_batch(events: &[RunEventInput]) -> Result<(), InvalidEvent> {
 fn validate_event(i: usize, e: &RunEventInput) -> Result<(), InvalidEvent> {
     let field = |name: &str| format!("events[{i}].{name}");
     check_id(&e.event_id).map_err(|m| InvalidEvent::new(field("event_id"), m))?;
-    validate_flow_id(&e.flow_id)
-        .map_err(|_| InvalidEvent::new(field("flow_id"), "expected 1 to 128 characters of [A-Za-z0-9_.:-]"))?;
+    validate_flow_id(&e.flow_id).map_err(|_| {
+        InvalidEvent::new(
+            field("flow_id"),
+            "expected 1 to 128 characters of [A-Za-z0-9_.:-]",
+        )
+    })?;
     match &e.node_id {
         None if e.kind.needs_node() => {
-            return Err(InvalidEvent::new(field("node_id"), format!("required for {}", super::kind_str(e.kind))));
+            return Err(InvalidEvent::new(
+                field("node_id"),
+                format!("required for {}", super::kind_str(e.kind)),
+            ));
         }
         Some(node) => check_id(node).map_err(|m| InvalidEvent::new(field("node_id"), m))?,
         None => {}
     }
     if e.ts > MAX_TIME {
-        return Err(InvalidEvent::new(field("ts"), "must be milliseconds since the Unix epoch, at most 2^53-1"));
+        return Err(InvalidEvent::new(
+            field("ts"),
+            "must be milliseconds since the Unix epoch, at most 2^53-1",
+        ));
     }
     if e.duration_ms.is_some_and(|d| d > MAX_TIME) {
         return Err(InvalidEvent::new(field("duration_ms"), "at most 2^53-1"));
@@ -87,24 +106,38 @@ fn validate_event(i: usize, e: &RunEventInput) -> Result<(), InvalidEvent> {
             return Err(InvalidEvent::new(field("message"), "required for log"));
         }
         Some(m) if m.len() > MAX_TEXT_LEN => {
-            return Err(InvalidEvent::new(field("message"), format!("longer than {MAX_TEXT_LEN} bytes")));
+            return Err(InvalidEvent::new(
+                field("message"),
+                format!("longer than {MAX_TEXT_LEN} bytes"),
+            ));
         }
         _ => {}
     }
     if e.error.as_ref().is_some_and(|m| m.len() > MAX_TEXT_LEN) {
-        return Err(InvalidEvent::new(field("error"), format!("longer than {MAX_TEXT_LEN} bytes")));
+        return Err(InvalidEvent::new(
+            field("error"),
+            format!("longer than {MAX_TEXT_LEN} bytes"),
+        ));
     }
     if let Some(status) = e.status {
         if e.kind == RunEventKind::RunFinished && !status.is_final() {
-            return Err(InvalidEvent::new(field("status"), "must be succeeded, failed or cancelled"));
+            return Err(InvalidEvent::new(
+                field("status"),
+                "must be succeeded, failed or cancelled",
+            ));
         }
     }
     if let Some(heads) = &e.flow_heads {
         if heads.len() > MAX_HEADS {
-            return Err(InvalidEvent::new(field("flow_heads"), format!("at most {MAX_HEADS} heads")));
+            return Err(InvalidEvent::new(
+                field("flow_heads"),
+                format!("at most {MAX_HEADS} heads"),
+            ));
         }
         for (j, h) in heads.iter().enumerate() {
-            let hex = h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            let hex = h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             if !hex {
                 return Err(InvalidEvent::new(
                     format!("events[{i}].flow_heads[{j}]"),
@@ -170,11 +203,22 @@ mod tests {
         let ok = || event("ok", RunEventKind::RunStarted, None);
         assert_eq!(field(vec![]), "events");
         assert_eq!(
-            field(vec![ok(), ok(), ok(), event("x", RunEventKind::StepStarted, None)]),
+            field(vec![
+                ok(),
+                ok(),
+                ok(),
+                event("x", RunEventKind::StepStarted, None)
+            ]),
             "events[3].node_id"
         );
-        assert_eq!(field(vec![event("", RunEventKind::RunStarted, None)]), "events[0].event_id");
-        assert_eq!(field(vec![event("l", RunEventKind::Log, None)]), "events[0].message");
+        assert_eq!(
+            field(vec![event("", RunEventKind::RunStarted, None)]),
+            "events[0].event_id"
+        );
+        assert_eq!(
+            field(vec![event("l", RunEventKind::Log, None)]),
+            "events[0].message"
+        );
         let mut other_flow = ok();
         other_flow.flow_id = "other".into();
         assert_eq!(field(vec![ok(), other_flow]), "events[1].flow_id");
@@ -188,7 +232,10 @@ mod tests {
         late.ts = u64::MAX;
         assert_eq!(field(vec![late]), "events[0].ts");
         let err = validate_batch(&[event("x", RunEventKind::StepFailed, None)]).unwrap_err();
-        assert_eq!(err.to_string(), "events[0].node_id: required for step.failed");
+        assert_eq!(
+            err.to_string(),
+            "events[0].node_id: required for step.failed"
+        );
     }
 
     #[test]

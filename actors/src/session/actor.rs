@@ -18,9 +18,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
 
 use super::outbound::Outbound;
+use super::runs::RunSubscriptions;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::identity::{Identity, TokenVerifier};
 use crate::metrics::Metrics;
+use crate::run::RunRegistry;
 use crate::store::MemberAccess;
 
 /// Behaviour of a session actor (the state is [`SessionState`]).
@@ -61,6 +63,8 @@ pub struct SessionArgs {
     pub limits: SessionLimits,
     pub metrics: Arc<Metrics>,
     pub verifier: Arc<dyn TokenVerifier>,
+    /// Run actors (`subscribe_run`, `subscribe_flow_runs`).
+    pub runs: RunRegistry,
 }
 
 pub enum SessionMsg {
@@ -81,11 +85,14 @@ struct Subscription {
 }
 
 pub struct SessionState {
-    session_id: String,
-    identity: Identity,
-    out: Outbound,
-    registry: FlowRegistry,
-    limits: SessionLimits,
+    pub(super) session_id: String,
+    pub(super) identity: Identity,
+    pub(super) out: Outbound,
+    pub(super) registry: FlowRegistry,
+    pub(super) limits: SessionLimits,
+    pub(super) runs: RunRegistry,
+    /// Runs and runs feeds this session watches (see `runs.rs`).
+    pub(super) run_subs: RunSubscriptions,
     metrics: Arc<Metrics>,
     subscriptions: HashMap<String, Subscription>,
     bad_frames: u32,
@@ -119,6 +126,8 @@ impl Actor for SessionActor {
             out: args.out,
             registry: args.registry,
             limits: args.limits,
+            runs: args.runs,
+            run_subs: RunSubscriptions::new(),
             metrics: args.metrics,
             subscriptions: HashMap::new(),
             bad_frames: 0,
@@ -140,6 +149,7 @@ impl Actor for SessionActor {
                 session_id: state.session_id.clone(),
             });
         }
+        state.leave_runs();
         state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
         state.span.in_scope(|| info!("session closed"));
         Ok(())

@@ -78,6 +78,12 @@ impl Outbound {
         self.offer(OutFrame::Text(encode(msg)))
     }
 
+    /// [`Outbound::try_send_text`] for a message already encoded (`encode(msg)`): a
+    /// broadcast to many sessions encodes once.
+    pub fn try_send_encoded(&self, text: String) -> Delivery {
+        self.offer(OutFrame::Text(text))
+    }
+
     /// Queues a control message; closes the session if it cannot be queued.
     /// Returns whether it was queued.
     pub fn send_control(&self, msg: &ServerMessage) -> bool {

@@ -11,6 +11,7 @@ use super::{ChangeRecord, MemberAccess, Snapshot, Store, StoreError, StoredFlow}
 #[derive(Default)]
 struct FlowRecord {
     snapshot: Option<Vec<u8>>,
+    snapshot_heads: Option<Vec<String>>,
     changes: Vec<ChangeRecord>,
     hashes: HashSet<String>,
 }
@@ -42,6 +43,7 @@ impl Store for MemoryStore {
             Some(r) => StoredFlow {
                 exists: true,
                 snapshot: r.snapshot.clone(),
+                snapshot_heads: r.snapshot_heads.clone(),
                 changes: r.changes.clone(),
             },
         })
@@ -70,9 +72,15 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut flows = self.lock();
         let record = flows.entry(flow_id.to_owned()).or_default();
+        if record.snapshot_heads != snapshot.base_heads {
+            return Err(StoreError::Conflict(
+                "the snapshot changed since it was read".into(),
+            ));
+        }
         let covered: HashSet<&String> = covered.iter().collect();
         record.changes.retain(|c| !covered.contains(&c.hash));
         record.snapshot = Some(snapshot.bytes);
+        record.snapshot_heads = Some(snapshot.heads);
         Ok(())
     }
 

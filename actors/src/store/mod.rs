@@ -8,7 +8,11 @@
 //! - [`Store::load_flow`] returns the latest snapshot and every change not covered by
 //!   it, so `snapshot + changes` rebuilds everything acknowledged so far.
 //! - [`Store::compact`] writes a snapshot and deletes exactly the changes it covers, in
-//!   one transaction; changes appended concurrently (by another node) survive.
+//!   one transaction; changes appended concurrently (by another node) survive. It is
+//!   conditional: it succeeds only if the stored snapshot is still the one the new
+//!   snapshot was built on ([`Snapshot::base_heads`]), else [`StoreError::Conflict`].
+//!   Without that check, two nodes compacting at once could each replace the other's
+//!   snapshot with one lacking the other's changes, whose rows were already deleted.
 
 mod memory;
 
@@ -31,6 +35,8 @@ pub struct StoredFlow {
     pub exists: bool,
     /// The latest `doc.save()` snapshot, if the flow was ever compacted.
     pub snapshot: Option<Vec<u8>>,
+    /// Sorted hex heads of that snapshot.
+    pub snapshot_heads: Option<Vec<String>>,
     /// Every change stored after the snapshot, in append order.
     pub changes: Vec<ChangeRecord>,
 }
@@ -38,9 +44,11 @@ pub struct StoredFlow {
 /// A snapshot to write during compaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Hex heads of the saved document.
+    /// Sorted hex heads of the saved document.
     pub heads: Vec<String>,
     pub bytes: Vec<u8>,
+    /// Heads of the stored snapshot this one includes (`None`: there was none).
+    pub base_heads: Option<Vec<String>>,
 }
 
 /// A `flow_members` row: it overrides what a token grants on that flow.
@@ -80,7 +88,7 @@ impl MemberAccess {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -88,6 +96,8 @@ pub enum StoreError {
     Query(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("concurrent compaction: {0}")]
+    Conflict(String),
 }
 
 /// Durable storage of flows (see the module doc for the guarantees).

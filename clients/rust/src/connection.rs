@@ -218,6 +218,15 @@ impl Client {
         self.inner.shared.errors()
     }
 
+    /// Every text message the hub sends unprompted, other than errors and acks:
+    /// `run_event`, `resume_from`, `flow_run`, presence. Only messages received after
+    /// this call are delivered, so call it before the request that starts them (say
+    /// `subscribe_run`, whose `run_state` reply [`Client::request`] returns). A
+    /// receiver that falls more than 4096 messages behind gets `Lagged`.
+    pub fn messages(&self) -> broadcast::Receiver<ServerMessage> {
+        self.inner.shared.messages()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.shared.close_info().is_some()
     }

@@ -33,6 +33,9 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How many unclaimed `error` frames [`crate::Client::errors`] buffers per receiver.
 const ERRORS_CAPACITY: usize = 256;
+/// How many unsolicited messages [`crate::Client::messages`] buffers per receiver
+/// (run events arrive in bursts: a replay is up to a whole outbound queue).
+const MESSAGES_CAPACITY: usize = 4096;
 
 /// Locks a std mutex, recovering from poisoning (a panic in user code passed to
 /// `edit` or `with_doc` must not take the connection down).
@@ -47,6 +50,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     flows: Mutex<HashMap<String, Arc<FlowShared>>>,
     errors: broadcast::Sender<ServerMessage>,
+    /// Unsolicited messages (`run_event`, `flow_run`, …); created by the first
+    /// [`Shared::messages`] call, so clients that never ask pay nothing.
+    messages: Mutex<Option<broadcast::Sender<ServerMessage>>>,
     /// `Some((code, reason))` once the connection is closed.
     closed: watch::Sender<Option<(u16, String)>>,
 }
@@ -66,6 +72,7 @@ impl Shared {
             next_id: AtomicU64::new(first_id),
             flows: Mutex::new(HashMap::new()),
             errors: broadcast::Sender::new(ERRORS_CAPACITY),
+            messages: Mutex::new(None),
             closed: watch::Sender::new(None),
         }
     }
@@ -193,6 +200,12 @@ impl Shared {
         self.errors.subscribe()
     }
 
+    pub(crate) fn messages(&self) -> broadcast::Receiver<ServerMessage> {
+        lock(&self.messages)
+            .get_or_insert_with(|| broadcast::Sender::new(MESSAGES_CAPACITY))
+            .subscribe()
+    }
+
     // ---- receiving ----
 
     /// Dispatches one text frame from the hub.
@@ -248,9 +261,17 @@ impl Shared {
                 }
                 let _ = self.errors.send(msg);
             }
-            other => {
-                tracing::debug!(session_id = %self.session_id, ?other, "unexpected message from the hub ignored");
+            ServerMessage::Ack { .. } => {
+                tracing::debug!(session_id = %self.session_id, "ack without a flow ignored");
             }
+            other => match lock(&self.messages).as_ref() {
+                Some(messages) => {
+                    let _ = messages.send(other);
+                }
+                None => {
+                    tracing::debug!(session_id = %self.session_id, ?other, "unexpected message from the hub ignored");
+                }
+            },
         }
     }
 
@@ -444,6 +465,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn unsolicited_messages_are_broadcast_but_replies_errors_and_acks_are_not() {
+        let (shared, _rx) = shared();
+        // Before anyone asks, nothing is kept.
+        shared.on_text(r#"{"type":"resume_from","run_id":"r","seq":1}"#);
+        let mut messages = shared.messages();
+        shared.on_text(r#"{"type":"resume_from","run_id":"r","seq":2}"#);
+        shared.on_text(r#"{"type":"pong","id":5}"#);
+        shared.on_text(r#"{"type":"ack","id":6}"#);
+        shared.on_text(r#"{"type":"ack"}"#);
+        shared.on_text(r#"{"type":"error","code":"bad_request","message":"x"}"#);
+        shared.on_text(r#"{"type":"resume_from","run_id":"r","seq":3}"#);
+        for seq in [2, 3] {
+            assert_eq!(
+                messages.try_recv().unwrap(),
+                ServerMessage::ResumeFrom {
+                    run_id: "r".into(),
+                    seq
+                }
+            );
+        }
+        assert!(messages.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -21,12 +21,20 @@ struct Migration {
 }
 
 /// Append only: never edit a released migration, add the next version instead.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sqlite: include_str!("../../../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../../../migrations/postgres/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: include_str!("../../../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "run_state",
+        sqlite: include_str!("../../../migrations/sqlite/0002_run_state.sql"),
+        postgres: include_str!("../../../migrations/postgres/0002_run_state.sql"),
+    },
+];
 
 /// Key of the `pg_advisory_xact_lock` every hub takes while migrating ("flowhub" in
 /// ASCII); any constant works as long as all hubs agree.

@@ -57,6 +57,7 @@ macro_rules! with_pool {
 
 mod error;
 mod migrate;
+mod runs;
 mod writer;
 
 use std::str::FromStr;
@@ -322,8 +323,8 @@ impl Store for SqlStore {
                 tx.rollback().await?;
                 return Ok(StoredFlow::default());
             }
-            let snapshot: Option<(Vec<u8>,)> =
-                sqlx::query_as("SELECT bytes FROM flow_snapshots WHERE flow_id = $1")
+            let snapshot: Option<(Vec<u8>, String)> =
+                sqlx::query_as("SELECT bytes, heads FROM flow_snapshots WHERE flow_id = $1")
                     .bind(flow_id)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -336,7 +337,10 @@ impl Store for SqlStore {
             tx.commit().await?;
             Ok::<_, sqlx::Error>(StoredFlow {
                 exists: true,
-                snapshot: snapshot.map(|(bytes,)| bytes),
+                snapshot_heads: snapshot
+                    .as_ref()
+                    .and_then(|(_, heads)| serde_json::from_str(heads).ok()),
+                snapshot: snapshot.map(|(bytes, _)| bytes),
                 changes: changes
                     .into_iter()
                     .map(|(hash, bytes)| ChangeRecord { hash, bytes })
@@ -381,6 +385,13 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         let heads = serde_json::to_string(&snapshot.heads)
             .map_err(|e| StoreError::Query(format!("encoding snapshot heads: {e}")))?;
+        let base = match &snapshot.base_heads {
+            Some(b) => Some(
+                serde_json::to_string(b)
+                    .map_err(|e| StoreError::Query(format!("encoding snapshot heads: {e}")))?,
+            ),
+            None => None,
+        };
         let now = now_ms();
         let begin = self.pool.begin_write();
         let deleted = with_pool!(&self.pool, |p| {
@@ -395,18 +406,37 @@ impl Store for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (flow_id) DO UPDATE SET heads = excluded.heads, \
-                 bytes = excluded.bytes, created_at = excluded.created_at",
-            )
-            .bind(flow_id)
-            .bind(heads.as_str())
-            .bind(snapshot.bytes.as_slice())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            // Conditional write: only over the snapshot this one was built on (see the
+            // trait's guarantees), so concurrent compactions cannot lose changes.
+            let written = match &base {
+                None => sqlx::query(
+                    "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id) DO NOTHING",
+                )
+                .bind(flow_id)
+                .bind(heads.as_str())
+                .bind(snapshot.bytes.as_slice())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Some(base) => sqlx::query(
+                    "UPDATE flow_snapshots SET heads = $2, bytes = $3, created_at = $4 \
+                     WHERE flow_id = $1 AND heads = $5",
+                )
+                .bind(flow_id)
+                .bind(heads.as_str())
+                .bind(snapshot.bytes.as_slice())
+                .bind(now)
+                .bind(base.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if written != 1 {
+                tx.rollback().await?;
+                return Ok::<_, sqlx::Error>(None);
+            }
             let mut deleted = 0u64;
             for chunk in covered.chunks(DELETE_CHUNK) {
                 let mut query =
@@ -417,9 +447,14 @@ impl Store for SqlStore {
                 deleted += query.execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(deleted)
+            Ok::<_, sqlx::Error>(Some(deleted))
         })
         .map_err(db_error)?;
+        let Some(deleted) = deleted else {
+            return Err(StoreError::Conflict(format!(
+                "flow {flow_id}: the snapshot changed since it was read"
+            )));
+        };
         debug!(
             flow_id,
             covered = covered.len(),

@@ -269,13 +269,9 @@ fn insert_changes_sql(rows: usize) -> String {
     sql
 }
 
-/// `StoreError` is not `Clone`; every caller of a failed batch gets an equal copy.
+/// Every caller of a failed batch gets an equal copy of the error.
 fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Query(m) => StoreError::Query(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-    }
+    e.clone()
 }
 
 #[cfg(test)]

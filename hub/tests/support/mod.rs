@@ -97,6 +97,16 @@ pub struct HubProcess {
 
 impl HubProcess {
     pub async fn start(dir: &Path, port: u16, database_url: Option<&str>) -> HubProcess {
+        let env: Vec<(&str, &str)> = database_url
+            .map(|u| ("FLOWHUB_DATABASE_URL", u))
+            .into_iter()
+            .collect();
+        Self::start_env(dir, port, &env).await
+    }
+
+    /// Starts a hub process with extra environment (`FLOWHUB_DATABASE_URL`,
+    /// `FLOWHUB_REDIS_URL`, `FLOWHUB_NODE_ID`, …).
+    pub async fn start_env(dir: &Path, port: u16, env: &[(&str, &str)]) -> HubProcess {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhub"));
         cmd.arg("serve")
             .env("FLOWHUB_LISTEN", format!("127.0.0.1:{port}"))
@@ -107,8 +117,8 @@ impl HubProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(url) = database_url {
-            cmd.env("FLOWHUB_DATABASE_URL", url);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn flowhub");
         let hub = HubProcess { child, port };
@@ -134,6 +144,41 @@ impl HubProcess {
             "hub child process did not become ready on port {}",
             self.port
         );
+    }
+
+    /// SIGTERM: a graceful drain. Returns the exit status.
+    pub async fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(status.success());
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("hub exits within the drain timeout")
+            .expect("wait")
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The value of one counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = reqwest::get(format!("{}/metrics", self.http_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
     }
 
     /// SIGKILL: no drain, no flush.
@@ -246,6 +291,211 @@ impl RawClient {
                 Ok(Some(Err(_))) | Ok(None) => return Some(1006),
                 Err(_) => return None,
             }
+        }
+    }
+}
+
+/// A redis-server owned by one test, on a free port, that the test can stop and start.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        for _ in 0..100 {
+            let ok = std::process::Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The machine's Redis; tests that need it fail loudly when it is down.
+pub const MACHINE_REDIS: &str = "redis://127.0.0.1:6379";
+
+pub fn require_machine_redis() {
+    let ok = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
+    assert!(
+        ok,
+        "Redis must be running on 127.0.0.1:6379 for this test (see .ci/run for how to start it)"
+    );
+}
+
+/// A 3-shard Redis Cluster owned by one test (cluster mode, free ports,
+/// `redis-cli --cluster create`), torn down on drop.
+pub struct PrivateRedisCluster {
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+    children: Vec<std::process::Child>,
+}
+
+impl PrivateRedisCluster {
+    pub fn start(shards: usize) -> PrivateRedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports = Vec::new();
+        while ports.len() < shards {
+            // The cluster bus uses port + 10000: both must be free.
+            let p = free_port();
+            if p < 55000
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+                && !ports.contains(&p)
+            {
+                ports.push(p);
+            }
+        }
+        let mut children = Vec::new();
+        for p in &ports {
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &p.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .args([
+                    "--cluster-config-file",
+                    &format!("nodes-{p}.conf"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed");
+            children.push(child);
+        }
+        let cluster = PrivateRedisCluster {
+            ports,
+            _dir: dir,
+            children,
+        };
+        for p in &cluster.ports {
+            cluster.wait_for(*p, "ping", "PONG");
+        }
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &cluster.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for p in &cluster.ports {
+            cluster.wait_for(*p, "cluster info", "cluster_state:ok");
+        }
+        cluster
+    }
+
+    fn wait_for(&self, port: u16, cmd: &str, expect: &str) {
+        for _ in 0..200 {
+            let out = std::process::Command::new("redis-cli")
+                .arg("-p")
+                .arg(port.to_string())
+                .args(cmd.split(' '))
+                .output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(expect)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis on {port}: `{cmd}` never answered {expect}");
+    }
+
+    /// The seed list flowhub takes in `FLOWHUB_REDIS_URL`.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Shard subscribers of `channel` on the shard at `port` (`PUBSUB SHARDNUMSUB`).
+    pub fn shard_subscribers(&self, port: u16, channel: &str) -> i64 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "pubsub", "shardnumsub", channel])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -1,0 +1,828 @@
+// FlowhubClient: one WebSocket session with a flowhub hub (docs/PROTOCOL.md).
+//
+// - `FlowhubClient.connect({url, token})` opens the socket, waits for `welcome` and
+//   says `hello`.
+// - `client.subscribe(flowId)` joins a flow and returns a `Flow`: a local Automerge
+//   replica kept in sync with the hub, typed edits whose promises settle with the
+//   hub's verdict (`ack` resolves, a refusal rejects and rolls the replica back), and
+//   presence.
+// - `client.watchRun(runId)` follows a run (`run_state`, then `run_event`s in order,
+//   resubscribing after `resume_from` and after reconnects without gaps or repeats).
+//
+// The client reconnects by itself (backoff up to 5 s) unless the hub said not to
+// (unsupported version, policy violation, expired token without a token provider).
+
+import * as A from "@automerge/automerge"
+
+import { Emitter } from "./emitter.js"
+import { FlowDocument, type EditOutcome, type Endpoint, type FlowSnapshot, type JsonValue, type NewNode, type Position } from "./flow.js"
+import {
+  PROTOCOL_VERSION,
+  decodeSyncFrame,
+  encodeSyncFrame,
+  type ClientMessage,
+  type Cursor,
+  type ErrorCode,
+  type Limits,
+  type PresenceEntry,
+  type RequestId,
+  type Role,
+  type RunEvent,
+  type RunSnapshot,
+  type RunSummary,
+  type ServerMessage,
+} from "./protocol.js"
+import { applyRunEvent } from "./runs.js"
+
+/** The subset of the WHATWG WebSocket the client uses (browsers, `ws` in Node). */
+export interface WebSocketLike {
+  binaryType: string
+  readyState: number
+  send(data: string | Uint8Array | ArrayBuffer): void
+  close(code?: number, reason?: string): void
+  onopen: ((ev: unknown) => void) | null
+  onclose: ((ev: { code: number; reason: string }) => void) | null
+  onmessage: ((ev: { data: unknown }) => void) | null
+  onerror: ((ev: unknown) => void) | null
+}
+
+export type WebSocketCtor = new (url: string) => WebSocketLike
+
+export interface ConnectOptions {
+  /** Hub base URL: `ws://host:port`, `wss://…`, `http://…` or `https://…`. */
+  url: string
+  /** A JWT, or a function returning a fresh one (called on every (re)connect). */
+  token: string | (() => string | Promise<string>)
+  /** WebSocket implementation; defaults to `globalThis.WebSocket`. */
+  WebSocket?: WebSocketCtor
+  /** Sent in `hello`. */
+  client?: string
+  /** Reconnect after an unexpected close (default true). */
+  reconnect?: boolean
+  /** How long a request waits for its reply (default 10 s). */
+  requestTimeoutMs?: number
+}
+
+/** An error from the hub (typed `code`) or from the connection. */
+export class FlowhubError extends Error {
+  constructor(
+    readonly code: ErrorCode | "closed" | "timeout",
+    message: string,
+    readonly flowId?: string,
+  ) {
+    super(message)
+    this.name = "FlowhubError"
+  }
+}
+
+export interface Welcome {
+  session_id: string
+  user_id: string
+  name: string
+  node_id: string
+  protocol: number
+  limits: Limits
+}
+
+type ClientEvents = {
+  /** Every welcome (first connect and reconnects). */
+  welcome: (welcome: Welcome) => void
+  /** The socket closed (the client may reconnect). */
+  close: (code: number, reason: string) => void
+  reconnecting: (attempt: number) => void
+  /** An error not tied to a request or a flow. */
+  error: (error: FlowhubError) => void
+  /** `flow_run` from a `watchFlowRuns` subscription. */
+  flow_run: (flowId: string, run: RunSummary) => void
+}
+
+interface PendingRequest {
+  resolve: (msg: ServerMessage) => void
+  reject: (err: FlowhubError) => void
+  timer: ReturnType<typeof setTimeout>
+}
+
+const OPEN = 1
+/** Close codes after which reconnecting cannot help (docs/PROTOCOL.md "Close codes"). */
+const FATAL_CLOSE = new Set([1008, 1009, 4002])
+const MAX_SYNC_MESSAGES_PER_ROUND = 64
+
+function wsUrl(base: string, token: string): string {
+  const b = base.replace(/^http/, "ws").replace(/\/+$/, "")
+  return `${b}/v1/ws?token=${encodeURIComponent(token)}`
+}
+
+function toBytes(data: unknown): Uint8Array | undefined {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data)
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  if (Array.isArray(data)) {
+    // `ws` may hand fragmented messages over as a list of buffers.
+    const parts = data.map((d) => toBytes(d) ?? new Uint8Array())
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+    let off = 0
+    for (const p of parts) {
+      out.set(p, off)
+      off += p.length
+    }
+    return out
+  }
+  return undefined
+}
+
+export class FlowhubClient extends Emitter<ClientEvents> {
+  readonly options: Required<Omit<ConnectOptions, "WebSocket" | "client">> & Pick<ConnectOptions, "client">
+  #WebSocket: WebSocketCtor
+  #ws: WebSocketLike | undefined
+  #nextId = 1
+  #requests = new Map<RequestId, PendingRequest>()
+  #flows = new Map<string, Flow>()
+  #runs = new Map<string, RunWatch>()
+  #flowRuns = new Map<string, Set<(run: RunSummary) => void>>()
+  #closedByUser = false
+  #attempt = 0
+  #welcome: Welcome | undefined
+  #connected = false
+  #connecting: Promise<void> | undefined
+
+  private constructor(options: ConnectOptions) {
+    super()
+    const Ctor = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket
+    if (!Ctor) throw new Error("no WebSocket implementation: pass `WebSocket` (e.g. from the `ws` package)")
+    this.#WebSocket = Ctor
+    this.options = {
+      url: options.url,
+      token: options.token,
+      client: options.client,
+      reconnect: options.reconnect ?? true,
+      requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
+    }
+  }
+
+  /** Opens a session: resolves once the hub welcomed it and answered `hello`. */
+  static async connect(options: ConnectOptions): Promise<FlowhubClient> {
+    const client = new FlowhubClient(options)
+    await client.#open()
+    return client
+  }
+
+  /** The last `welcome` (session id, user, name, limits). */
+  get welcome(): Welcome {
+    if (!this.#welcome) throw new Error("not connected yet")
+    return this.#welcome
+  }
+
+  get sessionId(): string {
+    return this.welcome.session_id
+  }
+
+  get connected(): boolean {
+    return this.#connected
+  }
+
+  /** Joins a flow; resolves once the local replica holds the hub's heads. */
+  async subscribe(flowId: string): Promise<Flow> {
+    let flow = this.#flows.get(flowId)
+    if (flow) {
+      await flow.ready
+      return flow
+    }
+    flow = new Flow(this, flowId)
+    this.#flows.set(flowId, flow)
+    try {
+      await this.#subscribeFlow(flow)
+    } catch (e) {
+      this.#flows.delete(flowId)
+      throw e
+    }
+    await flow.ready
+    return flow
+  }
+
+  /** Follows a run: `run_state`, then every event after `sinceSeq`, then live events. */
+  async watchRun(
+    runId: string,
+    options: {
+      sinceSeq?: number
+      /** Attached before subscribing, so no replayed event is missed. */
+      onEvent?: (event: RunEvent, run: RunSnapshot) => void
+      onState?: (run: RunSnapshot) => void
+    } = {},
+  ): Promise<RunWatch> {
+    const existing = this.#runs.get(runId)
+    if (existing) return existing
+    const watch = new RunWatch(this, runId, options.sinceSeq ?? 0)
+    if (options.onEvent) watch.on("event", options.onEvent)
+    if (options.onState) watch.on("state", options.onState)
+    this.#runs.set(runId, watch)
+    try {
+      await this.#subscribeRun(watch)
+    } catch (e) {
+      this.#runs.delete(runId)
+      throw e
+    }
+    return watch
+  }
+
+  /** Receives `flow_run` summaries (run started / finished) of one flow. */
+  async watchFlowRuns(flowId: string, onRun: (run: RunSummary) => void): Promise<() => Promise<void>> {
+    let set = this.#flowRuns.get(flowId)
+    const first = !set
+    if (!set) {
+      set = new Set()
+      this.#flowRuns.set(flowId, set)
+    }
+    set.add(onRun)
+    if (first) {
+      try {
+        await this.request({ type: "subscribe_flow_runs", flow_id: flowId })
+      } catch (e) {
+        this.#flowRuns.delete(flowId)
+        throw e
+      }
+    }
+    return async () => {
+      const s = this.#flowRuns.get(flowId)
+      s?.delete(onRun)
+      if (s && s.size === 0) {
+        this.#flowRuns.delete(flowId)
+        if (this.#connected) await this.request({ type: "unsubscribe_flow_runs", flow_id: flowId }).catch(() => {})
+      }
+    }
+  }
+
+  /** Application-level round trip. */
+  async ping(): Promise<number> {
+    const t0 = Date.now()
+    await this.request({ type: "ping" })
+    return Date.now() - t0
+  }
+
+  /** Closes the session for good (no reconnect). */
+  close(): void {
+    this.#closedByUser = true
+    this.#ws?.close(1000, "")
+    this.#teardown(1000, "closed by the client")
+  }
+
+  // ---- internals shared with Flow and RunWatch -----------------------------------
+
+  /** Sends a request with a fresh `id`; resolves with the reply, rejects on `error`. */
+  request(msg: ClientMessage): Promise<ServerMessage> {
+    const id = this.#nextId++
+    const withId = { ...msg, id } as ClientMessage
+    return new Promise((resolve, reject) => {
+      if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) {
+        reject(new FlowhubError("closed", "not connected"))
+        return
+      }
+      const timer = setTimeout(() => {
+        this.#requests.delete(id)
+        reject(new FlowhubError("timeout", `no reply to ${msg.type} within ${this.options.requestTimeoutMs} ms`))
+      }, this.options.requestTimeoutMs)
+      this.#requests.set(id, { resolve, reject, timer })
+      this.#ws.send(JSON.stringify(withId))
+    })
+  }
+
+  /** Sends a message that has no reply (presence). Dropped while disconnected. */
+  sendMessage(msg: ClientMessage): boolean {
+    if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    this.#ws.send(JSON.stringify(msg))
+    return true
+  }
+
+  sendBinary(bytes: Uint8Array): boolean {
+    if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    this.#ws.send(bytes)
+    return true
+  }
+
+  forgetFlow(flowId: string) {
+    this.#flows.delete(flowId)
+  }
+
+  forgetRun(runId: string) {
+    this.#runs.delete(runId)
+  }
+
+  // ---- connection ----------------------------------------------------------------
+
+  async #open(): Promise<void> {
+    if (this.#connecting) return this.#connecting
+    this.#connecting = this.#openOnce().finally(() => (this.#connecting = undefined))
+    return this.#connecting
+  }
+
+  async #openOnce(): Promise<void> {
+    const tok = typeof this.options.token === "function" ? await this.options.token() : this.options.token
+    const ws = new this.#WebSocket(wsUrl(this.options.url, tok))
+    ws.binaryType = "arraybuffer"
+    this.#ws = ws
+    await new Promise<void>((resolve, reject) => {
+      let settled = false
+      const fail = (err: FlowhubError) => {
+        if (!settled) {
+          settled = true
+          reject(err)
+        }
+      }
+      ws.onerror = () => fail(new FlowhubError("closed", "connection failed (refused, or 401 for a bad token)"))
+      ws.onclose = (ev) => {
+        fail(new FlowhubError("closed", `connection closed (${ev.code} ${ev.reason})`))
+        this.#onClose(ws, ev.code, ev.reason)
+      }
+      ws.onmessage = (ev) => {
+        if (!settled && typeof ev.data === "string") {
+          const msg = JSON.parse(ev.data) as ServerMessage
+          if (msg.type === "welcome") {
+            settled = true
+            this.#welcome = msg
+            this.#connected = true
+            resolve()
+            return
+          }
+        }
+        this.#onMessage(ev.data)
+      }
+    })
+    this.#attempt = 0
+    // The hub welcomes unprompted; `hello` checks the protocol version explicitly.
+    const reply = await this.request({ type: "hello", protocol: PROTOCOL_VERSION, client: this.options.client ?? "flowhub-js/0.1" })
+    if (reply.type === "welcome") this.#welcome = reply
+    this.emit("welcome", this.welcome)
+    await this.#resubscribeAll()
+  }
+
+  async #resubscribeAll() {
+    const flows = [...this.#flows.values()].filter((f) => !f.subscribed)
+    const runs = [...this.#runs.values()]
+    const feeds = [...this.#flowRuns.keys()]
+    await Promise.all([
+      ...flows.map((f) => this.#subscribeFlow(f).catch((e) => f.failSubscription(e))),
+      ...runs.map((r) => this.#subscribeRun(r).catch((e) => this.emit("error", e))),
+      ...feeds.map((flowId) =>
+        this.request({ type: "subscribe_flow_runs", flow_id: flowId }).catch((e) => this.emit("error", e)),
+      ),
+    ])
+  }
+
+  async #subscribeFlow(flow: Flow) {
+    flow.beforeSubscribe()
+    const reply = await this.request({ type: "subscribe_flow", flow_id: flow.flowId })
+    if (reply.type !== "flow_state") throw new FlowhubError("bad_request", `unexpected reply ${reply.type}`)
+    flow.onFlowState(reply.role, reply.heads)
+  }
+
+  async #subscribeRun(watch: RunWatch) {
+    const reply = await this.request({ type: "subscribe_run", run_id: watch.runId, since_seq: watch.lastSeq })
+    if (reply.type !== "run_state") throw new FlowhubError("bad_request", `unexpected reply ${reply.type}`)
+    watch.onRunState(reply.run)
+  }
+
+  /** Resubscribes a run after `resume_from` (no gap: continues after `lastSeq`). */
+  resumeRun(watch: RunWatch) {
+    this.#subscribeRun(watch).catch((e) => this.emit("error", e))
+  }
+
+  #onClose(ws: WebSocketLike, code: number, reason: string) {
+    if (ws !== this.#ws) return
+    const wasConnected = this.#connected
+    this.#teardown(code, reason)
+    // A connect attempt that failed is handled by whoever awaited it (connect() rejects,
+    // or the reconnect loop schedules the next attempt).
+    if (!wasConnected) return
+    const tokenIsStatic = typeof this.options.token === "string"
+    if (this.#closedByUser || !this.options.reconnect || FATAL_CLOSE.has(code) || (code === 4001 && tokenIsStatic)) {
+      return
+    }
+    this.#scheduleReconnect()
+  }
+
+  #teardown(code: number, reason: string) {
+    const was = this.#connected
+    this.#connected = false
+    for (const [, req] of this.#requests) {
+      clearTimeout(req.timer)
+      req.reject(new FlowhubError("closed", `connection closed (${code} ${reason})`))
+    }
+    this.#requests.clear()
+    for (const flow of this.#flows.values()) flow.onDisconnect()
+    if (was) this.emit("close", code, reason)
+  }
+
+  #scheduleReconnect() {
+    this.#attempt += 1
+    const delay = Math.min(5000, 100 * 2 ** Math.min(this.#attempt, 6)) * (0.5 + Math.random() / 2)
+    this.emit("reconnecting", this.#attempt)
+    setTimeout(() => {
+      if (this.#closedByUser) return
+      this.#open().catch(() => {
+        if (!this.#closedByUser && !this.#connected) this.#scheduleReconnect()
+      })
+    }, delay)
+  }
+
+  #onMessage(data: unknown) {
+    if (typeof data === "string") {
+      let msg: ServerMessage
+      try {
+        msg = JSON.parse(data) as ServerMessage
+      } catch {
+        return
+      }
+      this.#onText(msg)
+      return
+    }
+    const bytes = toBytes(data)
+    if (!bytes) return
+    let frame
+    try {
+      frame = decodeSyncFrame(bytes)
+    } catch {
+      return
+    }
+    this.#flows.get(frame.flowId)?.onSyncMessage(frame.payload)
+  }
+
+  #onText(msg: ServerMessage) {
+    const id = "id" in msg ? msg.id : undefined
+    if (id !== undefined && id !== null) {
+      const req = this.#requests.get(id)
+      if (req) {
+        this.#requests.delete(id)
+        clearTimeout(req.timer)
+        if (msg.type === "error") req.reject(new FlowhubError(msg.code, msg.message, msg.flow_id))
+        else req.resolve(msg)
+        return
+      }
+    }
+    switch (msg.type) {
+      case "welcome":
+        this.#welcome = msg
+        break
+      case "ack":
+        if (msg.flow_id && msg.changes) this.#flows.get(msg.flow_id)?.onAck(msg.changes)
+        break
+      case "presence_state":
+        this.#flows.get(msg.flow_id)?.onPresenceState(msg.peers)
+        break
+      case "presence_diff":
+        this.#flows.get(msg.flow_id)?.onPresenceDiff(msg.joined ?? [], msg.updated ?? [], msg.left ?? [])
+        break
+      case "run_event":
+        this.#runs.get(msg.run_id)?.onEvent(msg.event)
+        break
+      case "resume_from":
+        this.#runs.get(msg.run_id)?.onResumeFrom(msg.seq)
+        break
+      case "flow_run": {
+        const set = this.#flowRuns.get(msg.flow_id)
+        if (set) for (const cb of set) cb(msg.run)
+        this.emit("flow_run", msg.flow_id, msg.run)
+        break
+      }
+      case "error": {
+        const err = new FlowhubError(msg.code, msg.message, msg.flow_id)
+        const flow = msg.flow_id ? this.#flows.get(msg.flow_id) : undefined
+        if (flow) flow.onRefused(err)
+        else this.emit("error", err)
+        break
+      }
+      default:
+        break
+    }
+  }
+}
+
+/** A pending typed edit: a promise settled by the hub's verdict, plus what it did. */
+export type PendingEdit = Promise<EditOutcome> & EditOutcome
+
+type FlowEvents = {
+  /** The document changed (`local`: by an edit of this client). */
+  change: (info: { local: boolean }) => void
+  /** Presence of the others changed. */
+  presence: (others: PresenceEntry[]) => void
+  /** The hub stored these changes of this client. */
+  ack: (hashes: string[]) => void
+  /** The hub refused a sync frame: pending edits were rejected and rolled back. */
+  refused: (error: FlowhubError) => void
+}
+
+interface PendingChange {
+  outcome: EditOutcome
+  resolve: (o: EditOutcome) => void
+  reject: (e: FlowhubError) => void
+}
+
+/** One subscribed flow: the local replica, typed edits, presence. */
+export class Flow extends Emitter<FlowEvents> {
+  readonly document = new FlowDocument()
+  role: Role | undefined
+  subscribed = false
+  /** Resolves once the replica holds the heads the hub announced in `flow_state`. */
+  ready: Promise<void>
+  #readyResolve!: () => void
+  #readyReject!: (e: unknown) => void
+  #isReady = false
+  #target: string[] = []
+  #sync: A.SyncState = A.initSyncState()
+  #pending = new Map<string, PendingChange>()
+  #presence = new Map<string, PresenceEntry>()
+  #own: { cursor?: Cursor; selection?: string[]; color?: string } = {}
+
+  constructor(
+    private readonly client: FlowhubClient,
+    readonly flowId: string,
+  ) {
+    super()
+    this.ready = this.#newReady()
+  }
+
+  #newReady(): Promise<void> {
+    const p = new Promise<void>((resolve, reject) => {
+      this.#readyResolve = resolve
+      this.#readyReject = reject
+    })
+    p.catch(() => {})
+    return p
+  }
+
+  /** The flow as plain data (dangling edges omitted). */
+  snapshot(): FlowSnapshot {
+    return this.document.snapshot()
+  }
+
+  /** The Automerge document (read-only: edit through the typed methods). */
+  get doc(): A.Doc<unknown> {
+    return this.document.doc
+  }
+
+  heads(): string[] {
+    return this.document.heads()
+  }
+
+  /** Hashes of this client's changes the hub has not acknowledged yet. */
+  pendingChanges(): string[] {
+    return [...this.#pending.keys()]
+  }
+
+  // ---- typed edits (mirroring the Rust FlowDoc API) -------------------------------
+  // Each applies locally at once and returns a promise that resolves when the hub
+  // stored the change and rejects (after a rollback) when the hub refuses it. An edit
+  // that is invalid locally throws a FlowEditError synchronously.
+
+  setName(name: string): PendingEdit {
+    return this.#apply((d) => d.setName(name))
+  }
+
+  addNode(node: NewNode): PendingEdit {
+    return this.#apply((d) => d.addNode(node))
+  }
+
+  moveNode(id: string, to: Position): PendingEdit {
+    return this.#apply((d) => d.moveNode(id, to))
+  }
+
+  relabelNode(id: string, label: string): PendingEdit {
+    return this.#apply((d) => d.relabelNode(id, label))
+  }
+
+  configureNode(id: string, key: string, value: JsonValue): PendingEdit {
+    return this.#apply((d) => d.configureNode(id, key, value))
+  }
+
+  deleteNode(id: string): PendingEdit {
+    return this.#apply((d) => d.deleteNode(id))
+  }
+
+  connect(source: Endpoint, target: Endpoint, id?: string): PendingEdit {
+    return this.#apply((d) => d.connect(source, target, id))
+  }
+
+  disconnect(edgeId: string): PendingEdit {
+    return this.#apply((d) => d.disconnect(edgeId))
+  }
+
+  /**
+   * A raw Automerge change, bypassing the typed edits' checks (the hub still validates
+   * it). For tools and tests; the schema is in docs/PROTOCOL.md.
+   */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  unsafeChange(fn: (doc: any) => void): PendingEdit {
+    return this.#apply((d) => {
+      const before = new Set(A.getHeads(d.doc))
+      d.doc = A.change(d.doc, fn)
+      const hash = A.getHeads(d.doc).find((h) => !before.has(h))
+      if (!hash) throw new Error("the change made no ops")
+      return { hash }
+    })
+  }
+
+  #apply(edit: (d: FlowDocument) => EditOutcome): PendingEdit {
+    const outcome = edit(this.document)
+    let entry!: PendingChange
+    const p = new Promise<EditOutcome>((resolve, reject) => {
+      entry = { outcome, resolve, reject }
+    })
+    // The verdict is also reported by the `refused` event; a caller that ignores the
+    // promise must not cause an unhandled rejection.
+    p.catch(() => {})
+    this.#pending.set(outcome.hash, entry)
+    this.emit("change", { local: true })
+    this.#flush()
+    return Object.assign(p, outcome)
+  }
+
+  // ---- presence ------------------------------------------------------------------
+
+  /** Everyone else present in the flow (this session excluded). */
+  others(): PresenceEntry[] {
+    const me = this.client.connected ? this.client.sessionId : undefined
+    return [...this.#presence.values()].filter((e) => e.session_id !== me)
+  }
+
+  /** Everyone present, this session included. */
+  presence(): PresenceEntry[] {
+    return [...this.#presence.values()]
+  }
+
+  /** Sends own cursor, selection and/or colour (fields left out keep their value). */
+  setPresence(p: { cursor?: Cursor; selection?: string[]; color?: string }): void {
+    this.#own = { ...this.#own, ...p }
+    if (this.subscribed) this.client.sendMessage({ type: "presence", flow_id: this.flowId, ...p })
+  }
+
+  /** Leaves the flow. Pending edits stay in the hub's hands but are no longer tracked. */
+  async close(): Promise<void> {
+    this.client.forgetFlow(this.flowId)
+    const wasSubscribed = this.subscribed
+    this.subscribed = false
+    for (const p of this.#pending.values()) p.reject(new FlowhubError("closed", "flow closed before the ack", this.flowId))
+    this.#pending.clear()
+    if (wasSubscribed) await this.client.request({ type: "unsubscribe_flow", flow_id: this.flowId }).catch(() => {})
+  }
+
+  // ---- protocol handlers (called by the client) ----------------------------------
+
+  beforeSubscribe() {
+    // One sync state per subscription, fresh on every subscribe.
+    this.#sync = A.initSyncState()
+  }
+
+  onFlowState(role: Role, heads: string[]) {
+    this.role = role
+    this.subscribed = true
+    this.#target = heads
+    this.#flush()
+    this.#checkReady()
+    if (this.#own.cursor || this.#own.selection || this.#own.color) {
+      this.client.sendMessage({ type: "presence", flow_id: this.flowId, ...this.#own })
+    }
+  }
+
+  failSubscription(e: unknown) {
+    this.subscribed = false
+    if (!this.#isReady) this.#readyReject(e)
+  }
+
+  onDisconnect() {
+    this.subscribed = false
+    this.#presence.clear()
+  }
+
+  onSyncMessage(payload: Uint8Array) {
+    if (!this.subscribed) return
+    const before = this.document.heads().join()
+    const [doc, sync] = A.receiveSyncMessage(this.document.doc, this.#sync, payload)
+    this.document.doc = doc
+    this.#sync = sync
+    this.#flush()
+    if (this.document.heads().join() !== before) this.emit("change", { local: false })
+    this.#checkReady()
+  }
+
+  onAck(hashes: string[]) {
+    const done: string[] = []
+    for (const h of hashes) {
+      const p = this.#pending.get(h)
+      if (p) {
+        this.#pending.delete(h)
+        p.resolve(p.outcome)
+        done.push(h)
+      }
+    }
+    if (done.length > 0) this.emit("ack", done)
+  }
+
+  /**
+   * The hub refused a sync frame: it stored nothing from it and reset its sync state.
+   * Every pending edit is rejected, the replica is rebuilt without them (and without
+   * anything built on them), and a fresh sync starts so the hub resends what we lack.
+   */
+  onRefused(err: FlowhubError) {
+    const pending = [...this.#pending.values()]
+    this.#pending.clear()
+    if (pending.length > 0) {
+      const drop = new Set(pending.map((p) => p.outcome.hash))
+      const keep: A.Change[] = []
+      for (const change of A.getAllChanges(this.document.doc)) {
+        const decoded = A.decodeChange(change)
+        if (drop.has(decoded.hash!) || decoded.deps.some((d) => drop.has(d))) {
+          drop.add(decoded.hash!)
+          continue
+        }
+        keep.push(change)
+      }
+      // A fresh actor: the dropped changes used sequence numbers of the old one.
+      const [rebuilt] = A.applyChanges(A.init<unknown>(), keep)
+      this.document.doc = rebuilt
+      for (const p of pending) p.reject(err)
+    }
+    this.#sync = A.initSyncState()
+    this.emit("refused", err)
+    if (pending.length > 0) this.emit("change", { local: false })
+    this.#flush()
+  }
+
+  onPresenceState(peers: PresenceEntry[]) {
+    this.#presence.clear()
+    for (const p of peers) this.#presence.set(p.session_id, p)
+    this.emit("presence", this.others())
+  }
+
+  onPresenceDiff(joined: PresenceEntry[], updated: PresenceEntry[], left: string[]) {
+    for (const p of [...joined, ...updated]) this.#presence.set(p.session_id, p)
+    for (const id of left) this.#presence.delete(id)
+    this.emit("presence", this.others())
+  }
+
+  /** Sends whatever the sync protocol says the hub still needs. */
+  #flush() {
+    if (!this.subscribed) return
+    for (let i = 0; i < MAX_SYNC_MESSAGES_PER_ROUND; i++) {
+      const [sync, msg] = A.generateSyncMessage(this.document.doc, this.#sync)
+      this.#sync = sync
+      if (!msg) break
+      if (!this.client.sendBinary(encodeSyncFrame(this.flowId, msg))) break
+    }
+  }
+
+  #checkReady() {
+    if (this.#isReady || !this.subscribed) return
+    if (A.hasHeads(this.document.doc, this.#target) && this.document.isLoaded()) {
+      this.#isReady = true
+      this.#readyResolve()
+    }
+  }
+}
+
+type RunEvents = {
+  /** `run_state` (first subscribe and every resubscribe). */
+  state: (run: RunSnapshot) => void
+  /** A new event, in sequence order, never repeated. */
+  event: (event: RunEvent, run: RunSnapshot) => void
+  /** The hub asked to resume after `seq` (the watcher fell behind). */
+  resume: (seq: number) => void
+}
+
+/** A watched run: the folded state and the event stream. */
+export class RunWatch extends Emitter<RunEvents> {
+  /** The last event seq received (events are delivered after it, never twice). */
+  lastSeq: number
+  /** The run's state: the last `run_state` with every later event folded in. */
+  run: RunSnapshot | undefined
+
+  constructor(
+    private readonly client: FlowhubClient,
+    readonly runId: string,
+    sinceSeq: number,
+  ) {
+    super()
+    this.lastSeq = sinceSeq
+  }
+
+  onRunState(run: RunSnapshot) {
+    this.run = run
+    this.emit("state", run)
+  }
+
+  onEvent(event: RunEvent) {
+    if (event.seq <= this.lastSeq) return
+    this.lastSeq = event.seq
+    if (this.run && event.seq > this.run.lastSeq) applyRunEvent(this.run, event)
+    this.emit("event", event, this.run!)
+  }
+
+  onResumeFrom(seq: number) {
+    this.emit("resume", seq)
+    // Everything up to `seq` was queued to us before this message and has arrived, so
+    // `lastSeq` is `seq`; resubscribing after `lastSeq` leaves no gap either way.
+    this.client.resumeRun(this)
+  }
+
+  /** Stops watching. */
+  async close(): Promise<void> {
+    this.client.forgetRun(this.runId)
+    await this.client.request({ type: "unsubscribe_run", run_id: this.runId }).catch(() => {})
+  }
+}

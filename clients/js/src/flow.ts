@@ -1,0 +1,506 @@
+// The flow document on Automerge, in JavaScript: typed edits that write exactly what
+// the Rust `FlowDoc` writes (crdt/src/edit.rs), and the same tolerant, deterministic
+// read view (crdt/src/view.rs). Sans-IO: no sockets, no timers.
+//
+// Two rules keep JS replicas compatible with the hub's schema:
+// - strings are written as Automerge *scalar* strings (`ImmutableString`), never as
+//   collaborative text objects (the Automerge 3 default for JS strings);
+// - coordinates are `f64` scalars written into a *new* position map per move.
+//
+// A replica starts from an empty document and never creates the root maps itself:
+// the first sync from the hub brings the shared genesis change (crdt/src/genesis.rs).
+
+import * as A from "@automerge/automerge"
+
+/** Maximum lengths and depth of the schema (crdt/src/schema.rs, crdt/src/json.rs). */
+export const MAX_KIND_LEN = 64
+export const MAX_LABEL_LEN = 1000
+export const MAX_ID_LEN = 128
+export const MAX_CONFIG_DEPTH = 32
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue }
+export type JsonObject = { [key: string]: JsonValue }
+
+export interface Position {
+  x: number
+  y: number
+}
+
+export interface Endpoint {
+  node: string
+  port: string
+}
+
+export interface FlowNode {
+  id: string
+  kind: string
+  label: string
+  position: Position
+  config: JsonObject
+}
+
+export interface FlowEdge {
+  id: string
+  source: Endpoint
+  target: Endpoint
+}
+
+export interface FlowSnapshot {
+  name: string
+  nodes: Record<string, FlowNode>
+  edges: Record<string, FlowEdge>
+}
+
+export interface NewNode {
+  /** Explicit id; generated (`n<actor>-<k>`) when omitted. */
+  id?: string
+  kind: string
+  label: string
+  position: Position
+  config?: JsonObject
+}
+
+export type FlowEditErrorCode =
+  | "not_loaded"
+  | "invalid_edit"
+  | "node_not_found"
+  | "edge_not_found"
+  | "duplicate_id"
+
+/** A typed edit refused locally, before anything was written. */
+export class FlowEditError extends Error {
+  constructor(
+    readonly code: FlowEditErrorCode,
+    message: string,
+  ) {
+    super(message)
+    this.name = "FlowEditError"
+  }
+}
+
+// Loose view of the Automerge proxy: the schema is enforced by the typed edits.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyDoc = any
+
+/** `parent/key`, JSON-Pointer escaped like crdt/src/schema.rs `join`. */
+function join(parent: string, key: string): string {
+  const k = key.includes("/") || key.includes("~") ? key.replace(/~/g, "~0").replace(/\//g, "~1") : key
+  return parent === "" ? k : `${parent}/${k}`
+}
+
+function charCount(s: string): number {
+  let n = 0
+  for (const _ of s) n++
+  return n
+}
+
+function checkId(path: string, id: string) {
+  const len = charCount(id)
+  if (len === 0 || len > MAX_ID_LEN) throw new FlowEditError("invalid_edit", `${path}: id must be 1..=${MAX_ID_LEN} chars`)
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(id)) {
+    throw new FlowEditError("invalid_edit", `${path}: id must not contain control characters`)
+  }
+}
+
+function checkKind(path: string, kind: string) {
+  if (!/^[a-z0-9_.-]{1,64}$/.test(kind)) {
+    throw new FlowEditError("invalid_edit", `${path}: kind must be 1..=${MAX_KIND_LEN} chars of [a-z0-9_.-]`)
+  }
+}
+
+function checkLabel(path: string, label: string) {
+  if (typeof label !== "string") throw new FlowEditError("invalid_edit", `${path}: expected string`)
+  if (charCount(label) > MAX_LABEL_LEN) {
+    throw new FlowEditError("invalid_edit", `${path}: must be at most ${MAX_LABEL_LEN} chars`)
+  }
+}
+
+function checkPosition(nodePath: string, p: Position) {
+  const path = join(nodePath, "position")
+  for (const k of ["x", "y"] as const) {
+    if (typeof p?.[k] !== "number" || !Number.isFinite(p[k])) {
+      throw new FlowEditError("invalid_edit", `${join(path, k)}: must be a finite number`)
+    }
+  }
+}
+
+/** Container nesting depth of a JSON value (scalars 0, `{}` 1). */
+function jsonDepth(value: JsonValue): number {
+  let max = 0
+  const stack: [JsonValue, number][] = [[value, 0]]
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!
+    if (Array.isArray(v)) {
+      max = Math.max(max, depth + 1)
+      for (const c of v) stack.push([c, depth + 1])
+    } else if (v !== null && typeof v === "object") {
+      max = Math.max(max, depth + 1)
+      for (const c of Object.values(v)) stack.push([c, depth + 1])
+    } else {
+      if (typeof v === "number" && !Number.isFinite(v)) {
+        throw new FlowEditError("invalid_edit", "config numbers must be finite")
+      }
+      max = Math.max(max, depth)
+    }
+  }
+  return max
+}
+
+function checkConfigValue(path: string, value: JsonValue, base: number) {
+  if (base + jsonDepth(value) > MAX_CONFIG_DEPTH) {
+    throw new FlowEditError("invalid_edit", `${path}: nested deeper than ${MAX_CONFIG_DEPTH} levels`)
+  }
+}
+
+/** A JSON scalar as the Automerge value the Rust side writes (json.rs `json_scalar`). */
+function scalar(value: JsonValue): unknown {
+  if (typeof value === "string") return new A.ImmutableString(value)
+  // Numbers stay plain: Automerge stores integral numbers as `int` and the others as
+  // `f64`, like the Rust side (json.rs `number_scalar`). (`A.Int`/`A.Float64` wrappers
+  // are only honoured by direct map assignment, not by list inserts.)
+  return value // boolean, null
+}
+
+/**
+ * Puts `value` at `key` of the Automerge map proxy `obj`, creating nested maps and
+ * lists the way crdt/src/json.rs `put_value` does. Containers are created empty and
+ * filled key by key: typed scalars (`Float64`, `Int`) are only honoured by direct
+ * assignment, not inside object literals.
+ */
+function putValue(obj: AnyDoc, key: string, value: JsonValue) {
+  if (Array.isArray(value)) {
+    obj[key] = []
+    const list = obj[key]
+    value.forEach((item, i) => insertItem(list, i, item))
+  } else if (value !== null && typeof value === "object") {
+    obj[key] = {}
+    const child = obj[key]
+    for (const [k, v] of Object.entries(value)) putValue(child, k, v)
+  } else {
+    obj[key] = scalar(value)
+  }
+}
+
+function insertItem(list: AnyDoc, index: number, value: JsonValue) {
+  if (Array.isArray(value)) {
+    A.insertAt(list, index, [])
+    const child = list[index]
+    value.forEach((item, i) => insertItem(child, i, item))
+  } else if (value !== null && typeof value === "object") {
+    A.insertAt(list, index, {})
+    const child = list[index]
+    for (const [k, v] of Object.entries(value)) putValue(child, k, v)
+  } else {
+    A.insertAt(list, index, scalar(value))
+  }
+}
+
+function putPosition(node: AnyDoc, p: Position) {
+  // A fresh map per move: concurrent moves conflict on the one `position` key and
+  // every replica settles on one writer's whole (x, y) pair.
+  node.position = {}
+  node.position.x = new A.Float64(p.x)
+  node.position.y = new A.Float64(p.y)
+}
+
+// ---- reading -------------------------------------------------------------------
+
+function strOf(v: unknown): string | undefined {
+  return A.isImmutableString(v) ? (v as A.ImmutableString).val : undefined
+}
+
+function numberOf(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) ? v : undefined
+}
+
+function isMap(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof Uint8Array) &&
+    !A.isImmutableString(v) && !A.isCounter(v) && !(v instanceof Date)
+}
+
+/** Tolerant read of a config value (json.rs `read_value`). */
+function readValue(v: unknown, depth: number): JsonValue | undefined {
+  if (v === null) return null
+  if (typeof v === "boolean") return v
+  if (typeof v === "number") return Number.isFinite(v) ? v : undefined
+  if (typeof v === "string") return v // a text object
+  if (A.isImmutableString(v)) return (v as A.ImmutableString).val
+  if (A.isCounter(v)) return (v as A.Counter).value
+  if (v instanceof Date) return v.getTime()
+  if (v instanceof Uint8Array) return undefined
+  if (depth >= MAX_CONFIG_DEPTH) return undefined
+  if (Array.isArray(v)) return v.map((item) => readValue(item, depth + 1) ?? null)
+  if (isMap(v)) return readMap(v, depth + 1)
+  return undefined
+}
+
+function readMap(obj: Record<string, unknown>, depth: number): JsonObject {
+  const out: JsonObject = {}
+  for (const key of Object.keys(obj).sort()) {
+    const v = readValue(obj[key], depth)
+    if (v !== undefined) out[key] = v
+  }
+  return out
+}
+
+function readNode(id: string, obj: Record<string, unknown>): FlowNode | undefined {
+  const kind = strOf(obj.kind)
+  const label = strOf(obj.label)
+  const pos = obj.position
+  const config = obj.config
+  if (kind === undefined || label === undefined || !isMap(pos) || !isMap(config)) return undefined
+  const x = numberOf(pos.x)
+  const y = numberOf(pos.y)
+  if (x === undefined || y === undefined) return undefined
+  return { id, kind, label, position: { x, y }, config: readMap(config, 1) }
+}
+
+function readEdge(id: string, obj: Record<string, unknown>): FlowEdge | undefined {
+  const source = strOf(obj.source)
+  const sourcePort = strOf(obj.source_port)
+  const target = strOf(obj.target)
+  const targetPort = strOf(obj.target_port)
+  if (source === undefined || sourcePort === undefined || target === undefined || targetPort === undefined) {
+    return undefined
+  }
+  return { id, source: { node: source, port: sourcePort }, target: { node: target, port: targetPort } }
+}
+
+/** The read view of a flow document: malformed entries skipped, dangling edges omitted. */
+export function snapshotOf(doc: A.Doc<unknown>): FlowSnapshot {
+  const d = doc as AnyDoc
+  const name = strOf(d?.name) ?? ""
+  const nodes: Record<string, FlowNode> = {}
+  if (isMap(d?.nodes)) {
+    for (const id of Object.keys(d.nodes).sort()) {
+      const obj = d.nodes[id]
+      if (!isMap(obj)) continue
+      const node = readNode(id, obj)
+      if (node) nodes[id] = node
+    }
+  }
+  const edges: Record<string, FlowEdge> = {}
+  if (isMap(d?.edges)) {
+    for (const id of Object.keys(d.edges).sort()) {
+      const obj = d.edges[id]
+      if (!isMap(obj)) continue
+      const edge = readEdge(id, obj)
+      if (edge && nodes[edge.source.node] && nodes[edge.target.node]) edges[id] = edge
+    }
+  }
+  return { name, nodes, edges }
+}
+
+// ---- the replica -----------------------------------------------------------------
+
+/** What one typed edit did. */
+export interface EditOutcome {
+  /** The id of the node or edge the edit created or concerns (absent for setName). */
+  id?: string
+  /** Hex hash of the one Automerge change the edit made. */
+  hash: string
+}
+
+/**
+ * A flow's Automerge document with the typed edits of the Rust `FlowDoc`. Every edit
+ * validates its input first and commits exactly one change (an empty change when the
+ * edit changes nothing, like the Rust side), returning its hash.
+ */
+export class FlowDocument {
+  doc: A.Doc<unknown>
+  #nextId = 0
+
+  constructor(doc?: A.Doc<unknown>) {
+    this.doc = doc ?? A.init()
+  }
+
+  heads(): string[] {
+    return A.getHeads(this.doc)
+  }
+
+  actorId(): string {
+    return A.getActorId(this.doc)
+  }
+
+  /** Whether the genesis (root maps) has arrived from the hub. */
+  isLoaded(): boolean {
+    const d = this.doc as AnyDoc
+    return isMap(d.nodes) && isMap(d.edges)
+  }
+
+  snapshot(): FlowSnapshot {
+    return snapshotOf(this.doc)
+  }
+
+  node(id: string): FlowNode | undefined {
+    const d = this.doc as AnyDoc
+    const obj = isMap(d.nodes) ? d.nodes[id] : undefined
+    return isMap(obj) ? readNode(id, obj) : undefined
+  }
+
+  setName(name: string): EditOutcome {
+    checkLabel("name", name)
+    this.#requireLoaded()
+    return { hash: this.#edit((d) => (d.name = new A.ImmutableString(name))) }
+  }
+
+  addNode(node: NewNode): EditOutcome {
+    this.#requireLoaded()
+    const nodes = (this.doc as AnyDoc).nodes
+    let id: string
+    if (node.id !== undefined) {
+      id = node.id
+      checkId(join("nodes", id), id)
+      if (nodes[id] !== undefined) throw new FlowEditError("duplicate_id", `duplicate id: ${id}`)
+    } else {
+      id = this.#freshId("n", nodes)
+    }
+    const path = join("nodes", id)
+    checkKind(join(path, "kind"), node.kind)
+    checkLabel(join(path, "label"), node.label)
+    checkPosition(path, node.position)
+    const config = node.config ?? {}
+    if (config === null || typeof config !== "object" || Array.isArray(config)) {
+      throw new FlowEditError("invalid_edit", "config must be an object")
+    }
+    checkConfigValue(join(path, "config"), config, 0)
+    const hash = this.#edit((d) => {
+      d.nodes[id] = {}
+      const obj = d.nodes[id]
+      obj.kind = new A.ImmutableString(node.kind)
+      obj.label = new A.ImmutableString(node.label)
+      putPosition(obj, node.position)
+      putValue(obj, "config", config)
+    })
+    return { id, hash }
+  }
+
+  moveNode(id: string, to: Position): EditOutcome {
+    this.#requireNode(id)
+    checkPosition(join("nodes", id), to)
+    return { id, hash: this.#edit((d) => putPosition(d.nodes[id], to)) }
+  }
+
+  relabelNode(id: string, label: string): EditOutcome {
+    this.#requireNode(id)
+    checkLabel(join(join("nodes", id), "label"), label)
+    return { id, hash: this.#edit((d) => (d.nodes[id].label = new A.ImmutableString(label))) }
+  }
+
+  /** Sets one key of a node's config to a (possibly nested) JSON value. */
+  configureNode(id: string, key: string, value: JsonValue): EditOutcome {
+    const node = this.#requireNode(id)
+    const path = join(join("nodes", id), "config")
+    if (!isMap(node.config)) throw new FlowEditError("invalid_edit", `${path}: not a map`)
+    checkConfigValue(join(path, key), value, 1)
+    return { id, hash: this.#edit((d) => putValue(d.nodes[id].config, key, value)) }
+  }
+
+  /** Deletes a node and, in the same change, every edge touching it. */
+  deleteNode(id: string): EditOutcome {
+    this.#requireNode(id)
+    const edges = (this.doc as AnyDoc).edges
+    const touching = Object.keys(edges).filter((e) => {
+      const obj = edges[e]
+      if (!isMap(obj)) return false
+      return strOf(obj.source) === id || strOf(obj.target) === id
+    })
+    const hash = this.#edit((d) => {
+      for (const e of touching) delete d.edges[e]
+      delete d.nodes[id]
+    })
+    return { id, hash }
+  }
+
+  connect(source: Endpoint, target: Endpoint, id?: string): EditOutcome {
+    this.#requireNode(source.node)
+    this.#requireNode(target.node)
+    const edges = (this.doc as AnyDoc).edges
+    let edgeId: string
+    if (id !== undefined) {
+      edgeId = id
+      checkId(join("edges", id), id)
+      if (edges[id] !== undefined) throw new FlowEditError("duplicate_id", `duplicate id: ${id}`)
+    } else {
+      edgeId = this.#freshId("e", edges)
+    }
+    const hash = this.#edit((d) => {
+      d.edges[edgeId] = {}
+      const obj = d.edges[edgeId]
+      obj.source = new A.ImmutableString(source.node)
+      obj.source_port = new A.ImmutableString(source.port)
+      obj.target = new A.ImmutableString(target.node)
+      obj.target_port = new A.ImmutableString(target.port)
+    })
+    return { id: edgeId, hash }
+  }
+
+  disconnect(edgeId: string): EditOutcome {
+    this.#requireLoaded()
+    const edges = (this.doc as AnyDoc).edges
+    if (!isMap(edges[edgeId])) throw new FlowEditError("edge_not_found", `edge not found: ${edgeId}`)
+    return { id: edgeId, hash: this.#edit((d) => delete d.edges[edgeId]) }
+  }
+
+  /** Ids of edges whose source or target node no longer exists. */
+  danglingEdges(): string[] {
+    if (!this.isLoaded()) return []
+    const d = this.doc as AnyDoc
+    const has = (n: string | undefined) => n !== undefined && d.nodes[n] !== undefined
+    return Object.keys(d.edges).filter((e) => {
+      const obj = d.edges[e]
+      if (!isMap(obj)) return false
+      const s = strOf(obj.source)
+      const t = strOf(obj.target)
+      return (s !== undefined && !has(s)) || (t !== undefined && !has(t))
+    })
+  }
+
+  /** Deletes every dangling edge in one change; `undefined` when there is none. */
+  repair(): EditOutcome | undefined {
+    const dangling = this.danglingEdges()
+    if (dangling.length === 0) return undefined
+    return {
+      hash: this.#edit((d) => {
+        for (const e of dangling) delete d.edges[e]
+      }),
+    }
+  }
+
+  #requireLoaded() {
+    if (!this.isLoaded()) {
+      throw new FlowEditError("not_loaded", "the flow has not been loaded from the hub yet (root maps missing)")
+    }
+  }
+
+  #requireNode(id: string): AnyDoc {
+    this.#requireLoaded()
+    const obj = (this.doc as AnyDoc).nodes[id]
+    if (!isMap(obj)) throw new FlowEditError("node_not_found", `node not found: ${id}`)
+    return obj
+  }
+
+  #freshId(prefix: string, map: Record<string, unknown>): string {
+    const actor = this.actorId().slice(0, 12)
+    for (;;) {
+      this.#nextId += 1
+      const id = `${prefix}${actor}-${this.#nextId}`
+      if (map[id] === undefined) return id
+    }
+  }
+
+  /** Runs `f` as exactly one change and returns its hash. */
+  #edit(f: (d: AnyDoc) => void): string {
+    const before = new Set(A.getHeads(this.doc))
+    let next = A.change(this.doc, (d) => f(d as AnyDoc))
+    if (A.getHeads(next).every((h) => before.has(h))) {
+      // Automerge drops puts of the value already there; commit an empty change
+      // anyway so that every typed edit yields exactly one change (to ack).
+      next = A.emptyChange(next)
+    }
+    this.doc = next
+    const added = A.getHeads(next).filter((h) => !before.has(h))
+    return added[0]
+  }
+}

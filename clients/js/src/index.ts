@@ -1,0 +1,18 @@
+export { FlowhubClient, Flow, RunWatch, FlowhubError } from "./client.js"
+export type { ConnectOptions, PendingEdit, Welcome, WebSocketCtor, WebSocketLike } from "./client.js"
+export { FlowDocument, FlowEditError, snapshotOf, MAX_CONFIG_DEPTH, MAX_ID_LEN, MAX_KIND_LEN, MAX_LABEL_LEN } from "./flow.js"
+export type {
+  EditOutcome,
+  Endpoint,
+  FlowEdge,
+  FlowEditErrorCode,
+  FlowNode,
+  FlowSnapshot,
+  JsonObject,
+  JsonValue,
+  NewNode,
+  Position,
+} from "./flow.js"
+export * from "./protocol.js"
+export { applyRunEvent, newRunSnapshot, MAX_RUN_LOGS } from "./runs.js"
+export { flowDocumentId, flowAutomergeUrl, flowIdOfDocumentId, base58checkEncode, base58checkDecode } from "./docid.js"

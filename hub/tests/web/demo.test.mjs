@@ -1,0 +1,260 @@
+// The demo page in two browsers (Alice and Bob) against a real hub process:
+// a drag in one page moves the node in the other, a node added in one appears in the
+// other, Alice's cursor and name show in Bob's page, a simulated run colours the nodes
+// in both. Asserts on the DOM; screenshots go to target/web/. Also measures the time
+// from a drag in page A to the move painted in page B (p50 over 100 drags).
+//
+// Needs target/debug/flowhub (cargo build -p flowhub) and Chromium at /usr/bin/chromium
+// (or CHROMIUM=/path). Run by scripts/web-test.sh.
+
+import { spawn } from "node:child_process"
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { dirname, join, resolve } from "node:path"
+import { after, before, test } from "node:test"
+import assert from "node:assert/strict"
+import { fileURLToPath } from "node:url"
+
+import { chromium } from "playwright-core"
+
+const here = dirname(fileURLToPath(import.meta.url))
+const root = resolve(here, "../../..")
+const target = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target")
+const shots = join(target, "web")
+const DRAGS = Number(process.env.DRAGS ?? 100)
+
+let hub
+let browser
+let base
+let dataDir
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer()
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address()
+      srv.close(() => res(port))
+    })
+    srv.on("error", rej)
+  })
+}
+
+// Unref'd: a pending sleep must not keep the test process alive.
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms).unref())
+
+before(async () => {
+  const bin = join(target, "debug", "flowhub")
+  assert.ok(existsSync(bin), `${bin} is missing: cargo build -p flowhub`)
+  const port = await freePort()
+  dataDir = mkdtempSync(join(tmpdir(), "flowhub-web-"))
+  base = `http://127.0.0.1:${port}`
+  // The embedded default (no database URL): the dev endpoints are on.
+  const env = { ...process.env, FLOWHUB_LISTEN: `127.0.0.1:${port}`, FLOWHUB_DATA_DIR: dataDir, RUST_LOG: "warn" }
+  delete env.FLOWHUB_DATABASE_URL
+  delete env.FLOWHUB_JWT_SECRET
+  hub = spawn(bin, ["serve"], { env, stdio: ["ignore", "ignore", "inherit"] })
+  for (let i = 0; ; i++) {
+    try {
+      if ((await fetch(`${base}/readyz`)).ok) break
+    } catch {}
+    assert.ok(i < 600 && hub.exitCode === null, "hub did not become ready")
+    await sleep(50)
+  }
+  mkdirSync(shots, { recursive: true })
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      // Two pages render side by side: neither may be throttled as "in the background".
+      "--disable-background-timer-throttling",
+      "--disable-renderer-backgrounding",
+      "--disable-backgrounding-occluded-windows",
+    ],
+  })
+})
+
+after(async () => {
+  await browser?.close()
+  if (hub && hub.exitCode === null) {
+    const exited = new Promise((r) => hub.once("exit", r))
+    hub.kill("SIGTERM")
+    await Promise.race([exited, sleep(10_000)])
+    if (hub.exitCode === null) hub.kill("SIGKILL")
+  }
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true })
+})
+
+async function openAs(name, flow) {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 820 } })
+  const page = await context.newPage()
+  page.on("pageerror", (e) => console.error(`[${name}] page error:`, e))
+  page.on("console", (m) => {
+    if (m.type() === "error") console.error(`[${name}] console:`, m.text())
+  })
+  await page.goto(`${base}/?flow=${flow}&name=${encodeURIComponent(name)}`)
+  await page.waitForSelector("body[data-ready=true]", { timeout: 20_000 })
+  return page
+}
+
+const node = (page, id) => page.locator(`g.node[data-node-id="${id}"]`)
+
+async function nodePos(page, id) {
+  const el = node(page, id)
+  return { x: Number(await el.getAttribute("data-x")), y: Number(await el.getAttribute("data-y")) }
+}
+
+/** Drags node `id` in `page` so that its top-left ends at (x, y). */
+async function dragTo(page, id, x, y, steps = 2) {
+  const box = await node(page, id).locator("rect.body").boundingBox()
+  const from = await nodePos(page, id)
+  const grabX = box.x + 40
+  const grabY = box.y + 40
+  await page.mouse.move(grabX, grabY)
+  await page.mouse.down()
+  await page.mouse.move(grabX + (x - from.x), grabY + (y - from.y), { steps })
+  await page.mouse.up()
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+
+test("two users co-edit the demo flow in two browsers", { timeout: 240_000 }, async () => {
+  const a = await openAs("Alice", "demo")
+  const b = await openAs("Bob", "demo")
+
+  // Both pages show the sample flow (seeded by whichever page came first).
+  for (const page of [a, b]) {
+    await page.waitForFunction(() => document.querySelectorAll("g.node").length === 6)
+    await page.waitForFunction(() => document.querySelectorAll("path.edge[d]").length === 5)
+    assert.equal(await page.inputValue("#flow-name"), "Order pipeline")
+    assert.equal(await node(page, "fetch-customer").getAttribute("data-label"), "Fetch customer")
+  }
+  await a.screenshot({ path: join(shots, "01-alice-start.png") })
+
+  // A node dragged in A moves in B.
+  const before = await nodePos(b, "fetch-customer")
+  await dragTo(a, "fetch-customer", before.x + 20, before.y + 160, 8)
+  const moved = await nodePos(a, "fetch-customer")
+  assert.deepEqual(moved, { x: before.x + 20, y: before.y + 160 })
+  await b.waitForFunction(
+    ([x, y]) => {
+      const g = document.querySelector('g.node[data-node-id="fetch-customer"]')
+      return g && Number(g.dataset.x) === x && Number(g.dataset.y) === y
+    },
+    [moved.x, moved.y],
+  )
+  // The transform on screen matches, and the edges follow.
+  assert.equal(await node(b, "fetch-customer").getAttribute("transform"), `translate(${moved.x} ${moved.y})`)
+
+  // A node added in B appears in A.
+  await b.selectOption("#new-kind", "http")
+  await b.fill("#new-label", "Added by Bob")
+  await b.click("#add-node")
+  const added = a.locator('g.node[data-label="Added by Bob"]')
+  await added.waitFor({ timeout: 10_000 })
+  assert.equal(await added.getAttribute("data-kind"), "http")
+  assert.equal(await a.locator("g.node").count(), 7)
+
+  // Alice's cursor and name are visible in B; her selection too.
+  await a.mouse.move(700, 520)
+  await a.mouse.move(720, 540, { steps: 3 })
+  const cursor = b.locator('.cursor[data-user-name="Alice"]')
+  await cursor.waitFor({ state: "visible", timeout: 10_000 })
+  assert.equal(await cursor.locator(".name").textContent(), "Alice")
+  const svgBox = await a.locator("#canvas").boundingBox()
+  await b.waitForFunction(
+    ([x, y]) => {
+      const el = document.querySelector('.cursor[data-user-name="Alice"]')
+      return el && el.style.transform === `translate(${x}px, ${y}px)`
+    },
+    [Math.round(720 - svgBox.x), Math.round(540 - svgBox.y)],
+  )
+  await b.waitForFunction(() => document.querySelector('g.node[data-node-id="fetch-customer"]')?.dataset.selectedBy === "Alice")
+  assert.ok(await b.locator('#people .person[data-user-name="Alice"]').isVisible())
+  assert.ok(await a.locator('#people .person[data-user-name="Bob"]').isVisible())
+  // The two people wear different colours (the page avoids sharing one).
+  await b.waitForFunction(() => {
+    const dots = [...document.querySelectorAll("#people .person .dot")].map((d) => d.style.background)
+    return dots.length === 2 && dots[0] !== dots[1]
+  })
+  await b.screenshot({ path: join(shots, "02-bob-sees-alice.png") })
+
+  // A simulated run colours the nodes in both pages, live.
+  await a.click("#simulate-run")
+  for (const page of [a, b]) {
+    await page.waitForSelector("g.node.run-running", { timeout: 10_000 })
+  }
+  await b.screenshot({ path: join(shots, "03-bob-run-in-progress.png") })
+  for (const page of [a, b]) {
+    await page.waitForFunction(() => document.querySelector("#run-summary")?.dataset.status === "succeeded", null, { timeout: 30_000 })
+    await page.waitForFunction(() => {
+      const nodes = [...document.querySelectorAll("g.node")]
+      return nodes.length === 7 && nodes.every((g) => g.dataset.runStatus === "succeeded" && g.classList.contains("run-succeeded"))
+    })
+    assert.ok((await page.locator("#run-log li").count()) >= 1 + 7 * 3)
+  }
+  await a.screenshot({ path: join(shots, "04-alice-run-succeeded.png") })
+
+  // A run that fails at the selected node: red there, in both.
+  await node(a, "is-vip").locator("rect.body").click()
+  await a.check("#fail-selected")
+  await a.click("#simulate-run")
+  for (const page of [a, b]) {
+    await page.waitForFunction(() => document.querySelector("#run-summary")?.dataset.status === "failed", null, { timeout: 30_000 })
+    assert.equal(await node(page, "is-vip").getAttribute("data-run-status"), "failed")
+    assert.ok(await node(page, "is-vip").evaluate((g) => g.classList.contains("run-failed")))
+    assert.equal(await node(page, "new-order").getAttribute("data-run-status"), "succeeded")
+  }
+  await b.screenshot({ path: join(shots, "05-bob-run-failed.png") })
+  await a.uncheck("#fail-selected")
+
+  // Drag -> paint latency: page A drags, page B paints; both clocks are the browser's.
+  const latencies = []
+  await a.evaluate(() => (window.flowhubDemo.marks.length = 0))
+  await b.evaluate(() => (window.flowhubDemo.marks.length = 0))
+  for (let i = 0; i < DRAGS; i++) {
+    const x = 600 + (i % 2) * 60
+    const y = 420 + i
+    await dragTo(a, "send-survey", x, y, 2)
+    await b.waitForFunction(
+      ([x, y]) => window.flowhubDemo.marks.some((m) => m.kind === "painted" && m.node === "send-survey" && m.x === x && m.y === y && m.t > 0),
+      [x, y],
+      { timeout: 10_000, polling: 5 },
+    )
+    const sent = await a.evaluate(
+      ([x, y]) => window.flowhubDemo.marks.find((m) => m.kind === "move-sent" && m.node === "send-survey" && m.x === x && m.y === y)?.t,
+      [x, y],
+    )
+    const painted = await b.evaluate(
+      ([x, y]) => window.flowhubDemo.marks.find((m) => m.kind === "painted" && m.node === "send-survey" && m.x === x && m.y === y)?.t,
+      [x, y],
+    )
+    assert.ok(sent && painted, `marks for drag ${i}`)
+    latencies.push(painted - sent)
+  }
+  latencies.sort((p, q) => p - q)
+  const stats = {
+    drags: latencies.length,
+    p50_ms: +percentile(latencies, 50).toFixed(1),
+    p90_ms: +percentile(latencies, 90).toFixed(1),
+    p99_ms: +percentile(latencies, 99).toFixed(1),
+    min_ms: +latencies[0].toFixed(1),
+    max_ms: +latencies[latencies.length - 1].toFixed(1),
+  }
+  console.log(`drag -> paint latency (page A drag to page B paint): ${JSON.stringify(stats)}`)
+  writeFileSync(join(shots, "drag-latency.json"), JSON.stringify(stats, null, 2))
+  await b.screenshot({ path: join(shots, "06-bob-after-drags.png") })
+  const final = await nodePos(a, "send-survey")
+  assert.deepEqual(await nodePos(b, "send-survey"), final)
+  assert.ok(stats.p50_ms < 1000, `drag -> paint p50 ${stats.p50_ms} ms`)
+})
