@@ -84,7 +84,7 @@ fn typed_edits(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            doc.relabel_node("n50", if i % 2 == 0 { "even" } else { "odd" })
+            doc.relabel_node("n50", if i & 1 == 0 { "even" } else { "odd" })
                 .expect("relabel")
         })
     });
@@ -179,6 +179,30 @@ fn batched_edits(c: &mut Criterion) {
                 Ok(())
             })
             .expect("batch")
+        })
+    });
+    group.bench_function("floor_move_100_nodes", |b| {
+        // The bare Automerge ops of `move_100_nodes`, for comparison.
+        let mut flow = big_flow(100);
+        let doc = flow.doc_mut();
+        let nodes = doc.get(ROOT, "nodes").expect("get").expect("nodes").1;
+        let objs: Vec<_> = (0..N)
+            .map(|i| {
+                doc.get(&nodes, format!("n{i}"))
+                    .expect("get")
+                    .expect("node")
+                    .1
+            })
+            .collect();
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            for node in &objs {
+                let pos = doc.put_object(node, "position", ObjType::Map).expect("put");
+                doc.put(&pos, "x", i as f64).expect("put");
+                doc.put(&pos, "y", 1.0).expect("put");
+            }
+            doc.commit()
         })
     });
     group.bench_function("add_100_nodes", |b| {

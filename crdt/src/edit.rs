@@ -128,7 +128,7 @@ impl FlowDoc {
         key: &str,
         value: serde_json::Value,
     ) -> Result<ChangeHash> {
-        Ok(self.batch(|tx| tx.configure_node(id, key, &value))?.1)
+        Ok(self.batch(|tx| tx.configure_node(id, key, value))?.1)
     }
 
     /// Delete a node and, in the same change, every edge touching it, so no
@@ -278,7 +278,7 @@ impl FlowTx<'_> {
     }
 
     /// Set one key of a node's config (see [`FlowDoc::configure_node`]).
-    pub fn configure_node(&mut self, id: &str, key: &str, value: &serde_json::Value) -> Result<()> {
+    pub fn configure_node(&mut self, id: &str, key: &str, value: serde_json::Value) -> Result<()> {
         self.flush_moves()?;
         let obj = self.flow.node_obj(id)?;
         let nodes_path = Path::ROOT.key("nodes");
@@ -286,8 +286,8 @@ impl FlowTx<'_> {
         let path = node_path.key("config");
         let cfg = map_child(&self.flow.doc, &obj, "config")
             .ok_or_else(|| CrdtError::InvalidDocument(format!("{}: not a map", path.render())))?;
-        schema::check_config_value(&path.key(key), value, 1)?;
-        json::put_value(&mut self.flow.doc, &cfg, key, value)?;
+        schema::check_config_value(&path.key(key), &value, 1)?;
+        json::put_value(&mut self.flow.doc, &cfg, key, &value)?;
         Ok(())
     }
 

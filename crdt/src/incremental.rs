@@ -1,8 +1,8 @@
 //! Incremental validation: re-check only what a batch of changes touched.
 //!
-//! Reading an object in automerge 0.12 costs a few microseconds (a seek into
-//! the columnar op store), so validating a 1,000-node flow from scratch takes
-//! milliseconds — too slow to do on every keystroke a hub relays. Instead the
+//! Even in one pass (see the `tree` module), validating a 1,000-node flow from
+//! scratch takes milliseconds — too slow to do on every keystroke a hub
+//! relays. Instead the
 //! guarded receive records Automerge patches while applying a message; each
 //! patch carries its path from the root, which names the node or edge it lands
 //! in. We then re-check the (cheap) root map plus just those entries, in their

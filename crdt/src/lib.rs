@@ -34,15 +34,40 @@
 //! * **Guarded sync** ([`FlowDoc::receive_sync_message_validated`]): the hub
 //!   applies a peer's changes only if the resulting document passes the schema,
 //!   and otherwise restores the document exactly.
+//! * **Batches** ([`FlowDoc::batch`]): any number of typed edits committed as
+//!   one change, all or nothing. Consecutive moves of a node in a batch are
+//!   written once (only the final position is observable), so a drag that
+//!   emits hundreds of moves costs about one move.
+//! * **The past** ([`FlowDoc::to_json_at`], [`FlowDoc::snapshot_at`],
+//!   [`FlowDoc::validate_at`]): the flow as it was at given heads (e.g. the
+//!   graph a run actually ran), read in place without forking;
+//!   [`FlowDoc::at_heads`] makes a detached replica at those heads, and
+//!   [`parse_heads`] reads heads written as hex.
+//!
+//! # Performance (automerge 0.12, one core, release)
+//!
+//! * Reads — [`FlowDoc::snapshot`], [`FlowDoc::to_json`],
+//!   [`FlowDoc::validate`] and their `_at` variants — make one pass over the
+//!   document with automerge's document iterator (see the `tree` module)
+//!   instead of opening each object separately (~3 µs per object): a
+//!   1,000-node flow reads in ~6–8 ms instead of ~16 ms. The iterator itself
+//!   is ~5 ms of that, the floor for a full read through automerge's API.
+//! * Typed edits cost what their Automerge ops cost: inserting one op into
+//!   the columnar op set takes ~5–15 µs (growing with the document) and a
+//!   commit a few µs more, so a move (3 ops) runs at ~25k/s and an add (7
+//!   ops) at ~13k/s. FlowDoc's own share (checks, cached lookups, id
+//!   generation) is a few percent; the `floor` benchmarks measure the bare
+//!   Automerge cost of each edit for comparison.
 //!
 //! # Layout
 //!
 //! * `error` — [`CrdtError`] and the crate [`Result`] alias.
 //! * `model` — plain-data flow types ([`Node`], [`Edge`], [`FlowSnapshot`], [`NewNode`], ...).
 //! * [`genesis`] — the fixed, shared genesis change and why it exists.
-//! * `flow_doc` — the [`FlowDoc`] type, construction and shared plumbing (lookups, id generation, one-change edits).
-//! * `edit` — typed edits (add/move/relabel/configure/delete node, connect/disconnect, repair).
-//! * `view` — the tolerant, deterministic read view (`snapshot`, `node`, `to_json`).
+//! * `flow_doc` — the [`FlowDoc`] type, construction, detached views at heads, and shared plumbing (cached lookups, id generation, one-change edits).
+//! * `edit` — typed edits (add/move/relabel/configure/delete node, connect/disconnect, repair) and [`FlowTx`] batches.
+//! * `tree` — one-pass loading of the visible document (or a subtree) for the readers below.
+//! * `view` — the tolerant, deterministic read view (`snapshot`, `node`, `to_json`, and `_at` variants).
 //! * [`schema`] — the strict schema, [`SchemaError`] and `validate`.
 //! * `json` — nested JSON <-> Automerge map/list conversion for node config.
 //! * `guard` — containing Automerge panics on hostile changes by restoring a snapshot.

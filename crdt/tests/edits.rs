@@ -375,7 +375,7 @@ fn batch_commits_many_edits_as_one_change() {
             let id = tx.add_node(NewNode::new("http", "new", Position::new(0.0, 0.0)))?;
             tx.move_node(&id, Position::new(3.0, 4.0))?;
             tx.relabel_node("a", "A")?;
-            tx.configure_node(&id, "url", &json!("https://x"))?;
+            tx.configure_node(&id, "url", json!("https://x"))?;
             tx.connect(
                 Some("an".into()),
                 Endpoint::new("a", "out"),

@@ -37,10 +37,17 @@ pub fn authenticate(
 /// `GET /v1/flows/{id}`: the flow as JSON for anyone with a role on it. Served by the
 /// open flow actor when there is one (it may hold changes newer than a reload would
 /// give only for an instant), otherwise read from the store without opening the flow.
+#[derive(Debug, Deserialize)]
+pub struct FlowView {
+    /// Comma-separated hex heads: the flow as it was then (a run's pinned heads).
+    pub heads: Option<String>,
+}
+
 pub async fn get_flow(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
     Query(query): Query<TokenQuery>,
+    Query(view): Query<FlowView>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let claims = authenticate(&state, &headers, &query)?;
@@ -49,7 +56,17 @@ pub async fn get_flow(
     if claims.identity().role_for(&flow_id).is_none() {
         return Err(AppError::forbidden("the token grants no role on this flow"));
     }
-    if let Some(actor) = state.registry.get(&flow_id) {
+    let at_heads = match view.heads.as_deref().filter(|h| !h.is_empty()) {
+        Some(list) => {
+            let hex: Vec<&str> = list.split(',').collect();
+            Some(
+                flowhub_crdt::parse_heads(&hex)
+                    .map_err(|e| AppError::bad_request(format!("heads: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    if let (None, Some(actor)) = (&at_heads, state.registry.get(&flow_id)) {
         if let Ok(json) = ractor::call!(actor, FlowMsg::ToJson) {
             return Ok(Json(json));
         }
@@ -65,7 +82,13 @@ pub async fn get_flow(
     let changes: Vec<Vec<u8>> = stored.changes.into_iter().map(|c| c.bytes).collect();
     let mut doc =
         FlowDoc::load_parts(stored.snapshot.as_deref(), &changes).map_err(AppError::internal)?;
-    let mut json = doc.to_json();
+    let mut json = match &at_heads {
+        // Every acknowledged change is in the store, so any heads a run recorded are.
+        Some(heads) => doc
+            .to_json_at(heads)
+            .map_err(|e| AppError::not_found(format!("heads: {e}")))?,
+        None => doc.to_json(),
+    };
     if let Some(obj) = json.as_object_mut() {
         obj.insert("id".into(), flow_id.into());
     }

@@ -74,10 +74,11 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         let (sink, mut stream) = socket.split();
         let mut writer = tokio::spawn(write_loop(sink, out_rx, state.config.ping_interval));
         let mut draining = state.draining.clone();
+        let mut writer_done = false;
         tokio::select! {
             _ = read_loop(&mut stream, &session, &out, state.config.session.max_frame_bytes, state.config.idle_timeout) => {}
             _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
-            _ = &mut writer => {}
+            _ = &mut writer => writer_done = true,
         }
         // Leaving flows happens in the session's post_stop.
         let _ = session.stop_and_wait(None, Some(Duration::from_secs(5))).await;
@@ -90,6 +91,12 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
                 if matches!(msg, Message::Close(_)) {
                     break;
                 }
+            }
+        };
+        let writer = async {
+            // A finished JoinHandle must not be polled again.
+            if !writer_done {
+                let _ = writer.await;
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), async { tokio::join!(drain, writer) }).await;

@@ -63,6 +63,9 @@ pub enum Command {
     /// testing the convergence check).
     #[command(hide = true)]
     Proxy(ProxyArgs),
+    /// The baseline broadcast server, run by `--baseline` as a child process.
+    #[command(hide = true)]
+    BaselineServer(BaselineServerArgs),
 }
 
 impl Command {
@@ -74,6 +77,7 @@ impl Command {
             Command::Watch { .. } => "watch",
             Command::Mixed { .. } => "mixed",
             Command::Proxy(_) => "proxy",
+            Command::BaselineServer(_) => "baseline-server",
         }
     }
 
@@ -85,7 +89,7 @@ impl Command {
             | Command::Idle { common, .. }
             | Command::Watch { common, .. }
             | Command::Mixed { common, .. } => Some(common),
-            Command::Proxy(_) => None,
+            Command::Proxy(_) | Command::BaselineServer(_) => None,
         }
     }
 }
@@ -132,6 +136,9 @@ pub struct Common {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Run the `--baseline` server in this process instead of a child process.
+    #[arg(long, hide = true)]
+    pub baseline_in_process: bool,
 }
 
 impl Common {
@@ -150,6 +157,8 @@ impl Common {
             html: None,
             name: None,
             no_progress: true,
+            // The test binary cannot run the `baseline-server` subcommand.
+            baseline_in_process: true,
         }
     }
 }
@@ -230,6 +239,16 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 1)]
     pub chaos_keep_first: u64,
     /// Stop after this long.
+    #[arg(long = "for", default_value = "1h", value_parser = parse_duration)]
+    pub run_for: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BaselineServerArgs {
+    /// The run id in the frames it broadcasts.
+    #[arg(long)]
+    pub run_id: String,
+    /// Stop after this long (it also stops when its stdin closes).
     #[arg(long = "for", default_value = "1h", value_parser = parse_duration)]
     pub run_for: Duration,
 }

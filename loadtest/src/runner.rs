@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::report::{write_file, Report};
 use crate::scenario::{edit, idle, mixed, presence, watch, Ctx, Outcome};
-use crate::{html, proxy};
+use crate::{baseline, html, proxy};
 
 /// How a command ended (errors aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +22,16 @@ pub enum Verdict {
 
 /// Runs a command to the end: the report on stdout, `--out` and `--html` written.
 pub async fn execute(command: &Command) -> Result<Verdict> {
-    if let Command::Proxy(args) = command {
-        proxy::serve(args).await?;
-        return Ok(Verdict::Pass);
+    match command {
+        Command::Proxy(args) => {
+            proxy::serve(args).await?;
+            return Ok(Verdict::Pass);
+        }
+        Command::BaselineServer(args) => {
+            baseline::serve_child(&args.run_id, args.run_for).await?;
+            return Ok(Verdict::Pass);
+        }
+        _ => {}
     }
     let report = run_report(command).await?;
     print!("{}", report.render_text());
@@ -48,7 +55,10 @@ pub async fn execute(command: &Command) -> Result<Verdict> {
 /// Runs a scenario and returns its report (nothing printed or written).
 pub async fn run_report(command: &Command) -> Result<Report> {
     let Some(common) = command.common() else {
-        return Err(Error::usage("`proxy` produces no report"));
+        return Err(Error::usage(format!(
+            "`{}` produces no report",
+            command.name()
+        )));
     };
     let ctx = Arc::new(Ctx::from_common(common)?);
     let started_at_unix_ms = SystemTime::now()
@@ -66,7 +76,7 @@ pub async fn run_report(command: &Command) -> Result<Report> {
             watch: w,
             ..
         } => mixed::run(ctx.clone(), e, p, w).await?,
-        Command::Proxy(_) => unreachable!("handled above"),
+        Command::Proxy(_) | Command::BaselineServer(_) => unreachable!("no common options"),
     };
     let passed = outcome.checks.iter().all(|c| c.passed);
     Ok(Report {
@@ -131,7 +141,7 @@ fn parameters(command: &Command, common: &Common) -> serde_json::Value {
             "watchers": watch.watchers, "event_rate": watch.event_rate,
             "batch": watch.batch, "baseline": watch.baseline,
         }),
-        Command::Proxy(_) => json!({}),
+        Command::Proxy(_) | Command::BaselineServer(_) => json!({}),
     };
     if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
         p.extend(extra.clone());

@@ -223,6 +223,35 @@ impl RawClient {
         c
     }
 
+    /// Like `connect`, with a tiny socket receive buffer, so a client that stops
+    /// reading backs up into the hub quickly instead of into the kernel.
+    pub async fn connect_small_buffer(base: &str, token: &str) -> RawClient {
+        let addr: std::net::SocketAddr = base
+            .trim_start_matches("ws://")
+            .parse()
+            .expect("ws://ip:port");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("{base}/v1/ws?token={token}"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("ws handshake");
+        let mut c = RawClient {
+            ws,
+            session_id: String::new(),
+        };
+        match c.next(Duration::from_secs(5)).await {
+            Some(flowhub_protocol::ServerMessage::Welcome { session_id, .. }) => {
+                c.session_id = session_id
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        c
+    }
+
     pub async fn send(&mut self, msg: &flowhub_protocol::ClientMessage) {
         use futures_util::SinkExt;
         let text = flowhub_protocol::encode(msg);

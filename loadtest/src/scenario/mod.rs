@@ -37,6 +37,8 @@ pub struct Ctx {
     pub ramp_up: Duration,
     pub settle_timeout: Duration,
     pub source_addrs: usize,
+    /// Run the baseline server in this process (else in a child process).
+    pub baseline_in_process: bool,
 }
 
 impl Ctx {
@@ -51,6 +53,7 @@ impl Ctx {
             ramp_up: common.ramp_up,
             settle_timeout: common.settle_timeout,
             source_addrs: common.source_addrs,
+            baseline_in_process: common.baseline_in_process,
         })
     }
 

@@ -8,7 +8,7 @@
 //! second over the window from the first post to the last delivery).
 //!
 //! With `--baseline` the same workload (same W, R, B, D, same frames) then runs
-//! against [`BroadcastServer`], and the hub's throughput is reported as a ratio of
+//! against the bare broadcast server ([`Baseline`]), and the hub's throughput is reported as a ratio of
 //! the baseline's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use tracing::info;
 
 use super::watcher::{watch_run, WatchShared, WatcherResult};
 use super::{round1, Ctx, Failures, Outcome};
-use crate::baseline::BroadcastServer;
+use crate::baseline::Baseline;
 use crate::cli::WatchArgs;
 use crate::clock::SendLog;
 use crate::error::{Error, Result};
@@ -94,7 +94,15 @@ pub fn compare(hub: &mut Outcome, mut base: Outcome) {
 /// The same fan-out against a bare tokio-tungstenite broadcast server.
 pub async fn run_baseline(ctx: Arc<Ctx>, args: &WatchArgs) -> Result<Outcome> {
     validate(args)?;
-    let server = BroadcastServer::start(&ctx.id("baseline")).await?;
+    let exe = if ctx.baseline_in_process {
+        None
+    } else {
+        Some(
+            std::env::current_exe()
+                .map_err(|e| Error::io("locating flowhub-loadtest for the baseline server", e))?,
+        )
+    };
+    let server = Baseline::start(&ctx.id("baseline"), exe.as_deref()).await?;
     let result = fanout(ctx, args, Endpoint::Baseline(&server)).await;
     let lagged = server.lagged();
     server.shutdown().await;
@@ -105,7 +113,7 @@ pub async fn run_baseline(ctx: Arc<Ctx>, args: &WatchArgs) -> Result<Outcome> {
 
 enum Endpoint<'a> {
     Hub,
-    Baseline(&'a BroadcastServer),
+    Baseline(&'a Baseline),
 }
 
 /// Who posts the events.
@@ -115,14 +123,16 @@ enum Engine<'a> {
         url: String,
         token: String,
     },
-    Baseline(&'a BroadcastServer),
+    Baseline(&'a Baseline),
 }
 
 impl Engine<'_> {
     /// Posts a batch; the run's last sequence number, or the HTTP status and why.
     async fn post(&self, events: Vec<RunEventInput>) -> Result<u64, (u16, String)> {
         match self {
-            Engine::Baseline(server) => Ok(server.publish(events)),
+            Engine::Baseline(server) => {
+                server.publish(events).await.map_err(|e| (0, e.to_string()))
+            }
             Engine::Hub { http, url, token } => {
                 let body = serde_json::json!({ "events": events });
                 let response = http
