@@ -144,16 +144,16 @@ fn read_value(tree: &Tree<'_>, value: &Val<'_>, depth: usize) -> Option<Value> {
         Val::Scalar(s) => scalar_json(s),
         Val::Obj(_) if depth >= MAX_CONFIG_DEPTH => None,
         Val::Obj(slot) => Some(match tree.obj(*slot) {
-            Obj::Map(..) => Value::Object(read_map(tree, *slot, depth + 1)),
+            Obj::Map(_) => Value::Object(read_map(tree, *slot, depth + 1)),
             Obj::List(items) => Value::Array(
                 items
                     .iter()
                     // Unrepresentable items become `null` so indices stay
                     // aligned with the document.
-                    .map(|item| read_value(tree, item, depth + 1).unwrap_or(Value::Null))
+                    .map(|(_, item)| read_value(tree, item, depth + 1).unwrap_or(Value::Null))
                     .collect(),
             ),
-            Obj::Text(text) => Value::String(text.clone()),
+            Obj::Text(text) => Value::String(text.to_owned()),
         }),
     }
 }

@@ -454,11 +454,11 @@ fn validate_config(
 ) -> Result<(), SchemaError> {
     match tree.obj(slot) {
         Obj::List(items) => {
-            for (index, val) in items.iter().enumerate() {
+            for (index, (_, val)) in items.iter().enumerate() {
                 validate_config_value(tree, &path.index(index), val, depth)?;
             }
         }
-        Obj::Map(_, entries) => {
+        Obj::Map(entries) => {
             for (key, val) in entries {
                 validate_config_value(tree, &path.key(key), val, depth)?;
             }

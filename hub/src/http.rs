@@ -53,8 +53,8 @@ pub async fn get_flow(
     let claims = authenticate(&state, &headers, &query)?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
-    if claims.identity().role_for(&flow_id).is_none() {
-        return Err(AppError::forbidden("the token grants no role on this flow"));
+    if effective_role(&state, &claims, &flow_id).await?.is_none() {
+        return Err(AppError::forbidden("no role on this flow"));
     }
     let at_heads = match view.heads.as_deref().filter(|h| !h.is_empty()) {
         Some(list) => {
@@ -116,6 +116,24 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<serde_json::Val
     Ok(Json(serde_json::json!({ "nodes": nodes })))
 }
 
+/// The role a token has on a flow once `flow_members` overrides apply (the same rule
+/// the WebSocket uses on subscribe).
+pub async fn effective_role(
+    state: &AppState,
+    claims: &Claims,
+    flow_id: &str,
+) -> Result<Option<flowhub_protocol::Role>, AppError> {
+    let access = state
+        .store
+        .member_access(flow_id, &claims.sub)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(flowhub_actors::store::MemberAccess::effective(
+        access,
+        claims.identity().role_for(flow_id),
+    ))
+}
+
 pub async fn healthz() -> &'static str {
     "ok"
 }
@@ -142,6 +160,37 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "# HELP flowhub_process_resident_bytes Resident set size of the hub process.\n# TYPE flowhub_process_resident_bytes gauge\nflowhub_process_resident_bytes {}\n",
         resident_bytes()
     ));
+    let r = state.runs.stats();
+    for (name, kind, help, v) in [
+        (
+            "runs_open",
+            "gauge",
+            "Run actors alive on this node.",
+            r.runs_open,
+        ),
+        (
+            "run_events_accepted_total",
+            "counter",
+            "Run events stored and broadcast.",
+            r.events_accepted,
+        ),
+        (
+            "run_events_duplicate_total",
+            "counter",
+            "Re-posted run events ignored.",
+            r.events_duplicate,
+        ),
+        (
+            "run_resumes_total",
+            "counter",
+            "resume_from sent to run watchers that fell behind.",
+            r.resumes,
+        ),
+    ] {
+        body.push_str(&format!(
+            "# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} {kind}\nflowhub_{name} {v}\n"
+        ));
+    }
     if let Some(redis) = &state.redis {
         let s = redis.stats();
         let c = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
@@ -220,7 +269,8 @@ pub async fn put_member(
     let claims = authenticate(&state, &headers, &query)?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
-    let is_owner = claims.identity().role_for(&flow_id) == Some(flowhub_protocol::Role::Owner);
+    let is_owner =
+        effective_role(&state, &claims, &flow_id).await? == Some(flowhub_protocol::Role::Owner);
     if !(claims.svc || is_owner) {
         return Err(AppError::forbidden(
             "only owners of the flow and service tokens manage members",
@@ -247,6 +297,25 @@ pub async fn put_member(
             user_id: user_id.clone(),
             access,
         });
+    }
+    // Sessions of this user on other nodes change at once too (the bus is at most
+    // once: a node that misses it applies the stored row on the next subscribe).
+    let update = flowhub_actors::bus::MemberUpdate {
+        user_id: user_id.clone(),
+        access: access.map(|a| a.as_str().to_owned()),
+    };
+    if let Ok(json) = serde_json::to_vec(&update) {
+        let msg = flowhub_actors::bus::FlowBusMessage::Member {
+            origin: state.node_id.clone(),
+            json,
+        };
+        let channel = flowhub_actors::bus::channel::flow(&flow_id);
+        let _ = state
+            .registry
+            .deps()
+            .bus
+            .publish(&channel, msg.encode())
+            .await;
     }
     Ok(Json(
         serde_json::json!({"flow_id": flow_id, "user_id": user_id, "role": access.map(MemberAccess::as_str)}),

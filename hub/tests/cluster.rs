@@ -376,3 +376,177 @@ async fn nodes_converge_on_a_sharded_redis_cluster() {
     eprintln!("6 flows spread over {} of 3 shards", shards_used.len());
     assert!(shards_used.len() >= 2, "all flows landed on one shard");
 }
+
+/// Collects a watcher's `run_event` seqs (and event ids) until `last` arrives.
+async fn watch_until(client: &Client, run_id: &str, since: u64, last: u64) -> Vec<(u64, String)> {
+    let mut msgs = client.messages();
+    client
+        .request(flowhub_protocol::ClientMessage::SubscribeRun {
+            id: None,
+            run_id: run_id.into(),
+            since_seq: Some(since),
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.last().map(|(s, _)| *s) != Some(last) && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(20), msgs.recv()).await {
+            Ok(Ok(ServerMessage::RunEvent { event, .. })) => {
+                got.push((event.seq, event.event.event_id))
+            }
+            Ok(Ok(ServerMessage::ResumeFrom { .. })) => {
+                panic!("unexpected resume_from in a small run")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("watcher lagged: {e}"),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+async fn post_events(
+    node: &HubProcess,
+    run_id: &str,
+    flow: &str,
+    ids: std::ops::Range<u32>,
+    prefix: &str,
+) {
+    let svc = keys().sign(&flowhub::auth::Claims {
+        sub: "engine".into(),
+        name: None,
+        exp: flowhub::auth::now_secs() + 600,
+        flows: Default::default(),
+        svc: true,
+    });
+    let events: Vec<serde_json::Value> = ids
+        .map(|i| serde_json::json!({"event_id": format!("{prefix}{i}"), "type": "log", "flow_id": flow, "ts": i, "level": "info", "message": format!("{prefix}{i}")}))
+        .collect();
+    post_json(node, run_id, &svc, serde_json::json!({ "events": events })).await;
+}
+
+/// POSTs a batch like an engine does: retrying a 5xx (re-posting is idempotent).
+async fn post_json(node: &HubProcess, run_id: &str, svc: &str, body: serde_json::Value) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/runs/{run_id}/events", node.http_url()))
+            .bearer_auth(svc)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            return;
+        }
+        assert!(
+            resp.status().is_server_error(),
+            "{}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+        last = resp.text().await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("ingest kept failing: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_events_reach_watchers_on_every_node_in_one_order() {
+    require_machine_redis();
+    let db = fresh_postgres_database().await;
+    let (nodes, _dirs) = start_nodes(3, &db, MACHINE_REDIS, &[]).await;
+    let flow = uniq("runs");
+    let run = uniq("run");
+    let tok = token("watcher", &[(flow.as_str(), Role::Viewer)]);
+    // The run starts on node A.
+    let svc = keys().sign(&flowhub::auth::Claims {
+        sub: "engine".into(),
+        name: None,
+        exp: flowhub::auth::now_secs() + 600,
+        flows: Default::default(),
+        svc: true,
+    });
+    post_json(&nodes[0], &run, &svc, serde_json::json!({"events": [{"event_id": "start", "type": "run.started", "flow_id": flow, "ts": 0}]})).await;
+
+    // Step 1: watchers on B and C; 200 events posted to A in batches of 20.
+    let on_b = Client::connect(&nodes[1].ws_url(), &tok).await.unwrap();
+    let on_c = Client::connect(&nodes[2].ws_url(), &tok).await.unwrap();
+    let wb = tokio::spawn({
+        let c = on_b.clone();
+        let run = run.clone();
+        async move { watch_until(&c, &run, 0, 201).await }
+    });
+    let wc = tokio::spawn({
+        let c = on_c.clone();
+        let run = run.clone();
+        async move { watch_until(&c, &run, 0, 201).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for batch in 0..10 {
+        post_events(&nodes[0], &run, &flow, batch * 20..(batch + 1) * 20, "a").await;
+    }
+    let expected: Vec<u64> = (1..=201).collect();
+    for (name, w) in [("B", wb), ("C", wc)] {
+        let got = w.await.unwrap();
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            expected,
+            "watcher on {name}"
+        );
+    }
+
+    // Step 2: a watcher moves from B to C mid-run and resumes from its last seq.
+    let moving = Client::connect(&nodes[1].ws_url(), &tok).await.unwrap();
+    let first = {
+        let c = moving.clone();
+        let run2 = run.clone();
+        let h = tokio::spawn(async move { watch_until(&c, &run2, 201, 241).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post_events(&nodes[0], &run, &flow, 200..240, "a").await;
+        h.await.unwrap()
+    };
+    moving.close().await;
+    post_events(&nodes[0], &run, &flow, 240..280, "a").await; // while it moves
+    let moved = Client::connect(&nodes[2].ws_url(), &tok).await.unwrap();
+    let last_seen = first.last().unwrap().0;
+    let rest = watch_until(&moved, &run, last_seen, 281).await;
+    let seqs: Vec<u64> = first.iter().chain(rest.iter()).map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (202..=281).collect::<Vec<_>>(),
+        "no gap and no duplicate across the move"
+    );
+
+    // Step 3: two engines ingest the same run at A and at C at once: one order.
+    let watcher = tokio::spawn({
+        let c = on_b.clone();
+        let run = run.clone();
+        async move { watch_until(&c, &run, 281, 281 + 200).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (a, c) = tokio::join!(
+        async {
+            for batch in 0..5 {
+                post_events(&nodes[0], &run, &flow, batch * 20..(batch + 1) * 20, "x").await;
+            }
+        },
+        async {
+            for batch in 0..5 {
+                post_events(&nodes[2], &run, &flow, batch * 20..(batch + 1) * 20, "y").await;
+            }
+        }
+    );
+    let _ = (a, c);
+    let got = watcher.await.unwrap();
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (282..=481).collect::<Vec<_>>(),
+        "one gapless order"
+    );
+    let mut ids: Vec<String> = got.into_iter().map(|(_, id)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "every event from both engines exactly once");
+}

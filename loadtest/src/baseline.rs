@@ -264,12 +264,15 @@ pub async fn serve_child(run_id: &str, run_for: Duration) -> Result<()> {
 /// child process reached over a publisher WebSocket.
 pub enum Baseline {
     InProcess(BroadcastServer),
-    Child {
-        child: tokio::process::Child,
-        url: String,
-        publisher: Mutex<RawWs>,
-        lagged: AtomicU64,
-    },
+    Child(Box<ChildServer>),
+}
+
+/// The server in a child process.
+pub struct ChildServer {
+    child: tokio::process::Child,
+    url: String,
+    publisher: Mutex<RawWs>,
+    lagged: AtomicU64,
 }
 
 impl Baseline {
@@ -306,18 +309,18 @@ impl Baseline {
             )));
         }
         let publisher = net::connect_url(&format!("{url}{PUBLISH_PATH}"), None).await?;
-        Ok(Baseline::Child {
+        Ok(Baseline::Child(Box::new(ChildServer {
             child,
             url,
             publisher: Mutex::new(publisher),
             lagged: AtomicU64::new(0),
-        })
+        })))
     }
 
     pub fn url(&self) -> String {
         match self {
             Baseline::InProcess(s) => s.url(),
-            Baseline::Child { url, .. } => url.clone(),
+            Baseline::Child(c) => c.url.clone(),
         }
     }
 
@@ -325,9 +328,10 @@ impl Baseline {
     pub async fn publish(&self, events: Vec<RunEventInput>) -> Result<u64> {
         match self {
             Baseline::InProcess(s) => Ok(s.publish(events)),
-            Baseline::Child {
-                publisher, lagged, ..
-            } => {
+            Baseline::Child(c) => {
+                let ChildServer {
+                    publisher, lagged, ..
+                } = &**c;
                 let text = serde_json::to_string(&events)
                     .map_err(|e| Error::Report(format!("encoding events: {e}")))?;
                 let mut ws = publisher.lock().await;
@@ -352,18 +356,19 @@ impl Baseline {
     pub fn lagged(&self) -> u64 {
         match self {
             Baseline::InProcess(s) => s.lagged(),
-            Baseline::Child { lagged, .. } => lagged.load(Ordering::Relaxed),
+            Baseline::Child(c) => c.lagged.load(Ordering::Relaxed),
         }
     }
 
     pub async fn shutdown(self) {
         match self {
             Baseline::InProcess(s) => s.shutdown().await,
-            Baseline::Child {
-                mut child,
-                publisher,
-                ..
-            } => {
+            Baseline::Child(c) => {
+                let ChildServer {
+                    mut child,
+                    publisher,
+                    ..
+                } = *c;
                 let _ = publisher.into_inner().close(None).await;
                 // Closing stdin tells the child to stop.
                 drop(child.stdin.take());

@@ -55,7 +55,9 @@ pub fn render(report: &Report) -> Result<String> {
     let _ = write!(
         h,
         "<table><tr><th>scenario</th><td>{}</td></tr><tr><th>wall time</th><td>{:.1} s</td></tr>\
-         <tr><th>machine</th><td>{} × {}, {:.1} GiB, Linux {}</td></tr><tr><th>targets</th><td>{}</td></tr>\
+         <tr><th>machine</th><td>{} × {}, {:.1} GiB, Linux {}</td></tr>\
+         <tr><th>load average before / after</th><td>{:?} / {:?}</td></tr><tr><th>harness CPU</th><td>{:.1} s</td></tr>\
+         <tr><th>targets</th><td>{}</td></tr>\
          <tr><th>parameters</th><td><code>{}</code></td></tr></table>",
         esc(&report.scenario),
         report.wall_seconds,
@@ -63,6 +65,9 @@ pub fn render(report: &Report) -> Result<String> {
         esc(&m.cpu_model),
         m.mem_total_bytes as f64 / (1u64 << 30) as f64,
         esc(&m.kernel),
+        m.load_average,
+        report.load_average_after,
+        report.harness_cpu_seconds,
         esc(&report.targets.join(", ")),
         esc(&report.parameters.to_string())
     );
@@ -294,6 +299,8 @@ mod tests {
             started_at_unix_ms: 0,
             wall_seconds: 1.0,
             machine: Machine::detect(),
+            load_average_after: vec![],
+            harness_cpu_seconds: 0.0,
             targets: vec![],
             parameters: serde_json::json!({"a": 1}),
             sections: vec![s],

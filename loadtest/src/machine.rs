@@ -12,6 +12,9 @@ pub struct Machine {
     pub mem_total_bytes: u64,
     /// `/proc/sys/kernel/osrelease`.
     pub kernel: String,
+    /// 1, 5 and 15 minute load averages when the run started: other work on the
+    /// machine shows here.
+    pub load_average: Vec<f64>,
 }
 
 impl Machine {
@@ -26,8 +29,39 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default(),
+            load_average: load_average(),
         }
     }
+}
+
+/// `/proc/loadavg`'s first three numbers (empty if unreadable).
+pub fn load_average() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn cpu_model(cpuinfo: &str) -> Option<String> {
@@ -54,6 +88,11 @@ mod tests {
         assert_eq!(cpu_model(cpu).as_deref(), Some("Example CPU @ 2.0GHz"));
         assert_eq!(mem_total("MemTotal:       1024 kB\n"), Some(1024 * 1024));
         assert_eq!(mem_total(""), None);
-        assert!(Machine::detect().nproc >= 1);
+        let m = Machine::detect();
+        assert!(m.nproc >= 1);
+        assert_eq!(m.load_average.len(), 3);
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(30) {}
+        assert!(process_cpu_seconds() > 0.0);
     }
 }

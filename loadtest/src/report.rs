@@ -20,6 +20,11 @@ pub struct Report {
     pub started_at_unix_ms: u64,
     pub wall_seconds: f64,
     pub machine: Machine,
+    /// Load averages when the run ended (see [`Machine::load_average`] for the start).
+    pub load_average_after: Vec<f64>,
+    /// CPU seconds the harness itself used (its clients compete with the hub for
+    /// the same cores when both run on one machine).
+    pub harness_cpu_seconds: f64,
     pub targets: Vec<String>,
     /// The parameters of the run, as given.
     pub parameters: serde_json::Value,
@@ -145,6 +150,11 @@ impl Report {
             self.name, self.scenario, self.wall_seconds, self.machine.nproc, self.machine.cpu_model
         );
         let _ = writeln!(out, "targets: {}", self.targets.join(", "));
+        let _ = writeln!(
+            out,
+            "load average before/after: {:?} / {:?}; harness CPU: {:.1} s",
+            self.machine.load_average, self.load_average_after, self.harness_cpu_seconds
+        );
         for section in &self.sections {
             let _ = writeln!(out, "\n[{}]", section.name);
             if !section.latencies.is_empty() {
@@ -229,6 +239,8 @@ mod tests {
             started_at_unix_ms: 0,
             wall_seconds: 1.0,
             machine: Machine::detect(),
+            load_average_after: vec![],
+            harness_cpu_seconds: 0.0,
             targets: vec!["ws://127.0.0.1:1".into()],
             parameters: serde_json::json!({}),
             sections: vec![s],

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cli::{Command, Common};
 use crate::error::{Error, Result};
-use crate::machine::Machine;
+use crate::machine::{load_average, process_cpu_seconds, Machine};
 use crate::report::{write_file, Report};
 use crate::scenario::{edit, idle, mixed, presence, watch, Ctx, Outcome};
 use crate::{baseline, html, proxy};
@@ -65,6 +65,8 @@ pub async fn run_report(command: &Command) -> Result<Report> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let t0 = Instant::now();
+    let machine = Machine::detect();
+    let cpu0 = process_cpu_seconds();
     let outcome: Outcome = match command {
         Command::Edit { edit: args, .. } => edit::run(ctx.clone(), args).await?,
         Command::Presence { presence: args, .. } => presence::run(ctx.clone(), args).await?,
@@ -84,7 +86,9 @@ pub async fn run_report(command: &Command) -> Result<Report> {
         scenario: command.name().to_owned(),
         started_at_unix_ms,
         wall_seconds: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        machine: Machine::detect(),
+        machine,
+        load_average_after: load_average(),
+        harness_cpu_seconds: ((process_cpu_seconds() - cpu0) * 10.0).round() / 10.0,
         targets: ctx.targets.all().to_vec(),
         parameters: parameters(command, common),
         sections: outcome.sections,

@@ -107,6 +107,44 @@ async fn a_failed_convergence_check_exits_one() {
     hub.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_with_baseline_runs_the_broadcast_server_in_a_child_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let json = dir.path().join("watch.json");
+    let out = loadtest(&[
+        "watch",
+        "--targets",
+        &hub.ws_url(),
+        "--token-secret",
+        SECRET,
+        "--watchers",
+        "5",
+        "--event-rate",
+        "40",
+        "--duration",
+        "1s",
+        "--ramp-up",
+        "200ms",
+        "--baseline",
+        "--out",
+        json.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let base = report.section("baseline").expect("baseline section");
+    let posted = base.get("log events posted").unwrap();
+    assert!(posted > 0.0);
+    assert_eq!(base.get("deliveries"), Some(5.0 * posted));
+    assert!(report
+        .section("watch")
+        .unwrap()
+        .get("throughput vs baseline")
+        .is_some());
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn missing_secret_is_an_error_exit_two() {
     let out = loadtest(&["edit", "--targets", "ws://127.0.0.1:9", "--duration", "1s"]).await;

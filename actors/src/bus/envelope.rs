@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! byte 0      kind: 1 = changes, 2 = heads, 3 = presence (one JSON item),
-//!             4 = presence request (no items)
+//!             4 = presence request (no items), 5 = membership change (one JSON
+//!             item: `{"user_id", "access"}`)
 //! byte 1      L, length of the origin node id
 //! 2..2+L      origin node id (so a node ignores its own echo)
 //! then        u32 BE count, and per item: u32 BE length + bytes
@@ -23,6 +24,17 @@ pub enum FlowBusMessage {
     Presence { origin: String, json: Vec<u8> },
     /// A node that just opened the flow asks the others for their full presence.
     PresenceRequest { origin: String },
+    /// A `flow_members` row changed ([`MemberUpdate`] as JSON): every node applies it
+    /// to its open sessions at once.
+    Member { origin: String, json: Vec<u8> },
+}
+
+/// A membership change, as carried by [`FlowBusMessage::Member`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemberUpdate {
+    pub user_id: String,
+    /// `owner`, `editor`, `viewer`, `revoked`; `None`: the override was removed.
+    pub access: Option<String>,
 }
 
 /// Presence changes of one node's local sessions. `full`: the entries are all of
@@ -45,6 +57,10 @@ impl FlowBusMessage {
                 (3, origin, &single)
             }
             FlowBusMessage::PresenceRequest { origin } => (4, origin, &[]),
+            FlowBusMessage::Member { origin, json } => {
+                single = [json.clone()];
+                (5, origin, &single)
+            }
         };
         let origin = &origin.as_bytes()[..origin.len().min(255)];
         let size: usize = items.iter().map(|i| 4 + i.len()).sum();
@@ -92,6 +108,10 @@ impl FlowBusMessage {
                 json: items.into_iter().next()?,
             }),
             4 if items.is_empty() => Some(FlowBusMessage::PresenceRequest { origin }),
+            5 if items.len() == 1 => Some(FlowBusMessage::Member {
+                origin,
+                json: items.into_iter().next()?,
+            }),
             _ => None,
         }
     }
@@ -129,6 +149,11 @@ mod tests {
             json: b"{}".to_vec(),
         };
         assert_eq!(FlowBusMessage::decode(&p.encode()), Some(p));
+        let m = FlowBusMessage::Member {
+            origin: "e".into(),
+            json: b"{}".to_vec(),
+        };
+        assert_eq!(FlowBusMessage::decode(&m.encode()), Some(m));
         let r = FlowBusMessage::PresenceRequest { origin: "d".into() };
         assert_eq!(FlowBusMessage::decode(&r.encode()), Some(r));
     }

@@ -10,7 +10,7 @@
 mod envelope;
 mod memory;
 
-pub use envelope::{FlowBusMessage, PresenceUpdate};
+pub use envelope::{FlowBusMessage, MemberUpdate, PresenceUpdate};
 
 pub use memory::MemoryBus;
 

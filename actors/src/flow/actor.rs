@@ -439,7 +439,7 @@ impl FlowState {
         ));
         out.send_control(&ServerMessage::PresenceState {
             flow_id: self.flow_id.clone(),
-            peers: self.presence.entries(),
+            peers: self.presence.state_for_peer(),
         });
         self.peers.insert(
             session_id.clone(),
@@ -767,6 +767,15 @@ impl FlowState {
                     self.arm_presence_flush(myself);
                 }
             }
+            Some(FlowBusMessage::Member { origin, json }) if origin != self.deps.node_id => {
+                if let Ok(update) = serde_json::from_slice::<crate::bus::MemberUpdate>(&json) {
+                    let access = update.access.as_deref().and_then(MemberAccess::parse);
+                    let _ = myself.cast(FlowMsg::MemberChanged {
+                        user_id: update.user_id,
+                        access,
+                    });
+                }
+            }
             Some(FlowBusMessage::PresenceRequest { origin }) if origin != self.deps.node_id => {
                 let own = self.presence.entries_of(&self.deps.node_id);
                 self.publish_presence(true, own, Vec::new()).await;
@@ -834,7 +843,7 @@ impl FlowState {
         let entries = if stale.is_empty() {
             Vec::new()
         } else {
-            self.presence.entries()
+            self.presence.state_for_peer()
         };
         for id in stale {
             if let Some(p) = self.peers.get_mut(&id) {

@@ -58,6 +58,9 @@ pub struct PresenceBook {
     joined: BTreeSet<String>,
     updated: BTreeSet<String>,
     left: BTreeSet<String>,
+    /// A full state went out since the last diff: sessions that joined in this
+    /// interval are known to someone, so their leave must be announced.
+    exposed: bool,
 }
 
 impl PresenceBook {
@@ -118,8 +121,9 @@ impl PresenceBook {
     pub fn leave(&mut self, session_id: &str) {
         if self.entries.remove(session_id).is_some() {
             self.updated.remove(session_id);
-            // Joined and left within one interval: nobody needs to hear of it.
-            if !self.joined.remove(session_id) {
+            // Joined and left within one interval: nobody needs to hear of it,
+            // unless a full state (which listed it) went out meanwhile.
+            if !self.joined.remove(session_id) || self.exposed {
                 self.left.insert(session_id.to_owned());
             }
         }
@@ -224,11 +228,19 @@ impl PresenceBook {
         self.joined.clear();
         self.updated.clear();
         self.left.clear();
+        self.exposed = false;
         Some(changes)
     }
 
     pub fn entries(&self) -> Vec<PresenceEntry> {
         self.entries.values().cloned().collect()
+    }
+
+    /// The entries for a full `presence_state` sent to someone: from now on, leaves
+    /// of sessions that joined in this interval are announced too.
+    pub fn state_for_peer(&mut self) -> Vec<PresenceEntry> {
+        self.exposed = true;
+        self.entries()
     }
 
     pub fn get(&self, session_id: &str) -> Option<&PresenceEntry> {
@@ -291,6 +303,16 @@ mod tests {
             .unwrap();
         b.leave("s");
         assert!(b.take_changes().is_none());
+    }
+
+    #[test]
+    fn a_leave_after_a_full_state_is_announced() {
+        let mut b = book_with(&[]);
+        b.join(PresenceBook::new_entry("x", "u", "N", "node"));
+        // Someone subscribes and is sent a state listing x, then x leaves at once.
+        assert_eq!(b.state_for_peer().len(), 1);
+        b.leave("x");
+        assert_eq!(b.take_changes().unwrap().left, vec!["x".to_string()]);
     }
 
     #[test]

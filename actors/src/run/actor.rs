@@ -159,6 +159,10 @@ pub enum RunMsg {
     },
     /// Continue paused replays; resume lagging watchers whose queue drained.
     Pump,
+    /// Events another node stored and published (`run:{id}` on the bus).
+    Bus(Vec<u8>),
+    /// Periodic check against the store, for events whose bus message was lost.
+    Sync,
     StopIfIdle,
 }
 
@@ -194,8 +198,24 @@ pub struct RunState {
     last_activity: Instant,
     deps: Arc<RunDeps>,
     registry: RunRegistry,
+    /// The bus forwarder and the sync ticker, stopped with the actor.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     span: tracing::Span,
 }
+
+/// What run actors on different nodes tell each other: events `origin` has stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunBusMessage {
+    origin: String,
+    events: Vec<RunEvent>,
+}
+
+fn run_channel(run_id: &str) -> String {
+    format!("run:{run_id}")
+}
+
+/// How often a run actor with watchers checks the store for events it missed.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Actor for RunActor {
     type Msg = RunMsg;
@@ -204,9 +224,23 @@ impl Actor for RunActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<RunMsg>,
+        myself: ActorRef<RunMsg>,
         args: RunArgs,
     ) -> Result<RunState, ActorProcessingErr> {
+        // Events ingested on other nodes arrive on the bus (at most once; the sync
+        // tick reads the store for anything lost).
+        let bus = args.deps.flows.deps().bus.clone();
+        let sub = bus.subscribe(&run_channel(&args.run_id)).await?;
+        let me = myself.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            let mut sub = sub;
+            while let Some(msg) = sub.rx.recv().await {
+                if me.cast(RunMsg::Bus(msg)).is_err() {
+                    break;
+                }
+            }
+        })];
+        tasks.push(myself.send_interval(SYNC_INTERVAL, || RunMsg::Sync));
         let (run, recent, stored) = match args.start {
             RunStart::Stored(s) => (s.snapshot, s.recent, true),
             RunStart::New { flow_id } => (
@@ -239,6 +273,7 @@ impl Actor for RunActor {
             last_activity: Instant::now(),
             deps: args.deps,
             registry: args.registry,
+            tasks,
             span,
         })
     }
@@ -258,6 +293,9 @@ impl Actor for RunActor {
         myself: ActorRef<RunMsg>,
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
+        for t in state.tasks.drain(..) {
+            t.abort();
+        }
         state.registry.forget(&state.run_id, myself.get_id());
         // Watchers resubscribe (to a fresh actor) from what they were sent.
         for (_, w) in state.watchers.drain() {
@@ -341,6 +379,21 @@ impl Actor for RunActor {
                         state.arm_stop(&myself);
                     }
                 }
+                RunMsg::Bus(bytes) => {
+                    if let Ok(msg) = serde_json::from_slice::<RunBusMessage>(&bytes) {
+                        if msg.origin != state.node_id() {
+                            state.last_activity = Instant::now();
+                            state.absorb(msg.events).await;
+                            state.arm_pump_if_needed(&myself);
+                        }
+                    }
+                }
+                RunMsg::Sync => {
+                    if !state.watchers.is_empty() {
+                        state.absorb(Vec::new()).await;
+                        state.arm_pump_if_needed(&myself);
+                    }
+                }
                 RunMsg::StopIfIdle => {
                     if state.stop_due.is_some_and(|due| Instant::now() < due) {
                         return; // Superseded: an earlier check is still to come.
@@ -369,6 +422,82 @@ impl Actor for RunActor {
 }
 
 impl RunState {
+    fn node_id(&self) -> &str {
+        &self.deps.flows.deps().node_id
+    }
+
+    /// Takes in events stored by another node, in sequence order. A gap (a lost bus
+    /// message, or `events` empty on the sync tick) is filled from the store, which
+    /// has every event before anyone could publish it.
+    async fn absorb(&mut self, events: Vec<RunEvent>) {
+        let mut incoming: VecDeque<RunEvent> = events
+            .into_iter()
+            .filter(|e| e.seq > self.run.last_seq)
+            .collect();
+        let gap = incoming
+            .front()
+            .map_or(true, |e| e.seq != self.run.last_seq + 1);
+        if gap {
+            match self
+                .deps
+                .store
+                .run_events(&self.run_id, self.run.last_seq, 10_000)
+                .await
+            {
+                Ok(stored) => {
+                    incoming = stored
+                        .into_iter()
+                        .chain(incoming)
+                        .filter(|e| e.seq > self.run.last_seq)
+                        .collect()
+                }
+                Err(e) => return debug!(error = %e, "cannot read missed run events"),
+            }
+        }
+        let mut taken = Vec::new();
+        for event in incoming {
+            if event.seq != self.run.last_seq + 1 {
+                continue; // a duplicate or beyond a gap the store could not fill yet
+            }
+            let changed = apply(&mut self.run, &event, self.deps.config.recent_logs);
+            if changed {
+                self.registry.feed().publish(&summary(&self.run));
+            }
+            self.stored = true;
+            self.remember(event.clone());
+            taken.push(event);
+        }
+        if !taken.is_empty() {
+            debug!(
+                events = taken.len(),
+                last_seq = self.run.last_seq,
+                "events from another node"
+            );
+            self.broadcast(&taken);
+        }
+    }
+
+    async fn publish(&self, events: &[RunEvent]) {
+        let msg = RunBusMessage {
+            origin: self.node_id().to_owned(),
+            events: events.to_vec(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&msg) else {
+            return;
+        };
+        // At most once: a node that misses it reads the store on its sync tick.
+        if let Err(e) = self
+            .deps
+            .flows
+            .deps()
+            .bus
+            .publish(&run_channel(&self.run_id), bytes)
+            .await
+        {
+            debug!(error = %e, "run bus publish failed");
+        }
+    }
+
     fn grace(&self) -> Duration {
         if !self.stored {
             // Spawned for an ingest that has not stored anything (yet, or ever: its
@@ -405,7 +534,29 @@ impl RunState {
         }
     }
 
+    /// Sequences and stores a batch. When another node ingested into the same run
+    /// meanwhile, the store refuses our stale sequence numbers (its update is
+    /// conditional on `last_seq`): take in what it stored and sequence again, so runs
+    /// ingested at several nodes still get one gapless order.
     async fn ingest(&mut self, events: Vec<RunEventInput>) -> Result<IngestOutcome, RunError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.run.last_seq;
+            match self.ingest_once(events.clone()).await {
+                Err(RunError::Store(e)) if attempt < 4 => {
+                    self.absorb(Vec::new()).await;
+                    if self.run.last_seq == before {
+                        return Err(RunError::Store(e)); // not a race: the store failed
+                    }
+                    debug!(attempt, "another node ingested meanwhile; sequencing again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn ingest_once(&mut self, events: Vec<RunEventInput>) -> Result<IngestOutcome, RunError> {
         validate_batch(&events)?;
         if events[0].flow_id != self.run.flow_id {
             return Err(RunError::Invalid(super::InvalidEvent::new(
@@ -473,6 +624,7 @@ impl RunState {
             self.remember(e.clone());
         }
         self.broadcast(&sequenced);
+        self.publish(&sequenced).await;
         for change in &changes {
             self.registry.feed().publish(change);
         }

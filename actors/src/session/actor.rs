@@ -507,12 +507,16 @@ impl SessionState {
         let flows: Vec<String> = self.subscriptions.keys().cloned().collect();
         for flow_id in flows {
             let token_role = self.identity.role_for(&flow_id);
-            // A store failure keeps the current membership override unknown: fall
-            // back to the token alone rather than granting more.
-            let access = store
-                .member_access(&flow_id, &self.identity.user_id)
-                .await
-                .unwrap_or(None);
+            // Without the membership override the effective role is unknown: leave
+            // this flow's role as it is rather than guess (a guess from the token
+            // alone could undo a revocation).
+            let access = match store.member_access(&flow_id, &self.identity.user_id).await {
+                Ok(access) => access,
+                Err(e) => {
+                    tracing::warn!(flow_id, error = %e, "reauth: cannot read flow members; role unchanged");
+                    continue;
+                }
+            };
             let role = MemberAccess::effective(access, token_role);
             if let Some(sub) = self.subscriptions.get(&flow_id) {
                 let _ = sub.flow.cast(FlowMsg::SetRole {
