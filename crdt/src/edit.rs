@@ -6,7 +6,7 @@
 //! one change.
 //!
 //! Cost: almost all of a typed edit is automerge's own work — inserting each
-//! op into the columnar op set (~5–10 µs per op in automerge 0.12) and
+//! op into the columnar op set (~5–15 µs per op in automerge 0.12) and
 //! committing. The checks add no document reads beyond the existence lookups
 //! that the error cases need, and those go through the edit cache (see
 //! `flow_doc::EditCache`). The `typed_edits` and `floor` benchmarks compare the
