@@ -158,6 +158,28 @@ impl SqlStore {
     /// `url` is `sqlite://path/to/file.db` (the file is created if missing) or
     /// `postgres://user@host:port/db` (`postgresql://` works too).
     pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+        // Switching a new SQLite file to WAL needs a moment of exclusive access, and
+        // SQLite answers "database is locked" at once (no busy wait) when another
+        // process is migrating the same file: two nodes starting together on one
+        // file must wait their turn rather than fail.
+        let mut delay = std::time::Duration::from_millis(50);
+        for _ in 0..12 {
+            match Self::connect_once(url).await {
+                Err(StoreError::Unavailable(m))
+                    if url.starts_with("sqlite:")
+                        && (m.contains("locked") || m.contains("busy")) =>
+                {
+                    tracing::debug!(error = %m, "sqlite busy while opening; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+        Self::connect_once(url).await
+    }
+
+    async fn connect_once(url: &str) -> Result<SqlStore, StoreError> {
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(db_error)?
