@@ -289,7 +289,7 @@ mod tests {
         s.value("x", 1.5, "u");
         s.series.push(Series {
             name: "edits".into(),
-            unit: "1/s".into(),
+            unit: "per second".into(),
             start_s: 2.0,
             values: vec![1.0, 5.0, 3.0],
         });

@@ -147,7 +147,7 @@ mod tests {
         t.add(1_500_000, 2);
         t.add(99_000_000, 3); // beyond: last bucket
         assert_eq!(t.total(), 6);
-        let s = t.series("s", "1/s", 1);
+        let s = t.series("s", "per second", 1);
         assert_eq!(s.values, vec![2.0, 0.0, 3.0]);
         assert_eq!(s.start_s, 1.0);
     }

@@ -19,7 +19,7 @@
 //! `(f + k) mod T`, so with several targets every flow has editors on every node.
 //!
 //! # End
-//! When the load stops, the [`convergence`](super::convergence) check waits
+//! When the load stops, the [`super::convergence`] check waits
 //! (bounded) until every editor's heads match, then compares every replica's JSON,
 //! the hubs' `GET /v1/flows/{id}` and each editor's last written position.
 
@@ -305,11 +305,11 @@ pub async fn run(ctx: Arc<Ctx>, args: &EditArgs) -> Result<Outcome> {
     section.series.push(
         shared
             .sent_tl
-            .series("edits sent", "1/s", load_start_s as usize),
+            .series("edits sent", "per second", load_start_s as usize),
     );
     section.series.push(shared.observed_tl.series(
         "applies observed",
-        "1/s",
+        "per second",
         load_start_s as usize,
     ));
 

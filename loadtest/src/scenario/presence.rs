@@ -245,14 +245,14 @@ pub async fn run(ctx: Arc<Ctx>, args: &PresenceArgs) -> Result<Outcome> {
     );
     section.value("final cursors settled in", settle_ms as f64, "ms");
     section.latencies.push(delay.summary(DELAY));
-    section.series.push(
-        shared
-            .sent_tl
-            .series("cursor updates sent", "1/s", load_start_s as usize),
-    );
+    section.series.push(shared.sent_tl.series(
+        "cursor updates sent",
+        "per second",
+        load_start_s as usize,
+    ));
     section.series.push(shared.diffs_tl.series(
         "presence_diff frames received",
-        "1/s",
+        "per second",
         load_start_s as usize,
     ));
     let checks = vec![

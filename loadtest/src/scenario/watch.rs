@@ -414,14 +414,14 @@ async fn fanout(ctx: Arc<Ctx>, args: &WatchArgs, endpoint: Endpoint<'_>) -> Resu
     if hub {
         section.latencies.push(rtt.summary(POST_RTT));
     }
-    section.series.push(
-        shared
-            .deliveries_tl
-            .series("deliveries", "1/s", load_start_s as usize),
-    );
+    section.series.push(shared.deliveries_tl.series(
+        "deliveries",
+        "per second",
+        load_start_s as usize,
+    ));
     section
         .series
-        .push(posted_tl.series("events posted", "1/s", load_start_s as usize));
+        .push(posted_tl.series("events posted", "per second", load_start_s as usize));
     let mut checks = vec![Check::new(
         format!("{name}: watchers connected"),
         ready == w as u64,
