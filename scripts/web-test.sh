@@ -15,7 +15,8 @@ export npm_config_fund=false npm_config_audit=false npm_config_update_notifier=f
 step() { echo; echo "== web: $*"; }
 
 step "build the hub and the Rust CLI"
-timeout "$LIMIT" cargo build -p flowhub -p flowhub-client --bins --locked
+# The whole workspace, like scripts/test.sh: the same feature set reuses its artifacts.
+timeout "$LIMIT" cargo build --workspace --all-targets --locked
 
 step "chromium"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
