@@ -225,6 +225,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 "# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} counter\nflowhub_{name} {v}\n"
             ));
         }
+        let lag_sum = c(&s.lag_micros_total) as f64 / 1e6;
+        let lag_count = c(&s.lag_samples);
+        body.push_str(&format!(
+            "# HELP flowhub_bus_lag_seconds Publish to receive delay of bus messages.\n# TYPE flowhub_bus_lag_seconds summary\nflowhub_bus_lag_seconds_sum {lag_sum:.6}\nflowhub_bus_lag_seconds_count {lag_count}\n"
+        ));
     }
     if let Some(sql) = &state.sql {
         let s = sql.stats();

@@ -12,6 +12,9 @@
 //!   subscription: the first subscribes, the last one to leave unsubscribes.
 //! - On a single Redis, a `ConnectionManager` reconnects with exponential backoff and
 //!   resubscribes every channel by itself.
+//! - Every payload travels behind an 8-byte send time (microseconds since the epoch),
+//!   so receivers can report the bus lag (`/metrics`); across machines it includes
+//!   their clock skew.
 //! - On a Redis Cluster (`FLOWHUB_REDIS_URL` lists several `redis://` seeds separated
 //!   by commas, or uses the `redis+cluster://` scheme), the bus uses sharded pub/sub
 //!   (`SSUBSCRIBE`/`SPUBLISH`, Redis 7): each message stays inside the shard that owns
@@ -50,6 +53,34 @@ pub struct RedisBusStats {
     pub received: AtomicU64,
     pub dropped: AtomicU64,
     pub disconnects: AtomicU64,
+    /// Sum and count of publish → receive delays, in microseconds.
+    pub lag_micros_total: AtomicU64,
+    pub lag_samples: AtomicU64,
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Prefixes the send time (µs since the epoch) to a payload.
+fn stamp(payload: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&now_micros().to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Splits a stamped payload into its send time and the payload.
+fn unstamp(mut bytes: Vec<u8>) -> Option<(u64, Vec<u8>)> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let sent = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+    bytes.drain(..8);
+    Some((sent, bytes))
 }
 
 #[derive(Clone)]
@@ -204,7 +235,14 @@ async fn dispatch(mut rx: mpsc::UnboundedReceiver<PushInfo>, bus: RedisBus) {
                 let Ok(channel) = String::from_utf8(channel) else {
                     continue;
                 };
+                let Some((sent, payload)) = unstamp(payload) else {
+                    continue;
+                };
                 stats.received.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .lag_micros_total
+                    .fetch_add(now_micros().saturating_sub(sent), Ordering::Relaxed);
+                stats.lag_samples.fetch_add(1, Ordering::Relaxed);
                 if let Some(subs) = subscribers.get(&channel) {
                     for (_, tx) in subs.iter() {
                         if tx.try_send(payload.clone()).is_err() {
@@ -307,7 +345,7 @@ impl Bus for RedisBus {
             "PUBLISH"
         };
         let mut cmd = redis::cmd(cmd_name);
-        cmd.arg(channel).arg(payload);
+        cmd.arg(channel).arg(stamp(payload));
         let result = self.query::<i64>(&cmd).await;
         match &result {
             Ok(_) => self.stats.published.fetch_add(1, Ordering::Relaxed),
@@ -358,6 +396,14 @@ impl Bus for RedisBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_roundtrip() {
+        let (sent, payload) = unstamp(stamp(b"abc".to_vec())).unwrap();
+        assert_eq!(payload, b"abc");
+        assert!(now_micros() >= sent);
+        assert_eq!(unstamp(vec![1, 2, 3]), None);
+    }
 
     #[test]
     fn urls() {

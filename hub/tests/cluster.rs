@@ -150,6 +150,18 @@ async fn editors_on_three_nodes_converge_on_five_flows() {
     for replicas in flows.values() {
         assert_eq!(replicas[0].snapshot().nodes.len(), 60);
     }
+    // Every node measured the lag of what it received over Redis.
+    let (mut sum, mut count) = (0.0, 0.0);
+    for node in &nodes {
+        let n = node.metric("flowhub_bus_lag_seconds_count").await;
+        assert!(n > 0.0, "node {} reports no bus lag samples", node.port);
+        count += n;
+        sum += node.metric("flowhub_bus_lag_seconds_sum").await;
+    }
+    eprintln!(
+        "bus lag: {:.2} ms mean over {count} messages",
+        sum / count * 1e3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
