@@ -633,12 +633,13 @@ impl FlowState {
                     changes: records.iter().map(|r| r.hash.clone()).collect(),
                 });
             }
+            // Local peers first: they should not wait for a round trip to Redis.
+            self.sync_all();
             self.publish(FlowBusMessage::Changes {
                 origin: self.deps.node_id.clone(),
                 changes: records.into_iter().map(|r| r.bytes).collect(),
             })
             .await;
-            self.sync_all();
             self.maybe_compact().await;
         } else {
             // Only the author needs an answer to sync chatter without changes.
