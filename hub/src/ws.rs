@@ -169,11 +169,7 @@ async fn write_loop(
             biased;
             frame = rx.frames.recv() => {
                 let Some(frame) = frame else { break };
-                let msg = match frame {
-                    OutFrame::Text(t) => Message::Text(t.into()),
-                    OutFrame::Binary(b) => Message::Binary(b.into()),
-                };
-                if sink.send(msg).await.is_err() {
+                if sink.send(to_message(frame)).await.is_err() {
                     return;
                 }
             }
@@ -182,11 +178,7 @@ async fn write_loop(
                 if let Some((code, reason)) = request {
                     // Flush what is already queued, then close.
                     while let Ok(frame) = rx.frames.try_recv() {
-                        let msg = match frame {
-                            OutFrame::Text(t) => Message::Text(t.into()),
-                            OutFrame::Binary(b) => Message::Binary(b.into()),
-                        };
-                        if code != close::TOO_SLOW && sink.send(msg).await.is_err() {
+                        if code != close::TOO_SLOW && sink.send(to_message(frame)).await.is_err() {
                             return;
                         }
                     }
@@ -200,5 +192,12 @@ async fn write_loop(
                 }
             }
         }
+    }
+}
+
+fn to_message(frame: OutFrame) -> Message {
+    match frame {
+        OutFrame::Text(t) => Message::Text(t.into()),
+        OutFrame::Binary(b) => Message::Binary(b.into()),
     }
 }

@@ -193,19 +193,6 @@ impl PresenceBook {
             .collect()
     }
 
-    /// Removes every entry of sessions on `node_id` (a node that died).
-    pub fn leave_node(&mut self, node_id: &str) {
-        let gone: Vec<String> = self
-            .entries
-            .values()
-            .filter(|e| e.node_id == node_id)
-            .map(|e| e.session_id.clone())
-            .collect();
-        for id in gone {
-            self.leave(&id);
-        }
-    }
-
     pub fn is_dirty(&self) -> bool {
         !(self.joined.is_empty() && self.updated.is_empty() && self.left.is_empty())
     }
@@ -319,7 +306,8 @@ mod tests {
     fn leaves_and_node_loss_are_reported() {
         let mut b = book_with(&["a", "b"]);
         b.leave("a");
-        b.leave_node("node");
+        // A node that died: its sessions go when it is no longer among the live.
+        b.retain_nodes("other-node", &std::collections::HashSet::new());
         let c = b.take_changes().unwrap();
         assert_eq!(c.left, vec!["a".to_string(), "b".to_string()]);
         assert!(b.entries().is_empty());

@@ -175,7 +175,7 @@ async fn commit(pool: &DbPool, batch: Vec<AppendRequest>, counters: &Counters) {
         Err(e) => {
             for request in batch {
                 warn!(flow_id = %request.flow_id, error = %e, "append failed");
-                let _ = request.reply.send(Err(same_error(&e)));
+                let _ = request.reply.send(Err(e.clone()));
             }
         }
     }
@@ -267,11 +267,6 @@ fn insert_changes_sql(rows: usize) -> String {
     }
     sql.push_str(" ON CONFLICT (flow_id, hash) DO NOTHING");
     sql
-}
-
-/// Every caller of a failed batch gets an equal copy of the error.
-fn same_error(e: &StoreError) -> StoreError {
-    e.clone()
 }
 
 #[cfg(test)]
