@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::Bytes;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::session::{
     OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
@@ -197,7 +198,22 @@ async fn write_loop(
 
 fn to_message(frame: OutFrame) -> Message {
     match frame {
-        OutFrame::Text(t) => Message::Text(t.into()),
+        // The shared text goes to the socket without a copy; checking it is UTF-8
+        // costs less than copying it, and happens here, in this session's task,
+        // rather than in the actor that broadcast it.
+        OutFrame::Text(t) => match Utf8Bytes::try_from(Bytes::from_owner(SharedText(t))) {
+            Ok(text) => Message::Text(text),
+            Err(_) => unreachable!("an Arc<str> is UTF-8"),
+        },
         OutFrame::Binary(b) => Message::Binary(b.into()),
+    }
+}
+
+/// Lets `Bytes` borrow a shared `Arc<str>` frame.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }

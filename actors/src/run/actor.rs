@@ -711,14 +711,14 @@ impl RunState {
             return;
         }
         // Encoded once for every watcher.
-        let encoded: Vec<(u64, String)> = events
+        let encoded: Vec<(u64, Arc<str>)> = events
             .iter()
             .map(|e| {
                 let msg = ServerMessage::RunEvent {
                     run_id: self.run_id.clone(),
                     event: e.clone(),
                 };
-                (e.seq, encode(&msg))
+                (e.seq, Arc::from(encode(&msg)))
             })
             .collect();
         self.watchers.retain(|id, w| {
@@ -733,7 +733,7 @@ impl RunState {
                     w.mode = Mode::Lagging;
                     return true;
                 }
-                match w.out.try_send_encoded(text.clone()) {
+                match w.out.try_send_encoded(text) {
                     Delivery::Queued => w.delivered = *seq,
                     Delivery::Full => {
                         debug!(watcher_id = %id, delivered = w.delivered, "watcher lagging");

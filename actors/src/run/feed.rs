@@ -91,6 +91,8 @@ impl FlowRunsFeed {
             flow_id: summary.flow_id.clone(),
             run: summary.clone(),
         };
+        // Encoded once, shared by every subscriber's queue.
+        let text: Arc<str> = flowhub_protocol::encode(&msg).into();
         let mut backlogged = false;
         subs.retain(|_, sub| {
             if !sub.backlog.is_empty() {
@@ -98,7 +100,7 @@ impl FlowRunsFeed {
                 backlogged = true;
                 return push_backlog(sub, summary);
             }
-            match sub.out.try_send_text(&msg) {
+            match sub.out.try_send_encoded(&text) {
                 Delivery::Queued => true,
                 Delivery::Closed => false,
                 Delivery::Full => {

@@ -20,9 +20,14 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::Metrics;
 
 /// One frame for the socket writer.
+///
+/// Text is shared: a run event or presence diff broadcast to ten thousand sessions is
+/// encoded once, and each session's copy is a reference count, not an allocation and
+/// a memcpy in the broadcasting actor (the socket writer hands the same bytes to the
+/// WebSocket, see `Bytes::from_owner`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutFrame {
-    Text(String),
+    Text(Arc<str>),
     Binary(Vec<u8>),
 }
 
@@ -75,19 +80,19 @@ impl Outbound {
     /// Offers a message that may be dropped when the queue is full (presence, run
     /// events): the caller keeps what it needs to make up for the loss.
     pub fn try_send_text(&self, msg: &ServerMessage) -> Delivery {
-        self.offer(OutFrame::Text(encode(msg)))
+        self.offer(OutFrame::Text(encode(msg).into()))
     }
 
     /// [`Outbound::try_send_text`] for a message already encoded (`encode(msg)`): a
-    /// broadcast to many sessions encodes once.
-    pub fn try_send_encoded(&self, text: String) -> Delivery {
-        self.offer(OutFrame::Text(text))
+    /// broadcast to many sessions encodes once and shares the text.
+    pub fn try_send_encoded(&self, text: &Arc<str>) -> Delivery {
+        self.offer(OutFrame::Text(Arc::clone(text)))
     }
 
     /// Queues a control message; closes the session if it cannot be queued.
     /// Returns whether it was queued.
     pub fn send_control(&self, msg: &ServerMessage) -> bool {
-        match self.offer(OutFrame::Text(encode(msg))) {
+        match self.offer(OutFrame::Text(encode(msg).into())) {
             Delivery::Queued => true,
             Delivery::Closed => false,
             Delivery::Full => {
