@@ -80,6 +80,7 @@ proptest! {
                     metrics: Arc::new(Metrics::default()),
                     config: flowhub_actors::run::RunConfig::default(),
                 })),
+                span: tracing::Span::none(),
             };
             let (session, _) = Actor::spawn(None, SessionActor, args).await.unwrap();
             for f in frames {

@@ -182,8 +182,11 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // automerge's INFO spans are per operation (see vendor/README.md); ractor's
+            // add an `Actor{id}` span per actor: both cost per edit or per session
+            // and say nothing our own spans do not.
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sqlx=warn,automerge=warn")
+                tracing_subscriber::EnvFilter::new("info,sqlx=warn,automerge=warn,ractor=warn")
             }),
         )
         .init();

@@ -4,6 +4,7 @@
 //! (and sends pings and the close frame), while this task reads frames and hands each
 //! to the session actor, waiting for it to be handled (backpressure on floods).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::session::{
-    OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
+    session_span, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
 };
 use flowhub_protocol::close;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -26,11 +27,17 @@ use crate::error::AppError;
 use crate::http::{authenticate, TokenQuery};
 use crate::server::AppState;
 
-/// Per-connection socket buffers. tungstenite defaults to 128 KiB each way, which is
-/// most of an idle session's memory; sync messages are small, and larger frames still
-/// work (buffers grow on demand).
-const READ_BUFFER: usize = 8 * 1024;
+/// Per-connection socket buffers. tungstenite defaults to 128 KiB each way and
+/// allocates the read buffer up front, so it is most of an idle session's memory. A
+/// sync message for one edit is a few hundred bytes and fits one read; a larger frame
+/// grows the buffer to its size (tungstenite reserves the frame's length), so this
+/// only costs big frames a few more reads. The write buffer starts empty and grows to
+/// what is queued; this is only the size at which writes go out before a flush.
+const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
+/// Most frames the writer sends before one flush, so a burst (a run event to a
+/// watcher, sync to a busy editor) is one write rather than one per frame.
+const WRITE_BATCH: usize = 64;
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
@@ -50,60 +57,99 @@ pub async fn upgrade(
         .on_upgrade(move |socket| run(socket, state, claims.identity())))
 }
 
-async fn run(socket: WebSocket, state: AppState, identity: Identity) {
+/// Sets up one connection; everything that can happen before the first await happens
+/// here, in a plain function. An async fn keeps its arguments in its future for the
+/// connection's whole life: the socket and the whole `AppState` would be held there
+/// twice over (the split halves already own the socket).
+fn run(socket: WebSocket, state: AppState, identity: Identity) -> impl Future<Output = ()> {
     let session_id = uuid::Uuid::new_v4().simple().to_string();
-    let span = tracing::info_span!("ws", session_id = %session_id);
+    let span = session_span(&session_id, &identity);
+    let (out, out_rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
+    let args = SessionArgs {
+        session_id,
+        identity,
+        out: out.clone(),
+        registry: state.registry.clone(),
+        limits: state.config.session.clone(),
+        metrics: state.metrics.clone(),
+        verifier: Arc::new(state.keys.clone()),
+        runs: state.runs.clone(),
+        span: span.clone(),
+    };
+    let link = Link {
+        ping_interval: state.config.ping_interval,
+        idle_timeout: state.config.idle_timeout,
+        soft_limit: state.config.session.max_frame_bytes,
+        draining: state.draining.clone(),
+    };
+    let (sink, stream) = socket.split();
     async move {
-        let (out, out_rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
-        let args = SessionArgs {
-            session_id,
-            identity,
-            out: out.clone(),
-            registry: state.registry.clone(),
-            limits: state.config.session.clone(),
-            metrics: state.metrics.clone(),
-            verifier: Arc::new(state.keys.clone()),
-            runs: state.runs.clone(),
-        };
-        let session = match Actor::spawn(None, SessionActor, args).await {
+        // Boxed, like the calls in `read_loop`: an inline spawn would size this
+        // connection-long future for the spawn's states.
+        let session = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
             Ok((session, _)) => session,
             Err(e) => {
                 warn!(error = %e, "cannot start session");
                 return;
             }
         };
-        let (sink, mut stream) = socket.split();
-        let mut writer = tokio::spawn(write_loop(sink, out_rx, state.config.ping_interval));
-        let mut draining = state.draining.clone();
-        let mut writer_done = false;
-        tokio::select! {
-            _ = read_loop(&mut stream, &session, &out, state.config.session.max_frame_bytes, state.config.idle_timeout) => {}
-            _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
-            _ = &mut writer => writer_done = true,
-        }
-        // Leaving flows happens in the session's post_stop.
-        let _ = session.stop_and_wait(None, Some(Duration::from_secs(5))).await;
-        // Let the writer send what is queued and the close frame, and keep reading
-        // meanwhile: closing a socket with unread input makes the kernel reset the
-        // connection, and the client would lose our close frame and its reason.
-        out.close(close::NORMAL, "");
-        let drain = async {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let writer = async {
-            // A finished JoinHandle must not be polled again.
-            if !writer_done {
-                let _ = writer.await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), async { tokio::join!(drain, writer) }).await;
+        serve(sink, stream, session, out, out_rx, link).await
     }
     .instrument(span)
-    .await
+}
+
+/// The per-connection settings `serve` keeps.
+struct Link {
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    soft_limit: usize,
+    draining: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn serve(
+    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    session: ActorRef<SessionMsg>,
+    out: Outbound,
+    out_rx: OutboundRx,
+    link: Link,
+) {
+    let Link {
+        ping_interval,
+        idle_timeout,
+        soft_limit,
+        mut draining,
+    } = link;
+    let mut writer = tokio::spawn(write_loop(sink, out_rx, ping_interval));
+    let mut writer_done = false;
+    tokio::select! {
+        _ = read_loop(&mut stream, &session, &out, soft_limit, idle_timeout) => {}
+        _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
+        _ = &mut writer => writer_done = true,
+    }
+    // Leaving flows happens in the session's post_stop.
+    let _ = Box::pin(session.stop_and_wait(None, Some(Duration::from_secs(5)))).await;
+    // Let the writer send what is queued and the close frame, and keep reading
+    // meanwhile: closing a socket with unread input makes the kernel reset the
+    // connection, and the client would lose our close frame and its reason.
+    out.close(close::NORMAL, "");
+    let drain = async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let writer = async {
+        // A finished JoinHandle must not be polled again.
+        if !writer_done {
+            let _ = writer.await;
+        }
+    };
+    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::join!(drain, writer)
+    }))
+    .await;
 }
 
 async fn read_loop(
@@ -133,14 +179,16 @@ async fn read_loop(
             Ok(Message::Binary(bytes)) if bytes.len() > soft_limit => {
                 session.cast(SessionMsg::Oversize(bytes.len())).is_ok()
             }
-            Ok(Message::Text(text)) => session
-                .call(|r| SessionMsg::Text(text.as_str().to_owned(), r), None)
-                .await
-                .is_ok(),
-            Ok(Message::Binary(bytes)) => session
-                .call(|r| SessionMsg::Binary(bytes.to_vec(), r), None)
-                .await
-                .is_ok(),
+            Ok(Message::Text(text)) => {
+                Box::pin(session.call(|r| SessionMsg::Text(text.as_str().to_owned(), r), None))
+                    .await
+                    .is_ok()
+            }
+            Ok(Message::Binary(bytes)) => {
+                Box::pin(session.call(|r| SessionMsg::Binary(bytes.to_vec(), r), None))
+                    .await
+                    .is_ok()
+            }
             Ok(Message::Ping(_) | Message::Pong(_)) => true,
             Ok(Message::Close(_)) => false,
             Err(e) => {
@@ -170,7 +218,7 @@ async fn write_loop(
             biased;
             frame = rx.frames.recv() => {
                 let Some(frame) = frame else { break };
-                if sink.send(to_message(frame)).await.is_err() {
+                if write_burst(&mut sink, &mut rx, frame).await.is_err() {
                     return;
                 }
             }
@@ -194,6 +242,23 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`] frames),
+/// then flushes once.
+async fn write_burst(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut OutboundRx,
+    first: OutFrame,
+) -> Result<(), axum::Error> {
+    sink.feed(to_message(first)).await?;
+    for _ in 1..WRITE_BATCH {
+        match rx.frames.try_recv() {
+            Ok(frame) => sink.feed(to_message(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
 }
 
 fn to_message(frame: OutFrame) -> Message {

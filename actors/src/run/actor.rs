@@ -191,6 +191,8 @@ pub struct RunState {
     /// Event ids of `recent`.
     recent_ids: HashSet<String>,
     watchers: HashMap<String, Watcher>,
+    /// Stored batches not yet offered to watchers, the bus and the feed.
+    unannounced: Vec<(Vec<RunEvent>, Vec<RunSummary>)>,
     pump_armed: bool,
     /// When the pending `StopIfIdle` fires (`None`: none pending). A shorter grace
     /// arms an earlier one; the later one then finds nothing to do.
@@ -268,6 +270,7 @@ impl Actor for RunActor {
             recent: tail,
             recent_ids,
             watchers: HashMap::new(),
+            unannounced: Vec::new(),
             pump_armed: false,
             stop_due: None,
             last_activity: Instant::now(),
@@ -330,6 +333,7 @@ impl Actor for RunActor {
                     let result = state.ingest(events).await;
                     let failed = matches!(result, Err(RunError::Store(_)));
                     let _ = reply.send(result);
+                    state.announce().await;
                     if failed {
                         // Memory is unchanged, but the store may or may not hold the
                         // batch: let a fresh actor reload what it really holds.
@@ -623,11 +627,9 @@ impl RunState {
         for e in &sequenced {
             self.remember(e.clone());
         }
-        self.broadcast(&sequenced);
-        self.publish(&sequenced).await;
-        for change in &changes {
-            self.registry.feed().publish(change);
-        }
+        // Announced (watchers, other nodes, the flow's feed) once the engine has its
+        // answer: see `RunState::announce`.
+        self.unannounced.push((sequenced, changes));
         Metrics::add(&self.registry.counters().events_accepted, accepted as u64);
         debug!(
             accepted,
@@ -701,6 +703,23 @@ impl RunState {
         while self.recent.len() > self.deps.config.recent_events.max(1) {
             if let Some(old) = self.recent.pop_front() {
                 self.recent_ids.remove(&old.event.event_id);
+            }
+        }
+    }
+
+    /// Offers stored batches to watchers, other nodes and the flow's feed.
+    ///
+    /// Runs after the ingest is answered: the events are durable by then (which is
+    /// what the answer promises), and the engine can send its next batch while this
+    /// actor fans the last one out to thousands of watchers, instead of waiting for
+    /// every one of them. Nothing else runs in between (one message at a time), and
+    /// watchers resume by `seq` anyway.
+    async fn announce(&mut self) {
+        for (events, changes) in std::mem::take(&mut self.unannounced) {
+            self.broadcast(&events);
+            self.publish(&events).await;
+            for change in &changes {
+                self.registry.feed().publish(change);
             }
         }
     }

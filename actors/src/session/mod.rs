@@ -4,5 +4,5 @@ mod actor;
 pub mod outbound;
 mod runs;
 
-pub use actor::{SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionState};
+pub use actor::{session_span, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionState};
 pub use outbound::{Delivery, OutFrame, Outbound, OutboundRx};
