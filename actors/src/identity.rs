@@ -25,6 +25,13 @@ impl Identity {
     }
 }
 
+/// Verifies a token presented on an open session (`reauth`). The hub implements it
+/// with its JWT keys; tests can implement it with anything.
+pub trait TokenVerifier: Send + Sync + 'static {
+    /// The identity the token proves, or why it does not.
+    fn verify(&self, token: &str) -> Result<Identity, String>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,11 +56,4 @@ mod tests {
         };
         assert_eq!(none.role_for("demo"), None);
     }
-}
-
-/// Verifies a token presented on an open session (`reauth`). The hub implements it
-/// with its JWT keys; tests can implement it with anything.
-pub trait TokenVerifier: Send + Sync + 'static {
-    /// The identity the token proves, or why it does not.
-    fn verify(&self, token: &str) -> Result<Identity, String>;
 }

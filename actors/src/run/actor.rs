@@ -440,7 +440,7 @@ impl RunState {
             .collect();
         let gap = incoming
             .front()
-            .map_or(true, |e| e.seq != self.run.last_seq + 1);
+            .is_none_or(|e| e.seq != self.run.last_seq + 1);
         if gap {
             match self
                 .deps
