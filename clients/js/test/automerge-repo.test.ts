@@ -10,13 +10,13 @@ import { flowAutomergeUrl, flowDocumentId, flowIdOfDocumentId, snapshotOf, type 
 import { connect, eventually, startHub, token, type HubProcess } from "./support.js"
 
 let hub: HubProcess
-const repos: Repo[] = []
+const repos: { repo: Repo; adapter: WebSocketClientAdapter }[] = []
 const clients: FlowhubClient[] = []
 
 function repoFor(tok: string, peer: string): Repo {
   const adapter = new WebSocketClientAdapter(`${hub.url}/v1/automerge-repo?token=${tok}`, 500)
   const repo = new Repo({ network: [adapter], peerId: peer as PeerId })
-  repos.push(repo)
+  repos.push({ repo, adapter })
   return repo
 }
 
@@ -28,7 +28,14 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  for (const r of repos) await r.shutdown().catch(() => {})
+  for (const { repo, adapter } of repos) {
+    // The adapter's disconnect() removes its own error listener and then closes the
+    // socket. If a retry (every 500 ms after the hub closed a connection) is still
+    // handshaking, ws then emits "closed before the connection was established"
+    // with no listener: an uncaught exception at teardown. Give it a listener.
+    adapter.socket?.addEventListener("error", () => {})
+    await repo.shutdown().catch(() => {})
+  }
   for (const c of clients) c.close()
   await hub?.stop()
 })
