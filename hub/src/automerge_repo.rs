@@ -236,10 +236,7 @@ pub async fn upgrade(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let claims = authenticate(&state, &headers, &query)?;
-    let hard = state.config.hard_frame_bytes;
-    Ok(ws
-        .max_message_size(hard)
-        .max_frame_size(hard)
+    Ok(crate::ws::size_buffers(ws, state.config.hard_frame_bytes)
         .on_upgrade(move |socket| run(socket, state, claims.identity())))
 }
 
@@ -304,6 +301,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
             },
         ));
         let mut writer_done = false;
+        let writer_abort = writer.abort_handle();
         let mut draining = state.draining.clone();
         let expiry = async move {
             match expires_at {
@@ -327,8 +325,10 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         }
         out.close(close::NORMAL, "");
         drop(bridge);
-        if !writer_done {
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        if !writer_done && tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+            // A peer that stopped reading keeps the writer in `send`: end it rather
+            // than leave a task (and its socket) behind the closed session.
+            writer_abort.abort();
         }
         state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
         info!("automerge-repo connection closed");
@@ -694,10 +694,14 @@ async fn write_loop(
             })))
             .await;
     };
+    // Once the reader is gone its sender is dropped and `recv` answers `None` at once,
+    // every time: polling it again in a `biased` select would starve the other
+    // branches and spin a core forever. After `None` the branch is switched off.
+    let mut direct_open = true;
     loop {
         tokio::select! {
             biased;
-            d = direct.recv() => match d {
+            d = direct.recv(), if direct_open => match d {
                 Some(Direct::Frame(bytes)) => {
                     let sent = sink.send(Message::Binary(bytes.into())).await;
                     if sent.is_err() {
@@ -705,7 +709,7 @@ async fn write_loop(
                     }
                 }
                 Some(Direct::Fatal(bytes, code, reason)) => return fatal(sink, bytes, code, reason).await,
-                None => {}
+                None => direct_open = false,
             },
             frame = rx.frames.recv() => {
                 let Some(frame) = frame else { break };

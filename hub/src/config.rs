@@ -42,6 +42,11 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// How long a drain (SIGTERM) waits for sessions and flows before exiting.
     pub drain_timeout: Duration,
+    /// The demo's development endpoints (`/v1/dev/token`, `/v1/dev/simulate-run`):
+    /// anonymous editor tokens. Only when the operator asks (`--demo`), never inferred.
+    pub demo: bool,
+    /// Allows `demo` on a non-loopback listen address (a second, explicit opt-in).
+    pub demo_allow_remote: bool,
 }
 
 impl Default for HubConfig {
@@ -62,6 +67,8 @@ impl Default for HubConfig {
             ping_interval: Duration::from_secs(4),
             idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            demo: false,
+            demo_allow_remote: false,
         }
     }
 }

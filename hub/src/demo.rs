@@ -5,15 +5,22 @@
 //! `hub/static/src/app.ts` and the `@flowhub/client` package (clients/js); rebuild it
 //! with `npm run build:demo` in clients/js (`npm run check:demo` verifies it is current).
 //!
-//! On the embedded default only (no `database_url`), two development endpoints make
-//! the page usable without minting tokens by hand:
+//! Only when the operator turns the demo on (`flowhub demo`, `--demo`,
+//! `FLOWHUB_DEMO=1`; see [`HubConfig::demo`](crate::config::HubConfig::demo)), two
+//! development endpoints make the page usable without minting tokens by hand:
 //! - `POST /v1/dev/token {"name": "Alice", "flow": "demo"}` → `{"token", "user_id",
 //!   "name", "flow"}`: an editor token for that flow (default `demo`), valid 12 hours.
+//!   The user id is stable per browser (a `flowhub_demo_id` cookie), so presence shows
+//!   one person per browser and `flow_members` can revoke them.
 //! - `POST /v1/dev/simulate-run {"flow_id": "demo", "fail_node"?, "step_ms"?}` (any
 //!   token with a role on the flow) → `{"run_id"}`: plays a run of the flow's nodes in
 //!   topological order through [`RunRegistry::ingest`](flowhub_actors::run::RunRegistry::ingest),
 //!   the code path behind `POST /v1/runs/{id}/events`, one event at a time like an
 //!   engine would.
+//!
+//! Both answer only requests whose `Host` names the address the hub listens on
+//! ([`check_host`]): a page on another origin that rebinds its DNS name to 127.0.0.1
+//! sends its own name and is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,8 +47,9 @@ const APP_JS: &str = include_str!("../static/app.js");
 const APP_CSS: &str = include_str!("../static/app.css");
 const AUTOMERGE_WASM: &[u8] = include_bytes!("../static/automerge.wasm");
 
-/// The page's routes; `dev` adds the development endpoints (embedded default only).
-pub fn routes(dev: bool) -> Router<AppState> {
+/// The page's routes, plus the development endpoints when the demo is on.
+pub fn routes(config: &crate::config::HubConfig) -> Router<AppState> {
+    let dev = config.demo;
     let router = Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
@@ -90,24 +98,75 @@ pub struct DevTokenBody {
     pub flow: Option<String>,
 }
 
+/// Refuses a request whose `Host` is not the listen address (DNS rebinding): on a
+/// loopback address `localhost` or a loopback IP, on a specific address that address,
+/// on a wildcard address any IP literal; always with the listen port.
+pub fn check_host(listen: std::net::SocketAddr, headers: &HeaderMap) -> Result<(), AppError> {
+    let refused = || AppError::forbidden("the Host header does not name this hub's listen address");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(refused)?;
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !port.contains(']') => (name, port.parse::<u16>().ok()),
+        _ => (host, Some(80)),
+    };
+    if port != Some(listen.port()) {
+        return Err(refused());
+    }
+    let literal = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let ip = listen.ip();
+    let ok = match literal {
+        None => name.eq_ignore_ascii_case("localhost") && ip.is_loopback(),
+        Some(_) if ip.is_unspecified() => true,
+        Some(lit) => lit == ip || (ip.is_loopback() && lit.is_loopback()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+const DEMO_COOKIE: &str = "flowhub_demo_id";
+
+/// This browser's demo id from its cookie, if it sent a well-formed one.
+fn demo_id_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == DEMO_COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// `POST /v1/dev/token`: an editor token for one flow (development only).
 pub async fn dev_token(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(body): Json<DevTokenBody>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
+    check_host(state.config.listen, &headers)?;
     let name: String = body.name.trim().chars().take(64).collect();
     if name.is_empty() {
         return Err(AppError::bad_request("name: must not be empty"));
     }
     let flow = body.flow.unwrap_or_else(|| "demo".into());
     validate_flow_id(&flow).map_err(|e| AppError::bad_request(e.to_string()))?;
-    let slug: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
-    let user_id = format!("{}-{suffix}", slug.trim_matches('-'));
+    // One user per browser, whatever name it gives: presence counts people, and an
+    // owner can revoke this user through `flow_members`.
+    let known = demo_id_of(&headers);
+    let demo_id = known
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let user_id = format!("demo-{demo_id}");
     let claims = Claims {
         sub: user_id.clone(),
         name: Some(name.clone()),
@@ -115,12 +174,18 @@ pub async fn dev_token(
         flows: [(flow.clone(), Role::Editor)].into(),
         svc: false,
     };
-    Ok(Json(json!({
+    let body = Json(json!({
         "token": state.keys.sign(&claims),
         "user_id": user_id,
         "name": name,
         "flow": flow,
-    })))
+    }));
+    if known.is_some() {
+        return Ok(body.into_response());
+    }
+    let cookie =
+        format!("{DEMO_COOKIE}={demo_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000");
+    Ok(([(header::SET_COOKIE, cookie)], body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +281,7 @@ pub async fn simulate_run(
     headers: HeaderMap,
     Json(body): Json<SimulateBody>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
+    check_host(state.config.listen, &headers)?;
     let claims = authenticate(&state, &headers, &query)?;
     let flow_id = body.flow_id;
     validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
@@ -306,6 +372,58 @@ pub async fn simulate_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(h: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, h.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn host_must_name_the_listen_address() {
+        let lo: std::net::SocketAddr = "127.0.0.1:7878".parse().unwrap();
+        for ok in [
+            "127.0.0.1:7878",
+            "localhost:7878",
+            "LOCALHOST:7878",
+            "[::1]:7878",
+        ] {
+            assert!(check_host(lo, &host(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7878",
+            "127.0.0.1:80",
+            "10.0.0.1:7878",
+            "127.0.0.1",
+        ] {
+            assert!(check_host(lo, &host(bad)).is_err(), "{bad}");
+        }
+        assert!(check_host(lo, &HeaderMap::new()).is_err());
+        let any: std::net::SocketAddr = "0.0.0.0:7878".parse().unwrap();
+        assert!(check_host(any, &host("192.0.2.7:7878")).is_ok());
+        assert!(check_host(any, &host("evil.example:7878")).is_err());
+        let one: std::net::SocketAddr = "192.0.2.7:7878".parse().unwrap();
+        assert!(check_host(one, &host("192.0.2.7:7878")).is_ok());
+        assert!(check_host(one, &host("192.0.2.8:7878")).is_err());
+    }
+
+    #[test]
+    fn demo_cookie_is_read_only_when_well_formed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "a=b; flowhub_demo_id=0123456789abcdef0123456789abcdef"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            demo_id_of(&headers).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        headers.insert(header::COOKIE, "flowhub_demo_id=../../x".parse().unwrap());
+        assert_eq!(demo_id_of(&headers), None);
+    }
 
     #[test]
     fn run_order_follows_edges_then_position() {

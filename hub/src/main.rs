@@ -1,4 +1,4 @@
-//! The `flowhub` binary: `flowhub serve` (the default) and `flowhub token`.
+//! The `flowhub` binary: `flowhub serve` (the default), `flowhub demo` and `flowhub token`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ struct Cli {
 enum Command {
     /// Run a hub node (the default).
     Serve(ServeArgs),
+    /// Run a hub node with the demo's development endpoints on (`serve --demo`):
+    /// anonymous editor tokens for the demo page. Loopback only unless
+    /// `--demo-allow-remote` is given too.
+    Demo(ServeArgs),
     /// Print a signed token for development.
     Token(TokenArgs),
 }
@@ -62,6 +66,14 @@ struct ServeArgs {
     /// Seconds a SIGTERM drain may take.
     #[arg(long, env = "FLOWHUB_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
+    /// Turn on the demo's development endpoints (`/v1/dev/token` mints anonymous
+    /// editor tokens): for trying flowhub on your own machine, never a deployment.
+    #[arg(long, env = "FLOWHUB_DEMO", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    demo: bool,
+    /// Allow `--demo` on a non-loopback listen address (anyone who can reach the
+    /// port gets an editor token).
+    #[arg(long, env = "FLOWHUB_DEMO_ALLOW_REMOTE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    demo_allow_remote: bool,
 }
 
 #[derive(Args)]
@@ -108,6 +120,8 @@ fn config_from(args: ServeArgs) -> HubConfig {
         node_id: args.node_id,
         outbound_queue: args.outbound_queue,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        demo: args.demo,
+        demo_allow_remote: args.demo_allow_remote,
         ..HubConfig::default()
     };
     config.session.max_frame_bytes = args.max_frame_bytes;
@@ -194,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Demo(args)) => serve(ServeArgs { demo: true, ..args }).await,
         None => serve(cli.serve).await,
     }
 }

@@ -48,6 +48,12 @@ pub enum StartError {
     Store(#[from] flowhub_actors::store::StoreError),
     #[error("cannot connect to Redis: {0}")]
     Bus(#[from] flowhub_actors::bus::BusError),
+    #[error(
+        "refusing to start the demo's development endpoints on {0}: anyone who can reach \
+         a non-loopback address would get an editor token. Listen on 127.0.0.1, or add \
+         --demo-allow-remote (FLOWHUB_DEMO_ALLOW_REMOTE=1) if you really mean it"
+    )]
+    DemoRemote(SocketAddr),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -66,6 +72,7 @@ pub struct Hub {
 impl Hub {
     /// Opens the store, binds the listener (port 0 picks a free port) and serves.
     pub async fn start(config: HubConfig) -> Result<Hub, StartError> {
+        check_demo(&config)?;
         let secret = resolve_secret(&config).map_err(StartError::Secret)?;
         if config.database_url.is_none() {
             std::fs::create_dir_all(&config.data_dir).map_err(StartError::Secret)?;
@@ -92,6 +99,7 @@ impl Hub {
         bus: Arc<dyn Bus>,
         redis: Option<RedisBus>,
     ) -> Result<Hub, StartError> {
+        check_demo(&config)?;
         let node_id = config
             .node_id
             .clone()
@@ -219,6 +227,23 @@ impl Hub {
     }
 }
 
+/// The demo's endpoints hand out editor tokens to anyone: refused on a non-loopback
+/// address unless the operator said so twice, and loudly announced either way.
+fn check_demo(config: &HubConfig) -> Result<(), StartError> {
+    if !config.demo {
+        return Ok(());
+    }
+    if !config.listen.ip().is_loopback() && !config.demo_allow_remote {
+        return Err(StartError::DemoRemote(config.listen));
+    }
+    tracing::warn!(
+        listen = %config.listen,
+        "DEMO MODE: /v1/dev/token gives an editor token to anyone who can reach this \
+         address; never run --demo on a deployment"
+    );
+    Ok(())
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
@@ -233,7 +258,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(http::metrics))
         .merge(crate::runs::routes())
         .merge(crate::automerge_repo::routes())
-        // The dev endpoints exist only on the embedded default (no database configured).
-        .merge(crate::demo::routes(state.config.database_url.is_none()))
+        // The dev endpoints exist only when the operator turned the demo on.
+        .merge(crate::demo::routes(&state.config))
         .with_state(state)
 }

@@ -47,14 +47,18 @@ pub async fn upgrade(
 ) -> Result<Response, AppError> {
     // Refuse before upgrading: a bad token is a plain 401, never a WebSocket.
     let claims = authenticate(&state, &headers, &query)?;
-    let hard = state.config.hard_frame_bytes;
-    Ok(ws
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(hard.max(WRITE_BUFFER * 2))
-        .max_message_size(hard)
-        .max_frame_size(hard)
+    Ok(size_buffers(ws, state.config.hard_frame_bytes)
         .on_upgrade(move |socket| run(socket, state, claims.identity())))
+}
+
+/// The socket buffers and frame limits every WebSocket endpoint uses (see
+/// [`READ_BUFFER`]): left at tungstenite's defaults an idle connection holds ~150 KB.
+pub fn size_buffers(ws: WebSocketUpgrade, hard_frame_bytes: usize) -> WebSocketUpgrade {
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(hard_frame_bytes.max(WRITE_BUFFER * 2))
+        .max_message_size(hard_frame_bytes)
+        .max_frame_size(hard_frame_bytes)
 }
 
 /// Sets up one connection; everything that can happen before the first await happens
