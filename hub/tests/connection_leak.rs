@@ -1,0 +1,122 @@
+//! Regression: closed `/v1/automerge-repo` connections leave nothing running.
+//!
+//! The writer of a closed automerge-repo connection used to keep polling a channel
+//! that had already answered `None`, in a `biased` select, forever: two stock `Repo`
+//! clients connecting and leaving pinned both cores of a node. This test is its own
+//! binary so that no other test's work shows up in the process's CPU time.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ciborium::Value;
+use flowhub::automerge_repo::flow_document_id;
+use flowhub_protocol::Role;
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn cbor(fields: Vec<(&str, Value)>) -> Vec<u8> {
+    let map = Value::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Value::Text(k.into()), v))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(&map, &mut out).unwrap();
+    out
+}
+
+/// CPU time (user + system) this process has used, from /proc/self/stat.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after `)`.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY-free: clock ticks per second is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn closed_automerge_repo_connections_leave_no_task_and_burn_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(Backend::Sqlite, dir.path()).await;
+    let url = hub.ws_url();
+    let token = token("rita", &[("leak", Role::Editor)]);
+
+    for i in 0..20 {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{url}/v1/automerge-repo?token={token}"))
+                .await
+                .expect("connect");
+        let peer = format!("peer-{i}");
+        ws.send(Message::Binary(
+            cbor(vec![
+                ("type", Value::Text("join".into())),
+                ("senderId", Value::Text(peer.clone())),
+                ("peerMetadata", Value::Map(vec![])),
+                (
+                    "supportedProtocolVersions",
+                    Value::Array(vec![Value::Text("1".into())]),
+                ),
+            ])
+            .into(),
+        ))
+        .await
+        .unwrap();
+        // An empty-document sync request joins the flow, as a Repo's `find` does.
+        let mut doc = flowhub_crdt::FlowDoc::new();
+        let mut sync = flowhub_crdt::SyncState::new();
+        let data = doc.generate_sync_message(&mut sync).unwrap();
+        ws.send(Message::Binary(
+            cbor(vec![
+                ("type", Value::Text("request".into())),
+                ("senderId", Value::Text(peer)),
+                ("targetId", Value::Text("hub".into())),
+                ("documentId", Value::Text(flow_document_id("leak"))),
+                ("data", Value::Bytes(data)),
+            ])
+            .into(),
+        ))
+        .await
+        .unwrap();
+        // Read what the hub answers (peer, sync) until it falls silent: the leak
+        // needed a writer with nothing left to send when the reader ended.
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        {}
+        if i % 2 == 0 {
+            // Half leave politely, half just vanish (the reader sees the stream end).
+            let _ = ws.close(None).await;
+        }
+        drop(ws);
+    }
+
+    let metrics = hub.state().metrics.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || metrics
+            .sessions_open
+            .load(Ordering::Relaxed)
+            == 0)
+        .await,
+        "every automerge-repo session ends, {} still open",
+        metrics.sessions_open.load(Ordering::Relaxed)
+    );
+
+    // With the leak, each closed connection's writer spun a core: 2 s of wall time
+    // cost ~4 s of CPU on two workers. An idle hub costs a few milliseconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = process_cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burned = process_cpu() - before;
+    println!("CPU over 2 s after 20 closed automerge-repo connections: {burned:?}");
+    assert!(
+        burned < Duration::from_millis(500),
+        "an idle hub burned {burned:?} of CPU in 2 s: a closed connection is still running"
+    );
+    hub.shutdown().await;
+}
