@@ -92,7 +92,7 @@ impl Hub {
 
     /// Starts on given store and bus (tests run several hubs on one in-process bus).
     pub async fn start_with(
-        config: HubConfig,
+        mut config: HubConfig,
         keys: JwtKeys,
         store: Arc<dyn Store>,
         sql: Option<Arc<SqlStore>>,
@@ -133,6 +133,9 @@ impl Hub {
             addr: config.listen,
             source,
         })?;
+        // From here on the config names the address actually bound (port 0 picked one):
+        // the demo's Host check compares against it.
+        config.listen = addr;
         let (drain, draining) = watch::channel(false);
         let membership = redis.clone().map(|bus| Membership {
             bus,

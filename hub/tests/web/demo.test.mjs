@@ -49,8 +49,9 @@ before(async () => {
   const port = await freePort()
   dataDir = mkdtempSync(join(tmpdir(), "flowhub-web-"))
   base = `http://127.0.0.1:${port}`
-  // The embedded default (no database URL): the dev endpoints are on.
-  const env = { ...process.env, FLOWHUB_LISTEN: `127.0.0.1:${port}`, FLOWHUB_DATA_DIR: dataDir, RUST_LOG: "warn" }
+  // The embedded default (no database URL) with the demo turned on, as the README's
+  // `flowhub demo` does: the dev endpoints exist only then.
+  const env = { ...process.env, FLOWHUB_LISTEN: `127.0.0.1:${port}`, FLOWHUB_DATA_DIR: dataDir, FLOWHUB_DEMO: "1", RUST_LOG: "warn" }
   delete env.FLOWHUB_DATABASE_URL
   delete env.FLOWHUB_JWT_SECRET
   hub = spawn(bin, ["serve"], { env, stdio: ["ignore", "ignore", "inherit"] })
