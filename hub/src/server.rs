@@ -112,6 +112,8 @@ impl Hub {
             metrics: metrics.clone(),
             config: config.flow.clone(),
         }));
+        // Anti-entropy and membership versions from the store, independent of the bus.
+        registry.spawn_store_watch(config.flow.store_watch_interval);
         // Runs live in the same database as flows; without one (tests), in memory.
         let run_store: Arc<dyn RunStore> = match &sql {
             Some(sql) => sql.clone(),

@@ -23,7 +23,7 @@ use crate::bus::{channel, Bus, FlowBusMessage, PresenceUpdate};
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
 use crate::session::outbound::{Delivery, Outbound};
-use crate::store::{ChangeRecord, MemberAccess, Snapshot, Store};
+use crate::store::{ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store};
 
 /// Behaviour of a flow actor (the state is [`FlowState`]).
 pub struct FlowActor;
@@ -43,6 +43,10 @@ pub struct FlowConfig {
     /// missed messages (the bus is at most once) notices and catches up from the
     /// store. This bounds how long replicas differ after the bus heals.
     pub heads_interval: Duration,
+    /// How often the node polls the store for the versions of its open flows
+    /// ([`FlowRegistry::spawn_store_watch`]): the bound on how long a replica stays
+    /// behind the store, or a revoked user keeps access, when bus messages are lost.
+    pub store_watch_interval: Duration,
     /// Largest sync message that may carry changes (`too_large` above).
     pub max_change_bytes: usize,
     /// Largest document, measured as stored bytes (snapshot plus changes since);
@@ -57,6 +61,7 @@ impl Default for FlowConfig {
             compact_after: 1000,
             tick: Duration::from_millis(250),
             heads_interval: Duration::from_secs(1),
+            store_watch_interval: Duration::from_secs(1),
             max_change_bytes: 1 << 20,
             max_doc_bytes: 64 << 20,
         }
@@ -136,6 +141,10 @@ pub enum FlowMsg {
     ToJson(RpcReplyPort<serde_json::Value>),
     /// Sorted hex heads.
     Heads(RpcReplyPort<Vec<String>>),
+    /// The flow's versions in the store, polled by the registry's store watch
+    /// ([`FlowRegistry::spawn_store_watch`]): the actor catches up on changes and
+    /// re-reads memberships that the bus did not bring.
+    StoreVersions(FlowVersions),
 }
 
 struct Peer {
@@ -166,6 +175,11 @@ pub struct FlowState {
     presence_flush_armed: bool,
     /// Stored bytes of the document (snapshot plus changes since), for the size limit.
     doc_bytes: usize,
+    /// The store's versions as of this replica's last load or catch-up.
+    versions_seen: FlowVersions,
+    /// Appends this actor committed since `versions_seen.changes` was read: a store
+    /// version of exactly `seen + own_appends` means no other node wrote.
+    own_appends: u64,
     empty_since: Option<Instant>,
     tasks: Vec<JoinHandle<()>>,
     span: tracing::Span,
@@ -189,7 +203,7 @@ impl Actor for FlowActor {
             .bus
             .subscribe(&channel::flow(&args.flow_id))
             .await?;
-        let (doc, uncompacted, doc_bytes) = load(&*args.deps.store, &args.flow_id)
+        let (doc, uncompacted, doc_bytes, versions_seen) = load(&*args.deps.store, &args.flow_id)
             .instrument(span.clone())
             .await?;
         let mut tasks = Vec::new();
@@ -223,6 +237,8 @@ impl Actor for FlowActor {
             local_left: Vec::new(),
             presence_flush_armed: false,
             doc_bytes,
+            versions_seen,
+            own_appends: 0,
             empty_since: Some(Instant::now()),
             tasks,
             span,
@@ -303,21 +319,10 @@ impl Actor for FlowActor {
                     }
                 }
                 FlowMsg::MemberChanged { user_id, access } => {
-                    let affected: Vec<String> = state
-                        .peers
-                        .iter()
-                        .filter(|(_, p)| p.user_id == user_id)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for session_id in affected {
-                        let Some(peer) = state.peers.get_mut(&session_id) else {
-                            continue;
-                        };
-                        match MemberAccess::effective(access, peer.token_role) {
-                            Some(role) => peer.role = role,
-                            None => state.revoke(&session_id, &myself),
-                        }
-                    }
+                    state.apply_member_access(&user_id, access, &myself);
+                }
+                FlowMsg::StoreVersions(versions) => {
+                    state.on_store_versions(versions, &myself).await;
                 }
                 FlowMsg::Presence {
                     session_id,
@@ -398,7 +403,10 @@ fn arm_eviction(myself: &ActorRef<FlowMsg>, state: &FlowState) {
 
 /// Rebuilds a flow from the store: latest snapshot plus every later change. Also
 /// returns the hashes not covered by the snapshot and the stored size in bytes.
-async fn load(store: &dyn Store, flow_id: &str) -> Result<(FlowDoc, Vec<String>, usize)> {
+async fn load(
+    store: &dyn Store,
+    flow_id: &str,
+) -> Result<(FlowDoc, Vec<String>, usize, FlowVersions)> {
     let stored = store.load_flow(flow_id).await?;
     let changes: Vec<Vec<u8>> = stored.changes.iter().map(|c| c.bytes.clone()).collect();
     let doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes)?;
@@ -408,6 +416,7 @@ async fn load(store: &dyn Store, flow_id: &str) -> Result<(FlowDoc, Vec<String>,
         doc,
         stored.changes.into_iter().map(|c| c.hash).collect(),
         bytes,
+        stored.versions,
     ))
 }
 
@@ -619,10 +628,13 @@ impl FlowState {
                     "the store is unavailable; retry".into(),
                 );
                 // The document must not hold what the store does not: reload it.
-                let (doc, uncompacted, doc_bytes) = load(&*self.deps.store, &self.flow_id).await?;
+                let (doc, uncompacted, doc_bytes, versions) =
+                    load(&*self.deps.store, &self.flow_id).await?;
                 self.doc = doc;
                 self.uncompacted = uncompacted;
                 self.doc_bytes = doc_bytes;
+                self.versions_seen = versions;
+                self.own_appends = 0;
                 return Ok(());
             }
             Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
@@ -671,6 +683,7 @@ impl FlowState {
             Metrics::inc(&m.store_errors);
         }
         result?;
+        self.own_appends += 1;
         self.uncompacted
             .extend(records.iter().map(|r| r.hash.clone()));
         self.doc_bytes += records.iter().map(|r| r.bytes.len()).sum::<usize>();
@@ -801,9 +814,17 @@ impl FlowState {
     /// the heads of the stored snapshot, now included in this replica.
     async fn catch_up_from_store(&mut self) -> Result<Option<Vec<String>>> {
         let stored = self.deps.store.load_flow(&self.flow_id).await?;
+        self.versions_seen.changes = stored.versions.changes;
+        self.own_appends = 0;
         let snapshot_heads = stored.snapshot_heads.clone();
+        // A snapshot whose heads this replica has holds nothing new (a change is only
+        // ever stored with its dependencies): skip decoding it, the costly part.
+        let snapshot_known = snapshot_heads.as_ref().is_some_and(|heads| {
+            flowhub_crdt::parse_heads(heads)
+                .is_ok_and(|hashes| hashes.iter().all(|h| self.doc.has_change(h)))
+        });
         let mut raw: Vec<Vec<u8>> = Vec::new();
-        if let Some(snapshot) = &stored.snapshot {
+        if let Some(snapshot) = stored.snapshot.as_ref().filter(|_| !snapshot_known) {
             raw.extend(
                 FlowDoc::load(snapshot)?
                     .all_changes()
@@ -819,6 +840,71 @@ impl FlowState {
             self.sync_all();
         }
         Ok(snapshot_heads)
+    }
+
+    /// What the store watch found. Another node's append shows as a change version
+    /// beyond this actor's own appends; a membership change as a new members version.
+    async fn on_store_versions(&mut self, versions: FlowVersions, myself: &ActorRef<FlowMsg>) {
+        if versions.changes > self.versions_seen.changes + self.own_appends {
+            debug!(
+                seen = self.versions_seen.changes,
+                own = self.own_appends,
+                stored = versions.changes,
+                "store has changes the bus did not bring"
+            );
+            if let Err(e) = self.catch_up_from_store().await {
+                // The next poll tries again; the replica stays usable meanwhile.
+                warn!(error = %e, "catching up from the store failed");
+            }
+        } else if versions.changes == self.versions_seen.changes + self.own_appends {
+            self.versions_seen.changes = versions.changes;
+            self.own_appends = 0;
+        }
+        if versions.members != self.versions_seen.members {
+            let mut users: Vec<String> = self.peers.values().map(|p| p.user_id.clone()).collect();
+            users.sort_unstable();
+            users.dedup();
+            for user_id in users {
+                match self.deps.store.member_access(&self.flow_id, &user_id).await {
+                    Ok(access) => self.apply_member_access(&user_id, access, myself),
+                    Err(e) => {
+                        // The version stays unseen: the next poll retries.
+                        warn!(error = %e, "re-reading memberships failed");
+                        return;
+                    }
+                }
+            }
+            info!(
+                members_version = versions.members,
+                "re-read memberships from the store"
+            );
+            self.versions_seen.members = versions.members;
+        }
+    }
+
+    /// A `flow_members` override of `user_id` changed: every local session of that
+    /// user gets the new effective role, or loses access.
+    fn apply_member_access(
+        &mut self,
+        user_id: &str,
+        access: Option<MemberAccess>,
+        myself: &ActorRef<FlowMsg>,
+    ) {
+        let affected: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.user_id == user_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session_id in affected {
+            let Some(peer) = self.peers.get_mut(&session_id) else {
+                continue;
+            };
+            match MemberAccess::effective(access, peer.token_role) {
+                Some(role) => peer.role = role,
+                None => self.revoke(&session_id, myself),
+            }
+        }
     }
 
     async fn on_tick(&mut self) {

@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorId, ActorRef, ActorStatus};
@@ -18,6 +19,7 @@ use tokio::sync::OnceCell;
 
 use super::actor::{FlowActor, FlowArgs, FlowDeps, FlowMsg};
 use crate::error::{ActorsError, Result};
+use tracing::debug;
 
 type Slot = Arc<OnceCell<ActorRef<FlowMsg>>>;
 
@@ -105,6 +107,47 @@ impl FlowRegistry {
             .filter(|e| e.value().get().is_some_and(|a| is_alive(a.get_cell())))
             .map(|e| e.key().clone())
             .collect()
+    }
+
+    /// Starts the store watch: every `interval`, one batched query reads the
+    /// [`FlowVersions`](crate::store::FlowVersions) of every open flow, and each actor catches up on changes and
+    /// memberships that the bus (at most once) did not bring. This bounds how long a
+    /// split bus, a lost message or a Redis outage keeps a replica behind the store —
+    /// or a revoked user connected — to one interval plus a query, independently of
+    /// Redis. The task ends when the registry is dropped.
+    pub fn spawn_store_watch(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let registry = FlowRegistry { inner };
+                let open = registry.open_flows();
+                if open.is_empty() {
+                    continue;
+                }
+                // Bounded: a hung store must not pile up polls (the next tick retries).
+                let store = registry.inner.deps.store.clone();
+                match tokio::time::timeout(
+                    interval.max(Duration::from_secs(1)),
+                    store.flow_versions(&open),
+                )
+                .await
+                {
+                    Ok(Ok(rows)) => {
+                        for (flow_id, versions) in rows {
+                            if let Some(actor) = registry.get(&flow_id) {
+                                let _ = actor.cast(FlowMsg::StoreVersions(versions));
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => debug!(error = %e, "store watch: query failed"),
+                    Err(_) => debug!("store watch: query timed out"),
+                }
+            }
+        })
     }
 
     /// How many flow actors this registry ever spawned (for tests and metrics).

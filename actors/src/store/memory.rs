@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ChangeRecord, MemberAccess, Snapshot, Store, StoreError, StoredFlow};
+use super::{ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store, StoreError, StoredFlow};
 
 #[derive(Default)]
 struct FlowRecord {
@@ -14,6 +14,7 @@ struct FlowRecord {
     snapshot_heads: Option<Vec<String>>,
     changes: Vec<ChangeRecord>,
     hashes: HashSet<String>,
+    version: u64,
 }
 
 /// A std `Mutex`, not a tokio one: nothing async happens while it is held.
@@ -21,11 +22,20 @@ struct FlowRecord {
 pub struct MemoryStore {
     flows: Mutex<HashMap<String, FlowRecord>>,
     members: Mutex<HashMap<(String, String), MemberAccess>>,
+    member_versions: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn member_version(&self, flow_id: &str) -> u64 {
+        let versions = self
+            .member_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        versions.get(flow_id).copied().unwrap_or(0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FlowRecord>> {
@@ -38,13 +48,24 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
+        let members = self.member_version(flow_id);
         Ok(match self.lock().get(flow_id) {
-            None => StoredFlow::default(),
+            None => StoredFlow {
+                versions: FlowVersions {
+                    changes: 0,
+                    members,
+                },
+                ..StoredFlow::default()
+            },
             Some(r) => StoredFlow {
                 exists: true,
                 snapshot: r.snapshot.clone(),
                 snapshot_heads: r.snapshot_heads.clone(),
                 changes: r.changes.clone(),
+                versions: FlowVersions {
+                    changes: r.version,
+                    members,
+                },
             },
         })
     }
@@ -61,6 +82,7 @@ impl Store for MemoryStore {
                 record.changes.push(c.clone());
             }
         }
+        record.version += 1;
         Ok(())
     }
 
@@ -107,7 +129,29 @@ impl Store for MemoryStore {
             Some(a) => members.insert(key, a),
             None => members.remove(&key),
         };
+        let mut versions = self
+            .member_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *versions.entry(flow_id.to_owned()).or_default() += 1;
         Ok(())
+    }
+
+    async fn flow_versions(
+        &self,
+        flow_ids: &[String],
+    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
+        let flows = self.lock();
+        Ok(flow_ids
+            .iter()
+            .filter_map(|id| {
+                let versions = FlowVersions {
+                    changes: flows.get(id).map_or(0, |r| r.version),
+                    members: self.member_version(id),
+                };
+                (versions != FlowVersions::default()).then(|| (id.clone(), versions))
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

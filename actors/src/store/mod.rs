@@ -39,6 +39,19 @@ pub struct StoredFlow {
     pub snapshot_heads: Option<Vec<String>>,
     /// Every change stored after the snapshot, in append order.
     pub changes: Vec<ChangeRecord>,
+    /// The flow's versions, read before anything else: a write that lands after this
+    /// load shows as a newer version (see [`Store::flow_versions`]).
+    pub versions: FlowVersions,
+}
+
+/// Counters the store keeps per flow, so a node can notice from the store alone that
+/// it missed something the bus (at most once) did not bring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowVersions {
+    /// Goes up by exactly one with every committed `append_changes` of the flow.
+    pub changes: u64,
+    /// Goes up with every change to the flow's `flow_members` rows.
+    pub members: u64,
 }
 
 /// A snapshot to write during compaction.
@@ -127,13 +140,21 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
     ) -> Result<Option<MemberAccess>, StoreError>;
 
-    /// Sets (`Some`) or removes (`None`) a user's `flow_members` override.
+    /// Sets (`Some`) or removes (`None`) a user's `flow_members` override, and bumps
+    /// the flow's members version in the same transaction.
     async fn set_member_access(
         &self,
         flow_id: &str,
         user_id: &str,
         access: Option<MemberAccess>,
     ) -> Result<(), StoreError>;
+
+    /// The versions of these flows, in one round trip. A flow with no row (never
+    /// written, no members) is left out: its versions are zero.
+    async fn flow_versions(
+        &self,
+        flow_ids: &[String],
+    ) -> Result<Vec<(String, FlowVersions)>, StoreError>;
 
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -34,6 +34,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0002_run_state.sql"),
         postgres: include_str!("../../../migrations/postgres/0002_run_state.sql"),
     },
+    Migration {
+        version: 3,
+        name: "flow_versions",
+        sqlite: include_str!("../../../migrations/sqlite/0003_flow_versions.sql"),
+        postgres: include_str!("../../../migrations/postgres/0003_flow_versions.sql"),
+    },
 ];
 
 /// Key of the `pg_advisory_xact_lock` every hub takes while migrating ("flowhub" in

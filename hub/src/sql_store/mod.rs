@@ -65,7 +65,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use flowhub_actors::store::{ChangeRecord, MemberAccess, Snapshot, Store, StoreError, StoredFlow};
+use flowhub_actors::store::{
+    ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store, StoreError, StoredFlow,
+};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
@@ -87,6 +89,8 @@ const WRITER_QUEUE: usize = 4096;
 /// Hashes per `DELETE ... IN (...)` during compaction; far below both backends'
 /// bind-parameter limits (SQLite 32766, PostgreSQL 65535).
 const DELETE_CHUNK: usize = 500;
+/// Flow ids per `flow_versions` query: far below both backends' parameter limits.
+const VERSION_QUERY_IDS: usize = 500;
 
 /// The pool of one backend. See the module doc for why this is not `AnyPool`.
 #[derive(Debug, Clone)]
@@ -269,7 +273,9 @@ impl SqlStore {
         user_id: &str,
         role: Option<&str>,
     ) -> Result<(), StoreError> {
+        let begin = self.pool.begin_write();
         with_pool!(&self.pool, |p| {
+            let mut tx = p.begin_with(begin).await?;
             match role {
                 Some(role) => {
                     sqlx::query(
@@ -279,17 +285,26 @@ impl SqlStore {
                     .bind(flow_id)
                     .bind(user_id)
                     .bind(role)
-                    .execute(p)
+                    .execute(&mut *tx)
                     .await?
                 }
                 None => {
                     sqlx::query("DELETE FROM flow_members WHERE flow_id = $1 AND user_id = $2")
                         .bind(flow_id)
                         .bind(user_id)
-                        .execute(p)
+                        .execute(&mut *tx)
                         .await?
                 }
             };
+            // Nodes that missed the bus message notice this on their next poll.
+            sqlx::query(
+                "INSERT INTO flow_member_versions (flow_id, version) VALUES ($1, 1) \
+                 ON CONFLICT (flow_id) DO UPDATE SET version = flow_member_versions.version + 1",
+            )
+            .bind(flow_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             Ok::<_, sqlx::Error>(())
         })
         .map_err(db_error)
@@ -333,17 +348,66 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn flow_versions(
+        &self,
+        flow_ids: &[String],
+    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
+        let mut versions: std::collections::HashMap<String, FlowVersions> = Default::default();
+        for chunk in flow_ids.chunks(VERSION_QUERY_IDS) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let flows_sql = format!("SELECT id, version FROM flows WHERE id IN ({list})");
+            let members_sql = format!(
+                "SELECT flow_id, version FROM flow_member_versions WHERE flow_id IN ({list})"
+            );
+            let (flows, members) = with_pool!(&self.pool, |p| {
+                let mut flows = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(flows_sql));
+                let mut members = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(members_sql));
+                for id in chunk {
+                    flows = flows.bind(id);
+                    members = members.bind(id);
+                }
+                let flows = flows.fetch_all(p).await?;
+                let members = members.fetch_all(p).await?;
+                Ok::<_, sqlx::Error>((flows, members))
+            })
+            .map_err(db_error)?;
+            for (id, v) in flows {
+                versions.entry(id).or_default().changes = v as u64;
+            }
+            for (id, v) in members {
+                versions.entry(id).or_default().members = v as u64;
+            }
+        }
+        Ok(versions.into_iter().collect())
+    }
+
     async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
         let begin = self.pool.begin_read();
         let flow = with_pool!(&self.pool, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let row: Option<(String,)> = sqlx::query_as("SELECT id FROM flows WHERE id = $1")
+            // Versions first: whatever commits after this read shows as newer later.
+            let members: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM flow_member_versions WHERE flow_id = $1")
+                    .bind(flow_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM flows WHERE id = $1")
                 .bind(flow_id)
                 .fetch_optional(&mut *tx)
                 .await?;
+            let versions = FlowVersions {
+                changes: row.map_or(0, |(v,)| v as u64),
+                members: members.map_or(0, |(v,)| v as u64),
+            };
             if row.is_none() {
                 tx.rollback().await?;
-                return Ok(StoredFlow::default());
+                return Ok(StoredFlow {
+                    versions,
+                    ..StoredFlow::default()
+                });
             }
             let snapshot: Option<(Vec<u8>, String)> =
                 sqlx::query_as("SELECT bytes, heads FROM flow_snapshots WHERE flow_id = $1")
@@ -367,6 +431,7 @@ impl Store for SqlStore {
                     .into_iter()
                     .map(|(hash, bytes)| ChangeRecord { hash, bytes })
                     .collect(),
+                versions,
             })
         })
         .map_err(db_error)?;

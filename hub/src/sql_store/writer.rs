@@ -242,14 +242,17 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
 /// `INSERT INTO flows ... VALUES ($2, $1, $1), ($3, $1, $1) ... ON CONFLICT ...` where
 /// `$1` is the timestamp shared by every row.
 fn upsert_flows_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO flows (id, created_at, updated_at) VALUES ");
+    let mut sql = String::from("INSERT INTO flows (id, created_at, updated_at, version) VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("(${}, $1, $1)", i + 2));
+        sql.push_str(&format!("(${}, $1, $1, 1)", i + 2));
     }
-    sql.push_str(" ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at");
+    // `version` counts committed appends (see migrations/*/0003_flow_versions.sql).
+    sql.push_str(
+        " ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, version = flows.version + 1",
+    );
     sql
 }
 
@@ -277,8 +280,8 @@ mod tests {
     fn placeholders_are_numbered_per_row() {
         assert_eq!(
             upsert_flows_sql(2),
-            "INSERT INTO flows (id, created_at, updated_at) VALUES ($2, $1, $1), ($3, $1, $1) \
-             ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at"
+            "INSERT INTO flows (id, created_at, updated_at, version) VALUES ($2, $1, $1, 1), ($3, $1, $1, 1) \
+             ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, version = flows.version + 1"
         );
         assert_eq!(
             insert_changes_sql(2),
