@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use flowhub_protocol::Role;
 
+use crate::store::{MemberAccess, Store, StoreError};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: String,
@@ -22,6 +24,33 @@ impl Identity {
             .get(flow_id)
             .or_else(|| self.flows.get("*"))
             .copied()
+    }
+}
+
+/// A user's access to one flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowAccess {
+    /// What the token alone grants.
+    pub token_role: Option<Role>,
+    /// What the user may do: the token's role overridden by the `flow_members` row.
+    pub role: Option<Role>,
+}
+
+impl Identity {
+    /// The one place the access rule is applied: the token's role on `flow_id`,
+    /// overridden by the user's `flow_members` row when there is one. Every transport
+    /// (WebSocket, automerge-repo, SSE, HTTP) asks here.
+    pub async fn flow_access(
+        &self,
+        store: &dyn Store,
+        flow_id: &str,
+    ) -> Result<FlowAccess, StoreError> {
+        let token_role = self.role_for(flow_id);
+        let member = store.member_access(flow_id, &self.user_id).await?;
+        Ok(FlowAccess {
+            token_role,
+            role: MemberAccess::effective(member, token_role),
+        })
     }
 }
 

@@ -39,7 +39,6 @@ use ciborium::Value;
 use flowhub_actors::flow::FlowMsg;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
-use flowhub_actors::store::MemberAccess;
 use flowhub_protocol::{close, validate_flow_id, Cursor, ErrorCode, ServerMessage, SyncFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -505,14 +504,12 @@ impl Bridge {
         if self.joined.len() >= self.state.config.session.max_subscriptions {
             return None;
         }
-        let token_role = self.identity.role_for(flow_id);
         let access = self
-            .state
-            .store
-            .member_access(flow_id, &self.identity.user_id)
+            .identity
+            .flow_access(&*self.state.store, flow_id)
             .await
             .ok()?;
-        let role = MemberAccess::effective(access, token_role)?;
+        let (token_role, role) = (access.token_role, access.role?);
         for _ in 0..3 {
             let flow = self.state.registry.get_or_spawn(flow_id).await.ok()?;
             let joined = flow

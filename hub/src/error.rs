@@ -71,3 +71,49 @@ impl IntoResponse for AppError {
         (self.status, Json(body)).into_response()
     }
 }
+
+/// Gives every error answer the JSON body, also those produced below the handlers by
+/// axum and tower (a body over the size limit: 413, an unknown route: 404, a wrong
+/// method: 405, a malformed JSON body: 400/415/422), which are plain text otherwise.
+/// Responses that already carry a JSON body, and successes, pass unchanged.
+pub async fn json_error_bodies(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    // The plain-text body is axum's own description (e.g. "Failed to buffer the
+    // request body: length limit exceeded"): short and safe to pass on.
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase();
+    }
+    let mut answer = AppError::new(status, code, message).into_response();
+    // Keep headers such as `Allow` (405) and `Retry-After`.
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}

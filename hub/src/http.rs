@@ -116,22 +116,20 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<serde_json::Val
     Ok(Json(serde_json::json!({ "nodes": nodes })))
 }
 
-/// The role a token has on a flow once `flow_members` overrides apply (the same rule
-/// the WebSocket uses on subscribe).
+/// The role a token has on a flow once `flow_members` overrides apply
+/// ([`Identity::flow_access`](flowhub_actors::identity::Identity::flow_access), the
+/// rule every transport uses).
 pub async fn effective_role(
     state: &AppState,
     claims: &Claims,
     flow_id: &str,
 ) -> Result<Option<flowhub_protocol::Role>, AppError> {
-    let access = state
-        .store
-        .member_access(flow_id, &claims.sub)
+    claims
+        .identity()
+        .flow_access(&*state.store, flow_id)
         .await
-        .map_err(AppError::internal)?;
-    Ok(flowhub_actors::store::MemberAccess::effective(
-        access,
-        claims.identity().role_for(flow_id),
-    ))
+        .map(|access| access.role)
+        .map_err(AppError::internal)
 }
 
 pub async fn healthz() -> &'static str {

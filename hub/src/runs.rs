@@ -33,7 +33,7 @@ use flowhub_actors::run::{
     validate_run_id, IngestOutcome, InvalidEvent, RunError, WatchOutcome, WatchRequest,
 };
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
-use flowhub_actors::store::{MemberAccess, StoreError};
+use flowhub_actors::store::StoreError;
 use flowhub_protocol::run::LogLevel;
 use flowhub_protocol::{
     RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, ServerMessage,
@@ -132,13 +132,9 @@ async fn can_read(state: &AppState, claims: &Claims, flow_id: &str) -> Result<bo
     if claims.svc {
         return Ok(true);
     }
-    let token_role = claims.identity().role_for(flow_id);
-    let access = state
-        .store
-        .member_access(flow_id, &claims.sub)
-        .await
-        .map_err(AppError::internal)?;
-    Ok(MemberAccess::effective(access, token_role).is_some())
+    Ok(crate::http::effective_role(state, claims, flow_id)
+        .await?
+        .is_some())
 }
 
 /// The run's state, once the caller is known to be allowed to read it.
@@ -268,6 +264,9 @@ pub async fn stream(
         flow_id,
         watcher_id,
         draining: state.draining.clone(),
+        position: since,
+        final_seq: None,
+        ended: false,
     };
     if !feed.watch(since).await? {
         return Err(AppError::not_found(format!("no run `{}`", feed.run_id)));
@@ -291,6 +290,12 @@ struct SseFeed {
     flow_id: String,
     watcher_id: String,
     draining: watch::Receiver<bool>,
+    /// The last sequence number this stream delivered (or the client had).
+    position: u64,
+    /// The last sequence of a finished run: once delivered, the stream ends instead
+    /// of sending keep-alives forever.
+    final_seq: Option<u64>,
+    ended: bool,
 }
 
 impl SseFeed {
@@ -314,6 +319,9 @@ impl SseFeed {
     /// The next SSE event; `None` ends the stream (the node drains, or the queue was
     /// closed).
     async fn next_event(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
         loop {
             let frame = tokio::select! {
                 frame = self.rx.frames.recv() => frame?,
@@ -325,9 +333,16 @@ impl SseFeed {
             };
             match serde_json::from_str::<ServerMessage>(&text) {
                 Ok(ServerMessage::RunState { run, .. }) => {
+                    if run.status.is_final() {
+                        self.final_seq = Some(run.last_seq);
+                        self.ended = self.position >= run.last_seq;
+                    }
                     return Some(Event::default().event("run_state").data(to_json(&run)));
                 }
                 Ok(ServerMessage::RunEvent { event, .. }) => {
+                    self.position = self.position.max(event.seq);
+                    self.ended = event.event.kind == RunEventKind::RunFinished
+                        || self.final_seq.is_some_and(|last| self.position >= last);
                     return Some(
                         Event::default()
                             .id(event.seq.to_string())

@@ -265,5 +265,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::automerge_repo::routes())
         // The dev endpoints exist only when the operator turned the demo on.
         .merge(crate::demo::routes(&state.config))
+        .layer(axum::middleware::map_response(
+            crate::error::json_error_bodies,
+        ))
         .with_state(state)
 }

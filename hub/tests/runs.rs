@@ -310,6 +310,26 @@ impl SseReader {
         }
     }
 
+    /// The server ends the stream (no more events, no keep-alives) within `WAIT`.
+    async fn assert_ends(&mut self) {
+        loop {
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("the stream of a finished run ends instead of idling")
+                .expect("stream readable");
+            match chunk {
+                None => return,
+                Some(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    assert!(
+                        !text.contains("event:"),
+                        "an event after the run finished: {text}"
+                    );
+                }
+            }
+        }
+    }
+
     async fn collect(&mut self, got: &mut Vec<RunEvent>, stop_at: u64) {
         while got.last().map_or(0, |e| e.seq) < stop_at {
             let e = self.next().await;
@@ -390,6 +410,24 @@ async fn replay_of_1000_events_fits_a_64_frame_queue() {
     let mut got = Vec::new();
     stream.collect(&mut got, 1000).await;
     assert_exactly(&got, 1000);
+    // The run has finished and everything was delivered: the stream ends (before,
+    // it sent keep-alives forever) ...
+    stream.assert_ends().await;
+    // ... and so does a reconnect that already has every event, after the state.
+    let mut stream = SseReader::open(&hub, "run-big", &viewer("flow-a"), Some(1000)).await;
+    assert_eq!(stream.next().await.event.as_deref(), Some("run_state"));
+    stream.assert_ends().await;
+
+    // A body over the ingest limit gets 413 with the JSON error body, like every
+    // other error (it was axum's plain text).
+    let engine = Engine::new(&hub);
+    let huge = format!("{{\"events\": [\"{}\"]}}", "x".repeat(17 << 20));
+    let (status, body) = engine.post_raw("run-huge", huge, Some(&engine.token)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     client.close().await;
     hub.shutdown().await;
 }

@@ -6,9 +6,13 @@ use crate::ProtocolError;
 /// Longest accepted flow id, in bytes.
 pub const MAX_FLOW_ID_LEN: usize = 128;
 
-/// Accepts `[A-Za-z0-9_.:-]{1,128}`.
+/// Accepts `[A-Za-z0-9_.:-]{1,128}`, except `.` and `..`: as a URL path segment
+/// (`/v1/flows/{id}`) those name the parent, so such a flow could never be read over
+/// HTTP.
 pub fn validate_flow_id(id: &str) -> Result<(), ProtocolError> {
     let ok = !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= MAX_FLOW_ID_LEN
         && id
             .bytes()
@@ -38,14 +42,21 @@ mod tests {
 
     #[test]
     fn accepts_reasonable_ids() {
-        for id in ["demo", "flow-1", "org:acme.flow_2", &"a".repeat(128)] {
+        for id in [
+            "demo",
+            "flow-1",
+            "org:acme.flow_2",
+            "...",
+            ".a",
+            &"a".repeat(128),
+        ] {
             assert!(validate_flow_id(id).is_ok(), "{id}");
         }
     }
 
     #[test]
     fn rejects_bad_ids() {
-        for id in ["", "a b", "../etc", "é", &"a".repeat(129), "x/y"] {
+        for id in ["", "a b", "../etc", "é", &"a".repeat(129), "x/y", ".", ".."] {
             assert!(validate_flow_id(id).is_err(), "{id}");
         }
     }

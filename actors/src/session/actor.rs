@@ -20,10 +20,10 @@ use tracing::{debug, info, Instrument};
 use super::outbound::Outbound;
 use super::runs::RunSubscriptions;
 use crate::flow::{FlowMsg, FlowRegistry};
+use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
 use crate::metrics::Metrics;
 use crate::run::RunRegistry;
-use crate::store::MemberAccess;
 
 /// Behaviour of a session actor (the state is [`SessionState`]).
 pub struct SessionActor;
@@ -336,12 +336,9 @@ impl SessionState {
         if let Err(e) = validate_flow_id(&flow_id) {
             return self.fail(id, None, e.code(), e.to_string());
         }
-        let token_role = self.identity.role_for(&flow_id);
         let access = match self
-            .registry
-            .deps()
-            .store
-            .member_access(&flow_id, &self.identity.user_id)
+            .identity
+            .flow_access(&*self.registry.deps().store, &flow_id)
             .await
         {
             Ok(access) => access,
@@ -355,7 +352,8 @@ impl SessionState {
                 );
             }
         };
-        let Some(role) = MemberAccess::effective(access, token_role) else {
+        let token_role = access.token_role;
+        let Some(role) = access.role else {
             return self.fail(
                 id,
                 Some(&flow_id),
@@ -521,18 +519,20 @@ impl SessionState {
         let store = self.registry.deps().store.clone();
         let flows: Vec<String> = self.subscriptions.keys().cloned().collect();
         for flow_id in flows {
-            let token_role = self.identity.role_for(&flow_id);
             // Without the membership override the effective role is unknown: leave
             // this flow's role as it is rather than guess (a guess from the token
             // alone could undo a revocation).
-            let access = match store.member_access(&flow_id, &self.identity.user_id).await {
+            let FlowAccess { token_role, role } = match self
+                .identity
+                .flow_access(&*store, &flow_id)
+                .await
+            {
                 Ok(access) => access,
                 Err(e) => {
                     tracing::warn!(flow_id, error = %e, "reauth: cannot read flow members; role unchanged");
                     continue;
                 }
             };
-            let role = MemberAccess::effective(access, token_role);
             if let Some(sub) = self.subscriptions.get(&flow_id) {
                 let _ = sub.flow.cast(FlowMsg::SetRole {
                     session_id: self.session_id.clone(),

@@ -15,7 +15,6 @@ use tracing::{debug, warn};
 
 use super::actor::SessionState;
 use crate::run::{validate_run_id, RunMsg, WatchOutcome, WatchRequest};
-use crate::store::MemberAccess;
 
 /// What a session watches.
 #[derive(Default)]
@@ -231,14 +230,10 @@ impl SessionState {
     /// The session's role on a flow, as `subscribe_flow` decides it; `Err` when the
     /// store cannot say.
     async fn flow_role(&self, flow_id: &str) -> Result<Option<Role>, ()> {
-        let token_role = self.identity.role_for(flow_id);
-        let access = self
-            .registry
-            .deps()
-            .store
-            .member_access(flow_id, &self.identity.user_id)
+        self.identity
+            .flow_access(&*self.registry.deps().store, flow_id)
             .await
-            .map_err(|e| warn!(flow_id, error = %e, "cannot read flow members"))?;
-        Ok(MemberAccess::effective(access, token_role))
+            .map(|access| access.role)
+            .map_err(|e| warn!(flow_id, error = %e, "cannot read flow members"))
     }
 }
