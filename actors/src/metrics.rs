@@ -24,6 +24,9 @@ pub struct Metrics {
     pub compactions: AtomicU64,
     /// Changes a flow actor had to read from the store because the bus lost them.
     pub antientropy_repairs: AtomicU64,
+    /// Flow actors closed by a failure (store down while rolling back, …); their
+    /// subscribers were told to subscribe again.
+    pub flow_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -138,6 +141,12 @@ impl Metrics {
             "counter",
             "Changes read from the store because the bus lost them.",
             c(&self.antientropy_repairs).to_string(),
+        );
+        line(
+            "flow_failures_total",
+            "counter",
+            "Flow actors closed by a failure; their subscribers were told to subscribe again.",
+            c(&self.flow_failures).to_string(),
         );
         out
     }

@@ -285,7 +285,7 @@ impl Actor for FlowActor {
         state: &mut FlowState,
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
-        async {
+        let outcome = async {
             match msg {
                 FlowMsg::Join {
                     session_id,
@@ -386,10 +386,30 @@ impl Actor for FlowActor {
                     let _ = reply.send(state.doc.heads_hex());
                 }
             }
-            Ok(())
+            Ok::<(), ActorsError>(())
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = outcome {
+            // Never end silently attached to nothing: every subscriber, read-only ones
+            // included, is told to subscribe again (which reloads the flow from the
+            // store, where every acknowledged change is), and the actor stops through
+            // post_stop so the registry and the open-flows gauge stay true.
+            span.in_scope(|| warn!(error = %e, "flow actor failed; closing the flow"));
+            Metrics::inc(&state.deps.metrics.flow_failures);
+            let notice = ServerMessage::error(
+                ErrorCode::Internal,
+                "the flow was closed after a server failure; subscribe again",
+            )
+            .with_flow(state.flow_id.clone());
+            for peer in state.peers.values() {
+                peer.out.send_control(&notice);
+            }
+            state.peers.clear();
+            state.registry.forget(&state.flow_id, myself.get_id());
+            myself.stop(Some(format!("failed: {e}")));
+        }
+        Ok(())
     }
 }
 

@@ -104,6 +104,10 @@ pub struct SessionState {
     pub(super) run_subs: RunSubscriptions,
     metrics: Arc<Metrics>,
     subscriptions: HashMap<String, Subscription>,
+    /// Flows whose subscription the hub ended (access revoked, the flow actor
+    /// stopped), with the code to answer frames the client sent before it heard: such
+    /// frames are not the client's fault and never count toward the abuse limit.
+    ended: HashMap<String, ErrorCode>,
     bad_frames: u32,
     limiter: Limiter,
     verifier: Arc<dyn TokenVerifier>,
@@ -139,6 +143,7 @@ impl Actor for SessionActor {
             run_subs: RunSubscriptions::new(),
             metrics: args.metrics,
             subscriptions: HashMap::new(),
+            ended: HashMap::new(),
             bad_frames: 0,
             span,
         };
@@ -237,7 +242,8 @@ impl SessionState {
         }
     }
 
-    /// Sends a typed error; counts it toward the abuse limit.
+    /// Sends a typed error. The client's own bad input counts toward the abuse limit;
+    /// `internal` (the hub's failure, retryable) never does.
     pub(super) fn fail(
         &mut self,
         id: Option<RequestId>,
@@ -245,17 +251,37 @@ impl SessionState {
         code: ErrorCode,
         message: String,
     ) {
+        self.tell(id, flow_id, code, message);
+        if code == ErrorCode::Internal {
+            return;
+        }
+        self.bad_frames += 1;
+        if self.bad_frames > self.limits.max_bad_frames {
+            info!(bad_frames = self.bad_frames, "closing abusive session");
+            self.out.close(close::POLICY, "too many invalid frames");
+        }
+    }
+
+    /// Sends a typed error without counting it toward the abuse limit.
+    fn tell(&self, id: Option<RequestId>, flow_id: Option<&str>, code: ErrorCode, message: String) {
         debug!(%code, message, "request refused");
         let mut err = ServerMessage::error(code, message).with_id(id);
         if let Some(flow) = flow_id {
             err = err.with_flow(flow);
         }
         self.out.send_control(&err);
-        self.bad_frames += 1;
-        if self.bad_frames > self.limits.max_bad_frames {
-            info!(bad_frames = self.bad_frames, "closing abusive session");
-            self.out.close(close::POLICY, "too many invalid frames");
+    }
+
+    /// The hub ended this session's subscription to `flow_id`: tells the client, and
+    /// answers its frames already in flight with the same code, uncounted.
+    fn end_subscription(&mut self, flow_id: &str, code: ErrorCode, message: &str) {
+        self.subscriptions.remove(flow_id);
+        // Bounded: each entry needs a subscription the hub ended first.
+        if self.ended.len() >= 4 * self.limits.max_subscriptions.max(16) {
+            self.ended.clear();
         }
+        self.ended.insert(flow_id.to_owned(), code);
+        self.tell(None, Some(flow_id), code, message.into());
     }
 
     async fn on_text(&mut self, text: &str, myself: &ActorRef<SessionMsg>) {
@@ -404,6 +430,7 @@ impl SessionState {
                 .await;
             if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
                 debug!(flow_id, ?role, attempt, "subscribed");
+                self.ended.remove(&flow_id);
                 self.subscriptions.insert(flow_id, Subscription { flow });
                 return;
             }
@@ -425,6 +452,13 @@ impl SessionState {
             Err(e) => return self.fail(None, None, e.code(), e.to_string()),
         };
         let Some(sub) = self.subscriptions.get(&frame.flow_id) else {
+            if let Some(&code) = self.ended.get(&frame.flow_id) {
+                let message = match code {
+                    ErrorCode::Forbidden => "no access to this flow",
+                    _ => "the flow was closed; subscribe again",
+                };
+                return self.tell(None, Some(&frame.flow_id), code, message.into());
+            }
             return self.fail(
                 None,
                 Some(&frame.flow_id),
@@ -447,23 +481,19 @@ impl SessionState {
             Ok(ractor::rpc::CallResult::Success(true)) => {}
             Ok(ractor::rpc::CallResult::Success(false)) => {
                 // Access was revoked while subscribed.
-                self.subscriptions.remove(&frame.flow_id);
-                self.fail(
-                    None,
-                    Some(&frame.flow_id),
+                self.end_subscription(
+                    &frame.flow_id,
                     ErrorCode::Forbidden,
-                    "no access to this flow".into(),
+                    "no access to this flow",
                 );
             }
             _ => {
                 // The flow actor died (store failure): drop the subscription so the client
                 // can subscribe again, which reloads the flow from the store.
-                self.subscriptions.remove(&frame.flow_id);
-                self.fail(
-                    None,
-                    Some(&frame.flow_id),
+                self.end_subscription(
+                    &frame.flow_id,
                     ErrorCode::Internal,
-                    "the flow was closed; subscribe again".into(),
+                    "the flow was closed; subscribe again",
                 );
             }
         }
@@ -541,7 +571,9 @@ impl SessionState {
                 });
             }
             if role.is_none() {
+                // The flow actor told the client; frames in flight get `forbidden`.
                 self.subscriptions.remove(&flow_id);
+                self.ended.insert(flow_id, ErrorCode::Forbidden);
             }
         }
         info!("token refreshed");
