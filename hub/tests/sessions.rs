@@ -262,3 +262,61 @@ async fn expiry_closes_and_reauth_keeps_the_session_open() {
     );
     hub.shutdown().await;
 }
+
+/// Sync frames a revoked editor sent before (or after) hearing of the revocation are
+/// answered `forbidden` with the flow, and never count toward the abuse limit: the
+/// session stays open however many arrive (before, they were `bad_request: sync frame
+/// for a flow not subscribed` and the 101st closed the session with 1008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_after_a_revocation_are_forbidden_and_not_abuse() {
+    use futures_util::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.session.messages_per_second = 10_000;
+    cfg.session.burst = 10_000;
+    let hub = Hub::start(cfg).await.unwrap();
+    let mut eve = RawClient::connect(&hub.ws_url(), &token("eve", &[("f", Role::Editor)])).await;
+    eve.subscribe("f").await;
+    let resp = reqwest::Client::new()
+        .put(format!("http://{}/v1/flows/f/members/eve", hub.addr()))
+        .bearer_auth(token("olga", &[("f", Role::Owner)]))
+        .json(&serde_json::json!({"role": "revoked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let frame = flowhub_protocol::SyncFrame {
+        kind: flowhub_protocol::FrameKind::FlowSync,
+        flow_id: "f".into(),
+        payload: vec![0x42, 1, 2, 3],
+    }
+    .encode();
+    for _ in 0..150 {
+        eve.ws
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                frame.clone().into(),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut forbidden = 0;
+    while let Some(msg) = eve.next(Duration::from_secs(2)).await {
+        match msg {
+            ServerMessage::Error { code, flow_id, .. } => {
+                assert_eq!(code, ErrorCode::Forbidden, "every answer is forbidden");
+                assert_eq!(flow_id.as_deref(), Some("f"));
+                forbidden += 1;
+            }
+            ServerMessage::PresenceState { .. } | ServerMessage::PresenceDiff { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(forbidden >= 150, "{forbidden} forbidden answers");
+    // Still open: a ping is answered.
+    eve.send(&ClientMessage::Ping { id: Some(7.into()) }).await;
+    assert!(
+        matches!(eve.next(WAIT).await, Some(ServerMessage::Pong { .. })),
+        "the session was closed"
+    );
+    hub.shutdown().await;
+}
