@@ -42,6 +42,14 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// How long a drain (SIGTERM) waits for sessions and flows before exiting.
     pub drain_timeout: Duration,
+    /// A connection whose socket accepts no bytes for this long while the hub has
+    /// data for it (a client that stopped reading) is closed as too slow: detection
+    /// by progress, whatever the queue length.
+    pub write_stall_timeout: Duration,
+    /// `SO_SNDBUF` of every accepted connection (0: the kernel's autotuning, which
+    /// lets one stalled socket pin megabytes). Linux doubles the value for its own
+    /// bookkeeping.
+    pub socket_send_buffer: usize,
     /// The demo's development endpoints (`/v1/dev/token`, `/v1/dev/simulate-run`):
     /// anonymous editor tokens. Only when the operator asks (`--demo`), never inferred.
     pub demo: bool,
@@ -67,6 +75,8 @@ impl Default for HubConfig {
             ping_interval: Duration::from_secs(4),
             idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(5),
+            socket_send_buffer: 64 * 1024,
             demo: false,
             demo_allow_remote: false,
         }

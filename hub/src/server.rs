@@ -138,6 +138,16 @@ impl Hub {
         // From here on the config names the address actually bound (port 0 picked one):
         // the demo's Host check compares against it.
         config.listen = addr;
+        // Bounded kernel send buffers: 10,000 clients that stopped reading must not
+        // pin gigabytes in the kernel (autotuning grows each to several MB).
+        let send_buffer = config.socket_send_buffer;
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+            if send_buffer > 0 {
+                if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+                    tracing::debug!(error = %e, "cannot bound the socket send buffer");
+                }
+            }
+        });
         let (drain, draining) = watch::channel(false);
         let membership = redis.clone().map(|bus| Membership {
             bus,

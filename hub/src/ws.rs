@@ -14,6 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use flowhub_actors::identity::Identity;
+use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{
     session_span, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
 };
@@ -81,6 +82,8 @@ fn run(socket: WebSocket, state: AppState, identity: Identity) -> impl Future<Ou
         span: span.clone(),
     };
     let link = Link {
+        write_stall: state.config.write_stall_timeout,
+        metrics: state.metrics.clone(),
         ping_interval: state.config.ping_interval,
         idle_timeout: state.config.idle_timeout,
         soft_limit: state.config.session.max_frame_bytes,
@@ -104,6 +107,8 @@ fn run(socket: WebSocket, state: AppState, identity: Identity) -> impl Future<Ou
 
 /// The per-connection settings `serve` keeps.
 struct Link {
+    write_stall: Duration,
+    metrics: Arc<flowhub_actors::metrics::Metrics>,
     ping_interval: Duration,
     idle_timeout: Duration,
     soft_limit: usize,
@@ -119,12 +124,21 @@ async fn serve(
     link: Link,
 ) {
     let Link {
+        write_stall,
+        metrics,
         ping_interval,
         idle_timeout,
         soft_limit,
         mut draining,
     } = link;
-    let mut writer = tokio::spawn(write_loop(sink, out_rx, ping_interval));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        ping_interval,
+        write_stall,
+        out.clone(),
+        metrics,
+    ));
     let mut writer_done = false;
     tokio::select! {
         _ = read_loop(&mut stream, &session, &out, soft_limit, idle_timeout) => {}
@@ -213,35 +227,56 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: OutboundRx,
     ping_interval: Duration,
+    write_stall: Duration,
+    out: Outbound,
+    metrics: Arc<flowhub_actors::metrics::Metrics>,
 ) {
     let mut ping = tokio::time::interval(ping_interval);
     ping.tick().await;
+    // A write that makes no progress for `write_stall` means the client stopped
+    // reading: its kernel buffer is full and so would our queue be, sooner or later.
+    // Closed as too slow; no close frame can get through a stalled socket, so the
+    // connection is just dropped.
+    let stalled = |out: &Outbound| {
+        Metrics::inc(&metrics.sessions_closed_slow);
+        debug!("socket stalled: closing a client that stopped reading");
+        out.close(close::TOO_SLOW, "the client stopped reading");
+    };
     loop {
         tokio::select! {
             // Frames queued before a close request still go out first.
             biased;
             frame = rx.frames.recv() => {
                 let Some(frame) = frame else { break };
-                if write_burst(&mut sink, &mut rx, frame).await.is_err() {
-                    return;
+                match tokio::time::timeout(write_stall, write_burst(&mut sink, &mut rx, frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return stalled(&out),
                 }
             }
             _ = rx.close.changed() => {
                 let request = rx.close.borrow().clone();
                 if let Some((code, reason)) = request {
                     // Flush what is already queued, then close.
-                    while let Ok(frame) = rx.frames.try_recv() {
-                        if code != close::TOO_SLOW && sink.send(to_message(frame)).await.is_err() {
-                            return;
+                    let flush = async {
+                        while let Ok(frame) = rx.frames.try_recv() {
+                            if code != close::TOO_SLOW && sink.send(to_message(frame)).await.is_err() {
+                                return;
+                            }
                         }
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    };
+                    if tokio::time::timeout(write_stall, flush).await.is_err() {
+                        stalled(&out);
                     }
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                     break;
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    return;
+                match tokio::time::timeout(write_stall, sink.send(Message::Ping(Vec::new().into()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return stalled(&out),
                 }
             }
         }

@@ -93,6 +93,20 @@ async fn a_client_that_never_reads_slows_nobody_down() {
         })
         .await;
     let rss_before = metric(&base, "flowhub_process_resident_bytes").await;
+    // The hub's kernel send queue toward the frozen client, sampled all along.
+    let frozen_port = match frozen.ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!("plain TCP"),
+    };
+    let hub_port = hub.addr().port();
+    let sampler = tokio::spawn(async move {
+        let mut max = 0u64;
+        for _ in 0..400 {
+            max = max.max(kernel_send_queue(hub_port, frozen_port));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        max
+    });
 
     // Step 2: the engine posts 4,000 events of 2 KiB; an editor adds 100 nodes.
     let editor = fast[0].1.clone();
@@ -167,25 +181,70 @@ async fn a_client_that_never_reads_slows_nobody_down() {
     // buffering them (its queue is bounded and replay waits for room).
     assert!(growth < 64.0, "RSS grew by {growth:.1} MB");
 
-    // Step 5: when the frozen client reads again, it gets a gapless run, in order: it
-    // was held back, never handed a hole.
+    // Step 5: the frozen client was detected by progress: its socket accepted nothing
+    // for the stall bound while the hub had data for it, so it was closed as too slow
+    // (before, its writer stayed blocked forever with megabytes in the kernel).
+    let queued = sampler.await.unwrap();
+    eprintln!("frozen client: at most {queued} bytes in the hub's kernel send queue");
+    // 64 KiB SO_SNDBUF (Linux doubles it): a stalled socket holds well under 256 KiB
+    // instead of the megabytes autotuning allows.
+    assert!(queued > 0, "the sampler never saw the frozen connection");
+    assert!(
+        queued <= 256 * 1024,
+        "{queued} bytes in one socket's send queue"
+    );
+    let stalled_since = Instant::now();
+    let mut closed = closed;
+    while closed < 1.0 && stalled_since.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        closed = metric(&base, "flowhub_sessions_closed_slow_total").await;
+    }
+    eprintln!(
+        "frozen client closed as too slow {:?} after the load ended",
+        stalled_since.elapsed()
+    );
+    assert!(
+        closed >= 1.0,
+        "the frozen client was never closed as too slow"
+    );
+    // What it still reads is a gapless prefix, and a reconnect resuming from its last
+    // event gets the rest: it was held back and closed, never handed a hole.
     let mut seqs = Vec::new();
+    while let Some(msg) = frozen.next(Duration::from_secs(5)).await {
+        if let ServerMessage::RunEvent { event, .. } = msg {
+            seqs.push(event.seq);
+        }
+    }
+    let again = Client::connect(&hub.ws_url(), &tok("frozen"))
+        .await
+        .unwrap();
+    let mut msgs = again.messages();
+    let since = seqs.last().copied().unwrap_or(0);
+    again
+        .request(ClientMessage::SubscribeRun {
+            id: None,
+            run_id: "busy-run".into(),
+            since_seq: Some(since),
+        })
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while seqs.last() != Some(&(EVENTS + 1)) && Instant::now() < deadline {
-        match frozen.next(Duration::from_secs(10)).await {
-            Some(ServerMessage::RunEvent { event, .. }) => seqs.push(event.seq),
-            Some(ServerMessage::ResumeFrom { seq, .. }) => {
-                let since = seqs.last().copied().unwrap_or(seq);
-                frozen
-                    .send(&ClientMessage::SubscribeRun {
+        match tokio::time::timeout(Duration::from_secs(10), msgs.recv()).await {
+            Ok(Ok(ServerMessage::RunEvent { event, .. })) => seqs.push(event.seq),
+            Ok(Ok(ServerMessage::ResumeFrom { .. })) => {
+                let since = seqs.last().copied().unwrap_or(0);
+                again
+                    .request(ClientMessage::SubscribeRun {
                         id: None,
                         run_id: "busy-run".into(),
                         since_seq: Some(since),
                     })
-                    .await;
+                    .await
+                    .unwrap();
             }
-            Some(_) => {}
-            None => break,
+            Ok(Ok(_)) => {}
+            _ => break,
         }
     }
     assert_eq!(
@@ -195,6 +254,29 @@ async fn a_client_that_never_reads_slows_nobody_down() {
     );
     drop(frozen);
     hub.shutdown().await;
+}
+
+/// Bytes waiting in the kernel send queue of the connection from `local` to `remote`
+/// (`tx_queue` in /proc/net/tcp); 0 when there is no such socket.
+fn kernel_send_queue(local: u16, remote: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (port(cols.get(1)?)? == local && port(cols.get(2)?)? == remote).then(|| {
+                let tx = cols.get(4)?.split(':').next()?;
+                u64::from_str_radix(tx, 16).ok()
+            })?
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 async fn metric(base: &str, name: &str) -> f64 {
