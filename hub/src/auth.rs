@@ -42,9 +42,11 @@
 //!
 //! # Claims
 //! `exp` is mandatory, `nbf` is honoured, both with a small leeway (30 s by default).
-//! `iss` and `aud` must be present and match when configured. Flow roles are read from
+//! `iss` and `aud` must be present and match when configured (for the identity
+//! provider's tokens: the shared secret's are flowhub's own and carry neither). Flow roles are read from
 //! a configurable claim (`flows` by default; providers put custom claims under a
-//! namespaced key such as `https://example.com/flows`); a missing or malformed roles
+//! namespaced key such as `https://example.com/flows`); tokens of the shared secret are
+//! flowhub's own and always carry them under `flows`. A missing or malformed roles
 //! claim gives an identity with no role, never an error. Tokens are never logged.
 
 use std::collections::HashMap;
@@ -62,6 +64,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::HubConfig;
+
+/// Where the tokens flowhub mints (with the shared secret) carry the flow roles.
+const OWN_ROLES_CLAIM: &str = "flows";
 
 /// The claims of a verified token, as the hub uses them. The same fields as
 /// [`flowhub_protocol::Claims`] (the wire form of the tokens flowhub mints), with the
@@ -218,8 +223,9 @@ impl JwtKeys {
             roles_claim: defaults.jwt_roles_claim,
             leeway_secs: defaults.jwt_leeway.as_secs(),
         };
-        let raw = policy.decode_with(token, &self.verifying_key())?;
-        policy.claims_from(raw)
+        let key = self.verifying_key();
+        let raw = policy.decode_with(token, &key)?;
+        policy.claims_from(raw, &key)
     }
 
     fn verifying_key(&self) -> VerifyKey {
@@ -237,6 +243,13 @@ struct VerifyKey {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
+}
+
+impl VerifyKey {
+    /// HS256 keys are only ever the shared secret: a JWKS `oct` key is refused.
+    fn is_shared_secret(&self) -> bool {
+        self.alg == Algorithm::HS256
+    }
 }
 
 /// Verifies tokens from the shared secret and from an identity provider's JWKS, and
@@ -325,7 +338,7 @@ impl Verifier {
         let mut last = AuthError::UnknownKey;
         for key in &candidates {
             match self.inner.decode_with(token, key) {
-                Ok(raw) => return self.inner.claims_from(raw),
+                Ok(raw) => return self.inner.claims_from(raw, key),
                 // Without a `kid` several keys of the algorithm may be candidates:
                 // a bad signature means "not this one".
                 Err(AuthError::Signature) => last = AuthError::Signature,
@@ -343,7 +356,12 @@ impl Verifier {
             // A `kid` naming a provider key with `alg: HS256` is the confusion attack:
             // say so instead of trying the shared secret.
             if let (Some(kid), Some(jwks)) = (&header.kid, &inner.jwks) {
-                if let Some(key) = jwks.snapshot().keys.iter().find(|k| k.kid.as_ref() == Some(kid)) {
+                if let Some(key) = jwks
+                    .snapshot()
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_ref() == Some(kid))
+                {
                     return Err(mismatch(header.alg, key.alg));
                 }
             }
@@ -373,12 +391,19 @@ impl VerifierInner {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
-        if let Some(issuer) = &inner.issuer {
+        // `iss` and `aud` name the identity provider and us as its audience; the
+        // shared secret's tokens are flowhub's own and carry neither.
+        let (issuer, audience) = if key.is_shared_secret() {
+            (None, None)
+        } else {
+            (inner.issuer.as_ref(), inner.audience.as_ref())
+        };
+        if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
             // jsonwebtoken checks `iss` only when the token has one.
             required.push("iss");
         }
-        match &inner.audience {
+        match audience {
             Some(audience) => {
                 validation.set_audience(&[audience]);
                 required.push("aud");
@@ -393,7 +418,11 @@ impl VerifierInner {
             .map_err(|e| auth_error_of(e.into_kind()))
     }
 
-    fn claims_from(&self, mut raw: Map<String, Value>) -> Result<Claims, AuthError> {
+    fn claims_from(
+        &self,
+        mut raw: Map<String, Value>,
+        key: &VerifyKey,
+    ) -> Result<Claims, AuthError> {
         let sub = match raw.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(AuthError::MissingClaim("sub".into())),
@@ -411,11 +440,17 @@ impl VerifierInner {
             _ => None,
         };
         let svc = matches!(raw.get("svc"), Some(Value::Bool(true)));
-        let flows = match raw.remove(&self.roles_claim) {
+        // The shared secret's tokens are minted by flowhub, with the roles under `flows`.
+        let roles_claim = if key.is_shared_secret() {
+            OWN_ROLES_CLAIM
+        } else {
+            self.roles_claim.as_str()
+        };
+        let flows = match raw.remove(roles_claim) {
             None => HashMap::new(),
             Some(value) => roles_of(value).unwrap_or_else(|| {
                 tracing::debug!(
-                    claim = %self.roles_claim,
+                    claim = %roles_claim,
                     "roles claim is not an object of flow id to role: no role"
                 );
                 HashMap::new()
@@ -460,7 +495,9 @@ fn auth_error_of(kind: ErrorKind) -> AuthError {
         ErrorKind::InvalidIssuer => AuthError::Issuer,
         ErrorKind::InvalidAudience => AuthError::Audience,
         ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
-        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::InvalidAlgorithmName => {
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName => {
             AuthError::UnsupportedAlgorithm("does not match the key".into())
         }
         ErrorKind::InvalidClaimFormat(_) => AuthError::Malformed("a time claim is not a number"),
@@ -495,8 +532,8 @@ fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-    let raw: RawHeader =
-        serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed("header is not JSON with an alg"))?;
+    let raw: RawHeader = serde_json::from_slice(&bytes)
+        .map_err(|_| AuthError::Malformed("header is not JSON with an alg"))?;
     let alg = match raw.alg.as_str() {
         "HS256" => Algorithm::HS256,
         "RS256" => Algorithm::RS256,
@@ -756,7 +793,8 @@ fn verify_key_of(value: Value) -> Result<VerifyKey, &'static str> {
             let modulus = URL_SAFE_NO_PAD
                 .decode(rsa.n.trim_end_matches('='))
                 .map_err(|_| "an RSA modulus that is not base64url")?;
-            let bits = modulus.len() * 8 - modulus.first().map_or(8, |b| b.leading_zeros() as usize);
+            let bits =
+                modulus.len() * 8 - modulus.first().map_or(8, |b| b.leading_zeros() as usize);
             if bits < 2048 {
                 return Err("an RSA key shorter than 2048 bits");
             }
@@ -817,4 +855,292 @@ pub fn parse_ttl(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            name: Some("Alice".into()),
+            exp,
+            flows: [("demo".to_string(), Role::Editor)].into(),
+            svc: false,
+        }
+    }
+
+    fn keyset(keys: Vec<VerifyKey>) -> KeySet {
+        KeySet {
+            keys,
+            loaded: true,
+            expires_at: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    fn header(alg: Algorithm, kid: Option<&str>) -> TokenHeader {
+        TokenHeader {
+            alg,
+            kid: kid.map(str::to_owned),
+        }
+    }
+
+    fn verifier(config: &HubConfig, secret: &str) -> Verifier {
+        Verifier::new(config, JwtKeys::new(secret)).unwrap()
+    }
+
+    #[test]
+    fn sign_verify_roundtrip() {
+        let keys = JwtKeys::new("s3cret");
+        let exp = now_secs() + 600;
+        let t = keys.sign(&claims(exp));
+        assert_eq!(keys.verify(&t).unwrap(), claims(exp));
+        // The protocol's wire form signs to the same token.
+        let wire: flowhub_protocol::Claims = claims(exp).into();
+        assert_eq!(keys.sign(&wire), t);
+    }
+
+    #[test]
+    fn rejects_expired_forged_tampered_and_malformed() {
+        let keys = JwtKeys::new("s3cret");
+        // Beyond the 30 s leeway.
+        let old = keys.sign(&claims(now_secs() - 120));
+        assert_eq!(keys.verify(&old), Err(AuthError::Expired));
+        let t = keys.sign(&claims(now_secs() + 600));
+        assert_eq!(JwtKeys::new("other").verify(&t), Err(AuthError::Signature));
+        assert!(matches!(keys.verify("a.b"), Err(AuthError::Malformed(_))));
+        assert!(matches!(keys.verify(""), Err(AuthError::Malformed(_))));
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let evil =
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","exp":9999999999,"flows":{"*":"owner"}}"#);
+        parts[1] = &evil;
+        assert_eq!(keys.verify(&parts.join(".")), Err(AuthError::Signature));
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            parts[1]
+        );
+        assert!(matches!(
+            keys.verify(&none),
+            Err(AuthError::UnsupportedAlgorithm(why)) if why.starts_with("none")
+        ));
+    }
+
+    #[test]
+    fn header_algorithm_names_are_checked_before_any_key() {
+        let token = |h: &str| format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(h));
+        for (h, expect) in [
+            (r#"{"alg":"none"}"#, "none (unsigned tokens are refused)"),
+            (r#"{"alg":"HS999"}"#, "HS999"),
+            (r#"{"alg":"<script>alert(1)</script>"}"#, "unknown"),
+        ] {
+            assert_eq!(
+                parse_header(&token(h)).err(),
+                Some(AuthError::UnsupportedAlgorithm(expect.into()))
+            );
+        }
+        let h = parse_header(&token(r#"{"alg":"EdDSA","kid":"k1"}"#)).unwrap();
+        assert_eq!((h.alg, h.kid.as_deref()), (Algorithm::EdDSA, Some("k1")));
+        assert!(matches!(
+            parse_header(&token(r#"{"kid":"k1"}"#)),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn keys_are_selected_by_kid_and_used_with_their_own_algorithm_only() {
+        let rsa = VerifyKey {
+            kid: Some("r".into()),
+            alg: Algorithm::RS256,
+            key: DecodingKey::from_rsa_raw_components(&[1; 256], &[1, 0, 1]),
+        };
+        let ed = VerifyKey {
+            kid: Some("e".into()),
+            alg: Algorithm::EdDSA,
+            key: DecodingKey::from_ed_der(&[0; 32]),
+        };
+        let set = keyset(vec![rsa, ed]);
+        assert!(
+            matches!(select(&set, &header(Algorithm::RS256, Some("r"))), Selection::Found(k) if k.len() == 1)
+        );
+        assert!(matches!(
+            select(&set, &header(Algorithm::HS256, Some("r"))),
+            Selection::Mismatch(Algorithm::RS256)
+        ));
+        assert!(matches!(
+            select(&set, &header(Algorithm::RS256, Some("e"))),
+            Selection::Mismatch(Algorithm::EdDSA)
+        ));
+        assert!(matches!(
+            select(&set, &header(Algorithm::RS256, Some("x"))),
+            Selection::NotFound
+        ));
+        assert!(
+            matches!(select(&set, &header(Algorithm::EdDSA, None)), Selection::Found(k) if k[0].kid.as_deref() == Some("e"))
+        );
+        assert!(matches!(
+            select(&set, &header(Algorithm::ES256, None)),
+            Selection::NotFound
+        ));
+    }
+
+    #[test]
+    fn jwks_entries_that_could_confuse_or_crash_are_skipped() {
+        // 0xC1: the top bit set, so 256 bytes are a full 2048-bit modulus.
+        let b64 = |n: usize| URL_SAFE_NO_PAD.encode(vec![0xC1u8; n]);
+        // A symmetric key in a key set: anyone can read it.
+        assert!(verify_key_of(serde_json::json!({"kty":"oct","k":b64(32),"kid":"s"})).is_err());
+        // An Ed25519 key shorter than 32 bytes would panic in jsonwebtoken.
+        assert!(
+            verify_key_of(serde_json::json!({"kty":"OKP","crv":"Ed25519","x":b64(8)})).is_err()
+        );
+        // An encryption key, a short RSA key, an RSA key declared for ES256.
+        assert!(verify_key_of(
+            serde_json::json!({"kty":"RSA","use":"enc","n":b64(256),"e":"AQAB"})
+        )
+        .is_err());
+        assert!(verify_key_of(serde_json::json!({"kty":"RSA","n":b64(128),"e":"AQAB"})).is_err());
+        assert!(verify_key_of(
+            serde_json::json!({"kty":"RSA","alg":"ES256","n":b64(256),"e":"AQAB"})
+        )
+        .is_err());
+        assert!(verify_key_of(
+            serde_json::json!({"kty":"EC","crv":"P-256","x":b64(31),"y":b64(32)})
+        )
+        .is_err());
+        assert!(verify_key_of(serde_json::json!({"kty":"AKP","x":"1"})).is_err());
+        // Usable keys get the algorithm of their type (or their declared one).
+        let key = |v| verify_key_of(v).map(|k| (k.alg, k.kid));
+        assert_eq!(
+            key(serde_json::json!({"kty":"RSA","kid":"r","n":b64(256),"e":"AQAB"})),
+            Ok((Algorithm::RS256, Some("r".into())))
+        );
+        assert_eq!(
+            key(serde_json::json!({"kty":"RSA","alg":"PS256","n":b64(256),"e":"AQAB"})),
+            Ok((Algorithm::PS256, None))
+        );
+        assert_eq!(
+            key(serde_json::json!({"kty":"OKP","crv":"Ed25519","x":b64(32)})),
+            Ok((Algorithm::EdDSA, None))
+        );
+        assert_eq!(
+            key(serde_json::json!({"kty":"EC","crv":"P-256","x":b64(32),"y":b64(32)})),
+            Ok((Algorithm::ES256, None))
+        );
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(
+            max_age_of("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            max_age_of("Max-Age=5, must-revalidate"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(max_age_of("no-cache"), Some(Duration::ZERO));
+        assert_eq!(max_age_of("public"), None);
+        assert_eq!(max_age_of("max-age=soon"), None);
+    }
+
+    #[tokio::test]
+    async fn roles_come_from_the_configured_claim_and_malformed_roles_mean_none() {
+        let config = HubConfig {
+            jwt_roles_claim: "https://example.com/flows".into(),
+            ..HubConfig::default()
+        };
+        let v = verifier(&config, "s");
+        let inner = &v.inner;
+        let provider_key = VerifyKey {
+            kid: None,
+            alg: Algorithm::RS256,
+            key: DecodingKey::from_rsa_raw_components(&[1; 256], &[1, 0, 1]),
+        };
+        let raw = |value: Value| value.as_object().unwrap().clone();
+        let c = inner
+            .claims_from(
+                raw(serde_json::json!({"sub":"u","exp":5,"https://example.com/flows":{"f":"owner"},"flows":{"g":"owner"}})),
+                &provider_key,
+            )
+            .unwrap();
+        assert_eq!(c.flows, [("f".to_string(), Role::Owner)].into());
+        assert_eq!(c.identity().name, "u", "name defaults to sub");
+        for bad in [
+            serde_json::json!("owner"),
+            serde_json::json!({"f":"root"}),
+            serde_json::json!(null),
+        ] {
+            let c = inner
+                .claims_from(
+                    raw(serde_json::json!({"sub":"u","exp":5,"https://example.com/flows":bad})),
+                    &provider_key,
+                )
+                .unwrap();
+            assert!(c.flows.is_empty());
+        }
+        // svc must be a real `true`; a non-string name is ignored.
+        let c = inner
+            .claims_from(
+                raw(serde_json::json!({"sub":"u","exp":5.7,"svc":"true","name":3})),
+                &provider_key,
+            )
+            .unwrap();
+        assert!(!c.svc && c.name.is_none() && c.exp == 5);
+        // Shared-secret tokens are flowhub's own: roles under `flows`.
+        let shared = JwtKeys::new("s").verifying_key();
+        let c = inner
+            .claims_from(
+                raw(serde_json::json!({"sub":"u","exp":5,"flows":{"g":"viewer"}})),
+                &shared,
+            )
+            .unwrap();
+        assert_eq!(c.flows, [("g".to_string(), Role::Viewer)].into());
+    }
+
+    #[tokio::test]
+    async fn hs256_is_accepted_with_a_provider_only_when_a_secret_is_configured() {
+        let token = JwtKeys::new("s").sign(&claims(now_secs() + 600));
+        let without_provider = verifier(&HubConfig::default(), "s");
+        assert!(without_provider.verify(&token).await.is_ok());
+        let provider = HubConfig {
+            jwks_url: Some("http://127.0.0.1:9/jwks.json".into()),
+            ..HubConfig::default()
+        };
+        assert!(matches!(
+            verifier(&provider, "s").verify(&token).await,
+            Err(AuthError::UnsupportedAlgorithm(why)) if why.starts_with("HS256")
+        ));
+        let explicit = HubConfig {
+            jwt_secret: Some("s".into()),
+            ..provider.clone()
+        };
+        assert!(verifier(&explicit, "s").verify(&token).await.is_ok());
+        let demo = HubConfig {
+            demo: true,
+            ..provider
+        };
+        assert!(verifier(&demo, "s").verify(&token).await.is_ok());
+        assert!(matches!(
+            Verifier::new(
+                &HubConfig {
+                    jwks_url: Some("file:///etc/passwd".into()),
+                    ..HubConfig::default()
+                },
+                JwtKeys::new("s")
+            ),
+            Err(AuthSetupError::JwksUrl(_))
+        ));
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("1h"), Some(3600));
+        assert_eq!(parse_ttl("90"), Some(90));
+        assert_eq!(parse_ttl("15m"), Some(900));
+        assert_eq!(parse_ttl("2d"), Some(172800));
+        assert_eq!(parse_ttl("1y"), None);
+        assert_eq!(parse_ttl("h"), None);
+    }
 }

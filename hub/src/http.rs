@@ -31,7 +31,11 @@ pub async fn authenticate(
     let token = bearer
         .or(query.token.as_deref())
         .ok_or_else(|| AppError::unauthorized("no token"))?;
-    state.keys.verify(token).await.map_err(AppError::unauthorized)
+    state
+        .keys
+        .verify(token)
+        .await
+        .map_err(AppError::unauthorized)
 }
 
 /// `GET /v1/flows/{id}`: the flow as JSON for anyone with a role on it. Served by the

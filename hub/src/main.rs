@@ -150,7 +150,8 @@ fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
         jwks_url: non_empty(args.jwks_url),
         jwt_issuer: non_empty(args.jwt_issuer),
         jwt_audience: non_empty(args.jwt_audience),
-        jwt_roles_claim: non_empty(args.jwt_roles_claim).unwrap_or(defaults.jwt_roles_claim.clone()),
+        jwt_roles_claim: non_empty(args.jwt_roles_claim)
+            .unwrap_or(defaults.jwt_roles_claim.clone()),
         jwt_leeway,
         node_id: args.node_id,
         outbound_queue: args.outbound_queue,

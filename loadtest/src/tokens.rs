@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(claims.sub, "ed-1");
         assert_eq!(claims.flows.get("f1"), Some(&Role::Editor));
         assert!(!claims.svc);
-        assert_eq!(jsonwebtoken::decode_header(&t).unwrap().alg, Algorithm::HS256);
+        assert_eq!(
+            jsonwebtoken::decode_header(&t).unwrap().alg,
+            Algorithm::HS256
+        );
         let svc = verify("s", &tokens.service("engine").unwrap());
         assert!(svc.svc);
         let fixed = Tokens::Fixed {

@@ -46,7 +46,8 @@ mod tests {
             json,
             serde_json::json!({"sub": "alice", "exp": 10, "flows": {"demo": "editor"}})
         );
-        let back: Claims = serde_json::from_value(serde_json::json!({"sub": "s", "exp": 1})).unwrap();
+        let back: Claims =
+            serde_json::from_value(serde_json::json!({"sub": "s", "exp": 1})).unwrap();
         assert!(back.flows.is_empty() && !back.svc && back.name.is_none());
     }
 }
