@@ -55,10 +55,12 @@ impl Identity {
 }
 
 /// Verifies a token presented on an open session (`reauth`). The hub implements it
-/// with its JWT keys; tests can implement it with anything.
+/// with its JWT verifier; tests can implement it with anything. Async because
+/// verifying may first fetch the identity provider's signing keys.
+#[async_trait::async_trait]
 pub trait TokenVerifier: Send + Sync + 'static {
     /// The identity the token proves, or why it does not.
-    fn verify(&self, token: &str) -> Result<Identity, String>;
+    async fn verify(&self, token: &str) -> Result<Identity, String>;
 }
 
 #[cfg(test)]

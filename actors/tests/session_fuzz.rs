@@ -19,8 +19,9 @@ use ractor::Actor;
 
 struct RefuseAll;
 
+#[async_trait::async_trait]
 impl TokenVerifier for RefuseAll {
-    fn verify(&self, _token: &str) -> Result<Identity, String> {
+    async fn verify(&self, _token: &str) -> Result<Identity, String> {
         Err("no".into())
     }
 }

@@ -234,7 +234,7 @@ pub async fn upgrade(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let claims = authenticate(&state, &headers, &query)?;
+    let claims = authenticate(&state, &headers, &query).await?;
     Ok(crate::ws::size_buffers(ws, state.config.hard_frame_bytes)
         .on_upgrade(move |socket| run(socket, state, claims.identity())))
 }

@@ -24,6 +24,21 @@ pub struct HubConfig {
     pub heartbeat_ttl: Duration,
     /// HS256 secret; `None` generates one once and keeps it in `data_dir`.
     pub jwt_secret: Option<String>,
+    /// An identity provider's JWKS (`https://…/.well-known/jwks.json`): its RS256,
+    /// ES256 and EdDSA tokens are accepted. With it, HS256 tokens are accepted only
+    /// when `jwt_secret` is set (or `demo` is on); see `auth`.
+    pub jwks_url: Option<String>,
+    /// Required `iss` of every token, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of every token, when set.
+    pub jwt_audience: Option<String>,
+    /// The claim that carries the flow roles (`{"flow-id": "editor"}`).
+    pub jwt_roles_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// The JWKS is fetched for an unknown `kid` at most once per this interval (and
+    /// never kept for less).
+    pub jwks_min_refresh: Duration,
     /// Name of this node in logs, `welcome` and the bus; `None` generates one.
     pub node_id: Option<String>,
     pub session: SessionLimits,
@@ -67,6 +82,12 @@ impl Default for HubConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_ttl: Duration::from_secs(5),
             jwt_secret: None,
+            jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_roles_claim: "flows".to_owned(),
+            jwt_leeway: Duration::from_secs(30),
+            jwks_min_refresh: Duration::from_secs(10),
             node_id: None,
             session: SessionLimits::default(),
             flow: FlowConfig::default(),

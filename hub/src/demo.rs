@@ -282,7 +282,7 @@ pub async fn simulate_run(
     Json(body): Json<SimulateBody>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     check_host(state.config.listen, &headers)?;
-    let claims = authenticate(&state, &headers, &query)?;
+    let claims = authenticate(&state, &headers, &query).await?;
     let flow_id = body.flow_id;
     validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
     if claims.identity().role_for(&flow_id).is_none() {

@@ -18,7 +18,7 @@ pub struct TokenQuery {
 }
 
 /// The token from `Authorization: Bearer …`, else from `?token=`.
-pub fn authenticate(
+pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query: &TokenQuery,
@@ -31,7 +31,11 @@ pub fn authenticate(
     let token = bearer
         .or(query.token.as_deref())
         .ok_or_else(|| AppError::unauthorized("no token"))?;
-    state.keys.verify(token).map_err(AppError::unauthorized)
+    state
+        .keys
+        .verify(token)
+        .await
+        .map_err(AppError::unauthorized)
 }
 
 /// `GET /v1/flows/{id}`: the flow as JSON for anyone with a role on it. Served by the
@@ -50,7 +54,7 @@ pub async fn get_flow(
     Query(view): Query<FlowView>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let claims = authenticate(&state, &headers, &query)?;
+    let claims = authenticate(&state, &headers, &query).await?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     if effective_role(&state, &claims, &flow_id).await?.is_none() {
@@ -269,7 +273,7 @@ pub async fn put_member(
     Json(body): Json<MemberBody>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     use flowhub_actors::store::MemberAccess;
-    let claims = authenticate(&state, &headers, &query)?;
+    let claims = authenticate(&state, &headers, &query).await?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let is_owner =

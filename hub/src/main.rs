@@ -54,6 +54,24 @@ struct ServeArgs {
     /// HS256 secret; unset: generated once and kept in the data directory.
     #[arg(long, env = "FLOWHUB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// An identity provider's JWKS URL (https://…/.well-known/jwks.json): its RS256,
+    /// ES256 and EdDSA tokens are accepted; HS256 then only with an explicit
+    /// --jwt-secret (or --demo).
+    #[arg(long, env = "FLOWHUB_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// Required `iss` of every token.
+    #[arg(long, env = "FLOWHUB_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of every token.
+    #[arg(long, env = "FLOWHUB_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// The claim carrying flow roles (`{"flow-id": "editor"}`), e.g.
+    /// `https://example.com/flows`; unset: `flows`.
+    #[arg(long, env = "FLOWHUB_JWT_ROLES_CLAIM")]
+    jwt_roles_claim: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf` (`30s`, `2m`, or seconds); unset: 30 s.
+    #[arg(long, env = "FLOWHUB_JWT_LEEWAY")]
+    jwt_leeway: Option<String>,
     #[arg(long, env = "FLOWHUB_NODE_ID")]
     node_id: Option<String>,
     /// Frames above this get a `too_large` error (the connection stays open).
@@ -109,7 +127,19 @@ fn parse_role(s: &str) -> anyhow::Result<Role> {
     })
 }
 
-fn config_from(args: ServeArgs) -> HubConfig {
+/// An option given as an empty string (an empty environment variable) is unset.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
+    let defaults = HubConfig::default();
+    let jwt_leeway = match non_empty(args.jwt_leeway) {
+        Some(s) => Duration::from_secs(
+            parse_ttl(&s).with_context(|| format!("bad --jwt-leeway `{s}` (e.g. 30s, 2m)"))?,
+        ),
+        None => defaults.jwt_leeway,
+    };
     let mut config = HubConfig {
         listen: args.listen,
         database_url: args.database_url.filter(|u| !u.is_empty()),
@@ -117,20 +147,26 @@ fn config_from(args: ServeArgs) -> HubConfig {
         heartbeat_ttl: Duration::from_secs(args.heartbeat_ttl.max(2)),
         data_dir: args.data_dir,
         jwt_secret: args.jwt_secret.filter(|s| !s.is_empty()),
+        jwks_url: non_empty(args.jwks_url),
+        jwt_issuer: non_empty(args.jwt_issuer),
+        jwt_audience: non_empty(args.jwt_audience),
+        jwt_roles_claim: non_empty(args.jwt_roles_claim)
+            .unwrap_or(defaults.jwt_roles_claim.clone()),
+        jwt_leeway,
         node_id: args.node_id,
         outbound_queue: args.outbound_queue,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         demo: args.demo,
         demo_allow_remote: args.demo_allow_remote,
-        ..HubConfig::default()
+        ..defaults
     };
     config.session.max_frame_bytes = args.max_frame_bytes;
     config.session.max_subscriptions = args.max_subscriptions;
-    config
+    Ok(config)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let hub = Hub::start(config_from(args))
+    let hub = Hub::start(config_from(args)?)
         .await
         .context("starting the hub")?;
     shutdown_signal().await;

@@ -161,7 +161,7 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IngestOutcome>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params))?;
+    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     if !claims.svc {
         return Err(AppError::forbidden("run ingest needs a service token"));
     }
@@ -184,7 +184,7 @@ pub async fn get_run(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Result<Json<RunSnapshot>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params))?;
+    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     Ok(Json(readable_run(&state, &claims, &run_id).await?))
 }
 
@@ -195,7 +195,7 @@ pub async fn get_events(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params))?;
+    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     let since: u64 = param(&params, "since_seq")?.unwrap_or(0);
     let limit: usize = param(&params, "limit")?
         .unwrap_or(DEFAULT_EVENTS_PAGE)
@@ -216,7 +216,7 @@ pub async fn flow_runs(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params))?;
+    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let limit: usize = param(&params, "limit")?
@@ -240,7 +240,7 @@ pub async fn stream(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params))?;
+    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     // The standard reconnect header wins over the query, which a browser repeats.
     let since = match headers.get("last-event-id") {
         Some(v) => v

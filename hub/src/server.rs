@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::auth::JwtKeys;
+use crate::auth::{AuthSetupError, JwtKeys, Verifier};
 use crate::config::{resolve_secret, HubConfig};
 use crate::membership::Membership;
 use crate::redis_bus::RedisBus;
@@ -25,7 +25,8 @@ use crate::{http, ws};
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<HubConfig>,
-    pub keys: JwtKeys,
+    /// Verifies tokens (shared secret, identity provider) and signs the hub's own.
+    pub keys: Verifier,
     pub registry: FlowRegistry,
     /// Run actors (live run progress, `hub/src/runs.rs`).
     pub runs: RunRegistry,
@@ -44,6 +45,8 @@ pub struct AppState {
 pub enum StartError {
     #[error("cannot read or create the JWT secret: {0}")]
     Secret(std::io::Error),
+    #[error("cannot set up token verification: {0}")]
+    Auth(#[from] AuthSetupError),
     #[error("cannot open the store: {0}")]
     Store(#[from] flowhub_actors::store::StoreError),
     #[error("cannot connect to Redis: {0}")]
@@ -100,6 +103,11 @@ impl Hub {
         redis: Option<RedisBus>,
     ) -> Result<Hub, StartError> {
         check_demo(&config)?;
+        let keys = Verifier::new(&config, keys)?;
+        tokio::spawn({
+            let keys = keys.clone();
+            async move { keys.prefetch().await }
+        });
         let node_id = config
             .node_id
             .clone()

@@ -47,7 +47,7 @@ pub async fn upgrade(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     // Refuse before upgrading: a bad token is a plain 401, never a WebSocket.
-    let claims = authenticate(&state, &headers, &query)?;
+    let claims = authenticate(&state, &headers, &query).await?;
     Ok(size_buffers(ws, state.config.hard_frame_bytes)
         .on_upgrade(move |socket| run(socket, state, claims.identity())))
 }

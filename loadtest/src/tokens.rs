@@ -1,17 +1,56 @@
 //! Tokens for the harness's clients: minted locally with the hubs' HS256 secret
-//! (the same claims as `flowhub::auth::Claims`), or pre-minted and given on the
-//! command line.
+//! (the claims are `flowhub_protocol::Claims`, signed with `jsonwebtoken` as the hub
+//! does), or pre-minted and given on the command line.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use flowhub::auth::{now_secs, Claims, JwtKeys};
-use flowhub_protocol::Role;
+use flowhub_protocol::{Claims, Role};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::cli::Common;
 use crate::error::{Error, Result};
 
 /// Minted tokens stay valid this long (longer than any run).
 const TTL_SECS: u64 = 12 * 3600;
+
+/// The hubs' HS256 secret, for minting tokens.
+#[derive(Clone)]
+pub struct JwtKeys {
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKeys(<redacted>)")
+    }
+}
+
+impl JwtKeys {
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        // jsonwebtoken 10 needs a crypto provider; Err means one is installed already.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        JwtKeys {
+            secret: secret.into(),
+        }
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(&self.secret),
+        )
+        .unwrap_or_else(|e| unreachable!("HS256 over serializable claims cannot fail: {e}"))
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Where client tokens come from.
 #[derive(Debug, Clone)]
@@ -82,17 +121,30 @@ impl Tokens {
 mod tests {
     use super::*;
 
+    fn verify(secret: &str, token: &str) -> Claims {
+        let validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        jsonwebtoken::decode::<Claims>(
+            token,
+            &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .expect("a valid HS256 token")
+        .claims
+    }
+
     #[test]
     fn minted_tokens_verify_with_the_same_secret() {
         let tokens = Tokens::Secret(JwtKeys::new("s"));
         let t = tokens.user("ed-1", &[("f1", Role::Editor)]);
-        let claims = JwtKeys::new("s").verify(&t).unwrap();
+        let claims = verify("s", &t);
         assert_eq!(claims.sub, "ed-1");
         assert_eq!(claims.flows.get("f1"), Some(&Role::Editor));
         assert!(!claims.svc);
-        let svc = JwtKeys::new("s")
-            .verify(&tokens.service("engine").unwrap())
-            .unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&t).unwrap().alg,
+            Algorithm::HS256
+        );
+        let svc = verify("s", &tokens.service("engine").unwrap());
         assert!(svc.svc);
         let fixed = Tokens::Fixed {
             user: "u".into(),

@@ -18,6 +18,7 @@
 //! - [`presence`]: presence entries (cursor, selection, colour).
 //! - [`run`]: run events as engines report them, run state and summaries.
 //! - [`ids`]: validation of flow ids (they appear in frame headers and store keys).
+//! - [`token`]: the claims of the tokens flowhub mints ([`Claims`]).
 
 pub mod codec;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod message;
 pub mod presence;
 pub mod run;
+pub mod token;
 
 pub use codec::{decode_client_text, encode, DecodeFailure};
 pub use error::{close, ErrorCode, ProtocolError};
@@ -34,6 +36,7 @@ pub use ids::{validate_flow_id, MAX_FLOW_ID_LEN};
 pub use message::{ClientMessage, Limits, RequestId, Role, ServerMessage};
 pub use presence::{Cursor, PresenceEntry};
 pub use run::{RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, RunSummary};
+pub use token::Claims;
 
 /// The protocol version this crate speaks. A client names the version it speaks in
 /// `hello`; the hub answers with the version it will use in `welcome`.

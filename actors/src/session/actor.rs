@@ -532,7 +532,7 @@ impl SessionState {
         token: String,
         myself: &ActorRef<SessionMsg>,
     ) {
-        let identity = match self.verifier.verify(&token) {
+        let identity = match self.verifier.verify(&token).await {
             Ok(identity) => identity,
             Err(e) => return self.fail(id, None, ErrorCode::Unauthorized, e),
         };
