@@ -76,6 +76,7 @@ async fn with_the_demo_flag_on_loopback_tokens_work_and_identity_is_stable_per_b
         .state()
         .keys
         .verify(first["token"].as_str().unwrap())
+        .await
         .is_ok());
 
     // The same browser (cookie) under another name is the same user.
