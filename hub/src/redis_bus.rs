@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use flowhub_actors::bus::{Bus, BusError, BusSubscription};
+use flowhub_actors::bus::{Bus, BusError, BusSubscription, FlowBusMessage};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -63,7 +63,7 @@ pub const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PUBLISH_QUEUE: usize = 10_000;
 
 /// Most PUBLISH commands the publisher sends in one pipeline (one round trip).
-const PUBLISH_BATCH: usize = 256;
+pub const PUBLISH_BATCH: usize = 256;
 
 /// Probing an unreachable Redis: first after this, doubling up to
 /// [`PROBE_MAX_DELAY`].
@@ -125,6 +125,9 @@ struct Outgoing {
     channel: String,
     /// Already stamped: the bus lag then includes the time spent in the queue.
     payload: Vec<u8>,
+    /// A flow's changes: after an outage other nodes read them from the store anyway
+    /// (see [`publish_queued`]), so a backlog of them is not worth replaying.
+    store_backed: bool,
 }
 
 #[derive(Clone)]
@@ -329,8 +332,10 @@ async fn publish_batch(conn: &Conn, batch: &[Outgoing]) -> Result<(), (u64, BusE
 /// not answering within [`REDIS_CALL_TIMEOUT`]) its messages are lost (at most once)
 /// and publishing pauses: the task probes Redis with PING until it answers, while new
 /// messages wait in the queue (or are dropped once it is full), then resumes with what
-/// is queued. Other nodes do not depend on these messages: they catch up from the
-/// store when the flow's heads come through.
+/// is queued, except the flows' changes queued during the outage: other nodes do not
+/// depend on them (every change is in the store, and the heads that follow make them
+/// read what they miss in one go), and replaying minutes of edits one message at a time
+/// would keep their flow actors busy long after Redis is back.
 async fn publish_queued(conn: Conn, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<RedisBusStats>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
@@ -360,12 +365,36 @@ async fn publish_queued(conn: Conn, mut rx: mpsc::Receiver<Outgoing>, stats: Arc
                     }
                     delay = (delay * 2).min(PROBE_MAX_DELAY);
                 }
+                // Only what was queued during the outage is filtered; newer messages
+                // are published as usual.
+                let backlog = rx.len();
+                let mut kept = Vec::with_capacity(backlog);
+                while kept.len() < backlog {
+                    let want = backlog - kept.len();
+                    if rx.recv_many(&mut kept, want).await == 0 {
+                        break;
+                    }
+                }
+                let stale_changes = kept.iter().filter(|m| m.store_backed).count();
+                kept.retain(|m| !m.store_backed);
+                stats
+                    .publish_errors
+                    .fetch_add(stale_changes as u64, Ordering::Relaxed);
                 info!(
                     outage_ms = since.elapsed().as_millis() as u64,
-                    queued = rx.len(),
+                    stale_changes,
+                    queued = kept.len(),
                     dropped = stats.publish_dropped.load(Ordering::Relaxed) - dropped_before,
-                    "bus reachable again; publishing resumed"
+                    "bus reachable again; publishing resumed (changes made meanwhile reach other nodes through the store)"
                 );
+                for chunk in kept.chunks(PUBLISH_BATCH) {
+                    match publish_batch(&conn, chunk).await {
+                        Ok(()) => stats
+                            .published
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed),
+                        Err((lost, _)) => stats.publish_errors.fetch_add(lost, Ordering::Relaxed),
+                    };
+                }
             }
         }
         batch.clear();
@@ -499,6 +528,7 @@ impl Bus for RedisBus {
     /// doc); an error means it was dropped because the queue is full.
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), BusError> {
         let message = Outgoing {
+            store_backed: channel.starts_with("flow:") && FlowBusMessage::is_changes(&payload),
             channel: channel.to_owned(),
             payload: stamp(payload),
         };
