@@ -32,17 +32,20 @@ fn init_logs() {
         .try_init();
 }
 
-/// A redis-server this test can freeze (SIGSTOP) and thaw (SIGCONT).
+/// A redis-server this test can freeze (SIGSTOP) and thaw (SIGCONT), or kill and
+/// start again on the same port.
 struct StallableRedis {
     port: u16,
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl StallableRedis {
     fn start() -> StallableRedis {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_on(free_port(), tempfile::tempdir().unwrap())
+    }
+
+    fn start_on(port: u16, dir: tempfile::TempDir) -> StallableRedis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -57,11 +60,7 @@ impl StallableRedis {
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
             if ok {
-                return StallableRedis {
-                    port,
-                    child,
-                    _dir: dir,
-                };
+                return StallableRedis { port, child, dir };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -70,6 +69,18 @@ impl StallableRedis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then a fresh server on the same port (nothing kept: `--save ""`).
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn restart(self) -> StallableRedis {
+        let (port, dir) = (self.port, tempfile::tempdir().unwrap());
+        drop(self);
+        Self::start_on(port, dir)
     }
 
     fn signal(&self, signal: &str) {
@@ -204,10 +215,29 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How Redis fails in [`redis_outage`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outage {
+    /// SIGSTOP, then SIGCONT: connections stay open, nothing answers.
+    Stall,
+    /// SIGKILL, then a fresh server on the same port: connections are refused.
+    Kill,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_does_not_stall_acks_and_replicas_converge_after() {
+    redis_outage(Outage::Stall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_does_not_slow_acks_and_replicas_converge_after() {
+    redis_outage(Outage::Kill).await;
+}
+
+/// Three nodes, an editor on each at 20 edits/s; Redis fails for 5 s.
+async fn redis_outage(outage: Outage) {
     init_logs();
-    let redis = StallableRedis::start();
+    let mut redis = StallableRedis::start();
     let db = fresh_postgres_database().await;
     let flow_id = uniq("stall");
     let tok = |u: &str| token(u, &[(flow_id.as_str(), Role::Editor)]);
@@ -256,9 +286,12 @@ async fn a_stalled_redis_does_not_stall_acks_and_replicas_converge_after() {
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Step 3: Redis hangs for 5 s while the editors keep going.
+    // Step 3: Redis fails for 5 s while the editors keep going.
     let stalled_at = Instant::now();
-    redis.signal("-STOP");
+    match outage {
+        Outage::Stall => redis.signal("-STOP"),
+        Outage::Kill => redis.kill(),
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let probes = futures_util::future::join_all(hubs.iter().map(|h| readyz(h.addr()))).await;
     tokio::time::sleep(stalled_at + Duration::from_secs(5) - Instant::now()).await;
@@ -271,7 +304,10 @@ async fn a_stalled_redis_does_not_stall_acks_and_replicas_converge_after() {
         .iter()
         .flat_map(|t| t.lock().unwrap().clone())
         .collect();
-    redis.signal("-CONT");
+    match outage {
+        Outage::Stall => redis.signal("-CONT"),
+        Outage::Kill => redis = redis.restart(),
+    }
 
     // Step 4: every replica, every node's copy and the store converge.
     let all_acked = eventually(Duration::from_secs(60), || {
@@ -352,19 +388,23 @@ async fn a_stalled_redis_does_not_stall_acks_and_replicas_converge_after() {
         dropped += metric(hub.addr(), "flowhub_bus_publish_dropped_total").await;
         repairs += metric(hub.addr(), "flowhub_antientropy_repairs_total").await;
     }
-    println!("== Redis SIGSTOP for {stall_secs:.1} s, 3 nodes, 3 editors at 20 edits/s each ==");
+    let (failed, back) = match outage {
+        Outage::Stall => ("SIGSTOP", "SIGCONT"),
+        Outage::Kill => ("killed", "restart"),
+    };
+    println!("== Redis {failed} for {stall_secs:.1} s, 3 nodes, 3 editors at 20 edits/s each ==");
     println!("ack rate before the stall: {rate_before:.1}/s, ack p99 {p99_before:?}");
     println!(
-        "ack rate during the stall: {rate_during:.1}/s, ack p99 {p99_during:?} \
-         ({} sent, {} acked before SIGCONT, {old_unacked} sent >1 s before SIGCONT still unacked)",
+        "ack rate during the outage: {rate_during:.1}/s, ack p99 {p99_during:?} \
+         ({} sent, {} acked before {back}, {old_unacked} sent >1 s before {back} still unacked)",
         during.len(),
         acked_before_resume(&during)
     );
     for (i, (status, body, took)) in probes.iter().enumerate() {
-        println!("/readyz on node {i} during the stall: {status:?} {body} in {took:?}");
+        println!("/readyz on node {i} during the outage: {status:?} {body} in {took:?}");
     }
     println!(
-        "after SIGCONT: all acked {all_acked}, replicas converged {converged}, \
+        "after {back}: all acked {all_acked}, replicas converged {converged}, \
          every node serves the same document {served_identical}, in {convergence:?} \
          (all acked after {acked_in:?}, replicas equal after {replicas_in:?})"
     );
@@ -376,10 +416,10 @@ async fn a_stalled_redis_does_not_stall_acks_and_replicas_converge_after() {
     );
     assert_eq!(
         old_unacked, 0,
-        "edits sent during the Redis stall waited for the bus"
+        "edits sent during the Redis outage waited for the bus"
     );
     for (status, body, took) in &probes {
-        assert_eq!(*status, Some(503), "/readyz during a Redis stall: {body}");
+        assert_eq!(*status, Some(503), "/readyz during a Redis outage: {body}");
         assert!(body.contains("bus unreachable"), "{body}");
         assert!(*took < Duration::from_secs(3), "/readyz took {took:?}");
     }
