@@ -37,7 +37,7 @@ fn init_logs() {
 struct StallableRedis {
     port: u16,
     child: std::process::Child,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl StallableRedis {
@@ -60,7 +60,11 @@ impl StallableRedis {
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
             if ok {
-                return StallableRedis { port, child, dir };
+                return StallableRedis {
+                    port,
+                    child,
+                    _dir: dir,
+                };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -430,6 +434,8 @@ async fn redis_outage(outage: Outage) {
     for hub in hubs {
         hub.shutdown().await;
     }
+    // Redis outlives the hubs, so their drain (leaving the membership) is quick.
+    drop(redis);
 }
 
 /// A TCP proxy in front of PostgreSQL that can stop forwarding (a black hole: the
