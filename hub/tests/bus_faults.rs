@@ -495,13 +495,21 @@ async fn forward(
     }
 }
 
-async fn add_one(flow: &FlowHandle, name: &str) -> flowhub_client::EditTicket {
+async fn add_one(flow: &FlowHandle, name: &str) -> Result<flowhub_client::EditTicket, ClientError> {
     flow.edit(|d| d.add_node(NewNode::new("action", name, Position { x: 0.0, y: 0.0 })))
         .await
-        .expect("edit sent")
-        .1
+        .map(|(_, ticket)| ticket)
 }
 
+/// One hub behind a proxy to PostgreSQL that black-holes the connection for ~8 s.
+///
+/// The edit sent during the hang is refused after the append timeout (5 s). The flow
+/// actor then rolls its document back by reloading it from the store; with the
+/// database still gone that reload fails after the read timeout (2 s) and the actor
+/// stops, so the old session's flow is gone ("the flow was closed; subscribe again").
+/// The Rust client does not resubscribe by itself: an editor that keeps sending on
+/// that session is refused (`bad_request`) until the hub closes it with 1008 "too many
+/// invalid frames". Here the editor reconnects after a failure instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     init_logs();
@@ -520,7 +528,7 @@ async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     .await
     .unwrap();
     let flow = client.subscribe(&flow_id).await.unwrap();
-    let t = add_one(&flow, "before").await;
+    let t = add_one(&flow, "before").await.unwrap();
     flow.wait_acked(&t, Duration::from_secs(10))
         .await
         .expect("acked before the hang");
@@ -529,7 +537,7 @@ async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     // within the append timeout, and /readyz says 503 at once.
     proxy.black_hole(true);
     let hung_at = Instant::now();
-    let t = add_one(&flow, "during").await;
+    let t = add_one(&flow, "during").await.unwrap();
     let addr = hub.addr();
     let probe = async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -543,7 +551,13 @@ async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     println!("== PostgreSQL black-holed ==");
     println!("/readyz: {status:?} {body} in {readyz_took:?}");
     println!("edit during the hang: {outcome:?} after {outcome_after:?}");
-    println!("client closed: {:?}", client.close_reason());
+    // The flow actor rolls its document back by reloading it from the store, which
+    // fails too while the database is still gone (after the read timeout).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "client connection 3 s later: closed {:?}",
+        client.close_reason()
+    );
 
     // Step 2: the database comes back; edits are acknowledged again.
     proxy.black_hole(false);
@@ -551,34 +565,49 @@ async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     let mut acked_after = None;
     let mut attempts = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut flow = flow;
-    let mut client = client;
+    // The first attempt reuses the session; after a failure the editor reconnects and
+    // subscribes again, like an application would (see the test doc for why the old
+    // session may be unusable).
+    let mut session = Some((client, flow));
+    let mut first_failure = None;
     while Instant::now() < deadline {
         attempts += 1;
-        if client.is_closed() {
-            client = Client::connect(
-                &hub.ws_url(),
-                &token("ed", &[(flow_id.as_str(), Role::Editor)]),
-            )
-            .await
-            .unwrap();
-            flow = match client.subscribe(&flow_id).await {
-                Ok(f) => f,
-                Err(_) => continue,
-            };
-        }
-        let t = add_one(&flow, &format!("after-{attempts}")).await;
-        match flow.wait_acked(&t, Duration::from_secs(5)).await {
+        let (client, flow) = match session.take() {
+            Some(s) => s,
+            None => {
+                let tok = token("ed", &[(flow_id.as_str(), Role::Editor)]);
+                let Ok(client) = Client::connect(&hub.ws_url(), &tok).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                match client.subscribe(&flow_id).await {
+                    Ok(flow) => (client, flow),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let outcome = match add_one(&flow, &format!("after-{attempts}")).await {
+            Ok(t) => flow.wait_acked(&t, Duration::from_secs(5)).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) => {
                 acked_after = Some(healed_at.elapsed());
                 break;
             }
-            Err(ClientError::Rejected { .. }) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
+            Err(e) => {
+                first_failure.get_or_insert(format!(
+                    "{e} (connection closed: {:?})",
+                    client.close_reason()
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(_) => {}
         }
     }
+    println!("first edit after healing on the old session: {first_failure:?}");
     let (status_after, body_after, _) = readyz(hub.addr()).await;
     println!("after healing: first ack {acked_after:?} after {attempts} attempt(s); /readyz {status_after:?} {body_after}");
 
