@@ -34,7 +34,7 @@
 //! [`REDIS_CALL_TIMEOUT`], so no caller hangs on a frozen Redis either.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,8 @@ pub struct RedisBus {
     next_id: Arc<AtomicU64>,
     stats: Arc<RedisBusStats>,
     outgoing: mpsc::Sender<Outgoing>,
+    /// Set by the publisher while Redis does not answer (between its WARN and INFO).
+    unreachable: Arc<AtomicBool>,
 }
 
 fn unavailable(e: redis::RedisError) -> BusError {
@@ -214,13 +216,20 @@ impl RedisBus {
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         // The publisher holds the connection and the stats, not the bus: it stops once
         // every handle (and so the queue's sender) is gone.
-        tokio::spawn(publish_queued(conn.clone(), outgoing_rx, stats.clone()));
+        let unreachable = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publish_queued(
+            conn.clone(),
+            outgoing_rx,
+            stats.clone(),
+            unreachable.clone(),
+        ));
         let bus = RedisBus {
             conn,
             subscribers: Arc::new(DashMap::new()),
             next_id: Arc::new(AtomicU64::new(0)),
             stats,
             outgoing,
+            unreachable,
         };
         tokio::spawn(dispatch(push_rx, bus.clone()));
         info!(
@@ -336,7 +345,12 @@ async fn publish_batch(conn: &Conn, batch: &[Outgoing]) -> Result<(), (u64, BusE
 /// depend on them (every change is in the store, and the heads that follow make them
 /// read what they miss in one go), and replaying minutes of edits one message at a time
 /// would keep their flow actors busy long after Redis is back.
-async fn publish_queued(conn: Conn, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<RedisBusStats>) {
+async fn publish_queued(
+    conn: Conn,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stats: Arc<RedisBusStats>,
+    unreachable: Arc<AtomicBool>,
+) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         match publish_batch(&conn, &batch).await {
@@ -357,6 +371,7 @@ async fn publish_queued(conn: Conn, mut rx: mpsc::Receiver<Outgoing>, stats: Arc
                     lost,
                     "bus unreachable; publishing paused, other nodes catch up from the store"
                 );
+                unreachable.store(true, Ordering::Relaxed);
                 let mut delay = PROBE_MIN_DELAY;
                 loop {
                     tokio::time::sleep(delay).await;
@@ -365,6 +380,7 @@ async fn publish_queued(conn: Conn, mut rx: mpsc::Receiver<Outgoing>, stats: Arc
                     }
                     delay = (delay * 2).min(PROBE_MAX_DELAY);
                 }
+                unreachable.store(false, Ordering::Relaxed);
                 // Only what was queued during the outage is filtered; newer messages
                 // are published as usual.
                 let backlog = rx.len();
@@ -556,16 +572,26 @@ impl Bus for RedisBus {
         if first {
             // If Redis is down right now the subscription is still registered locally;
             // the flow keeps serving local peers and catches up through the store.
-            if let Err(e) = self.redis_subscribe(channel).await {
+            // When the publisher already knows Redis is unreachable, opening the flow
+            // does not wait for a subscribe to time out.
+            let result = if self.unreachable.load(Ordering::Relaxed) {
+                Err(BusError::Unavailable(
+                    "publisher found redis unreachable".into(),
+                ))
+            } else {
+                self.redis_subscribe(channel).await
+            };
+            if let Err(e) = result {
                 warn!(channel, error = %e, "redis subscribe failed; retrying in the background");
                 let bus = self.clone();
                 let channel = channel.to_owned();
+                // Until it works or nobody here listens any more, however long Redis is
+                // gone: a flow opened during an outage must hear other nodes after it.
                 tokio::spawn(async move {
-                    for attempt in 0..60u32 {
-                        tokio::time::sleep(Duration::from_millis(
-                            200 * u64::from(attempt.min(5) + 1),
-                        ))
-                        .await;
+                    let mut attempt = 0u64;
+                    loop {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * attempt.min(5))).await;
                         if !bus.subscribers.contains_key(&channel)
                             || bus.redis_subscribe(&channel).await.is_ok()
                         {

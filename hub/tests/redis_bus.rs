@@ -88,14 +88,24 @@ async fn publish_returns_at_once_while_redis_is_frozen() {
     let ping_started = std::time::Instant::now();
     let ping = bus.ping().await;
     let ping_took = ping_started.elapsed();
+    // The publisher has found Redis unreachable by now: a new subscription is
+    // registered locally at once and made in Redis in the background.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let subscribe_started = std::time::Instant::now();
+    let mut late = bus.subscribe("flow:late").await.unwrap();
+    let subscribe_took = subscribe_started.elapsed();
     signal("-CONT");
     println!(
-        "{} publishes to a frozen Redis took {publishing:?}; ping failed after {ping_took:?}",
+        "{} publishes to a frozen Redis took {publishing:?}; ping failed after {ping_took:?}; subscribing took {subscribe_took:?}",
         flowhub::redis_bus::PUBLISH_QUEUE + 1000
     );
     assert!(publishing < Duration::from_secs(1), "{publishing:?}");
     assert!(ping.is_err(), "a frozen Redis does not answer PING");
     assert!(ping_took < Duration::from_secs(2), "{ping_took:?}");
+    assert!(
+        subscribe_took < Duration::from_millis(500),
+        "{subscribe_took:?}"
+    );
     // The queue holds PUBLISH_QUEUE messages (the publisher may have taken up to one
     // batch out of it before Redis failed to answer); the rest were dropped and counted.
     let dropped = bus
@@ -118,6 +128,17 @@ async fn publish_returns_at_once_while_redis_is_frozen() {
         }
     }
     assert_eq!(got.as_deref(), Some(&b"back"[..]));
+    // The subscription made during the outage works once Redis is back.
+    let mut got = None;
+    for _ in 0..50 {
+        let _ = bus.publish("flow:late", b"late".to_vec()).await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), late.rx.recv()).await
+        {
+            got = Some(m);
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some(&b"late"[..]));
 }
 
 /// The pid of the redis-server listening on `port` (PrivateRedis keeps its child
