@@ -46,7 +46,7 @@ impl StallableRedis {
     }
 
     fn start_on(port: u16, dir: tempfile::TempDir) -> StallableRedis {
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -68,6 +68,8 @@ impl StallableRedis {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("private redis-server did not start on port {port}");
     }
 
@@ -148,7 +150,7 @@ fn spawn_editor(
                 .edit(|d| {
                     d.add_node(NewNode::new(
                         "action",
-                        &format!("{who}-{i}"),
+                        format!("{who}-{i}"),
                         Position {
                             x: f64::from(i),
                             y: 0.0,
@@ -385,7 +387,7 @@ async fn redis_outage(outage: Outage) {
     let in_flight_cutoff = resumed_at - Duration::from_secs(1);
     let old_unacked = during
         .iter()
-        .filter(|e| e.sent < in_flight_cutoff && !e.acked.is_some_and(|a| a < resumed_at))
+        .filter(|e| e.sent < in_flight_cutoff && e.acked.is_none_or(|a| a >= resumed_at))
         .count();
     let (mut dropped, mut repairs) = (0.0, 0.0);
     for hub in &hubs {
