@@ -214,8 +214,8 @@ impl RedisBus {
         };
         let stats = Arc::new(RedisBusStats::default());
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
-        // The publisher holds the connection and the stats, not the bus: it stops once
-        // every handle (and so the queue's sender) is gone.
+        // The publisher gets the connection and the stats, not a bus handle: holding no
+        // sender of its own queue, it ends once the bus's handles are gone.
         let unreachable = Arc::new(AtomicBool::new(false));
         tokio::spawn(publish_queued(
             conn.clone(),
@@ -245,11 +245,6 @@ impl RedisBus {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
-    }
-
-    /// Messages waiting in the publish queue.
-    pub fn publish_queue_len(&self) -> usize {
-        PUBLISH_QUEUE - self.outgoing.capacity()
     }
 
     /// A cheap round trip, for `/readyz`; fails after at most [`REDIS_CALL_TIMEOUT`].
@@ -544,6 +539,7 @@ impl Bus for RedisBus {
     /// doc); an error means it was dropped because the queue is full.
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), BusError> {
         let message = Outgoing {
+            // `flow:` channels carry `FlowBusMessage`s (see `channel::flow`).
             store_backed: channel.starts_with("flow:") && FlowBusMessage::is_changes(&payload),
             channel: channel.to_owned(),
             payload: stamp(payload),
