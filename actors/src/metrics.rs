@@ -2,6 +2,7 @@
 //! (every frame), where a lock or a registry lookup would cost more than the work.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -21,6 +22,9 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub bus_published: AtomicU64,
     pub bus_received: AtomicU64,
+    /// Bus messages dropped before sending because the node's publish queue was full
+    /// (the bus was unreachable for long). Shared with the bus, which counts them.
+    pub bus_publish_dropped: Arc<AtomicU64>,
     pub compactions: AtomicU64,
     /// Changes a flow actor had to read from the store because the bus lost them.
     pub antientropy_repairs: AtomicU64,
@@ -129,6 +133,12 @@ impl Metrics {
             "counter",
             "Messages received from the bus.",
             c(&self.bus_received).to_string(),
+        );
+        line(
+            "bus_publish_dropped_total",
+            "counter",
+            "Bus messages dropped unsent: the publish queue was full (bus unreachable).",
+            c(&self.bus_publish_dropped).to_string(),
         );
         line(
             "compactions_total",

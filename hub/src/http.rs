@@ -140,19 +140,45 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store and the bus answer and the node is not draining.
+/// Ready when the store and the bus answer and the node is not draining: 200
+/// `{"status":"ready"}`, else 503 `{"status":"unavailable","reason":…}` with the reason
+/// `draining`, `bus unreachable`, `store unreachable` or `store and bus unreachable`.
+///
+/// Always answers within about 500 ms: a load balancer probing a node whose Redis or
+/// database hangs must get a quick "no", not a hung request it can only time out on.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    /// Each probe's budget. The probes run concurrently, so this bounds the answer too,
+    /// with room to spare under the 500 ms promised above.
+    const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(400);
+    let unavailable = |reason: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "reason": reason})),
+        )
+    };
     if *state.draining.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+        return unavailable("draining");
     }
-    if let Some(redis) = &state.redis {
-        if redis.ping().await.is_err() {
-            return (StatusCode::SERVICE_UNAVAILABLE, "bus unreachable");
+    let bus_ok = async {
+        match &state.redis {
+            Some(redis) => matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, redis.ping()).await,
+                Ok(Ok(()))
+            ),
+            None => true,
         }
-    }
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    };
+    let store_ok = async {
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await,
+            Ok(Ok(()))
+        )
+    };
+    match tokio::join!(bus_ok, store_ok) {
+        (true, true) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))),
+        (false, true) => unavailable("bus unreachable"),
+        (true, false) => unavailable("store unreachable"),
+        (false, false) => unavailable("store and bus unreachable"),
     }
 }
 

@@ -19,14 +19,28 @@
 //!   by commas, or uses the `redis+cluster://` scheme), the bus uses sharded pub/sub
 //!   (`SSUBSCRIBE`/`SPUBLISH`, Redis 7): each message stays inside the shard that owns
 //!   its channel's slot, so adding shards adds pub/sub capacity.
+//!
+//! # Publishing never waits for Redis
+//! [`Bus::publish`] only puts the message into a bounded per-node queue
+//! ([`PUBLISH_QUEUE`] messages) and returns; one publisher task drains it, several
+//! PUBLISHes per round trip. A slow, hung or dead Redis therefore never holds back the
+//! edit path (flow actors publish after every acknowledged edit): edits keep being
+//! stored and acknowledged, and other nodes catch up from the store through heads.
+//! While Redis is unreachable the publisher pauses and probes it; what does not fit the
+//! queue meanwhile is dropped and counted (`flowhub_bus_publish_dropped_total`). One
+//! WARN marks the start of an outage and one INFO its end.
+//!
+//! Every other Redis call (ping, subscribe, membership heartbeats) is bounded by
+//! [`REDIS_CALL_TIMEOUT`], so no caller hangs on a frozen Redis either.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use flowhub_actors::bus::{Bus, BusError, BusSubscription};
+use flowhub_actors::bus::{Bus, BusError, BusSubscription, FlowBusMessage};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -36,6 +50,25 @@ use tracing::{debug, info, warn};
 
 /// Messages that may wait for one local subscriber before newer ones are dropped.
 const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// The longest any single Redis call (a publish round trip, ping, subscribe, a
+/// membership heartbeat) may take before it counts as failed. A healthy Redis answers
+/// in well under a millisecond; one second separates "slow" from "not answering"
+/// without letting a frozen Redis hold anyone for long.
+pub const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Messages waiting for the publisher task. At the ~60 edits/s of a busy node this is
+/// minutes of traffic: enough to ride out a Redis hiccup without dropping anything,
+/// bounded so an outage costs at most a few MB of memory.
+pub const PUBLISH_QUEUE: usize = 10_000;
+
+/// Most PUBLISH commands the publisher sends in one pipeline (one round trip).
+pub const PUBLISH_BATCH: usize = 256;
+
+/// Probing an unreachable Redis: first after this, doubling up to
+/// [`PROBE_MAX_DELAY`].
+const PROBE_MIN_DELAY: Duration = Duration::from_millis(50);
+const PROBE_MAX_DELAY: Duration = Duration::from_millis(500);
 
 type Subscribers = DashMap<String, Vec<(u64, mpsc::Sender<Vec<u8>>)>>;
 
@@ -49,7 +82,11 @@ enum Conn {
 #[derive(Debug, Default)]
 pub struct RedisBusStats {
     pub published: AtomicU64,
+    /// Messages lost in a failed publish round trip (Redis unreachable or too slow).
     pub publish_errors: AtomicU64,
+    /// Messages never sent because the publish queue was full. Shared with
+    /// [`flowhub_actors::metrics::Metrics::bus_publish_dropped`], which renders it.
+    pub publish_dropped: Arc<AtomicU64>,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
     pub disconnects: AtomicU64,
@@ -83,16 +120,41 @@ fn unstamp(mut bytes: Vec<u8>) -> Option<(u64, Vec<u8>)> {
     Some((sent, bytes))
 }
 
+/// A message waiting for the publisher task.
+struct Outgoing {
+    channel: String,
+    /// Already stamped: the bus lag then includes the time spent in the queue.
+    payload: Vec<u8>,
+    /// A flow's changes: after an outage other nodes read them from the store anyway
+    /// (see [`publish_queued`]), so a backlog of them is not worth replaying.
+    store_backed: bool,
+}
+
 #[derive(Clone)]
 pub struct RedisBus {
     conn: Conn,
     subscribers: Arc<Subscribers>,
     next_id: Arc<AtomicU64>,
     stats: Arc<RedisBusStats>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Set by the publisher while Redis does not answer (between its WARN and INFO).
+    unreachable: Arc<AtomicBool>,
 }
 
 fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
+}
+
+/// Runs one Redis call under [`REDIS_CALL_TIMEOUT`].
+async fn bounded<T>(
+    call: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(BusError::Unavailable(format!(
+            "redis did not answer within {REDIS_CALL_TIMEOUT:?}"
+        ))),
+    }
 }
 
 /// Seeds of a cluster URL, or `None` for a single Redis.
@@ -150,11 +212,24 @@ impl RedisBus {
                 )
             }
         };
+        let stats = Arc::new(RedisBusStats::default());
+        let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
+        // The publisher gets the connection and the stats, not a bus handle: holding no
+        // sender of its own queue, it ends once the bus's handles are gone.
+        let unreachable = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publish_queued(
+            conn.clone(),
+            outgoing_rx,
+            stats.clone(),
+            unreachable.clone(),
+        ));
         let bus = RedisBus {
             conn,
             subscribers: Arc::new(DashMap::new()),
             next_id: Arc::new(AtomicU64::new(0)),
-            stats: Arc::new(RedisBusStats::default()),
+            stats,
+            outgoing,
+            unreachable,
         };
         tokio::spawn(dispatch(push_rx, bus.clone()));
         info!(
@@ -172,48 +247,170 @@ impl RedisBus {
         matches!(self.conn, Conn::Cluster(_))
     }
 
-    /// A cheap round trip, for `/readyz`.
+    /// A cheap round trip, for `/readyz`; fails after at most [`REDIS_CALL_TIMEOUT`].
     pub async fn ping(&self) -> Result<(), BusError> {
-        let cmd = redis::cmd("PING");
-        match self.conn.clone() {
-            Conn::Single(mut c) => cmd
-                .query_async::<String>(&mut c)
-                .await
-                .map(drop)
-                .map_err(unavailable),
-            Conn::Cluster(mut c) => cmd
-                .query_async::<String>(&mut c)
-                .await
-                .map(drop)
-                .map_err(unavailable),
-        }
+        ping(&self.conn).await
     }
 
-    /// Runs a command on the bus's connection (node heartbeats, counters).
+    /// Runs a command on the bus's connection (node heartbeats, counters), failing
+    /// after at most [`REDIS_CALL_TIMEOUT`].
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BusError> {
         match self.conn.clone() {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
-            Conn::Cluster(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
+            Conn::Single(mut c) => bounded(cmd.query_async(&mut c)).await,
+            Conn::Cluster(mut c) => bounded(cmd.query_async(&mut c)).await,
         }
     }
 
-    /// Runs a pipeline on the bus's connection.
+    /// Runs a pipeline on the bus's connection, failing after at most
+    /// [`REDIS_CALL_TIMEOUT`].
     pub async fn query_pipe<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, BusError> {
         match self.conn.clone() {
-            Conn::Single(mut c) => pipe.query_async(&mut c).await.map_err(unavailable),
-            Conn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(unavailable),
+            Conn::Single(mut c) => bounded(pipe.query_async(&mut c)).await,
+            Conn::Cluster(mut c) => bounded(pipe.query_async(&mut c)).await,
         }
     }
 
     async fn redis_subscribe(&self, channel: &str) -> Result<(), BusError> {
         match self.conn.clone() {
-            Conn::Single(mut c) => c.subscribe(channel).await.map_err(unavailable),
-            Conn::Cluster(mut c) => c.ssubscribe(channel).await.map_err(unavailable),
+            Conn::Single(mut c) => bounded(c.subscribe(channel)).await,
+            Conn::Cluster(mut c) => bounded(c.ssubscribe(channel)).await,
         }
     }
+}
+
+async fn ping(conn: &Conn) -> Result<(), BusError> {
+    let cmd = redis::cmd("PING");
+    match conn.clone() {
+        Conn::Single(mut c) => bounded(cmd.query_async::<String>(&mut c)).await.map(drop),
+        Conn::Cluster(mut c) => bounded(cmd.query_async::<String>(&mut c)).await.map(drop),
+    }
+}
+
+/// Sends one batch of queued messages: a single pipelined round trip on one Redis. On
+/// a cluster the messages go to different shards, which one pipeline cannot do, so they
+/// are sent concurrently instead. Either way the whole batch is bounded by
+/// [`REDIS_CALL_TIMEOUT`]. Returns how many were lost and the first error.
+async fn publish_batch(conn: &Conn, batch: &[Outgoing]) -> Result<(), (u64, BusError)> {
+    match conn.clone() {
+        Conn::Single(mut c) => {
+            let mut pipe = redis::pipe();
+            for m in batch {
+                pipe.cmd("PUBLISH").arg(&m.channel).arg(&m.payload).ignore();
+            }
+            bounded(pipe.query_async::<()>(&mut c))
+                .await
+                .map_err(|e| (batch.len() as u64, e))
+        }
+        Conn::Cluster(c) => {
+            let sends = batch.iter().map(|m| {
+                let mut c = c.clone();
+                let mut cmd = redis::cmd("SPUBLISH");
+                cmd.arg(&m.channel).arg(&m.payload);
+                async move { cmd.query_async::<i64>(&mut c).await }
+            });
+            let results = bounded(async {
+                Ok::<_, redis::RedisError>(futures_util::future::join_all(sends).await)
+            })
+            .await
+            .map_err(|e| (batch.len() as u64, e))?;
+            let mut lost = 0;
+            let mut first_error = None;
+            for r in results {
+                if let Err(e) = r {
+                    lost += 1;
+                    first_error.get_or_insert(unavailable(e));
+                }
+            }
+            match first_error {
+                None => Ok(()),
+                Some(e) => Err((lost, e)),
+            }
+        }
+    }
+}
+
+/// The publisher task: drains the queue in batches. When a batch fails (Redis down or
+/// not answering within [`REDIS_CALL_TIMEOUT`]) its messages are lost (at most once)
+/// and publishing pauses: the task probes Redis with PING until it answers, while new
+/// messages wait in the queue (or are dropped once it is full), then resumes with what
+/// is queued, except the flows' changes queued during the outage: other nodes do not
+/// depend on them (every change is in the store, and the heads that follow make them
+/// read what they miss in one go), and replaying minutes of edits one message at a time
+/// would keep their flow actors busy long after Redis is back.
+async fn publish_queued(
+    conn: Conn,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stats: Arc<RedisBusStats>,
+    unreachable: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        match publish_batch(&conn, &batch).await {
+            Ok(()) => {
+                stats
+                    .published
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err((lost, error)) => {
+                stats
+                    .published
+                    .fetch_add(batch.len() as u64 - lost, Ordering::Relaxed);
+                stats.publish_errors.fetch_add(lost, Ordering::Relaxed);
+                let since = Instant::now();
+                let dropped_before = stats.publish_dropped.load(Ordering::Relaxed);
+                warn!(
+                    %error,
+                    lost,
+                    "bus unreachable; publishing paused, other nodes catch up from the store"
+                );
+                unreachable.store(true, Ordering::Relaxed);
+                let mut delay = PROBE_MIN_DELAY;
+                loop {
+                    tokio::time::sleep(delay).await;
+                    if ping(&conn).await.is_ok() {
+                        break;
+                    }
+                    delay = (delay * 2).min(PROBE_MAX_DELAY);
+                }
+                unreachable.store(false, Ordering::Relaxed);
+                // Only what was queued during the outage is filtered; newer messages
+                // are published as usual.
+                let backlog = rx.len();
+                let mut kept = Vec::with_capacity(backlog);
+                while kept.len() < backlog {
+                    let want = backlog - kept.len();
+                    if rx.recv_many(&mut kept, want).await == 0 {
+                        break;
+                    }
+                }
+                let stale_changes = kept.iter().filter(|m| m.store_backed).count();
+                kept.retain(|m| !m.store_backed);
+                stats
+                    .publish_errors
+                    .fetch_add(stale_changes as u64, Ordering::Relaxed);
+                info!(
+                    outage_ms = since.elapsed().as_millis() as u64,
+                    stale_changes,
+                    queued = kept.len(),
+                    dropped = stats.publish_dropped.load(Ordering::Relaxed) - dropped_before,
+                    "bus reachable again; publishing resumed (changes made meanwhile reach other nodes through the store)"
+                );
+                for chunk in kept.chunks(PUBLISH_BATCH) {
+                    match publish_batch(&conn, chunk).await {
+                        Ok(()) => stats
+                            .published
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed),
+                        Err((lost, _)) => stats.publish_errors.fetch_add(lost, Ordering::Relaxed),
+                    };
+                }
+            }
+        }
+        batch.clear();
+    }
+    debug!("bus publisher stopped");
 }
 
 /// Routes pushes from Redis to local subscribers, and heals the connection when it
@@ -324,8 +521,8 @@ impl Drop for Unsubscribe {
                         return; // resubscribed meanwhile
                     }
                     let result = match bus.conn.clone() {
-                        Conn::Single(mut c) => c.unsubscribe(&channel).await,
-                        Conn::Cluster(mut c) => c.sunsubscribe(&channel).await,
+                        Conn::Single(mut c) => bounded(c.unsubscribe(&channel)).await,
+                        Conn::Cluster(mut c) => bounded(c.sunsubscribe(&channel)).await,
                     };
                     if let Err(e) = result {
                         debug!(channel, error = %e, "unsubscribe failed");
@@ -338,20 +535,21 @@ impl Drop for Unsubscribe {
 
 #[async_trait]
 impl Bus for RedisBus {
+    /// Queues the message for the publisher task and returns at once (see the module
+    /// doc); an error means it was dropped because the queue is full.
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        let cmd_name = if self.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
+        let message = Outgoing {
+            // `flow:` channels carry `FlowBusMessage`s (see `channel::flow`).
+            store_backed: channel.starts_with("flow:") && FlowBusMessage::is_changes(&payload),
+            channel: channel.to_owned(),
+            payload: stamp(payload),
         };
-        let mut cmd = redis::cmd(cmd_name);
-        cmd.arg(channel).arg(stamp(payload));
-        let result = self.query::<i64>(&cmd).await;
-        match &result {
-            Ok(_) => self.stats.published.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.stats.publish_errors.fetch_add(1, Ordering::Relaxed),
-        };
-        result.map(drop)
+        self.outgoing.try_send(message).map_err(|_| {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            BusError::Unavailable(format!(
+                "bus publish queue full ({PUBLISH_QUEUE} messages); message dropped"
+            ))
+        })
     }
 
     async fn subscribe(&self, channel: &str) -> Result<BusSubscription, BusError> {
@@ -370,16 +568,26 @@ impl Bus for RedisBus {
         if first {
             // If Redis is down right now the subscription is still registered locally;
             // the flow keeps serving local peers and catches up through the store.
-            if let Err(e) = self.redis_subscribe(channel).await {
+            // When the publisher already knows Redis is unreachable, opening the flow
+            // does not wait for a subscribe to time out.
+            let result = if self.unreachable.load(Ordering::Relaxed) {
+                Err(BusError::Unavailable(
+                    "publisher found redis unreachable".into(),
+                ))
+            } else {
+                self.redis_subscribe(channel).await
+            };
+            if let Err(e) = result {
                 warn!(channel, error = %e, "redis subscribe failed; retrying in the background");
                 let bus = self.clone();
                 let channel = channel.to_owned();
+                // Until it works or nobody here listens any more, however long Redis is
+                // gone: a flow opened during an outage must hear other nodes after it.
                 tokio::spawn(async move {
-                    for attempt in 0..60u32 {
-                        tokio::time::sleep(Duration::from_millis(
-                            200 * u64::from(attempt.min(5) + 1),
-                        ))
-                        .await;
+                    let mut attempt = 0u64;
+                    loop {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * attempt.min(5))).await;
                         if !bus.subscribers.contains_key(&channel)
                             || bus.redis_subscribe(&channel).await.is_ok()
                         {

@@ -112,7 +112,14 @@ impl Hub {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics {
+            // The Redis bus counts what its publish queue drops; `/metrics` shows it.
+            bus_publish_dropped: redis
+                .as_ref()
+                .map(|r| r.stats().publish_dropped.clone())
+                .unwrap_or_default(),
+            ..Metrics::default()
+        });
         let registry = FlowRegistry::new(Arc::new(FlowDeps {
             store: store.clone(),
             bus,

@@ -76,6 +76,15 @@ impl FlowBusMessage {
         out
     }
 
+    /// Whether encoded `bytes` are a [`FlowBusMessage::Changes`], without decoding
+    /// (copying) them. Such a message may be skipped by a bus that lost contact with
+    /// the broker for a while: the changes are in the store, and the origin's next
+    /// `Heads` makes every other node read them from there, at once, instead of
+    /// replaying a backlog one message at a time.
+    pub fn is_changes(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&1)
+    }
+
     /// `None` for anything malformed: the bus is shared infrastructure, and a message
     /// we cannot read is dropped, like any lost message (the store repairs it).
     pub fn decode(bytes: &[u8]) -> Option<Self> {

@@ -51,6 +51,8 @@ impl Drop for Unsubscribe {
 
 #[async_trait]
 impl Bus for MemoryBus {
+    /// Delivers in memory with `try_send`: never waits (a subscriber whose buffer is
+    /// full loses the message), as the trait requires.
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), BusError> {
         if let Some(subs) = self.subscribers.get(channel) {
             for (_, tx) in subs.iter() {

@@ -39,9 +39,20 @@ impl BusSubscription {
 /// Pub/sub between nodes, at most once (see the module doc).
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes without waiting for subscribers; an error means the bus is down.
+    /// Hands a message to the bus and returns without waiting for the network, the
+    /// broker or any subscriber.
+    ///
+    /// Flow and run actors call this on the edit and ingest paths, right after the
+    /// store acknowledged a change; whatever an implementation does here delays every
+    /// edit of the flow. So an implementation must not block on I/O: it queues (a
+    /// bounded queue drained by a background task) or delivers in memory, and when it
+    /// cannot do either at once it drops the message. Delivery is at most once: `Ok`
+    /// only means "accepted", the message may still be lost later; an error means it
+    /// was dropped (queue full, bus closed). Callers log and go on, never retry.
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), BusError>;
-    /// Subscribes to one channel.
+    /// Subscribes to one channel. Called when a flow or run actor starts; an
+    /// implementation bounds any network wait (the actor's first message waits for
+    /// it) and may keep subscribing in the background after returning.
     async fn subscribe(&self, channel: &str) -> Result<BusSubscription, BusError>;
 }
 

@@ -29,6 +29,15 @@
 //!   from a newer one, so only one node (the flow's owner) should compact a flow.
 //! - `connect` keeps retrying an unreachable database until the 10 s acquire timeout.
 //!
+//! # A hung database fails calls, it does not hang them
+//! A database that stops answering (a black-holed network, a frozen server) would make
+//! sqlx wait forever on an open connection. Every [`Store`] call is therefore bounded:
+//! appends by [`APPEND_TIMEOUT`], reads by [`READ_TIMEOUT`], other writes by
+//! [`WRITE_TIMEOUT`]; past it the call fails with the retryable
+//! [`StoreError::Unavailable`]. A timed-out append is never acknowledged; its
+//! transaction may still commit later, which is harmless since appends are idempotent
+//! (the client resends what it was not acked).
+//!
 //! # Why two typed pools and not `AnyPool`
 //! `DbPool` is an enum of a `SqlitePool` and a `PgPool`, and `with_pool!` expands one
 //! body (same SQL: both drivers accept `$N` placeholders) for each. `AnyPool` would also
@@ -60,6 +69,7 @@ mod migrate;
 mod runs;
 mod writer;
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,7 +82,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use error::db_error;
 pub use writer::StoreStats;
@@ -86,11 +96,51 @@ const PG_MAX_CONNECTIONS: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Appends waiting for the writer; beyond this, `append_changes` waits (backpressure).
 const WRITER_QUEUE: usize = 4096;
+/// The longest an append waits for its commit, time in the writer's queue included. A
+/// healthy group commit takes milliseconds (a few hundred at worst under heavy load);
+/// past this the database is not answering, and the editor is better told to retry
+/// (the flow actor refuses the edit and the client resends) than left without an
+/// answer. The writer bounds each batch by the same time, so it is never wedged.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a read (`load_flow`, `member_access`, `ping`, …) may take. Reads are
+/// single indexed lookups or one flow's change log: well under a second when the
+/// database is healthy, and a caller (opening a flow, a subscribe, an HTTP request)
+/// should learn quickly that it is not.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a write other than an append (compaction, a member change) may take;
+/// like appends, a bit of queueing behind other writers is normal.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Hashes per `DELETE ... IN (...)` during compaction; far below both backends'
 /// bind-parameter limits (SQLite 32766, PostgreSQL 65535).
 const DELETE_CHUNK: usize = 500;
 /// Flow ids per `flow_versions` query: far below both backends' parameter limits.
 const VERSION_QUERY_IDS: usize = 500;
+
+/// Runs one store call under `limit`; past it the call fails with the retryable
+/// [`StoreError::Unavailable`] (see the module doc on hung databases).
+async fn bounded<T>(
+    limit: Duration,
+    what: &'static str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(
+                operation = what,
+                timeout_ms = limit.as_millis() as u64,
+                "store call timed out; the database is not answering"
+            );
+            Err(timed_out(what, limit))
+        }
+    }
+}
+
+fn timed_out(what: &str, limit: Duration) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{what} timed out after {limit:?}: the database is not answering"
+    ))
+}
 
 /// The pool of one backend. See the module doc for why this is not `AnyPool`.
 #[derive(Debug, Clone)]
@@ -330,7 +380,13 @@ impl Store for SqlStore {
         flow_id: &str,
         user_id: &str,
     ) -> Result<Option<MemberAccess>, StoreError> {
-        match self.flow_role(flow_id, user_id).await? {
+        let role = bounded(
+            READ_TIMEOUT,
+            "member_access",
+            self.flow_role(flow_id, user_id),
+        )
+        .await?;
+        match role {
             None => Ok(None),
             Some(role) => MemberAccess::parse(&role)
                 .map(Some)
@@ -344,8 +400,12 @@ impl Store for SqlStore {
         user_id: &str,
         access: Option<MemberAccess>,
     ) -> Result<(), StoreError> {
-        self.set_flow_member(flow_id, user_id, access.map(MemberAccess::as_str))
-            .await
+        bounded(
+            WRITE_TIMEOUT,
+            "set_member_access",
+            self.set_flow_member(flow_id, user_id, access.map(MemberAccess::as_str)),
+        )
+        .await
     }
 
     async fn flow_versions(
@@ -386,55 +446,58 @@ impl Store for SqlStore {
 
     async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
         let begin = self.pool.begin_read();
-        let flow = with_pool!(&self.pool, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            // Versions first: whatever commits after this read shows as newer later.
-            let members: Option<(i64,)> =
-                sqlx::query_as("SELECT version FROM flow_member_versions WHERE flow_id = $1")
+        let load = async {
+            with_pool!(&self.pool, |p| {
+                let mut tx = p.begin_with(begin).await?;
+                // Versions first: whatever commits after this read shows as newer later.
+                let members: Option<(i64,)> =
+                    sqlx::query_as("SELECT version FROM flow_member_versions WHERE flow_id = $1")
+                        .bind(flow_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM flows WHERE id = $1")
                     .bind(flow_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM flows WHERE id = $1")
+                let versions = FlowVersions {
+                    changes: row.map_or(0, |(v,)| v as u64),
+                    members: members.map_or(0, |(v,)| v as u64),
+                };
+                if row.is_none() {
+                    tx.rollback().await?;
+                    return Ok(StoredFlow {
+                        versions,
+                        ..StoredFlow::default()
+                    });
+                }
+                let snapshot: Option<(Vec<u8>, String)> =
+                    sqlx::query_as("SELECT bytes, heads FROM flow_snapshots WHERE flow_id = $1")
+                        .bind(flow_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let changes: Vec<(String, Vec<u8>)> = sqlx::query_as(
+                    "SELECT hash, bytes FROM flow_changes WHERE flow_id = $1 ORDER BY seq",
+                )
                 .bind(flow_id)
-                .fetch_optional(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-            let versions = FlowVersions {
-                changes: row.map_or(0, |(v,)| v as u64),
-                members: members.map_or(0, |(v,)| v as u64),
-            };
-            if row.is_none() {
-                tx.rollback().await?;
-                return Ok(StoredFlow {
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(StoredFlow {
+                    exists: true,
+                    snapshot_heads: snapshot
+                        .as_ref()
+                        .and_then(|(_, heads)| serde_json::from_str(heads).ok()),
+                    snapshot: snapshot.map(|(bytes, _)| bytes),
+                    changes: changes
+                        .into_iter()
+                        .map(|(hash, bytes)| ChangeRecord { hash, bytes })
+                        .collect(),
                     versions,
-                    ..StoredFlow::default()
-                });
-            }
-            let snapshot: Option<(Vec<u8>, String)> =
-                sqlx::query_as("SELECT bytes, heads FROM flow_snapshots WHERE flow_id = $1")
-                    .bind(flow_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let changes: Vec<(String, Vec<u8>)> = sqlx::query_as(
-                "SELECT hash, bytes FROM flow_changes WHERE flow_id = $1 ORDER BY seq",
-            )
-            .bind(flow_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(StoredFlow {
-                exists: true,
-                snapshot_heads: snapshot
-                    .as_ref()
-                    .and_then(|(_, heads)| serde_json::from_str(heads).ok()),
-                snapshot: snapshot.map(|(bytes, _)| bytes),
-                changes: changes
-                    .into_iter()
-                    .map(|(hash, bytes)| ChangeRecord { hash, bytes })
-                    .collect(),
-                versions,
+                })
             })
-        })
-        .map_err(db_error)?;
+            .map_err(db_error)
+        };
+        let flow = bounded(READ_TIMEOUT, "load_flow", load).await?;
         debug!(
             flow_id,
             exists = flow.exists,
@@ -456,12 +519,17 @@ impl Store for SqlStore {
             changes: changes.to_vec(),
             reply,
         };
-        self.writer
-            .send(writer::Command::Append(request))
-            .await
-            .map_err(|_| writer::closed_error())?;
-        // A dropped reply means the writer stopped before committing this request.
-        answer.await.map_err(|_| writer::closed_error())?
+        let append = async {
+            self.writer
+                .send(writer::Command::Append(request))
+                .await
+                .map_err(|_| writer::closed_error())?;
+            // A dropped reply means the writer stopped before committing this request.
+            answer.await.map_err(|_| writer::closed_error())?
+        };
+        // On timeout the reply is dropped: the writer then skips the request if it has
+        // not started on it, and a commit already under way is harmless (idempotent).
+        bounded(APPEND_TIMEOUT, "append_changes", append).await
     }
 
     async fn compact(
@@ -481,62 +549,66 @@ impl Store for SqlStore {
         };
         let now = now_ms();
         let begin = self.pool.begin_write();
-        let deleted = with_pool!(&self.pool, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            // Compacting a flow writes it, so the flow row must exist (and the snapshot's
-            // foreign key needs it).
-            sqlx::query(
-                "INSERT INTO flows (id, created_at, updated_at) VALUES ($1, $2, $2) \
+        let compact = async {
+            with_pool!(&self.pool, |p| {
+                let mut tx = p.begin_with(begin).await?;
+                // Compacting a flow writes it, so the flow row must exist (and the snapshot's
+                // foreign key needs it).
+                sqlx::query(
+                    "INSERT INTO flows (id, created_at, updated_at) VALUES ($1, $2, $2) \
                  ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
-            )
-            .bind(flow_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            // Conditional write: only over the snapshot this one was built on (see the
-            // trait's guarantees), so concurrent compactions cannot lose changes.
-            let written = match &base {
-                None => sqlx::query(
-                    "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
+                )
+                .bind(flow_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                // Conditional write: only over the snapshot this one was built on (see the
+                // trait's guarantees), so concurrent compactions cannot lose changes.
+                let written = match &base {
+                    None => sqlx::query(
+                        "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id) DO NOTHING",
-                )
-                .bind(flow_id)
-                .bind(heads.as_str())
-                .bind(snapshot.bytes.as_slice())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Some(base) => sqlx::query(
-                    "UPDATE flow_snapshots SET heads = $2, bytes = $3, created_at = $4 \
+                    )
+                    .bind(flow_id)
+                    .bind(heads.as_str())
+                    .bind(snapshot.bytes.as_slice())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                    Some(base) => sqlx::query(
+                        "UPDATE flow_snapshots SET heads = $2, bytes = $3, created_at = $4 \
                      WHERE flow_id = $1 AND heads = $5",
-                )
-                .bind(flow_id)
-                .bind(heads.as_str())
-                .bind(snapshot.bytes.as_slice())
-                .bind(now)
-                .bind(base.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-            };
-            if written != 1 {
-                tx.rollback().await?;
-                return Ok::<_, sqlx::Error>(None);
-            }
-            let mut deleted = 0u64;
-            for chunk in covered.chunks(DELETE_CHUNK) {
-                let mut query =
-                    sqlx::query(AssertSqlSafe(delete_changes_sql(chunk.len()))).bind(flow_id);
-                for hash in chunk {
-                    query = query.bind(hash.as_str());
+                    )
+                    .bind(flow_id)
+                    .bind(heads.as_str())
+                    .bind(snapshot.bytes.as_slice())
+                    .bind(now)
+                    .bind(base.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                };
+                if written != 1 {
+                    tx.rollback().await?;
+                    return Ok::<_, sqlx::Error>(None);
                 }
-                deleted += query.execute(&mut *tx).await?.rows_affected();
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(Some(deleted))
-        })
-        .map_err(db_error)?;
+                let mut deleted = 0u64;
+                for chunk in covered.chunks(DELETE_CHUNK) {
+                    let mut query =
+                        sqlx::query(AssertSqlSafe(delete_changes_sql(chunk.len()))).bind(flow_id);
+                    for hash in chunk {
+                        query = query.bind(hash.as_str());
+                    }
+                    deleted += query.execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(Some(deleted))
+            })
+            .map_err(db_error)
+        };
+        // A compaction cut short rolls back entirely: the change log stays as it was.
+        let deleted = bounded(WRITE_TIMEOUT, "compact", compact).await?;
         let Some(deleted) = deleted else {
             return Err(StoreError::Conflict(format!(
                 "flow {flow_id}: the snapshot changed since it was read"
@@ -553,11 +625,14 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        with_pool!(&self.pool, |p| {
-            sqlx::query("SELECT 1").execute(p).await?;
-            Ok::<_, sqlx::Error>(())
-        })
-        .map_err(db_error)
+        let ping = async {
+            with_pool!(&self.pool, |p| {
+                sqlx::query("SELECT 1").execute(p).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(db_error)
+        };
+        bounded(READ_TIMEOUT, "ping", ping).await
     }
 }
 

@@ -17,6 +17,7 @@
 //! individually on conflict, which the writer's batches are built to avoid.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use flowhub_actors::run::{apply, kind_str, new_snapshot, status_str, RunStore, StoredRun};
@@ -26,7 +27,7 @@ use sqlx::AssertSqlSafe;
 use tracing::{debug, warn};
 
 use super::error::db_error;
-use super::{now_ms, SqlStore};
+use super::{bounded, now_ms, SqlStore, APPEND_TIMEOUT, READ_TIMEOUT};
 
 /// Rows per multi-row `INSERT` into `run_events` (7 parameters each), and ids per
 /// `IN (...)`: far below both backends' bind-parameter limits.
@@ -46,9 +47,84 @@ type RunRow = (
 /// `id, flow_id, status, started_at, finished_at, last_seq`.
 type SummaryRow = (String, String, String, Option<i64>, Option<i64>, i64);
 
+/// A load may replay a long run's whole event log (when its stored state cannot be
+/// used), so it gets more time than a single read.
+const LOAD_RUN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every call is bounded like the flow store's (see "A hung database fails calls" in
+/// the module doc of `sql_store`): a hung database fails run ingest and reads with the
+/// retryable `Unavailable` instead of holding a run actor forever.
 #[async_trait]
 impl RunStore for SqlStore {
     async fn load_run(&self, run_id: &str, recent: usize) -> Result<Option<StoredRun>, StoreError> {
+        bounded(
+            LOAD_RUN_TIMEOUT,
+            "load_run",
+            self.load_run_unbounded(run_id, recent),
+        )
+        .await
+    }
+
+    async fn existing_event_ids(
+        &self,
+        run_id: &str,
+        event_ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        bounded(
+            READ_TIMEOUT,
+            "existing_event_ids",
+            self.existing_event_ids_unbounded(run_id, event_ids),
+        )
+        .await
+    }
+
+    async fn append_run_events(
+        &self,
+        run: &RunSnapshot,
+        events: &[RunEvent],
+    ) -> Result<(), StoreError> {
+        // A timed-out append may still commit. Harmless: after a failed append the run
+        // actor stops and a fresh one reloads what the store really holds, and events
+        // posted again are recognised by their ids.
+        bounded(
+            APPEND_TIMEOUT,
+            "append_run_events",
+            self.append_run_events_unbounded(run, events),
+        )
+        .await
+    }
+
+    async fn run_events(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RunEvent>, StoreError> {
+        bounded(
+            READ_TIMEOUT,
+            "run_events",
+            self.run_events_unbounded(run_id, after_seq, limit),
+        )
+        .await
+    }
+
+    async fn flow_runs(&self, flow_id: &str, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        bounded(
+            READ_TIMEOUT,
+            "flow_runs",
+            self.flow_runs_unbounded(flow_id, limit),
+        )
+        .await
+    }
+}
+
+/// The queries behind the [`RunStore`] impl above, without its timeouts.
+impl SqlStore {
+    async fn load_run_unbounded(
+        &self,
+        run_id: &str,
+        recent: usize,
+    ) -> Result<Option<StoredRun>, StoreError> {
         let begin = self.pool.begin_read();
         let recent = i64::try_from(recent).unwrap_or(i64::MAX);
         let loaded = with_pool!(&self.pool, |p| {
@@ -108,7 +184,7 @@ impl RunStore for SqlStore {
         Ok(Some(StoredRun { snapshot, recent }))
     }
 
-    async fn existing_event_ids(
+    async fn existing_event_ids_unbounded(
         &self,
         run_id: &str,
         event_ids: &[String],
@@ -132,7 +208,7 @@ impl RunStore for SqlStore {
         Ok(known)
     }
 
-    async fn append_run_events(
+    async fn append_run_events_unbounded(
         &self,
         run: &RunSnapshot,
         events: &[RunEvent],
@@ -224,7 +300,7 @@ impl RunStore for SqlStore {
         Ok(())
     }
 
-    async fn run_events(
+    async fn run_events_unbounded(
         &self,
         run_id: &str,
         after_seq: u64,
@@ -245,7 +321,11 @@ impl RunStore for SqlStore {
         rows.into_iter().map(decode_event).collect()
     }
 
-    async fn flow_runs(&self, flow_id: &str, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+    async fn flow_runs_unbounded(
+        &self,
+        flow_id: &str,
+        limit: usize,
+    ) -> Result<Vec<RunSummary>, StoreError> {
         let rows: Vec<SummaryRow> = with_pool!(&self.pool, |p| {
             sqlx::query_as(
                 "SELECT id, flow_id, status, started_at, finished_at, last_seq FROM runs \
@@ -270,16 +350,14 @@ impl RunStore for SqlStore {
             })
             .collect()
     }
-}
 
-impl SqlStore {
     /// The state of a run replayed from its whole event log (for rows whose `state`
     /// column cannot be used).
     async fn rebuild(&self, run_id: &str, row: &RunRow) -> Result<RunSnapshot, StoreError> {
         let mut run = new_snapshot(run_id, &row.0);
         let mut after = 0;
         loop {
-            let page = self.run_events(run_id, after, 10_000).await?;
+            let page = self.run_events_unbounded(run_id, after, 10_000).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             for e in &page {

@@ -12,7 +12,12 @@
 //!   times; rewriting is safe because every insert is idempotent;
 //! - a batch failing for another reason is split and each request retried alone, so one
 //!   bad request (say a flow id PostgreSQL rejects) fails only its own caller;
-//! - otherwise every caller of the batch gets the error.
+//! - otherwise every caller of the batch gets the error;
+//! - a batch that has not committed within [`APPEND_TIMEOUT`] (a hung database) fails
+//!   with `Unavailable`, so one hung transaction never wedges the writer; dropping it
+//!   rolls it back, and should it commit after all, nothing is lost or doubled (the
+//!   inserts are idempotent and its callers were told to retry, never acknowledged);
+//! - requests whose caller already gave up (timed out) are not written.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::error::{db_error, is_transient};
-use super::{now_ms, DbPool};
+use super::{now_ms, timed_out, DbPool, APPEND_TIMEOUT};
 
 /// Most requests written in one transaction.
 pub(super) const MAX_BATCH_REQUESTS: usize = 256;
@@ -141,7 +146,18 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
 }
 
 /// Writes one batch and answers its callers.
-async fn commit(pool: &DbPool, batch: Vec<AppendRequest>, counters: &Counters) {
+async fn commit(pool: &DbPool, mut batch: Vec<AppendRequest>, counters: &Counters) {
+    // A caller that timed out has already refused the edit to its client, which will
+    // resend it; writing it now would only delay the callers still waiting.
+    let abandoned = batch.len();
+    batch.retain(|r| !r.reply.is_closed());
+    let abandoned = abandoned - batch.len();
+    if abandoned > 0 {
+        debug!(abandoned, "skipping appends whose callers gave up");
+    }
+    if batch.is_empty() {
+        return;
+    }
     let started = Instant::now();
     match write_with_retry(pool, &batch).await {
         Ok(()) => {
@@ -181,7 +197,25 @@ async fn commit(pool: &DbPool, batch: Vec<AppendRequest>, counters: &Counters) {
     }
 }
 
+/// Writes with retries, all attempts together bounded by [`APPEND_TIMEOUT`].
 async fn write_with_retry(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), StoreError> {
+    match tokio::time::timeout(APPEND_TIMEOUT, write_with_retry_unbounded(pool, requests)).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(
+                requests = requests.len(),
+                timeout_ms = APPEND_TIMEOUT.as_millis() as u64,
+                "append batch did not commit in time; failing it (the database is not answering)"
+            );
+            Err(timed_out("append commit", APPEND_TIMEOUT))
+        }
+    }
+}
+
+async fn write_with_retry_unbounded(
+    pool: &DbPool,
+    requests: &[AppendRequest],
+) -> Result<(), StoreError> {
     let mut attempt = 1;
     loop {
         match write(pool, requests).await {
