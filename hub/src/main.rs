@@ -84,6 +84,13 @@ struct ServeArgs {
     /// Seconds a SIGTERM drain may take.
     #[arg(long, env = "FLOWHUB_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
+    /// Seconds a socket may accept no bytes, while the hub has data for it, before the
+    /// client is closed as too slow.
+    #[arg(long, env = "FLOWHUB_WRITE_STALL_TIMEOUT", default_value_t = 5)]
+    write_stall_timeout: u64,
+    /// SO_SNDBUF of each connection in bytes (0: the kernel's autotuning).
+    #[arg(long, env = "FLOWHUB_SOCKET_SEND_BUFFER", default_value_t = 64 * 1024)]
+    socket_send_buffer: usize,
     /// Turn on the demo's development endpoints (`/v1/dev/token` mints anonymous
     /// editor tokens): for trying flowhub on your own machine, never a deployment.
     #[arg(long, env = "FLOWHUB_DEMO", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -156,6 +163,8 @@ fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
         node_id: args.node_id,
         outbound_queue: args.outbound_queue,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        write_stall_timeout: Duration::from_secs(args.write_stall_timeout.max(1)),
+        socket_send_buffer: args.socket_send_buffer,
         demo: args.demo,
         demo_allow_remote: args.demo_allow_remote,
         ..defaults
