@@ -248,20 +248,18 @@ async fn redis_outage(outage: Outage) {
     let flow_id = uniq("stall");
     let tok = |u: &str| token(u, &[(flow_id.as_str(), Role::Editor)]);
 
-    // Step 1: three nodes on one Redis and one database, an editor on each.
+    // Step 1: three hub processes on one Redis and one database, an editor on each.
     let mut hubs = Vec::new();
     let mut dirs = Vec::new();
     for i in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        let hub = Hub::start(hub_config(
-            &db,
-            Some(redis.url()),
-            format!("n{i}"),
-            dir.path(),
-        ))
-        .await
-        .expect("hub starts");
-        hubs.push(hub);
+        let (url, node_id) = (redis.url(), format!("n{i}"));
+        let env = [
+            ("FLOWHUB_DATABASE_URL", db.as_str()),
+            ("FLOWHUB_REDIS_URL", url.as_str()),
+            ("FLOWHUB_NODE_ID", node_id.as_str()),
+        ];
+        hubs.push(HubProcess::start_env(dir.path(), free_port(), &env).await);
         dirs.push(dir);
     }
     let mut clients = Vec::new();
@@ -434,7 +432,7 @@ async fn redis_outage(outage: Outage) {
     assert!(served_identical, "every node serves the replicas' document");
     drop(clients);
     for hub in hubs {
-        hub.shutdown().await;
+        hub.terminate(Duration::from_secs(20)).await;
     }
     // Redis outlives the hubs, so their drain (leaving the membership) is quick.
     drop(redis);

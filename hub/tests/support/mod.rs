@@ -161,6 +161,10 @@ impl HubProcess {
             .expect("wait")
     }
 
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
