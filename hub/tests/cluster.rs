@@ -87,7 +87,7 @@ async fn add_nodes(
             .edit(|d| {
                 d.add_node(NewNode::new(
                     "action",
-                    &format!("{who}-{i}"),
+                    format!("{who}-{i}"),
                     Position {
                         x: i as f64,
                         y: 0.0,

@@ -40,7 +40,7 @@ async fn three_editors_converge(backend: Backend) {
             .edit(|d| {
                 d.add_node(NewNode::new(
                     "action",
-                    &format!("shared {i}"),
+                    format!("shared {i}"),
                     Position {
                         x: i as f64,
                         y: 0.0,
@@ -68,7 +68,7 @@ async fn three_editors_converge(backend: Backend) {
                 .edit(|d| {
                     d.add_node(NewNode::new(
                         "http",
-                        &format!("n{me}-{i}"),
+                        format!("n{me}-{i}"),
                         Position {
                             x: i as f64,
                             y: me as f64,

@@ -23,7 +23,7 @@ async fn acked_edits_survive_kill9(database_url: Option<String>) {
             .edit(|d| {
                 d.add_node(NewNode::new(
                     "action",
-                    &format!("step {i}"),
+                    format!("step {i}"),
                     Position {
                         x: i as f64,
                         y: 1.0,
@@ -43,7 +43,7 @@ async fn acked_edits_survive_kill9(database_url: Option<String>) {
             .edit(|d| {
                 d.add_node(NewNode::new(
                     "action",
-                    &format!("late {i}"),
+                    format!("late {i}"),
                     Position { x: 0.0, y: 0.0 },
                 ))
             })

@@ -117,7 +117,7 @@ async fn a_client_that_never_reads_slows_nobody_down() {
                 .edit(|d| {
                     d.add_node(NewNode::new(
                         "action",
-                        &format!("n{i}"),
+                        format!("n{i}"),
                         Position {
                             x: i as f64,
                             y: 0.0,

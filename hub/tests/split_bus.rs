@@ -65,7 +65,7 @@ async fn a_split_bus_converges_through_the_store_while_clients_sit_idle() {
                 .edit(|d| {
                     d.add_node(NewNode::new(
                         "action",
-                        &format!("{who}-{i}"),
+                        format!("{who}-{i}"),
                         Position::new(i as f64, 0.0),
                     ))
                 })
