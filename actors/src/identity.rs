@@ -27,6 +27,18 @@ impl Identity {
     }
 }
 
+impl From<&flowhub_protocol::Claims> for Identity {
+    /// The identity a verified token proves; the display name defaults to the user id.
+    fn from(claims: &flowhub_protocol::Claims) -> Self {
+        Identity {
+            user_id: claims.sub.clone(),
+            name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
+            flows: claims.flows.clone(),
+            expires_at: Some(claims.exp),
+        }
+    }
+}
+
 /// A user's access to one flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowAccess {

@@ -68,60 +68,11 @@ use crate::config::HubConfig;
 /// Where the tokens flowhub mints (with the shared secret) carry the flow roles.
 const OWN_ROLES_CLAIM: &str = "flows";
 
-/// The claims of a verified token, as the hub uses them. The same fields as
-/// [`flowhub_protocol::Claims`] (the wire form of the tokens flowhub mints), with the
-/// flow roles already read from whichever claim carries them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Claims {
-    /// The user id.
-    pub sub: String,
-    /// Display name (presence shows it); defaults to `sub`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    /// Role per flow id; `*` applies to every flow.
-    #[serde(default)]
-    pub flows: HashMap<String, Role>,
-    /// A service token (run ingest by an execution engine).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub svc: bool,
-}
-
-impl Claims {
-    pub fn identity(&self) -> Identity {
-        Identity {
-            user_id: self.sub.clone(),
-            name: self.name.clone().unwrap_or_else(|| self.sub.clone()),
-            flows: self.flows.clone(),
-            expires_at: Some(self.exp),
-        }
-    }
-}
-
-impl From<flowhub_protocol::Claims> for Claims {
-    fn from(c: flowhub_protocol::Claims) -> Self {
-        Claims {
-            sub: c.sub,
-            name: c.name,
-            exp: c.exp,
-            flows: c.flows,
-            svc: c.svc,
-        }
-    }
-}
-
-impl From<Claims> for flowhub_protocol::Claims {
-    fn from(c: Claims) -> Self {
-        flowhub_protocol::Claims {
-            sub: c.sub,
-            name: c.name,
-            exp: c.exp,
-            flows: c.flows,
-            svc: c.svc,
-        }
-    }
-}
+/// The claims of a verified token, as the hub uses them: the wire form of the tokens
+/// flowhub mints, with the flow roles already read from whichever claim carries them
+/// (a provider's token may name that claim otherwise). The session's
+/// [`Identity`] comes from it (`Identity::from(&claims)`).
+pub use flowhub_protocol::Claims;
 
 /// Why a token was refused. The message is the reason a client sees in the 401 body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -471,7 +422,7 @@ impl flowhub_actors::identity::TokenVerifier for Verifier {
     async fn verify(&self, token: &str) -> Result<Identity, String> {
         Verifier::verify(self, token)
             .await
-            .map(|c| c.identity())
+            .map(|c| Identity::from(&c))
             .map_err(|e| e.to_string())
     }
 }
@@ -1066,7 +1017,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(c.flows, [("f".to_string(), Role::Owner)].into());
-        assert_eq!(c.identity().name, "u", "name defaults to sub");
+        assert_eq!(Identity::from(&c).name, "u", "name defaults to sub");
         for bad in [
             serde_json::json!("owner"),
             serde_json::json!({"f":"root"}),

@@ -236,7 +236,7 @@ pub async fn upgrade(
 ) -> Result<Response, AppError> {
     let claims = authenticate(&state, &headers, &query).await?;
     Ok(crate::ws::size_buffers(ws, state.config.hard_frame_bytes)
-        .on_upgrade(move |socket| run(socket, state, claims.identity())))
+        .on_upgrade(move |socket| run(socket, state, Identity::from(&claims))))
 }
 
 /// What the reader and the writer share: the peer ids once the handshake is done.

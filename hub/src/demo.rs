@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowhub_actors::flow::FlowMsg;
+use flowhub_actors::identity::Identity;
 use flowhub_protocol::run::LogLevel;
 use flowhub_protocol::{validate_flow_id, Role, RunEventInput, RunEventKind, RunStatus};
 use serde::Deserialize;
@@ -285,7 +286,7 @@ pub async fn simulate_run(
     let claims = authenticate(&state, &headers, &query).await?;
     let flow_id = body.flow_id;
     validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    if claims.identity().role_for(&flow_id).is_none() {
+    if Identity::from(&claims).role_for(&flow_id).is_none() {
         return Err(AppError::forbidden("the token grants no role on this flow"));
     }
     let actor = state

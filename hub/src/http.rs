@@ -5,6 +5,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use flowhub_actors::flow::FlowMsg;
+use flowhub_actors::identity::Identity;
 use flowhub_crdt::FlowDoc;
 use serde::Deserialize;
 
@@ -128,8 +129,7 @@ pub async fn effective_role(
     claims: &Claims,
     flow_id: &str,
 ) -> Result<Option<flowhub_protocol::Role>, AppError> {
-    claims
-        .identity()
+    Identity::from(claims)
         .flow_access(&*state.store, flow_id)
         .await
         .map(|access| access.role)

@@ -49,7 +49,7 @@ pub async fn upgrade(
     // Refuse before upgrading: a bad token is a plain 401, never a WebSocket.
     let claims = authenticate(&state, &headers, &query).await?;
     Ok(size_buffers(ws, state.config.hard_frame_bytes)
-        .on_upgrade(move |socket| run(socket, state, claims.identity())))
+        .on_upgrade(move |socket| run(socket, state, Identity::from(&claims))))
 }
 
 /// The socket buffers and frame limits every WebSocket endpoint uses (see

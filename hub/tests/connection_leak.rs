@@ -29,6 +29,48 @@ fn cbor(fields: Vec<(&str, Value)>) -> Vec<u8> {
     out
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `/v1/automerge-repo` as a stock Repo does: `join`, then a sync
+/// `request` for the flow from an empty document (which joins the flow).
+async fn open_repo_peer(base: &str, token: &str, peer: &str, flow_id: &str) -> Ws {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{base}/v1/automerge-repo?token={token}"))
+            .await
+            .expect("connect");
+    ws.send(Message::Binary(
+        cbor(vec![
+            ("type", Value::Text("join".into())),
+            ("senderId", Value::Text(peer.into())),
+            ("peerMetadata", Value::Map(vec![])),
+            (
+                "supportedProtocolVersions",
+                Value::Array(vec![Value::Text("1".into())]),
+            ),
+        ])
+        .into(),
+    ))
+    .await
+    .unwrap();
+    let mut doc = flowhub_crdt::FlowDoc::new();
+    let mut sync = flowhub_crdt::SyncState::new();
+    let data = doc.generate_sync_message(&mut sync).unwrap();
+    ws.send(Message::Binary(
+        cbor(vec![
+            ("type", Value::Text("request".into())),
+            ("senderId", Value::Text(peer.into())),
+            ("targetId", Value::Text("hub".into())),
+            ("documentId", Value::Text(flow_document_id(flow_id))),
+            ("data", Value::Bytes(data)),
+        ])
+        .into(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
 /// CPU time (user + system) this process has used, from /proc/self/stat.
 fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
@@ -49,41 +91,7 @@ async fn closed_automerge_repo_connections_leave_no_task_and_burn_no_cpu() {
     let token = token("rita", &[("leak", Role::Editor)]);
 
     for i in 0..20 {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("{url}/v1/automerge-repo?token={token}"))
-                .await
-                .expect("connect");
-        let peer = format!("peer-{i}");
-        ws.send(Message::Binary(
-            cbor(vec![
-                ("type", Value::Text("join".into())),
-                ("senderId", Value::Text(peer.clone())),
-                ("peerMetadata", Value::Map(vec![])),
-                (
-                    "supportedProtocolVersions",
-                    Value::Array(vec![Value::Text("1".into())]),
-                ),
-            ])
-            .into(),
-        ))
-        .await
-        .unwrap();
-        // An empty-document sync request joins the flow, as a Repo's `find` does.
-        let mut doc = flowhub_crdt::FlowDoc::new();
-        let mut sync = flowhub_crdt::SyncState::new();
-        let data = doc.generate_sync_message(&mut sync).unwrap();
-        ws.send(Message::Binary(
-            cbor(vec![
-                ("type", Value::Text("request".into())),
-                ("senderId", Value::Text(peer)),
-                ("targetId", Value::Text("hub".into())),
-                ("documentId", Value::Text(flow_document_id("leak"))),
-                ("data", Value::Bytes(data)),
-            ])
-            .into(),
-        ))
-        .await
-        .unwrap();
+        let mut ws = open_repo_peer(&url, &token, &format!("peer-{i}"), "leak").await;
         // Read what the hub answers (peer, sync) until it falls silent: the leak
         // needed a writer with nothing left to send when the reader ended.
         while let Ok(Some(Ok(_))) =
@@ -131,51 +139,12 @@ async fn idle_automerge_repo_connections_are_light() {
     let hub = HubProcess::start(dir.path(), free_port(), None).await;
     let token = token("rita", &[("light", Role::Viewer)]);
     // Open the flow once first, so the measurement is of connections, not the flow.
-    let mut sockets = Vec::new();
-    let open = |i: usize| {
-        let url = format!("{}/v1/automerge-repo?token={token}", hub.ws_url());
-        async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url)
-                .await
-                .expect("connect");
-            let peer = format!("peer-{i}");
-            ws.send(Message::Binary(
-                cbor(vec![
-                    ("type", Value::Text("join".into())),
-                    ("senderId", Value::Text(peer.clone())),
-                    ("peerMetadata", Value::Map(vec![])),
-                    (
-                        "supportedProtocolVersions",
-                        Value::Array(vec![Value::Text("1".into())]),
-                    ),
-                ])
-                .into(),
-            ))
-            .await
-            .unwrap();
-            let mut doc = flowhub_crdt::FlowDoc::new();
-            let mut sync = flowhub_crdt::SyncState::new();
-            let data = doc.generate_sync_message(&mut sync).unwrap();
-            ws.send(Message::Binary(
-                cbor(vec![
-                    ("type", Value::Text("request".into())),
-                    ("senderId", Value::Text(peer)),
-                    ("targetId", Value::Text("hub".into())),
-                    ("documentId", Value::Text(flow_document_id("light"))),
-                    ("data", Value::Bytes(data)),
-                ])
-                .into(),
-            ))
-            .await
-            .unwrap();
-            ws
-        }
-    };
-    sockets.push(open(0).await);
+    let base = hub.ws_url();
+    let mut sockets = vec![open_repo_peer(&base, &token, "peer-0", "light").await];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = hub.metric("flowhub_process_resident_bytes").await;
     for i in 1..=CONNECTIONS {
-        sockets.push(open(i).await);
+        sockets.push(open_repo_peer(&base, &token, &format!("peer-{i}"), "light").await);
     }
     // Let every connection settle (joined the flow, first sync answered).
     tokio::time::sleep(Duration::from_secs(2)).await;
