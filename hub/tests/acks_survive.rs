@@ -74,13 +74,7 @@ async fn round(death: Death) -> Round {
     for i in 0..BURST {
         let label = format!("e-{i}");
         let (_, ticket) = flow
-            .edit(|d| {
-                d.add_node(NewNode::new(
-                    "action",
-                    &label,
-                    Position::new(i as f64, 0.0),
-                ))
-            })
+            .edit(|d| d.add_node(NewNode::new("action", &label, Position::new(i as f64, 0.0))))
             .await
             .unwrap();
         edits.push((label, ticket));
