@@ -54,6 +54,7 @@ async fn join(actor: &ActorRef<FlowMsg>, id: &str, role: Role, metrics: &Arc<Met
         role,
         out,
         request_id: None,
+        pending: Vec::new(),
         reply
     })
     .expect("join");

@@ -95,6 +95,7 @@ async fn join(reg: &FlowRegistry, id: &str, role: Role) -> OutboundRx {
         role,
         out,
         request_id: None,
+        pending: Vec::new(),
         reply
     })
     .unwrap();

@@ -58,6 +58,7 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
         role: Role::Editor,
         out: out.clone(),
         request_id: None,
+        pending: Vec::new(),
         reply
     })
     .unwrap();

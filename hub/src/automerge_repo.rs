@@ -522,6 +522,7 @@ impl Bridge {
                         role,
                         out: self.out.clone(),
                         request_id: None,
+                        pending: Vec::new(),
                         reply,
                     },
                     None,

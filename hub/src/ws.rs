@@ -140,13 +140,20 @@ async fn serve(
         metrics,
     ));
     let mut writer_done = false;
+    let mut drained = false;
     tokio::select! {
         _ = read_loop(&mut stream, &session, &out, soft_limit, idle_timeout) => {}
-        _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
+        _ = draining.wait_for(|d| *d) => drained = true,
         _ = &mut writer => writer_done = true,
     }
-    // Leaving flows happens in the session's post_stop.
+    // Leaving flows happens in the session's post_stop. Stopping waits for the frame
+    // the session is handling: a sync frame being stored gets its ack queued first.
     let _ = Box::pin(session.stop_and_wait(None, Some(Duration::from_secs(5)))).await;
+    if drained {
+        // Only now: a close requested earlier would make the outbound queue refuse the
+        // acks of edits stored meanwhile, and the client would never learn of them.
+        out.close(close::SERVICE_RESTART, "node draining; reconnect");
+    }
     // Let the writer send what is queued and the close frame, and keep reading
     // meanwhile: closing a socket with unread input makes the kernel reset the
     // connection, and the client would lose our close frame and its reason.

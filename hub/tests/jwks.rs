@@ -486,6 +486,7 @@ async fn a_token_without_the_roles_claim_is_an_identity_without_roles() {
     ws.send(&ClientMessage::SubscribeFlow {
         id: Some(1u64.into()),
         flow_id: "f".into(),
+        pending: vec![],
     })
     .await;
     let answer = ws

@@ -219,6 +219,7 @@ pub async fn subscribe_flow(ws: &mut RawWs, flow_id: &str, deadline: Instant) ->
         &ClientMessage::SubscribeFlow {
             id: Some(1.into()),
             flow_id: flow_id.to_owned(),
+            pending: vec![],
         },
     )
     .await?;

@@ -33,7 +33,7 @@ pub use codec::{decode_client_text, encode, DecodeFailure};
 pub use error::{close, ErrorCode, ProtocolError};
 pub use frame::{FrameKind, SyncFrame};
 pub use ids::{validate_flow_id, MAX_FLOW_ID_LEN};
-pub use message::{ClientMessage, Limits, RequestId, Role, ServerMessage};
+pub use message::{ClientMessage, Limits, RequestId, Role, ServerMessage, MAX_PENDING_HASHES};
 pub use presence::{Cursor, PresenceEntry};
 pub use run::{RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, RunSummary};
 pub use token::Claims;

@@ -46,6 +46,9 @@ pub struct Limits {
     pub max_subscriptions: usize,
 }
 
+/// Most hashes one `subscribe_flow` may report in `pending` (`too_large` above).
+pub const MAX_PENDING_HASHES: usize = 10_000;
+
 /// Messages a client sends in text frames.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -63,6 +66,11 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         flow_id: String,
+        /// Hex hashes of this client's edits not acknowledged yet (typically after a
+        /// reconnect). The hub acks, right after `flow_state`, those the flow already
+        /// holds: the connection that stored them may have died before their ack.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pending: Vec<String>,
     },
     /// Leave a flow; answered with `ack`.
     UnsubscribeFlow {

@@ -30,6 +30,12 @@ fn client_messages_roundtrip() {
     client_roundtrip(ClientMessage::SubscribeFlow {
         id: Some(RequestId::Str("a".into())),
         flow_id: "demo".into(),
+        pending: vec![],
+    });
+    client_roundtrip(ClientMessage::SubscribeFlow {
+        id: Some(2.into()),
+        flow_id: "demo".into(),
+        pending: vec!["9be1".repeat(16)],
     });
     client_roundtrip(ClientMessage::UnsubscribeFlow {
         id: Some(7.into()),

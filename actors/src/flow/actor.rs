@@ -97,6 +97,9 @@ pub enum FlowMsg {
         role: Role,
         out: Outbound,
         request_id: Option<RequestId>,
+        /// The session's edits not acknowledged yet (`subscribe_flow.pending`): those
+        /// the document holds are acked right after `flow_state`.
+        pending: Vec<ChangeHash>,
         reply: RpcReplyPort<()>,
     },
     Leave {
@@ -295,9 +298,12 @@ impl Actor for FlowActor {
                     role,
                     out,
                     request_id,
+                    pending,
                     reply,
                 } => {
-                    state.join(session_id, user_id, name, token_role, role, out, request_id);
+                    state.join(
+                        session_id, user_id, name, token_role, role, out, request_id, &pending,
+                    );
                     state.arm_presence_flush(&myself);
                     let _ = reply.send(());
                 }
@@ -451,6 +457,7 @@ impl FlowState {
         role: Role,
         out: Outbound,
         request_id: Option<RequestId>,
+        pending: &[ChangeHash],
     ) {
         let heads = self.doc.heads_hex();
         out.send_control(&ServerMessage::FlowState {
@@ -459,6 +466,28 @@ impl FlowState {
             role,
             heads,
         });
+        // The document only ever holds stored changes (an edit is applied, persisted,
+        // and rolled back by a reload if persisting fails, all within one message), so
+        // every reported hash it holds is durable. Its ack may have been lost with the
+        // connection that stored it; no sync round would ever bring it back.
+        let stored: Vec<String> = pending
+            .iter()
+            .filter(|h| self.doc.has_change(h))
+            .map(|h| h.to_string())
+            .collect();
+        if !stored.is_empty() {
+            debug!(
+                session_id,
+                acked = stored.len(),
+                reported = pending.len(),
+                "acking pending edits already stored"
+            );
+            out.send_control(&ServerMessage::Ack {
+                id: None,
+                flow_id: Some(self.flow_id.clone()),
+                changes: stored,
+            });
+        }
         debug!(session_id, ?role, "peer joined");
         self.presence.join(PresenceBook::new_entry(
             &session_id,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use flowhub_protocol::{
     close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId,
-    ServerMessage, SyncFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
@@ -313,7 +313,11 @@ impl SessionState {
                         .close(close::UNSUPPORTED_VERSION, "unsupported protocol version");
                 }
             }
-            ClientMessage::SubscribeFlow { id, flow_id } => self.subscribe(id, flow_id).await,
+            ClientMessage::SubscribeFlow {
+                id,
+                flow_id,
+                pending,
+            } => self.subscribe(id, flow_id, pending).await,
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
                 if let Some(sub) = self.subscriptions.remove(&flow_id) {
                     let _ = sub.flow.cast(FlowMsg::Leave {
@@ -358,10 +362,30 @@ impl SessionState {
         }
     }
 
-    async fn subscribe(&mut self, id: Option<RequestId>, flow_id: String) {
+    async fn subscribe(&mut self, id: Option<RequestId>, flow_id: String, pending: Vec<String>) {
         if let Err(e) = validate_flow_id(&flow_id) {
             return self.fail(id, None, e.code(), e.to_string());
         }
+        if pending.len() > MAX_PENDING_HASHES {
+            return self.fail(
+                id,
+                Some(&flow_id),
+                ErrorCode::TooLarge,
+                format!("pending: more than {MAX_PENDING_HASHES} hashes"),
+            );
+        }
+        // Parsed here, so the flow actor only ever sees valid hashes.
+        let pending = match flowhub_crdt::parse_heads(&pending) {
+            Ok(hashes) => hashes,
+            Err(e) => {
+                return self.fail(
+                    id,
+                    Some(&flow_id),
+                    ErrorCode::BadRequest,
+                    format!("pending: {e}"),
+                )
+            }
+        };
         let access = match self
             .identity
             .flow_access(&*self.registry.deps().store, &flow_id)
@@ -423,6 +447,7 @@ impl SessionState {
                         role,
                         out: self.out.clone(),
                         request_id: id.clone(),
+                        pending: pending.clone(),
                         reply,
                     },
                     None,

@@ -106,6 +106,8 @@ const OPEN = 1
 /** Close codes after which reconnecting cannot help (docs/PROTOCOL.md "Close codes"). */
 const FATAL_CLOSE = new Set([1008, 1009, 4002])
 const MAX_SYNC_MESSAGES_PER_ROUND = 64
+/** Most hashes one `subscribe_flow` may report in `pending` (the hub's limit). */
+const MAX_PENDING_HASHES = 10_000
 
 function wsUrl(base: string, token: string): string {
   const b = base.replace(/^http/, "ws").replace(/\/+$/, "")
@@ -368,7 +370,12 @@ export class FlowhubClient extends Emitter<ClientEvents> {
 
   async #subscribeFlow(flow: Flow) {
     flow.beforeSubscribe()
-    const reply = await this.request({ type: "subscribe_flow", flow_id: flow.flowId })
+    // Edits whose ack may have been lost with an earlier connection (or a flow the hub
+    // closed): the hub acks those it stores; the fresh sync resends the others.
+    const pending = flow.pendingChanges().slice(0, MAX_PENDING_HASHES)
+    const msg: ClientMessage = { type: "subscribe_flow", flow_id: flow.flowId }
+    if (pending.length > 0) msg.pending = pending
+    const reply = await this.request(msg)
     if (reply.type !== "flow_state") throw new FlowhubError("bad_request", `unexpected reply ${reply.type}`)
     flow.onFlowState(reply.role, reply.heads)
   }
@@ -377,6 +384,35 @@ export class FlowhubClient extends Emitter<ClientEvents> {
     const reply = await this.request({ type: "subscribe_run", run_id: watch.runId, since_seq: watch.lastSeq })
     if (reply.type !== "run_state") throw new FlowhubError("bad_request", `unexpected reply ${reply.type}`)
     watch.onRunState(reply.run)
+  }
+
+  /**
+   * After an `internal` error naming a flow the hub closed (or reset) the flow for this
+   * session: subscribe again, once at a time per flow, with backoff. Without this every
+   * later sync frame would be answered `internal` too.
+   */
+  #resubscribeSoon(flow: Flow, attempt = 0) {
+    if (flow.resubscribing && attempt === 0) return
+    flow.resubscribing = true
+    const delay = Math.min(5000, 100 * 2 ** attempt)
+    setTimeout(() => {
+      if (this.#flows.get(flow.flowId) !== flow || !this.#connected) {
+        // Forgotten, or disconnected: the reconnect resubscribes every flow itself.
+        flow.resubscribing = false
+        return
+      }
+      flow.subscribed = false
+      this.#subscribeFlow(flow).then(
+        () => (flow.resubscribing = false),
+        (e: FlowhubError) => {
+          if (e.code === "internal" || e.code === "timeout" || e.code === "rate_limited") this.#resubscribeSoon(flow, attempt + 1)
+          else {
+            flow.resubscribing = false
+            flow.failSubscription(e)
+          }
+        },
+      )
+    }, delay)
   }
 
   /** Resubscribes a run after `resume_from` (no gap: continues after `lastSeq`). */
@@ -484,8 +520,10 @@ export class FlowhubClient extends Emitter<ClientEvents> {
       case "error": {
         const err = new FlowhubError(msg.code, msg.message, msg.flow_id)
         const flow = msg.flow_id ? this.#flows.get(msg.flow_id) : undefined
-        if (flow) flow.onRefused(err)
-        else this.emit("error", err)
+        if (flow) {
+          flow.onRefused(err)
+          if (msg.code === "internal") this.#resubscribeSoon(flow)
+        } else this.emit("error", err)
         break
       }
       default:
@@ -519,6 +557,8 @@ export class Flow extends Emitter<FlowEvents> {
   readonly document = new FlowDocument()
   role: Role | undefined
   subscribed = false
+  /** A resubscribe after an `internal` error is under way. */
+  resubscribing = false
   /** Resolves once the replica holds the heads the hub announced in `flow_state`. */
   ready: Promise<void>
   #readyResolve!: () => void
@@ -564,6 +604,23 @@ export class Flow extends Emitter<FlowEvents> {
   /** Hashes of this client's changes the hub has not acknowledged yet. */
   pendingChanges(): string[] {
     return [...this.#pending.keys()]
+  }
+
+  /**
+   * Waits at most `timeoutMs` for an edit's verdict: `"acked"` once the hub stored it,
+   * `"unknown"` when the time runs out. Unknown is not a failure: the edit stays
+   * pending (it may well be stored already), the sync keeps offering it, every
+   * (re)subscribe asks the hub about it, and its promise still settles later. Rejects
+   * only when the hub refused it.
+   */
+  async waitAcked(edit: PendingEdit, timeoutMs: number): Promise<"acked" | "unknown"> {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const timeout = new Promise<"unknown">((resolve) => (timer = setTimeout(() => resolve("unknown"), timeoutMs)))
+    try {
+      return await Promise.race([edit.then(() => "acked" as const), timeout])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   // ---- typed edits (mirroring the Rust FlowDoc API) -------------------------------

@@ -113,7 +113,14 @@ export interface Limits {
 
 export type ClientMessage =
   | { type: "hello"; id?: RequestId; protocol: number; client?: string }
-  | { type: "subscribe_flow"; id?: RequestId; flow_id: string }
+  | {
+      type: "subscribe_flow"
+      id?: RequestId
+      flow_id: string
+      /** Hashes of this client's edits not acknowledged yet: the hub acks, right after
+       *  `flow_state`, those it already stores (their ack may have died with a connection). */
+      pending?: string[]
+    }
   | { type: "unsubscribe_flow"; id?: RequestId; flow_id: string }
   | { type: "ping"; id?: RequestId }
   | {

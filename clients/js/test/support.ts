@@ -41,6 +41,8 @@ export interface HubProcess {
   dataDir: string
   /** SIGTERM (the hub drains: sessions get close 1012) and wait for the exit. */
   kill(): Promise<void>
+  /** SIGKILL: no drain, no flush; what the store committed stays. */
+  kill9(): Promise<void>
   /** Starts the hub again on the same port and data directory. */
   restart(): Promise<void>
   stop(): Promise<void>
@@ -93,6 +95,14 @@ export async function startHub(env: Record<string, string> = {}): Promise<HubPro
     if (proc.exitCode === null) proc.kill("SIGKILL")
   }
 
+  async function kill9() {
+    const proc = child
+    if (!proc || proc.exitCode !== null) return
+    const exited = new Promise((r) => proc.once("exit", r))
+    proc.kill("SIGKILL")
+    await exited
+  }
+
   await launch()
   return {
     port,
@@ -100,6 +110,7 @@ export async function startHub(env: Record<string, string> = {}): Promise<HubPro
     httpUrl,
     dataDir,
     kill,
+    kill9,
     restart: launch,
     async stop() {
       await kill()

@@ -1,6 +1,6 @@
 //! [`Client`]: one WebSocket session with a hub, and its handshake.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use flowhub_protocol::{
@@ -40,12 +40,16 @@ pub struct Welcome {
 /// dropped the connection is closed (close code 1000).
 pub(crate) struct ClientInner {
     pub(crate) shared: Arc<Shared>,
-    welcome: Welcome,
+    /// The current connection's `welcome` (a reconnect brings a new session).
+    welcome: Mutex<Welcome>,
+    /// Kept for reconnecting.
+    token: String,
     reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
+        self.shared.mark_closed_by_client();
         if self.shared.close_info().is_none() {
             self.shared.send_close(close::NORMAL, "client dropped");
         }
@@ -62,9 +66,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let welcome = lock(&self.inner.welcome);
         f.debug_struct("Client")
-            .field("session_id", &self.inner.welcome.session_id)
-            .field("user_id", &self.inner.welcome.user_id)
+            .field("session_id", &welcome.session_id)
+            .field("user_id", &welcome.user_id)
             .field("closed", &self.close_reason())
             .finish()
     }
@@ -78,45 +83,75 @@ impl Client {
     /// A 401 at the upgrade (or an `unauthorized` error / 4001 close during the
     /// handshake) is [`ClientError::Unauthorized`].
     pub async fn connect(base_url: &str, token: &str) -> Result<Client, ClientError> {
-        let url = ws_url(base_url, token)?;
-        let deadline = Instant::now() + DEFAULT_TIMEOUT;
-        let (mut ws, _response) =
-            tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url.as_str()))
-                .await
-                .map_err(|_| ClientError::Timeout("connect"))?
-                .map_err(connect_error)?;
-        let hello_id = 1;
-        let welcome = tokio::time::timeout_at(deadline, handshake(&mut ws, hello_id))
-            .await
-            .map_err(|_| ClientError::Timeout("welcome"))??;
-
-        let (sink, stream) = ws.split();
+        let (ws, welcome) = open(base_url, token).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new(welcome.session_id.clone(), tx, hello_id + 1));
-        let span = tracing::info_span!("flowhub_client", session_id = %welcome.session_id);
-        tokio::spawn(write_loop(sink, rx, welcome.session_id.clone()).instrument(span.clone()));
-        let reader = tokio::spawn(read_loop(shared.clone(), stream).instrument(span));
-        tracing::debug!(session_id = %welcome.session_id, user_id = %welcome.user_id, node_id = %welcome.node_id, "connected");
+        let shared = Arc::new(Shared::new(welcome.session_id.clone(), tx, HELLO_ID + 1));
+        let reader = start_tasks(&shared, ws, rx, &welcome, 0);
         Ok(Client {
             inner: Arc::new(ClientInner {
                 shared,
-                welcome,
+                welcome: Mutex::new(welcome),
+                token: token.to_owned(),
                 reader: Mutex::new(Some(reader)),
             }),
         })
     }
 
-    pub fn session_id(&self) -> &str {
-        &self.inner.welcome.session_id
+    /// Like [`Client::connect`] to the first of `base_urls` that answers, and the
+    /// client then **reconnects by itself**: when the connection closes for any reason
+    /// but [`Client::close`], dropping the client, an expired token (4001) or a close
+    /// that reconnecting cannot cure (1008, 1009, 4002), it connects to the next URL of
+    /// the list (round robin; at once, then with backoff up to 5 s) and resumes as
+    /// [`Client::reconnect`] does. Meanwhile edits still apply locally and
+    /// [`FlowHandle::wait_acked`] keeps waiting; requests fail with
+    /// [`ClientError::Closed`].
+    pub async fn connect_with_failover(
+        base_urls: &[&str],
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        let mut last = ClientError::Connect("no URL given".into());
+        for (index, url) in base_urls.iter().enumerate() {
+            match Client::connect(url, token).await {
+                Ok(client) => {
+                    client.inner.shared.set_reconnects(true);
+                    let urls = base_urls.iter().map(|u| u.to_string()).collect();
+                    tokio::spawn(supervise(Arc::downgrade(&client.inner), urls, index));
+                    return Ok(client);
+                }
+                Err(ClientError::Unauthorized) => return Err(ClientError::Unauthorized),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
-    pub fn user_id(&self) -> &str {
-        &self.inner.welcome.user_id
+    /// Replaces the connection by a new one to `base_url` (this hub node or any
+    /// other), with the same token, and resumes every subscribed flow: each is
+    /// subscribed again with a fresh sync state, reporting its edits not acknowledged
+    /// yet (`subscribe_flow.pending`). The hub acks right away those it already
+    /// stored, which settles edits whose ack was lost with the old connection (a node
+    /// killed or drained between storing and acking); the sync exchange sends it the
+    /// others again, and they are acked once stored. [`FlowHandle`]s and their clones
+    /// keep working; a still-open old connection is closed.
+    ///
+    /// A flow the hub now refuses (`forbidden`, …) fails its pending edits with
+    /// [`ClientError::Rejected`] and is dropped; run subscriptions are not resumed.
+    pub async fn reconnect(&self, base_url: &str) -> Result<(), ClientError> {
+        self.inner.reconnect(base_url).await
     }
 
-    /// The hub's answer to `hello`.
-    pub fn welcome(&self) -> &Welcome {
-        &self.inner.welcome
+    /// The current session's id (a new one after every reconnect).
+    pub fn session_id(&self) -> String {
+        lock(&self.inner.welcome).session_id.clone()
+    }
+
+    pub fn user_id(&self) -> String {
+        lock(&self.inner.welcome).user_id.clone()
+    }
+
+    /// The hub's answer to `hello` on the current connection.
+    pub fn welcome(&self) -> Welcome {
+        lock(&self.inner.welcome).clone()
     }
 
     /// Sends `msg` with a fresh numeric id (replacing any id it had) and waits (10 s)
@@ -144,6 +179,7 @@ impl Client {
         let request = ClientMessage::SubscribeFlow {
             id: None,
             flow_id: flow_id.to_owned(),
+            pending: Vec::new(),
         };
         if validate_flow_id(flow_id).is_err() {
             // Frames cannot name this flow; let the hub say what is wrong with it.
@@ -240,6 +276,7 @@ impl Client {
     /// Closes the connection (code 1000) and waits (5 s) for the hub to answer.
     pub async fn close(&self) {
         let shared = &self.inner.shared;
+        shared.mark_closed_by_client();
         if shared.close_info().is_some() {
             return;
         }
@@ -253,6 +290,131 @@ impl Client {
                 reader.abort();
             }
             shared.shut_down(close::NORMAL, "closed by client".into());
+        }
+    }
+}
+
+/// The request id of `hello`; later requests count on from it.
+const HELLO_ID: u64 = 1;
+
+/// Opens the WebSocket and runs the handshake, within [`DEFAULT_TIMEOUT`].
+async fn open(base_url: &str, token: &str) -> Result<(Ws, Welcome), ClientError> {
+    let url = ws_url(base_url, token)?;
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    let (mut ws, _response) =
+        tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url.as_str()))
+            .await
+            .map_err(|_| ClientError::Timeout("connect"))?
+            .map_err(connect_error)?;
+    let welcome = tokio::time::timeout_at(deadline, handshake(&mut ws, HELLO_ID))
+        .await
+        .map_err(|_| ClientError::Timeout("welcome"))??;
+    Ok((ws, welcome))
+}
+
+/// Spawns the writer and the reader of connection number `generation`; returns the
+/// reader.
+fn start_tasks(
+    shared: &Arc<Shared>,
+    ws: Ws,
+    rx: mpsc::UnboundedReceiver<Message>,
+    welcome: &Welcome,
+    generation: u64,
+) -> JoinHandle<()> {
+    let (sink, stream) = ws.split();
+    let span = tracing::info_span!("flowhub_client", session_id = %welcome.session_id);
+    tokio::spawn(write_loop(sink, rx, welcome.session_id.clone()).instrument(span.clone()));
+    tracing::debug!(session_id = %welcome.session_id, user_id = %welcome.user_id, node_id = %welcome.node_id, "connected");
+    tokio::spawn(read_loop(shared.clone(), stream, generation).instrument(span))
+}
+
+impl ClientInner {
+    async fn reconnect(&self, base_url: &str) -> Result<(), ClientError> {
+        let (ws, welcome) = open(base_url, &self.token).await?;
+        let shared = &self.shared;
+        if shared.close_info().is_none() {
+            shared.send_close(close::NORMAL, "reconnecting");
+        }
+        if let Some(old) = lock(&self.reader).take() {
+            // Whatever the old connection still brings is settled by the resubscribe.
+            old.abort();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let generation = shared.attach(tx);
+        let reader = start_tasks(shared, ws, rx, &welcome, generation);
+        *lock(&self.reader) = Some(reader);
+        tracing::info!(session_id = %shared.session_id, new_session_id = %welcome.session_id, node_id = %welcome.node_id, "reconnected");
+        *lock(&self.welcome) = welcome;
+        let flows = shared.flows();
+        let resumed =
+            futures_util::future::join_all(flows.iter().map(|f| shared.resubscribe(f))).await;
+        for (flow, outcome) in flows.iter().zip(resumed) {
+            match outcome {
+                Ok(()) => {}
+                // Refused flows were dropped by `resubscribe`.
+                Err(ClientError::Server { .. }) => {}
+                Err(e) => {
+                    tracing::debug!(session_id = %shared.session_id, flow_id = %flow.flow_id, error = %e, "resubscribe after reconnect failed");
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Close codes after which reconnecting cannot help (docs/PROTOCOL.md "Close codes").
+fn reconnect_futile(code: u16) -> bool {
+    matches!(
+        code,
+        close::POLICY | close::TOO_BIG | close::UNSUPPORTED_VERSION | close::TOKEN_EXPIRED
+    )
+}
+
+/// Reconnects a [`Client::connect_with_failover`] client whenever its connection
+/// closes, until the client is closed or dropped or a close says reconnecting is
+/// futile.
+async fn supervise(client: Weak<ClientInner>, urls: Vec<String>, mut index: usize) {
+    let Some(shared) = client.upgrade().map(|c| c.shared.clone()) else {
+        return;
+    };
+    let mut closed = shared.closed_rx();
+    loop {
+        let code = match closed.wait_for(|c| c.is_some()).await {
+            Ok(info) => info.as_ref().map_or(1006, |(code, _)| *code),
+            Err(_) => return,
+        };
+        if shared.closed_by_client() || reconnect_futile(code) {
+            shared.set_reconnects(false);
+            return;
+        }
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::time::sleep(delay).await;
+            let Some(inner) = client.upgrade() else {
+                return;
+            };
+            if inner.shared.closed_by_client() {
+                shared.set_reconnects(false);
+                return;
+            }
+            index = (index + 1) % urls.len();
+            match inner.reconnect(&urls[index]).await {
+                Ok(()) => break,
+                Err(ClientError::Unauthorized) => {
+                    tracing::warn!(session_id = %shared.session_id, "reconnect refused: unauthorized; giving up");
+                    shared.set_reconnects(false);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(session_id = %shared.session_id, url = %urls[index], error = %e, "reconnect failed");
+                    // A connection that came up but could not resume is retried too.
+                    if inner.shared.close_info().is_none() {
+                        break;
+                    }
+                    delay = (delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                }
+            }
         }
     }
 }

@@ -12,12 +12,12 @@
 //!   code and reason and wakes every waiter.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowhub_protocol::{
-    frame::encode_flow_sync, ClientMessage, RequestId, ServerMessage, SyncFrame,
+    frame::encode_flow_sync, ClientMessage, ErrorCode, RequestId, ServerMessage, SyncFrame,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -44,8 +44,17 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub(crate) struct Shared {
+    /// The first session's id: a stable label for logs across reconnects.
     pub(crate) session_id: String,
-    out: mpsc::UnboundedSender<Message>,
+    /// The current connection's writer; replaced by [`Shared::attach`] on reconnect.
+    out: Mutex<mpsc::UnboundedSender<Message>>,
+    /// Counts connections: a reader of an older one must not mark the current closed.
+    generation: AtomicU64,
+    /// The application closed the client: do not reconnect.
+    closed_by_client: AtomicBool,
+    /// A supervisor reconnects after an unexpected close (`Client::connect_with_failover`),
+    /// so waits outlive a closed connection.
+    reconnects: AtomicBool,
     pending: Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>,
     next_id: AtomicU64,
     flows: Mutex<HashMap<String, Arc<FlowShared>>>,
@@ -67,7 +76,10 @@ impl Shared {
     ) -> Self {
         Shared {
             session_id,
-            out,
+            out: Mutex::new(out),
+            generation: AtomicU64::new(0),
+            closed_by_client: AtomicBool::new(false),
+            reconnects: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(first_id),
             flows: Mutex::new(HashMap::new()),
@@ -96,7 +108,43 @@ impl Shared {
         if self.closed.borrow().is_some() {
             return Err(self.closed_error());
         }
-        self.out.send(msg).map_err(|_| self.closed_error())
+        lock(&self.out).send(msg).map_err(|_| self.closed_error())
+    }
+
+    /// The current connection's number (see [`Shared::attach`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Makes a new connection (its writer's sender) the current one, and returns its
+    /// number for its reader. Requests still waiting on the old one fail with `Closed`.
+    pub(crate) fn attach(&self, out: mpsc::UnboundedSender<Message>) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *lock(&self.out) = out;
+        lock(&self.pending).clear();
+        self.closed_by_client.store(false, Ordering::Release);
+        // Waiters see the change, find the connection open again, and keep waiting.
+        self.closed.send_replace(None);
+        generation
+    }
+
+    pub(crate) fn mark_closed_by_client(&self) {
+        self.closed_by_client.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn closed_by_client(&self) -> bool {
+        self.closed_by_client.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_reconnects(&self, on: bool) {
+        self.reconnects.store(on, Ordering::Release);
+        // Waiters that kept waiting through a close look again.
+        self.closed.send_modify(|_| {});
+    }
+
+    /// Whether waits should outlive a closed connection (a reconnect will follow).
+    pub(crate) fn reconnects(&self) -> bool {
+        self.reconnects.load(Ordering::Acquire) && !self.closed_by_client()
     }
 
     /// Queues one binary sync frame per message, in order.
@@ -117,7 +165,7 @@ impl Shared {
             code: code.into(),
             reason: reason.into(),
         };
-        let _ = self.out.send(Message::Close(Some(frame)));
+        let _ = lock(&self.out).send(Message::Close(Some(frame)));
     }
 
     /// Sends `msg` with a fresh numeric id and waits for the frame echoing that id. An
@@ -178,6 +226,11 @@ impl Shared {
         (flow, true)
     }
 
+    /// Every registered flow.
+    pub(crate) fn flows(&self) -> Vec<Arc<FlowShared>> {
+        lock(&self.flows).values().cloned().collect()
+    }
+
     pub(crate) fn flow(&self, flow_id: &str) -> Option<Arc<FlowShared>> {
         lock(&self.flows).get(flow_id).cloned()
     }
@@ -208,8 +261,73 @@ impl Shared {
 
     // ---- receiving ----
 
+    /// Subscribes to `flow` again on the current connection, reporting its pending
+    /// edits: the hub acks those it already stored (their acks may have been lost with
+    /// an earlier connection) and the fresh sync exchange resends the others.
+    pub(crate) async fn resubscribe(&self, flow: &Arc<FlowShared>) -> Result<(), ClientError> {
+        let pending = flow.restart_sync();
+        let reported = pending.len();
+        let request = ClientMessage::SubscribeFlow {
+            id: None,
+            flow_id: flow.flow_id.clone(),
+            pending,
+        };
+        match self.request(request).await {
+            Ok(ServerMessage::FlowState { role, .. }) => {
+                tracing::debug!(session_id = %self.session_id, flow_id = %flow.flow_id, ?role, reported, "resubscribed");
+                flow.sync_now(self)
+            }
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "expected flow_state in reply to subscribe_flow, got {other:?}"
+            ))),
+            Err(ClientError::Server { code, message }) if !code.is_retryable() => {
+                // No access any more (or the flow id is refused): nothing pending can
+                // be stored through this client; fail it and drop the flow.
+                tracing::warn!(session_id = %self.session_id, flow_id = %flow.flow_id, %code, message, "resubscribe refused; the flow is dropped");
+                flow.on_refused(self, code, &message);
+                self.forget_flow(flow);
+                Err(ClientError::Server { code, message })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After an `internal` error naming a flow, the hub closed that flow for this
+    /// session (or reset it): subscribe again by ourselves, with backoff, once at a
+    /// time per flow. Without this, every later sync frame is answered `internal`.
+    fn resubscribe_soon(self: &Arc<Self>, flow: Arc<FlowShared>) {
+        if !flow.begin_resubscribe() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            flow.end_resubscribe();
+            return;
+        };
+        let shared = self.clone();
+        let generation = self.generation();
+        runtime.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(delay).await;
+                // A reconnect resubscribes every flow itself; a forgotten flow is done.
+                if flow.is_gone() || shared.generation() != generation || shared.close_info().is_some() {
+                    break;
+                }
+                match shared.resubscribe(&flow).await {
+                    Ok(()) => break,
+                    Err(ClientError::Server { code, .. }) if !code.is_retryable() => break,
+                    Err(e) => {
+                        tracing::debug!(session_id = %shared.session_id, flow_id = %flow.flow_id, error = %e, "resubscribe failed; retrying");
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            flow.end_resubscribe();
+        });
+    }
+
     /// Dispatches one text frame from the hub.
-    pub(crate) fn on_text(&self, text: &str) {
+    pub(crate) fn on_text(self: &Arc<Self>, text: &str) {
         let msg: ServerMessage = match serde_json::from_str(text) {
             Ok(msg) => msg,
             Err(e) => {
@@ -258,6 +376,9 @@ impl Shared {
                 tracing::debug!(session_id = %self.session_id, ?flow_id, %code, message, "error from the hub");
                 if let Some(flow) = flow_id.as_deref().and_then(|f| self.flow(f)) {
                     flow.on_refused(self, code, message);
+                    if code == ErrorCode::Internal {
+                        self.resubscribe_soon(flow);
+                    }
                 }
                 let _ = self.errors.send(msg);
             }
@@ -292,6 +413,15 @@ impl Shared {
         }
     }
 
+    /// Connection number `generation` is gone: if it is still the current one, record
+    /// why and wake every waiter.
+    pub(crate) fn shut_down_connection(&self, generation: u64, code: u16, reason: String) {
+        if self.generation() != generation {
+            return;
+        }
+        self.shut_down(code, reason);
+    }
+
     /// The connection is gone: record why and wake every waiter.
     pub(crate) fn shut_down(&self, code: u16, reason: String) {
         let first = self.closed.send_if_modified(|closed| {
@@ -308,7 +438,7 @@ impl Shared {
         // Dropping the senders fails every pending request with `Closed`.
         lock(&self.pending).clear();
         // Wakes the writer if it is idle; it stops on a close frame or a send error.
-        let _ = self.out.send(Message::Close(None));
+        let _ = lock(&self.out).send(Message::Close(None));
     }
 }
 
@@ -324,7 +454,7 @@ pub(crate) fn with_request_id(mut msg: ClientMessage, new_id: RequestId) -> Clie
 }
 
 /// Reads frames until the stream ends, then shuts the connection down.
-pub(crate) async fn read_loop(shared: Arc<Shared>, mut stream: SplitStream<Ws>) {
+pub(crate) async fn read_loop(shared: Arc<Shared>, mut stream: SplitStream<Ws>, generation: u64) {
     let mut close: Option<(u16, String)> = None;
     let mut lost: Option<String> = None;
     while let Some(frame) = stream.next().await {
@@ -355,7 +485,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>, mut stream: SplitStream<Ws>) 
         };
         (1006, reason)
     });
-    shared.shut_down(code, reason);
+    shared.shut_down_connection(generation, code, reason);
 }
 
 /// Writes queued frames until a close frame was sent, a send fails, or every sender
@@ -419,6 +549,7 @@ mod tests {
             ClientMessage::SubscribeFlow {
                 id: Some(RequestId::Str("x".into())),
                 flow_id: "f".into(),
+                pending: vec![],
             },
             RequestId::Num(3),
         );
@@ -451,6 +582,7 @@ mod tests {
             s.request(ClientMessage::SubscribeFlow {
                 id: None,
                 flow_id: "nope".into(),
+                pending: vec![],
             })
             .await
         });

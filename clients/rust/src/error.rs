@@ -24,6 +24,12 @@ pub enum ClientError {
     /// A wait did not complete in time; the text names what was awaited.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// [`crate::FlowHandle::wait_acked`] ran out of time: the outcome is unknown, not
+    /// a failure. The edit may already be stored (its ack lost with a connection);
+    /// it stays pending, the sync keeps offering it to the hub, and after every
+    /// (re)subscribe the hub acks it if it holds it. Wait again to learn the verdict.
+    #[error("edit not acknowledged yet on flow `{flow_id}`: outcome unknown, still retrying")]
+    AckUnknown { flow_id: String },
     /// The hub answered a request with an `error` frame (or an HTTP call with a typed
     /// JSON error body).
     #[error("hub error {code}: {message}")]

@@ -36,6 +36,8 @@ pub(crate) struct FlowShared {
     acks: watch::Sender<u64>,
     /// Set when the subscribe failed or the flow was unsubscribed.
     gone: AtomicBool,
+    /// A resubscribe after an `internal` error is under way.
+    resubscribing: AtomicBool,
 }
 
 impl FlowShared {
@@ -48,6 +50,7 @@ impl FlowShared {
             version: watch::Sender::new(0),
             acks: watch::Sender::new(0),
             gone: AtomicBool::new(false),
+            resubscribing: AtomicBool::new(false),
         }
     }
 
@@ -57,6 +60,26 @@ impl FlowShared {
         let _ = self.initial_heads.set(heads);
         // Anyone waiting for a concurrent subscribe of the same flow looks again.
         self.acks.send_modify(|v| *v += 1);
+    }
+
+    /// Claims the one resubscribe slot; `false` if a resubscribe is already running.
+    pub(crate) fn begin_resubscribe(&self) -> bool {
+        !self.resubscribing.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn end_resubscribe(&self) {
+        self.resubscribing.store(false, Ordering::Release);
+    }
+
+    /// Starts the sync over for a new subscription; returns the pending hashes to
+    /// report in `subscribe_flow`.
+    pub(crate) fn restart_sync(&self) -> Vec<String> {
+        lock(&self.replica).restart_sync()
+    }
+
+    /// How many of this client's changes await an ack.
+    pub(crate) fn pending_len(&self) -> usize {
+        lock(&self.replica).pending_len()
     }
 
     pub(crate) fn is_subscribed(&self) -> bool {
@@ -230,32 +253,54 @@ impl FlowHandle {
             tracing::debug!(session_id = %self.conn().session_id, flow_id = %self.flow.flow_id, changes = hashes.len(), "local edit sent");
         }
         let value = result?;
-        sent?;
+        match sent {
+            // The change is in the replica and pending: the resubscribe after the
+            // reconnect sends it.
+            Err(ClientError::Closed { .. }) if self.conn().reconnects() => {}
+            sent => sent?,
+        }
         Ok((value, EditTicket { hashes }))
     }
 
     /// Waits until the hub acknowledged every change of `ticket` (it stored them).
     ///
     /// Fails with [`ClientError::Rejected`] if the hub refused a sync frame while any of
-    /// them was pending (the changes were then rolled back), with
-    /// [`ClientError::Closed`] if the connection closed first, and with
-    /// [`ClientError::Timeout`] otherwise. An empty ticket is acked at once.
+    /// them was pending (the changes were then rolled back). When `timeout` passes
+    /// first the outcome is [`ClientError::AckUnknown`]: not a failure, the edit stays
+    /// pending and may well be stored; wait again later. A connection that closes ends
+    /// the wait with [`ClientError::Closed`] (the edits stay pending and
+    /// [`crate::Client::reconnect`] settles them), except on a client that reconnects
+    /// by itself ([`crate::Client::connect_with_failover`]), where the wait goes on
+    /// across the reconnect. An empty ticket is acked at once.
     pub async fn wait_acked(
         &self,
         ticket: &EditTicket,
         timeout: Duration,
     ) -> Result<(), ClientError> {
         let mut rx = self.flow.acks.subscribe();
-        self.wait_on(&mut rx, timeout, "ack", || {
-            match lock(&self.flow.replica).status(&ticket.hashes) {
-                TicketStatus::Acked => Some(Ok(())),
-                TicketStatus::Rejected { code, message } => {
-                    Some(Err(ClientError::Rejected { code, message }))
+        let outcome = self
+            .wait_on(&mut rx, timeout, "ack", || {
+                match lock(&self.flow.replica).status(&ticket.hashes) {
+                    TicketStatus::Acked => Some(Ok(())),
+                    TicketStatus::Rejected { code, message } => {
+                        Some(Err(ClientError::Rejected { code, message }))
+                    }
+                    TicketStatus::Pending => None,
                 }
-                TicketStatus::Pending => None,
-            }
-        })
-        .await
+            })
+            .await;
+        match outcome {
+            Err(ClientError::Timeout(_)) => Err(ClientError::AckUnknown {
+                flow_id: self.flow.flow_id.clone(),
+            }),
+            outcome => outcome,
+        }
+    }
+
+    /// How many of this client's changes on this flow the hub has not acknowledged
+    /// (nor refused) yet.
+    pub fn pending_edits(&self) -> usize {
+        self.flow.pending_len()
     }
 
     /// The flow as plain data.
@@ -350,7 +395,11 @@ impl FlowHandle {
     }
 
     fn usable(&self) -> Result<(), ClientError> {
-        if let Some(info) = self.conn().close_info() {
+        if let Some(info) = self
+            .conn()
+            .close_info()
+            .filter(|_| !self.conn().reconnects())
+        {
             return Err(ClientError::closed(Some(&info)));
         }
         if self.flow.is_gone() {
@@ -385,7 +434,9 @@ impl FlowHandle {
                 return Err(self.not_subscribed());
             }
             if let Some(info) = closed.borrow_and_update().clone() {
-                return Err(ClientError::closed(Some(&info)));
+                if !self.conn().reconnects() {
+                    return Err(ClientError::closed(Some(&info)));
+                }
             }
             tokio::select! {
                 changed = rx.changed() => {

@@ -35,6 +35,19 @@
 //! [`FlowDoc::new`]), and a fresh sync state restarts the exchange, as the hub also
 //! reset its side.
 //!
+//! # Reconnecting without losing verdicts
+//!
+//! A node can store an edit and die (or drain) before its ack leaves. The client then
+//! resumes on another connection and settles such edits: [`Client::reconnect`] (explicit,
+//! to any node) or [`Client::connect_with_failover`] (automatic, over a list of nodes)
+//! subscribes every flow again with its unacknowledged hashes (`subscribe_flow.pending`);
+//! the hub acks those it already stored, and the fresh sync resends the rest, acked once
+//! stored. [`FlowHandle::wait_acked`] running out of time is
+//! [`ClientError::AckUnknown`], never a failure: the edit stays pending and is retried
+//! ([`FlowHandle::pending_edits`] counts them). After an `internal` error naming a flow
+//! (the hub closed the flow after a failure) the client subscribes to it again by
+//! itself, with backoff.
+//!
 //! Nothing the hub sends can make the client panic: undecodable frames are logged
 //! (`tracing`, with `session_id` and `flow_id` fields) and ignored.
 //!

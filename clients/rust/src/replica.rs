@@ -179,6 +179,21 @@ impl Replica {
         self.tracker.pending_len()
     }
 
+    /// Prepares a new subscription (after a reconnect, or after the hub closed the
+    /// flow): the hub starts from a fresh sync state, so must we. Returns at most
+    /// `MAX_PENDING_HASHES` of the hashes still awaiting an ack, for
+    /// `subscribe_flow.pending`; the hub acks those it already stored, and the new
+    /// sync exchange sends it the others again.
+    pub(crate) fn restart_sync(&mut self) -> Vec<String> {
+        self.sync = SyncState::new();
+        self.refusals_in_a_row = 0;
+        let mut pending = self.tracker.pending_hashes();
+        // Beyond the limit the rest are not lost: the sync resends whatever the hub
+        // lacks, and a later resubscribe reports them.
+        pending.truncate(flowhub_protocol::MAX_PENDING_HASHES);
+        pending
+    }
+
     /// The hub refused a sync frame and reset its side: fail the pending edits, roll
     /// the document back to what the hub can have, and restart the sync. Returns the
     /// first messages of the new exchange (none after [`MAX_REFUSALS_IN_A_ROW`]

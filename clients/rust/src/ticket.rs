@@ -166,6 +166,13 @@ impl AckTracker {
         self.pending.len()
     }
 
+    /// The hashes awaiting an ack, sorted (what `subscribe_flow.pending` reports).
+    pub(crate) fn pending_hashes(&self) -> Vec<String> {
+        let mut hashes: Vec<String> = self.pending.iter().cloned().collect();
+        hashes.sort_unstable();
+        hashes
+    }
+
     pub(crate) fn status(&self, hashes: &[String]) -> TicketStatus {
         let mut all_acked = true;
         for h in hashes {

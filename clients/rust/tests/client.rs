@@ -90,6 +90,7 @@ async fn unknown_flow_is_a_server_error() {
         .request(ClientMessage::SubscribeFlow {
             id: None,
             flow_id: "missing".into(),
+            pending: vec![],
         })
         .await
         .unwrap_err();
@@ -221,7 +222,9 @@ async fn missing_ack_times_out_and_close_fails_waits() {
         .wait_acked(&ticket, Duration::from_millis(200))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+    // Not a failure: the outcome is unknown and the edit stays pending.
+    assert!(matches!(err, ClientError::AckUnknown { .. }), "{err:?}");
+    assert_eq!(flow.pending_edits(), 1);
 
     let waiting = tokio::spawn({
         let flow = flow.clone();

@@ -269,6 +269,7 @@ impl RawClient {
         self.send(&flowhub_protocol::ClientMessage::SubscribeFlow {
             id: Some(1.into()),
             flow_id: flow_id.into(),
+            pending: vec![],
         })
         .await;
         self.until(Duration::from_secs(5), |m| {

@@ -251,7 +251,7 @@ async fn session(state: Arc<HubState>, stream: TcpStream) {
                         subs.remove(&flow_id);
                         out.push(text(&ServerMessage::Ack { id, flow_id: None, changes: vec![] }));
                     }
-                    Ok(ClientMessage::SubscribeFlow { id, flow_id }) => {
+                    Ok(ClientMessage::SubscribeFlow { id, flow_id, .. }) => {
                         let doc = state.flows.lock().unwrap().get(&flow_id).cloned();
                         match doc {
                             None => out.push(text(&ServerMessage::error(ErrorCode::NotFound, "no such flow").with_id(id))),
