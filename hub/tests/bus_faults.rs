@@ -506,10 +506,10 @@ async fn add_one(flow: &FlowHandle, name: &str) -> Result<flowhub_client::EditTi
 /// The edit sent during the hang is refused after the append timeout (5 s). The flow
 /// actor then rolls its document back by reloading it from the store; with the
 /// database still gone that reload fails after the read timeout (2 s) and the actor
-/// stops, so the old session's flow is gone ("the flow was closed; subscribe again").
-/// The Rust client does not resubscribe by itself: an editor that keeps sending on
-/// that session is refused (`bad_request`) until the hub closes it with 1008 "too many
-/// invalid frames". Here the editor reconnects after a failure instead.
+/// closes the flow, telling its subscribers to subscribe again. This test measures the
+/// bounds (refusal time, `/readyz`, first ack after healing), retrying with a fresh
+/// connection when an attempt fails; the next test shows that the same sessions
+/// recover by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     init_logs();
@@ -634,5 +634,115 @@ async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
         "edits are acknowledged soon after healing: {acked_after:?}"
     );
     assert_eq!(status_after, Some(200), "{body_after}");
+    hub.shutdown().await;
+}
+
+/// A store hang seen by an editor and a read-only viewer on the same flow, neither of
+/// which reconnects by hand: the editor's edit gets a retryable error, neither session
+/// is ever closed (no 1008: retryable server errors are not abuse), the clients
+/// resubscribe by themselves once the flow actor closes ("subscribe again"), and after
+/// the store heals the editor's next edit is acknowledged on the same session and the
+/// viewer — which never sent a frame — is back in sync with it and with the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_hang_closes_no_session_and_every_subscriber_resyncs() {
+    init_logs();
+    let db = fresh_postgres_database().await;
+    let proxy = BlackHoleProxy::start("127.0.0.1:5432").await;
+    let proxied = db.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_config(&proxied, None, "solo".into(), dir.path()))
+        .await
+        .expect("hub starts");
+    let flow_id = uniq("outage");
+    let editor = Client::connect(
+        &hub.ws_url(),
+        &token("ed", &[(flow_id.as_str(), Role::Editor)]),
+    )
+    .await
+    .unwrap();
+    let viewer = Client::connect(
+        &hub.ws_url(),
+        &token("vi", &[(flow_id.as_str(), Role::Viewer)]),
+    )
+    .await
+    .unwrap();
+    let ed_flow = editor.subscribe(&flow_id).await.unwrap();
+    let vi_flow = viewer.subscribe(&flow_id).await.unwrap();
+    let t = add_one(&ed_flow, "before").await.unwrap();
+    ed_flow
+        .wait_acked(&t, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    // The database hangs for ~10 s: longer than the append (5 s) and reload (2 s)
+    // timeouts, so the flow actor closes and both clients are told to subscribe again.
+    proxy.black_hole(true);
+    let t = add_one(&ed_flow, "during").await.unwrap();
+    let during = ed_flow.wait_acked(&t, Duration::from_secs(15)).await;
+    println!("edit during the hang: {during:?}");
+    assert!(
+        matches!(
+            during,
+            Err(ClientError::Rejected {
+                code: flowhub_protocol::ErrorCode::Internal,
+                ..
+            })
+        ),
+        "a retryable refusal, not a hang or a close: {during:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.black_hole(false);
+    let healed = Instant::now();
+
+    // The editor keeps its session: the next edit is acknowledged on it.
+    let mut acked = None;
+    while healed.elapsed() < Duration::from_secs(30) {
+        let t = add_one(&ed_flow, "after").await.unwrap();
+        if ed_flow.wait_acked(&t, Duration::from_secs(5)).await.is_ok() {
+            acked = Some(healed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("first ack on the same session {acked:?} after healing");
+    assert!(
+        acked.is_some(),
+        "the editor's session never acknowledged again"
+    );
+    // The viewer, who sent nothing, converges on the editor's flow.
+    let synced = vi_flow
+        .wait_until(
+            |s| s.nodes.values().any(|n| n.label == "after"),
+            Duration::from_secs(30),
+        )
+        .await;
+    println!("viewer back in sync {:?} after healing", healed.elapsed());
+    assert!(
+        synced.is_ok(),
+        "the read-only viewer never got the edits after the outage"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || vi_flow.to_json()
+            == ed_flow.to_json())
+        .await,
+        "viewer and editor differ after the outage"
+    );
+    let mut stored = fetch_flow(
+        &hub.ws_url(),
+        &flow_id,
+        &token("ed", &[(flow_id.as_str(), Role::Editor)]),
+    )
+    .await
+    .unwrap();
+    stored.as_object_mut().unwrap().remove("id");
+    assert_eq!(
+        stored,
+        ed_flow.to_json(),
+        "the store holds what the clients show"
+    );
+    for (who, client) in [("editor", &editor), ("viewer", &viewer)] {
+        assert_eq!(client.close_reason(), None, "the {who} was closed");
+        assert!(!client.is_closed(), "the {who} was closed");
+    }
     hub.shutdown().await;
 }
