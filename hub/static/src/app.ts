@@ -4,7 +4,8 @@
 // hub serves it without an npm step. Plain DOM and SVG, no framework.
 //
 // URL: `/?flow=demo&token=<JWT>`; without a token, `/?name=Alice` (or a prompt) asks
-// the hub's development endpoint for an editor token (embedded default only).
+// the hub's development endpoint for an editor token (only on a hub started with
+// `flowhub demo` / `--demo`).
 
 import { initializeWasm } from "@automerge/automerge"
 import {
@@ -117,7 +118,7 @@ async function obtainToken(flowId: string): Promise<string> {
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name, flow: flowId }),
   })
-  if (!r.ok) throw new Error(`no token: the dev endpoint answered ${r.status} (it only exists on the embedded default; pass ?token=)`)
+  if (!r.ok) throw new Error(`no token: the dev endpoint answered ${r.status} (it only exists on a hub started with "flowhub demo"; otherwise pass ?token=)`)
   const { token } = (await r.json()) as { token: string }
   params.delete("name")
   params.set("flow", flowId)
