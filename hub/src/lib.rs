@@ -16,12 +16,14 @@
 //! - [`redis_bus`]: the `Bus` on Redis pub/sub (sharded on a Redis Cluster).
 //! - [`sql_store`]: the `Store` on PostgreSQL or SQLite through sqlx, with group commit.
 //! - [`error`]: [`AppError`](error::AppError), the JSON error body at the HTTP edge.
+//! - [`failpoint`]: a test-only switch that aborts the process between a store commit and its ack.
 
 pub mod auth;
 pub mod automerge_repo;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod failpoint;
 pub mod http;
 pub mod membership;
 pub mod redis_bus;

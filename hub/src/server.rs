@@ -81,7 +81,7 @@ impl Hub {
             std::fs::create_dir_all(&config.data_dir).map_err(StartError::Secret)?;
         }
         let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
-        let store: Arc<dyn Store> = sql.clone();
+        let store: Arc<dyn Store> = crate::failpoint::wrap(sql.clone());
         let redis = match &config.redis_url {
             Some(url) => Some(RedisBus::connect(url).await?),
             None => None,
