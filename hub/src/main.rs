@@ -239,16 +239,22 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // automerge's INFO spans are per operation (see vendor/README.md); ractor's
-            // add an `Actor{id}` span per actor: both cost per edit or per session
-            // and say nothing our own spans do not.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sqlx=warn,automerge=warn,ractor=warn")
-            }),
-        )
-        .init();
+    // automerge's INFO spans are per operation (see vendor/README.md); ractor's add an
+    // `Actor{id}` span per actor: both cost per edit or per session and say nothing
+    // our own spans do not.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,automerge=warn,ractor=warn")
+    });
+    // Colour only for a person at a terminal: a log file or a shipper gets plain text
+    // (or JSON lines with FLOWHUB_LOG_FORMAT=json), never escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match std::env::var("FLOWHUB_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        _ => logs.init(),
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
