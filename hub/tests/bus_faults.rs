@@ -495,6 +495,18 @@ async fn forward(
     }
 }
 
+/// One hub on a fresh PostgreSQL database reached through a [`BlackHoleProxy`].
+async fn hub_behind_proxy() -> (BlackHoleProxy, Hub, tempfile::TempDir) {
+    let db = fresh_postgres_database().await;
+    let proxy = BlackHoleProxy::start("127.0.0.1:5432").await;
+    let proxied = db.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_config(&proxied, None, "solo".into(), dir.path()))
+        .await
+        .expect("hub starts");
+    (proxy, hub, dir)
+}
+
 async fn add_one(flow: &FlowHandle, name: &str) -> Result<flowhub_client::EditTicket, ClientError> {
     flow.edit(|d| d.add_node(NewNode::new("action", name, Position { x: 0.0, y: 0.0 })))
         .await
@@ -513,13 +525,7 @@ async fn add_one(flow: &FlowHandle, name: &str) -> Result<flowhub_client::EditTi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
     init_logs();
-    let db = fresh_postgres_database().await;
-    let proxy = BlackHoleProxy::start("127.0.0.1:5432").await;
-    let proxied = db.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
-    let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(hub_config(&proxied, None, "solo".into(), dir.path()))
-        .await
-        .expect("hub starts");
+    let (proxy, hub, _dir) = hub_behind_proxy().await;
     let flow_id = uniq("hang");
     let client = Client::connect(
         &hub.ws_url(),
@@ -646,13 +652,7 @@ async fn a_hung_database_fails_appends_in_bounded_time_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_hang_closes_no_session_and_every_subscriber_resyncs() {
     init_logs();
-    let db = fresh_postgres_database().await;
-    let proxy = BlackHoleProxy::start("127.0.0.1:5432").await;
-    let proxied = db.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
-    let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(hub_config(&proxied, None, "solo".into(), dir.path()))
-        .await
-        .expect("hub starts");
+    let (proxy, hub, _dir) = hub_behind_proxy().await;
     let flow_id = uniq("outage");
     let editor = Client::connect(
         &hub.ws_url(),
