@@ -533,3 +533,67 @@ impl Drop for PrivateRedisCluster {
         }
     }
 }
+
+/// CBOR of a map with text keys, as the automerge-repo protocol frames messages.
+pub fn cbor(fields: Vec<(&str, ciborium::Value)>) -> Vec<u8> {
+    let map = ciborium::Value::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (ciborium::Value::Text(k.into()), v))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(&map, &mut out).unwrap();
+    out
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `/v1/automerge-repo` as a stock Repo does: `join`, then a sync
+/// `request` for the flow from an empty document (which joins the flow).
+pub async fn open_repo_peer(base: &str, token: &str, peer: &str, flow_id: &str) -> Ws {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{base}/v1/automerge-repo?token={token}"))
+            .await
+            .expect("connect");
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::Binary(
+            cbor(vec![
+                ("type", ciborium::Value::Text("join".into())),
+                ("senderId", ciborium::Value::Text(peer.into())),
+                ("peerMetadata", ciborium::Value::Map(vec![])),
+                (
+                    "supportedProtocolVersions",
+                    ciborium::Value::Array(vec![ciborium::Value::Text("1".into())]),
+                ),
+            ])
+            .into(),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut doc = flowhub_crdt::FlowDoc::new();
+    let mut sync = flowhub_crdt::SyncState::new();
+    let data = doc.generate_sync_message(&mut sync).unwrap();
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::Binary(
+            cbor(vec![
+                ("type", ciborium::Value::Text("request".into())),
+                ("senderId", ciborium::Value::Text(peer.into())),
+                ("targetId", ciborium::Value::Text("hub".into())),
+                (
+                    "documentId",
+                    ciborium::Value::Text(flowhub::automerge_repo::flow_document_id(flow_id)),
+                ),
+                ("data", ciborium::Value::Bytes(data)),
+            ])
+            .into(),
+        ),
+    )
+    .await
+    .unwrap();
+    ws
+}
