@@ -235,8 +235,16 @@ pub async fn upgrade(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let claims = authenticate(&state, &headers, &query).await?;
-    Ok(crate::ws::size_buffers(ws, state.config.hard_frame_bytes)
-        .on_upgrade(move |socket| run(socket, state, Identity::from(&claims))))
+    // Admitted before upgrading: a full node answers 503, never a dead socket.
+    let permit = state.admit_connection()?;
+    Ok(
+        crate::ws::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(
+            move |socket| async move {
+                run(socket, state, Identity::from(&claims)).await;
+                drop(permit);
+            },
+        ),
+    )
 }
 
 /// What the reader and the writer share: the peer ids once the handshake is done.

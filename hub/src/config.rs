@@ -65,6 +65,10 @@ pub struct HubConfig {
     /// lets one stalled socket pin megabytes). Linux doubles the value for its own
     /// bookkeeping.
     pub socket_send_buffer: usize,
+    /// Long-lived connections (WebSocket sessions on both endpoints, SSE streams) this
+    /// node accepts at once; beyond it an upgrade gets 503 at once, before any work,
+    /// instead of the node running out of file descriptors or memory.
+    pub max_connections: usize,
     /// The demo's development endpoints (`/v1/dev/token`, `/v1/dev/simulate-run`):
     /// anonymous editor tokens. Only when the operator asks (`--demo`), never inferred.
     pub demo: bool,
@@ -98,6 +102,7 @@ impl Default for HubConfig {
             drain_timeout: Duration::from_secs(10),
             write_stall_timeout: Duration::from_secs(5),
             socket_send_buffer: 64 * 1024,
+            max_connections: 50_000,
             demo: false,
             demo_allow_remote: false,
         }

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// SO_SNDBUF of each connection in bytes (0: the kernel's autotuning).
     #[arg(long, env = "FLOWHUB_SOCKET_SEND_BUFFER", default_value_t = 64 * 1024)]
     socket_send_buffer: usize,
+    /// Long-lived connections (WebSockets, SSE) this node accepts at once; beyond it
+    /// new ones get 503.
+    #[arg(long, env = "FLOWHUB_MAX_CONNECTIONS", default_value_t = 50_000)]
+    max_connections: usize,
     /// Turn on the demo's development endpoints (`/v1/dev/token` mints anonymous
     /// editor tokens): for trying flowhub on your own machine, never a deployment.
     #[arg(long, env = "FLOWHUB_DEMO", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -165,6 +169,7 @@ fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         write_stall_timeout: Duration::from_secs(args.write_stall_timeout.max(1)),
         socket_send_buffer: args.socket_send_buffer,
+        max_connections: args.max_connections,
         demo: args.demo,
         demo_allow_remote: args.demo_allow_remote,
         ..defaults

@@ -254,6 +254,7 @@ pub async fn stream(
         None => param(&params, "since_seq")?.unwrap_or(0),
     };
     let flow_id = readable_run(&state, &claims, &run_id).await?.flow_id;
+    let permit = state.admit_connection()?;
     let (out, rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
     let watcher_id = format!("sse-{}", uuid::Uuid::new_v4().simple());
     let mut feed = SseFeed {
@@ -264,6 +265,7 @@ pub async fn stream(
         flow_id,
         watcher_id,
         draining: state.draining.clone(),
+        _permit: permit,
         position: since,
         final_seq: None,
         ended: false,
@@ -290,6 +292,8 @@ struct SseFeed {
     flow_id: String,
     watcher_id: String,
     draining: watch::Receiver<bool>,
+    /// This stream's place under the node's connection limit.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     /// The last sequence number this stream delivered (or the client had).
     position: u64,
     /// The last sequence of a finished run: once delivered, the stream ends instead

@@ -39,6 +39,24 @@ pub struct AppState {
     pub membership: Option<Membership>,
     /// Flips to `true` when the node starts draining.
     pub draining: watch::Receiver<bool>,
+    /// One permit per open long-lived connection (`HubConfig::max_connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// A permit for one more long-lived connection, held for its whole life; 503 when
+    /// the node is full (the client should try another node).
+    pub fn admit_connection(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::AppError> {
+        self.connections.clone().try_acquire_owned().map_err(|_| {
+            crate::error::AppError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                flowhub_protocol::ErrorCode::RateLimited,
+                "connection limit reached on this node; connect to another node",
+            )
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +195,7 @@ impl Hub {
                     .run(registry.clone(), metrics.clone(), draining.clone()),
             );
         }
+        let max_connections = config.max_connections.max(1);
         let state = AppState {
             redis,
             membership,
@@ -189,6 +208,7 @@ impl Hub {
             metrics,
             node_id: node_id.clone(),
             draining: draining.clone(),
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         };
         let app = router(state.clone());
         let mut stop = draining;

@@ -48,8 +48,17 @@ pub async fn upgrade(
 ) -> Result<Response, AppError> {
     // Refuse before upgrading: a bad token is a plain 401, never a WebSocket.
     let claims = authenticate(&state, &headers, &query).await?;
-    Ok(size_buffers(ws, state.config.hard_frame_bytes)
-        .on_upgrade(move |socket| run(socket, state, Identity::from(&claims))))
+    // Admitted before upgrading: a full node answers 503, never a dead socket.
+    let permit = state.admit_connection()?;
+    Ok(
+        size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(move |socket| {
+            let session = run(socket, state, Identity::from(&claims));
+            async move {
+                session.await;
+                drop(permit);
+            }
+        }),
+    )
 }
 
 /// The socket buffers and frame limits every WebSocket endpoint uses (see

@@ -320,3 +320,44 @@ async fn frames_after_a_revocation_are_forbidden_and_not_abuse() {
     );
     hub.shutdown().await;
 }
+
+/// A full node refuses a new long-lived connection with 503 and the JSON error body
+/// before upgrading, on both WebSocket endpoints, and takes one again once a place
+/// frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_answers_503_and_frees_a_place_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.max_connections = 2;
+    let hub = Hub::start(cfg).await.unwrap();
+    let tok = token("u", &[("f", Role::Editor)]);
+    let first = RawClient::connect(&hub.ws_url(), &tok).await;
+    let _second = RawClient::connect(&hub.ws_url(), &tok).await;
+    for path in ["/v1/ws", "/v1/automerge-repo"] {
+        let refused =
+            tokio_tungstenite::connect_async(format!("{}{path}?token={tok}", hub.ws_url())).await;
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503, "{path}");
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            }
+            other => panic!("{path}: a third connection was not refused: {other:?}"),
+        }
+    }
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..100 {
+        if tokio_tungstenite::connect_async(format!("{}/v1/ws?token={tok}", hub.ws_url()))
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "a closed connection never gave its place back");
+    hub.shutdown().await;
+}
