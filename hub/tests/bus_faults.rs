@@ -205,22 +205,6 @@ async fn readyz(addr: std::net::SocketAddr) -> (Option<u16>, String, Duration) {
     }
 }
 
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 /// How Redis fails in [`redis_outage`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outage {
@@ -389,8 +373,8 @@ async fn redis_outage(outage: Outage) {
         .count();
     let (mut dropped, mut repairs) = (0.0, 0.0);
     for hub in &hubs {
-        dropped += metric(hub.addr(), "flowhub_bus_publish_dropped_total").await;
-        repairs += metric(hub.addr(), "flowhub_antientropy_repairs_total").await;
+        dropped += hub.metric("flowhub_bus_publish_dropped_total").await;
+        repairs += hub.metric("flowhub_antientropy_repairs_total").await;
     }
     let (failed, back) = match outage {
         Outage::Stall => ("SIGSTOP", "SIGCONT"),

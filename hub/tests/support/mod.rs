@@ -179,7 +179,9 @@ impl HubProcess {
             .unwrap();
         body.lines()
             .find_map(|l| {
+                // The name whole: `flowhub_x` must not match `flowhub_x_total`.
                 l.strip_prefix(name)
+                    .filter(|rest| rest.starts_with(' '))
                     .and_then(|rest| rest.trim().parse().ok())
             })
             .unwrap_or(0.0)
