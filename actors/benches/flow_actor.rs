@@ -1,13 +1,16 @@
-//! The flow actor's hot path: apply one sync message carrying one typed edit, store
-//! it, acknowledge it and fan it out to 100 local peers (and, for reference, to one).
+//! The flow actor's hot path: apply one typed edit, store it, acknowledge it and fan
+//! it out to 100 local peers (and, for reference, to one), in both modes: `sync` (the
+//! edit arrives in a sync message and every peer gets its own sync round) and
+//! `stream` (peers subscribed with `stream`: the edit arrives as a change frame and
+//! the peers, all current, get one shared change frame).
 //!
 //! Setup: a `FlowRegistry` on `MemoryStore` and `MemoryBus`, one flow actor, one
 //! editor and 100 peers joined with `Outbound::new` (as in `tests/registry.rs`), all
 //! caught up through the sync protocol.
 //!
-//! Measured (`iter_custom`): from handing the actor the editor's sync message
-//! (`FlowMsg::Sync`) until every one of the 100 peers' outbound queues holds the
-//! sync frame with the change. Not measured: the peers then apply the frame and
+//! Measured (`iter_custom`): from handing the actor the editor's message
+//! (`FlowMsg::Sync` or `FlowMsg::Changes`) until every one of the peers' outbound
+//! queues holds the frame with the change. Not measured: the peers then apply the frame and
 //! answer (as real clients do), so that every iteration starts from the same steady
 //! state, in which the actor's sync state for each peer knows what it has.
 
@@ -20,8 +23,8 @@ use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::MemoryStore;
-use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
-use flowhub_protocol::{Role, SyncFrame};
+use flowhub_crdt::{FlowDoc, HubLink, NewNode, Outgoing, Position};
+use flowhub_protocol::{FrameKind, Role, SyncFrame};
 use ractor::ActorRef;
 use tokio::sync::Mutex;
 
@@ -33,7 +36,7 @@ struct Peer {
     id: String,
     rx: OutboundRx,
     doc: FlowDoc,
-    sync: SyncState,
+    link: HubLink,
 }
 
 struct Bench {
@@ -44,7 +47,13 @@ struct Bench {
     _registry: FlowRegistry,
 }
 
-async fn join(actor: &ActorRef<FlowMsg>, id: &str, role: Role, metrics: &Arc<Metrics>) -> Peer {
+async fn join(
+    actor: &ActorRef<FlowMsg>,
+    id: &str,
+    role: Role,
+    metrics: &Arc<Metrics>,
+    stream: bool,
+) -> Peer {
     let (out, rx) = Outbound::new(4096, metrics.clone());
     ractor::call!(actor, |reply| FlowMsg::Join {
         session_id: id.into(),
@@ -55,37 +64,65 @@ async fn join(actor: &ActorRef<FlowMsg>, id: &str, role: Role, metrics: &Arc<Met
         out,
         request_id: None,
         pending: Vec::new(),
+        stream,
         reply
     })
     .expect("join");
+    let mut link = HubLink::new();
+    link.set_streaming(stream);
+    // An empty replica has nothing of its own the hub could lack.
+    link.set_caught_up();
     Peer {
         id: id.into(),
         rx,
         doc: FlowDoc::new(),
-        sync: SyncState::new(),
+        link,
     }
+}
+
+/// Applies one frame from the actor; returns the replies.
+fn apply(peer: &mut Peer, frame: OutFrame) -> Vec<Outgoing> {
+    let bytes: Vec<u8> = match frame {
+        OutFrame::Binary(bytes) => bytes,
+        OutFrame::SharedBinary(bytes) => bytes.to_vec(),
+        OutFrame::Text(_) => return Vec::new(),
+    };
+    let frame = SyncFrame::decode(&bytes).expect("binary frame");
+    let (_, replies) = match frame.kind {
+        FrameKind::FlowSync => peer.link.receive_sync(&mut peer.doc, &frame.payload),
+        FrameKind::FlowChanges => peer.link.receive_changes(&mut peer.doc, &frame.payload),
+    }
+    .expect("apply");
+    replies
+}
+
+async fn send(actor: &ActorRef<FlowMsg>, id: &str, out: Outgoing) {
+    ractor::call!(actor, |reply| match out {
+        Outgoing::Sync(payload) => FlowMsg::Sync {
+            session_id: id.into(),
+            payload,
+            reply,
+        },
+        Outgoing::Changes(payload) => FlowMsg::Changes {
+            session_id: id.into(),
+            payload,
+            reply,
+        },
+    })
+    .expect("send");
 }
 
 /// Applies every queued sync frame and sends the answers; returns whether anything
 /// was sent to the actor.
 async fn pump(actor: &ActorRef<FlowMsg>, peer: &mut Peer) -> bool {
-    let mut sent = false;
+    let mut replies = Vec::new();
     while let Ok(frame) = peer.rx.frames.try_recv() {
-        if let OutFrame::Binary(bytes) = frame {
-            let frame = SyncFrame::decode(&bytes).expect("sync frame");
-            peer.doc
-                .receive_sync_message(&mut peer.sync, &frame.payload)
-                .expect("apply");
-        }
+        replies.extend(apply(peer, frame));
     }
-    while let Some(msg) = peer.doc.generate_sync_message(&mut peer.sync) {
-        ractor::call!(actor, |reply| FlowMsg::Sync {
-            session_id: peer.id.clone(),
-            payload: msg,
-            reply
-        })
-        .expect("sync");
-        sent = true;
+    replies.extend(peer.link.sync_messages(&mut peer.doc));
+    let sent = !replies.is_empty();
+    for out in replies {
+        send(actor, &peer.id, out).await;
     }
     sent
 }
@@ -109,7 +146,7 @@ async fn settle(b: &mut Bench) {
     }
 }
 
-async fn setup(peer_count: usize) -> Bench {
+async fn setup(peer_count: usize, stream: bool) -> Bench {
     let metrics = Arc::new(Metrics::default());
     let registry = FlowRegistry::new(Arc::new(FlowDeps {
         store: Arc::new(MemoryStore::new()),
@@ -122,10 +159,10 @@ async fn setup(peer_count: usize) -> Bench {
         },
     }));
     let actor = registry.get_or_spawn(FLOW).await.expect("flow actor");
-    let mut editor = join(&actor, "editor", Role::Editor, &metrics).await;
+    let mut editor = join(&actor, "editor", Role::Editor, &metrics, stream).await;
     let mut peers = Vec::with_capacity(peer_count);
     for i in 0..peer_count {
-        peers.push(join(&actor, &format!("peer-{i}"), Role::Editor, &metrics).await);
+        peers.push(join(&actor, &format!("peer-{i}"), Role::Editor, &metrics, stream).await);
     }
     editor
         .doc
@@ -149,42 +186,44 @@ async fn setup(peer_count: usize) -> Bench {
 /// One measured edit: the time until all peers' queues hold the change.
 async fn one_edit(b: &mut Bench) -> Duration {
     b.seq += 1;
+    let before = b.editor.doc.heads();
     b.editor
         .doc
         .move_node("n", Position::new(b.seq as f64, 0.0))
         .expect("move");
-    let msg = b
+    let new: Vec<Vec<u8>> = b
         .editor
         .doc
-        .generate_sync_message(&mut b.editor.sync)
-        .expect("a sync message with the edit");
+        .changes_since(&before)
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    let mut outgoing = b.editor.link.after_local_edit(&mut b.editor.doc, &new);
+    assert_eq!(outgoing.len(), 1, "one message carries the edit");
+    let out = outgoing.pop().expect("a message with the edit");
     let started = Instant::now();
-    ractor::call!(b.actor, |reply| FlowMsg::Sync {
-        session_id: "editor".into(),
-        payload: msg,
-        reply
-    })
-    .expect("sync");
+    send(&b.actor, "editor", out).await;
     let mut received = Vec::with_capacity(b.peers.len());
     for p in &mut b.peers {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), p.rx.frames.recv()).await {
-                Ok(Some(OutFrame::Binary(bytes))) => {
-                    received.push(bytes);
+                Ok(Some(OutFrame::Text(_))) => {}
+                Ok(Some(frame)) => {
+                    received.push(frame);
                     break;
                 }
-                Ok(Some(OutFrame::Text(_))) => {}
-                Ok(None) | Err(_) => panic!("peer {} got no sync frame", p.id),
+                Ok(None) | Err(_) => panic!("peer {} got no frame", p.id),
             }
         }
     }
     let elapsed = started.elapsed();
-    // Untimed: the peers apply the frame and answer, as clients do.
-    for (p, bytes) in b.peers.iter_mut().zip(received) {
-        let frame = SyncFrame::decode(&bytes).expect("sync frame");
-        p.doc
-            .receive_sync_message(&mut p.sync, &frame.payload)
-            .expect("apply");
+    // Untimed: the peers apply the frame and answer (if the protocol wants an
+    // answer), as clients do.
+    for (p, frame) in b.peers.iter_mut().zip(received) {
+        let replies = apply(p, frame);
+        for out in replies {
+            send(&b.actor, &p.id, out).await;
+        }
     }
     settle(b).await;
     elapsed
@@ -200,9 +239,13 @@ fn fan_out(c: &mut Criterion) {
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(1));
-    for peers in PEER_COUNTS {
-        let bench = Arc::new(Mutex::new(runtime.block_on(setup(peers))));
-        group.bench_function(format!("sync_one_edit_fan_out_{peers}_peers"), |b| {
+    for (peers, stream) in PEER_COUNTS
+        .into_iter()
+        .flat_map(|n| [(n, false), (n, true)])
+    {
+        let bench = Arc::new(Mutex::new(runtime.block_on(setup(peers, stream))));
+        let mode = if stream { "stream" } else { "sync" };
+        group.bench_function(format!("{mode}_one_edit_fan_out_{peers}_peers"), |b| {
             b.to_async(&runtime).iter_custom(|iters| {
                 let bench = bench.clone();
                 async move {

@@ -14,6 +14,11 @@ pub struct Metrics {
     pub queue_drops: AtomicU64,
     /// Peers resynced from scratch after their queue overflowed or an edit was refused.
     pub resyncs: AtomicU64,
+    /// Change frames queued to streaming peers (one per peer and batch of changes).
+    pub frames_streamed: AtomicU64,
+    /// Change frames from peers that depended on changes the hub lacked: the peer was
+    /// put back on the sync protocol.
+    pub stream_fallbacks: AtomicU64,
     pub sessions_closed_slow: AtomicU64,
     pub edits_applied: AtomicU64,
     pub edits_refused: AtomicU64,
@@ -85,6 +90,18 @@ impl Metrics {
             "counter",
             "Peers resynced from the flow actor's state.",
             c(&self.resyncs).to_string(),
+        );
+        line(
+            "frames_streamed_total",
+            "counter",
+            "Change frames queued to streaming peers instead of a per-peer sync round.",
+            c(&self.frames_streamed).to_string(),
+        );
+        line(
+            "stream_fallbacks_total",
+            "counter",
+            "Change frames that lacked dependencies; the peer was synced instead.",
+            c(&self.stream_fallbacks).to_string(),
         );
         line(
             "sessions_closed_slow_total",

@@ -96,6 +96,7 @@ async fn join(reg: &FlowRegistry, id: &str, role: Role) -> OutboundRx {
         out,
         request_id: None,
         pending: Vec::new(),
+        stream: false,
         reply
     })
     .unwrap();
@@ -164,6 +165,7 @@ async fn a_store_outage_closes_the_flow_visibly_and_it_reopens_after() {
                     break code;
                 }
             }
+            OutFrame::SharedBinary(_) => unreachable!("joined without stream"),
         }
     };
     assert_eq!(code, ErrorCode::Internal);

@@ -59,6 +59,7 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
         out: out.clone(),
         request_id: None,
         pending: Vec::new(),
+        stream: false,
         reply
     })
     .unwrap();
@@ -93,6 +94,9 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
                 break
             }
             flowhub_actors::session::OutFrame::Text(_) => {}
+            flowhub_actors::session::OutFrame::SharedBinary(_) => {
+                unreachable!("joined without stream")
+            }
         }
     }
     actor

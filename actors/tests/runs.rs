@@ -84,7 +84,7 @@ fn logs(range: std::ops::RangeInclusive<u64>) -> Vec<RunEventInput> {
 fn decode(frame: OutFrame) -> ServerMessage {
     match frame {
         OutFrame::Text(t) => serde_json::from_str(&t).expect("server message"),
-        OutFrame::Binary(_) => panic!("unexpected binary frame"),
+        OutFrame::Binary(_) | OutFrame::SharedBinary(_) => panic!("unexpected binary frame"),
     }
 }
 

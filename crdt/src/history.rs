@@ -140,7 +140,14 @@ impl FlowDoc {
     /// [`FlowDoc::missing_deps`]). No schema validation: this is for trusted
     /// input such as the hub's own store or changes the hub already validated.
     pub fn apply_changes(&mut self, raw: &[Vec<u8>]) -> Result<Vec<StoredChange>> {
-        let parsed = parse_changes(raw)?;
+        self.apply_parsed_changes(parse_changes(raw)?)
+    }
+
+    /// [`FlowDoc::apply_changes`] after decoding.
+    pub(crate) fn apply_parsed_changes(
+        &mut self,
+        parsed: Vec<Change>,
+    ) -> Result<Vec<StoredChange>> {
         if parsed.iter().all(|c| self.has_change(&c.hash())) {
             return Ok(Vec::new());
         }

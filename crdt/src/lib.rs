@@ -75,6 +75,8 @@
 //! * `history` — save/load, heads and raw change exchange ([`StoredChange`]).
 //! * `chunks` — splitting raw Automerge chunk sequences found in sync messages.
 //! * `sync` — the sync protocol ([`SyncState`], [`Applied`]) and its validated hub variant.
+//! * `stream` — change streaming: the hub's [`PeerLink`] and a client's [`HubLink`],
+//!   which send new changes as they are to peers known to be current ([`Route`]).
 
 mod chunks;
 mod edit;
@@ -87,6 +89,7 @@ mod incremental;
 mod json;
 mod model;
 pub mod schema;
+mod stream;
 mod sync;
 mod tree;
 mod view;
@@ -99,4 +102,5 @@ pub use history::StoredChange;
 pub use json::MAX_CONFIG_DEPTH;
 pub use model::{Edge, Endpoint, FlowSnapshot, NewNode, Node, Position};
 pub use schema::SchemaError;
+pub use stream::{ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
 pub use sync::{Applied, SyncState};

@@ -183,6 +183,35 @@ impl FlowDoc {
         if !self.may_change(&incoming) {
             return self.apply_message(state, incoming, None);
         }
+        self.apply_validated(state, incoming)
+    }
+
+    /// Changes this document lacks, with all their dependencies present, applied and
+    /// validated as [`FlowDoc::receive_sync_message_validated`] does (the change
+    /// frame path of [`FlowDoc::receive_changes_validated`]).
+    pub(crate) fn apply_new_changes_validated(&mut self, new: Vec<Change>) -> Result<Applied> {
+        let bytes: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let incoming = Incoming {
+            // A message that carries only changes: no heads, needs or bloom filters,
+            // so receiving it into a throwaway state does nothing but apply them.
+            message: sync::Message {
+                heads: Vec::new(),
+                need: Vec::new(),
+                have: Vec::new(),
+                changes: bytes.into(),
+                flags: None,
+                version: sync::MessageVersion::V1,
+            },
+            changes: new.into_iter().map(|c| (c.hash(), c)).collect(),
+            containers: Vec::new(),
+        };
+        self.apply_validated(&mut SyncState::new(), incoming)
+    }
+
+    /// Applies a message that may change the document: in place, validating what it
+    /// touched, restoring the document on failure (see
+    /// [`FlowDoc::receive_sync_message_validated`] for the strategy).
+    fn apply_validated(&mut self, state: &mut SyncState, incoming: Incoming) -> Result<Applied> {
         let result = self.guarded(
             |this| {
                 let mut log = PatchLog::active();

@@ -531,6 +531,7 @@ impl Bridge {
                         out: self.out.clone(),
                         request_id: None,
                         pending: Vec::new(),
+                        stream: false,
                         reply,
                     },
                     None,
@@ -625,6 +626,9 @@ fn translate(frame: OutFrame, ctx: &WriterCtx, count: &mut u64) -> Translated {
             ])),
             Err(_) => Translated::Skip,
         },
+        // Change frames go only to sessions that subscribed with `stream`, which an
+        // automerge-repo peer never does: its document travels by the sync protocol.
+        OutFrame::SharedBinary(_) => Translated::Skip,
         OutFrame::Text(json) => {
             let Ok(msg) = serde_json::from_str::<ServerMessage>(&json) else {
                 return Translated::Skip;

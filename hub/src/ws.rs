@@ -326,6 +326,16 @@ fn to_message(frame: OutFrame) -> Message {
             Err(_) => unreachable!("an Arc<str> is UTF-8"),
         },
         OutFrame::Binary(b) => Message::Binary(b.into()),
+        OutFrame::SharedBinary(b) => Message::Binary(Bytes::from_owner(SharedBinary(b))),
+    }
+}
+
+/// Lets `Bytes` borrow a shared binary frame.
+struct SharedBinary(Arc<[u8]>);
+
+impl AsRef<[u8]> for SharedBinary {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

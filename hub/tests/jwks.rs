@@ -487,6 +487,7 @@ async fn a_token_without_the_roles_claim_is_an_identity_without_roles() {
         id: Some(1u64.into()),
         flow_id: "f".into(),
         pending: vec![],
+        stream: false,
     })
     .await;
     let answer = ws

@@ -220,6 +220,7 @@ pub async fn subscribe_flow(ws: &mut RawWs, flow_id: &str, deadline: Instant) ->
             id: Some(1.into()),
             flow_id: flow_id.to_owned(),
             pending: vec![],
+            stream: false,
         },
     )
     .await?;

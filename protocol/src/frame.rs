@@ -1,10 +1,13 @@
 //! Binary frames: an Automerge sync message behind a small header.
 //!
 //! ```text
-//! byte 0        kind (0x01 = flow sync)
+//! byte 0        kind (0x01 = flow sync, 0x02 = flow changes)
 //! byte 1        L, length of the flow id in bytes (1..=128)
 //! bytes 2..2+L  flow id, ASCII [A-Za-z0-9_.:-]
-//! bytes 2+L..   payload: one Automerge sync message, as `automerge::sync::Message::encode`
+//! bytes 2+L..   payload: for 0x01 one Automerge sync message, as
+//!               `automerge::sync::Message::encode`; for 0x02 one or more Automerge
+//!               change chunks, concatenated, in causal order (what
+//!               `load_incremental` / `Automerge.loadIncremental` take)
 //! ```
 //! The header is tiny and fixed so that a hub can route a frame without parsing the
 //! payload, and a client in any language can build one with a few lines of code.
@@ -17,12 +20,16 @@ use crate::{validate_flow_id, ProtocolError};
 pub enum FrameKind {
     /// An Automerge sync message for one flow, in either direction.
     FlowSync = 0x01,
+    /// New Automerge changes of one flow, for a peer that subscribed with `stream`
+    /// (either direction): no sync protocol around them.
+    FlowChanges = 0x02,
 }
 
 impl FrameKind {
     fn from_byte(b: u8) -> Result<Self, ProtocolError> {
         match b {
             0x01 => Ok(FrameKind::FlowSync),
+            0x02 => Ok(FrameKind::FlowChanges),
             other => Err(ProtocolError::UnknownFrameKind(other)),
         }
     }
@@ -45,9 +52,17 @@ impl SyncFrame {
         }
     }
 
+    pub fn flow_changes(flow_id: impl Into<String>, payload: Vec<u8>) -> Self {
+        SyncFrame {
+            kind: FrameKind::FlowChanges,
+            flow_id: flow_id.into(),
+            payload,
+        }
+    }
+
     /// Encodes header and payload into one buffer.
     pub fn encode(&self) -> Vec<u8> {
-        encode_flow_sync(&self.flow_id, &self.payload)
+        encode_frame(self.kind, &self.flow_id, &self.payload)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
@@ -78,11 +93,34 @@ impl SyncFrame {
 /// The caller guarantees `flow_id` is valid (see [`validate_flow_id`]); the hub only
 /// encodes ids it has validated on subscribe.
 pub fn encode_flow_sync(flow_id: &str, payload: &[u8]) -> Vec<u8> {
+    encode_frame(FrameKind::FlowSync, flow_id, payload)
+}
+
+/// Builds a flow changes frame (kind `0x02`) from change chunks, concatenating them
+/// straight into the frame buffer (one allocation, however many changes).
+pub fn encode_flow_changes<'a>(
+    flow_id: &str,
+    changes: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<u8> {
+    let mut out = header(FrameKind::FlowChanges, flow_id, 0);
+    for change in changes {
+        out.extend_from_slice(change);
+    }
+    out
+}
+
+/// Builds a frame of any kind; the same contract on `flow_id` as [`encode_flow_sync`].
+pub fn encode_frame(kind: FrameKind, flow_id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = header(kind, flow_id, payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn header(kind: FrameKind, flow_id: &str, payload_len: usize) -> Vec<u8> {
     debug_assert!(flow_id.len() <= crate::MAX_FLOW_ID_LEN);
-    let mut out = Vec::with_capacity(2 + flow_id.len() + payload.len());
-    out.push(FrameKind::FlowSync as u8);
+    let mut out = Vec::with_capacity(2 + flow_id.len() + payload_len);
+    out.push(kind as u8);
     out.push(flow_id.len() as u8);
     out.extend_from_slice(flow_id.as_bytes());
-    out.extend_from_slice(payload);
     out
 }

@@ -71,6 +71,12 @@ pub enum ClientMessage {
         /// holds: the connection that stored them may have died before their ack.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pending: Vec<String>,
+        /// The client takes change frames (binary kind `0x02`): once the sync
+        /// protocol has brought it up to date, the hub sends new changes as they are,
+        /// encoded once for every such peer, instead of running the sync protocol per
+        /// peer and per edit. The client may send its own new changes the same way.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stream: bool,
     },
     /// Leave a flow; answered with `ack`.
     UnsubscribeFlow {
@@ -215,6 +221,9 @@ pub enum ServerMessage {
         flow_id: String,
         role: Role,
         heads: Vec<String>,
+        /// The hub agreed to `subscribe_flow.stream`: change frames may follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stream: bool,
     },
     /// Acknowledges a request (with `id`), or changes that the hub has made durable
     /// (with `flow_id` and `changes`, the hex hashes now in the store).

@@ -31,11 +31,13 @@ fn client_messages_roundtrip() {
         id: Some(RequestId::Str("a".into())),
         flow_id: "demo".into(),
         pending: vec![],
+        stream: false,
     });
     client_roundtrip(ClientMessage::SubscribeFlow {
         id: Some(2.into()),
         flow_id: "demo".into(),
         pending: vec!["9be1".repeat(16)],
+        stream: true,
     });
     client_roundtrip(ClientMessage::UnsubscribeFlow {
         id: Some(7.into()),
@@ -63,6 +65,7 @@ fn server_messages_roundtrip() {
         flow_id: "demo".into(),
         role: Role::Editor,
         heads: vec!["ab".repeat(32)],
+        stream: true,
     });
     server_roundtrip(ServerMessage::Ack {
         id: None,
@@ -126,6 +129,18 @@ fn sync_frames_roundtrip_and_reject_bad_headers() {
     let bytes = frame.encode();
     assert_eq!(&bytes[..6], &[0x01, 4, b'd', b'e', b'm', b'o']);
     assert_eq!(SyncFrame::decode(&bytes).unwrap(), frame);
+
+    // Change frames: the same header, kind 0x02, chunks concatenated.
+    let changes = flowhub_protocol::frame::encode_flow_changes("demo", [&[1u8, 2][..], &[3u8][..]]);
+    assert_eq!(&changes[..6], &[0x02, 4, b'd', b'e', b'm', b'o']);
+    assert_eq!(
+        SyncFrame::decode(&changes).unwrap(),
+        SyncFrame::flow_changes("demo", vec![1, 2, 3])
+    );
+    assert_eq!(
+        SyncFrame::flow_changes("demo", vec![1, 2, 3]).encode(),
+        changes
+    );
 
     assert_eq!(SyncFrame::decode(&[]), Err(ProtocolError::TruncatedFrame));
     assert_eq!(

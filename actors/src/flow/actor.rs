@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowhub_crdt::{ChangeHash, CrdtError, FlowDoc, SyncState};
+use flowhub_crdt::{ChangeHash, ChangesOutcome, CrdtError, FlowDoc, PeerLink, Route, StoredChange};
+use flowhub_protocol::frame::encode_flow_changes;
 use flowhub_protocol::{Cursor, ErrorCode, RequestId, Role, ServerMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -100,6 +101,8 @@ pub enum FlowMsg {
         /// The session's edits not acknowledged yet (`subscribe_flow.pending`): those
         /// the document holds are acked right after `flow_state`.
         pending: Vec<ChangeHash>,
+        /// The session takes change frames (`subscribe_flow.stream`).
+        stream: bool,
         reply: RpcReplyPort<()>,
     },
     Leave {
@@ -136,6 +139,13 @@ pub enum FlowMsg {
         payload: Vec<u8>,
         reply: RpcReplyPort<bool>,
     },
+    /// A change frame from a session that subscribed with `stream`: its new changes,
+    /// without the sync protocol. Handled and answered like [`FlowMsg::Sync`].
+    Changes {
+        session_id: String,
+        payload: Vec<u8>,
+        reply: RpcReplyPort<bool>,
+    },
     /// A message from another node, via the bus.
     Bus(Vec<u8>),
     Tick,
@@ -157,7 +167,8 @@ struct Peer {
     out: Outbound,
     /// A presence diff was dropped; send the full state when the queue drains.
     presence_stale: bool,
-    sync: SyncState,
+    /// Sync state and streaming (see `flowhub_crdt::stream`).
+    link: PeerLink,
     /// A sync frame was dropped because the queue was full; resync when it drains.
     lagging: bool,
 }
@@ -299,10 +310,12 @@ impl Actor for FlowActor {
                     out,
                     request_id,
                     pending,
+                    stream,
                     reply,
                 } => {
                     state.join(
                         session_id, user_id, name, token_role, role, out, request_id, &pending,
+                        stream,
                     );
                     state.arm_presence_flush(&myself);
                     let _ = reply.send(());
@@ -360,6 +373,19 @@ impl Actor for FlowActor {
                         return Ok(());
                     }
                     let result = state.on_sync(&session_id, &payload).await;
+                    let _ = reply.send(true);
+                    result?;
+                }
+                FlowMsg::Changes {
+                    session_id,
+                    payload,
+                    reply,
+                } => {
+                    if !state.peers.contains_key(&session_id) {
+                        let _ = reply.send(false);
+                        return Ok(());
+                    }
+                    let result = state.on_changes(&session_id, &payload).await;
                     let _ = reply.send(true);
                     result?;
                 }
@@ -458,6 +484,7 @@ impl FlowState {
         out: Outbound,
         request_id: Option<RequestId>,
         pending: &[ChangeHash],
+        stream: bool,
     ) {
         let heads = self.doc.heads_hex();
         out.send_control(&ServerMessage::FlowState {
@@ -465,6 +492,7 @@ impl FlowState {
             flow_id: self.flow_id.clone(),
             role,
             heads,
+            stream,
         });
         // The document only ever holds stored changes (an edit is applied, persisted,
         // and rolled back by a reload if persisting fails, all within one message), so
@@ -507,7 +535,7 @@ impl FlowState {
                 role,
                 out,
                 presence_stale: false,
-                sync: SyncState::new(),
+                link: PeerLink::new(stream),
                 lagging: false,
             },
         );
@@ -602,17 +630,85 @@ impl FlowState {
     }
 
     async fn on_sync(&mut self, session_id: &str, payload: &[u8]) -> Result<()> {
+        if !self.admit(session_id, payload, |doc| {
+            doc.sync_message_has_new_changes(payload)
+        }) {
+            return Ok(());
+        }
         let Some(peer) = self.peers.get_mut(session_id) else {
             return Ok(());
+        };
+        let before = self.doc.heads();
+        let applied = match self
+            .doc
+            .receive_sync_message_validated(peer.link.sync_state(), payload)
+        {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.refuse_invalid(session_id, e);
+                return Ok(());
+            }
+        };
+        if applied.changes.is_empty() {
+            // Only the author needs an answer to sync chatter without changes.
+            self.sync_peer(session_id);
+            return Ok(());
+        }
+        self.commit(session_id, before, applied.changes).await
+    }
+
+    /// A change frame: the peer's new changes, validated and committed like those of
+    /// a sync message. Changes that depend on something the hub lacks put the peer
+    /// back on the sync protocol, which finds and sends what is missing.
+    async fn on_changes(&mut self, session_id: &str, payload: &[u8]) -> Result<()> {
+        if !self.admit(session_id, payload, |doc| {
+            doc.change_frame_has_new_changes(payload)
+        }) {
+            return Ok(());
+        }
+        let before = self.doc.heads();
+        match self.doc.receive_changes_validated(payload) {
+            Ok(ChangesOutcome::Applied(applied)) if applied.changes.is_empty() => Ok(()),
+            Ok(ChangesOutcome::Applied(applied)) => {
+                self.commit(session_id, before, applied.changes).await
+            }
+            Ok(ChangesOutcome::MissingDeps(missing)) => {
+                debug!(
+                    session_id,
+                    missing = missing.len(),
+                    "change frame lacks dependencies; syncing the peer"
+                );
+                Metrics::inc(&self.deps.metrics.stream_fallbacks);
+                if let Some(peer) = self.peers.get_mut(session_id) {
+                    peer.link.reset();
+                }
+                self.sync_peer(session_id);
+                Ok(())
+            }
+            Err(e) => {
+                self.refuse_invalid(session_id, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// The checks before a peer's message may touch the document: its size, the
+    /// flow's size, and the peer's role. `has_new` says whether the message carries
+    /// changes the document lacks. Refuses and returns `false` when a check fails.
+    fn admit(
+        &mut self,
+        session_id: &str,
+        payload: &[u8],
+        mut has_new: impl FnMut(&mut FlowDoc) -> std::result::Result<bool, CrdtError>,
+    ) -> bool {
+        let Some(peer) = self.peers.get(session_id) else {
+            return false;
         };
         let role = peer.role;
         let limits = &self.deps.config;
         if payload.len() > limits.max_change_bytes
             || (self.doc_bytes + payload.len() > limits.max_doc_bytes
-                && self
-                    .doc
-                    .sync_message_has_new_changes(payload)
-                    .unwrap_or(true))
+                && has_new(&mut self.doc).unwrap_or(true))
         {
             let message = if payload.len() > limits.max_change_bytes {
                 format!(
@@ -627,85 +723,83 @@ impl FlowState {
                 )
             };
             self.refuse(session_id, ErrorCode::TooLarge, message);
-            return Ok(());
+            return false;
         }
         if !role.can_edit() {
-            match self.doc.sync_message_has_new_changes(payload) {
+            match has_new(&mut self.doc) {
                 Ok(false) => {}
                 Ok(true) => {
                     let message = format!("role {role:?} cannot edit this flow").to_lowercase();
                     self.refuse(session_id, ErrorCode::Forbidden, message);
-                    return Ok(());
+                    return false;
                 }
                 Err(e) => {
                     self.refuse(session_id, ErrorCode::BadRequest, e.to_string());
-                    return Ok(());
+                    return false;
                 }
             }
         }
-        let Some(peer) = self.peers.get_mut(session_id) else {
-            return Ok(());
-        };
-        let applied = match self
-            .doc
-            .receive_sync_message_validated(&mut peer.sync, payload)
-        {
-            Ok(applied) => applied,
-            Err(CrdtError::Schema(e)) => {
-                self.refuse(session_id, ErrorCode::SchemaViolation, e.to_string());
-                return Ok(());
+        true
+    }
+
+    fn refuse_invalid(&mut self, session_id: &str, e: CrdtError) {
+        match e {
+            CrdtError::Schema(e) => {
+                self.refuse(session_id, ErrorCode::SchemaViolation, e.to_string())
             }
-            Err(e) => {
-                self.refuse(session_id, ErrorCode::BadRequest, e.to_string());
-                return Ok(());
-            }
-        };
-        if !applied.changes.is_empty() {
-            let records: Vec<ChangeRecord> = applied
-                .changes
-                .iter()
-                .map(|c| ChangeRecord {
-                    hash: c.hash.to_string(),
-                    bytes: c.bytes.clone(),
-                })
-                .collect();
-            if let Err(e) = self.persist(&records).await {
-                warn!(error = %e, "store append failed; rolling the document back");
-                self.refuse(
-                    session_id,
-                    ErrorCode::Internal,
-                    "the store is unavailable; retry".into(),
-                );
-                // The document must not hold what the store does not: reload it.
-                let (doc, uncompacted, doc_bytes, versions) =
-                    load(&*self.deps.store, &self.flow_id).await?;
-                self.doc = doc;
-                self.uncompacted = uncompacted;
-                self.doc_bytes = doc_bytes;
-                self.versions_seen = versions;
-                self.own_appends = 0;
-                return Ok(());
-            }
-            Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
-            if let Some(peer) = self.peers.get(session_id) {
-                peer.out.send_control(&ServerMessage::Ack {
-                    id: None,
-                    flow_id: Some(self.flow_id.clone()),
-                    changes: records.iter().map(|r| r.hash.clone()).collect(),
-                });
-            }
-            // Local peers first: they should not wait for a round trip to Redis.
-            self.sync_all();
-            self.publish(FlowBusMessage::Changes {
-                origin: self.deps.node_id.clone(),
-                changes: records.into_iter().map(|r| r.bytes).collect(),
-            })
-            .await;
-            self.maybe_compact().await;
-        } else {
-            // Only the author needs an answer to sync chatter without changes.
-            self.sync_peer(session_id);
+            e => self.refuse(session_id, ErrorCode::BadRequest, e.to_string()),
         }
+    }
+
+    /// A peer's validated changes, now in the document: persist them, and only then
+    /// acknowledge them to their author, hand them to every other local peer and
+    /// publish them on the bus. On a store failure the document is reloaded from the
+    /// store, so it never holds what the store does not.
+    async fn commit(
+        &mut self,
+        session_id: &str,
+        before: Vec<ChangeHash>,
+        changes: Vec<StoredChange>,
+    ) -> Result<()> {
+        let records: Vec<ChangeRecord> = changes
+            .iter()
+            .map(|c| ChangeRecord {
+                hash: c.hash.to_string(),
+                bytes: c.bytes.clone(),
+            })
+            .collect();
+        if let Err(e) = self.persist(&records).await {
+            warn!(error = %e, "store append failed; rolling the document back");
+            self.refuse(
+                session_id,
+                ErrorCode::Internal,
+                "the store is unavailable; retry".into(),
+            );
+            let (doc, uncompacted, doc_bytes, versions) =
+                load(&*self.deps.store, &self.flow_id).await?;
+            self.doc = doc;
+            self.uncompacted = uncompacted;
+            self.doc_bytes = doc_bytes;
+            self.versions_seen = versions;
+            self.own_appends = 0;
+            return Ok(());
+        }
+        Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
+        if let Some(peer) = self.peers.get(session_id) {
+            peer.out.send_control(&ServerMessage::Ack {
+                id: None,
+                flow_id: Some(self.flow_id.clone()),
+                changes: records.iter().map(|r| r.hash.clone()).collect(),
+            });
+        }
+        // Local peers first: they should not wait for a round trip to Redis.
+        self.fan_out(&before, &changes, Some(session_id));
+        self.publish(FlowBusMessage::Changes {
+            origin: self.deps.node_id.clone(),
+            changes: records.into_iter().map(|r| r.bytes).collect(),
+        })
+        .await;
+        self.maybe_compact().await;
         Ok(())
     }
 
@@ -717,7 +811,7 @@ impl FlowState {
         if let Some(peer) = self.peers.get_mut(session_id) {
             peer.out
                 .send_control(&ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
-            peer.sync.reset();
+            peer.link.reset();
         }
         self.sync_peer(session_id);
     }
@@ -748,10 +842,50 @@ impl FlowState {
         }
     }
 
-    /// Sends every peer whatever the sync protocol says it still needs.
-    fn sync_all(&mut self) {
-        let ids: Vec<String> = self.peers.keys().cloned().collect();
-        for id in ids {
+    /// Hands new changes (which took the document from `before` to its current
+    /// heads) to every local peer: the change frame, encoded once, to streaming peers
+    /// that were current; a sync round to the others; nothing to an author that was
+    /// current (see `flowhub_crdt::PeerLink::route`).
+    fn fan_out(&mut self, before: &[ChangeHash], changes: &[StoredChange], author: Option<&str>) {
+        if changes.is_empty() {
+            return;
+        }
+        let after = self.doc.heads();
+        let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
+        let mut frame: Option<Arc<[u8]>> = None;
+        let mut to_sync = Vec::new();
+        let mut closed = Vec::new();
+        let mut streamed = 0u64;
+        for (id, peer) in self.peers.iter_mut() {
+            if peer.lagging {
+                continue;
+            }
+            let authored = author == Some(id.as_str());
+            match peer.link.route(before, &after, &hashes, authored) {
+                Route::Nothing => {}
+                Route::Sync => to_sync.push(id.clone()),
+                Route::Stream => {
+                    let frame = frame.get_or_insert_with(|| {
+                        encode_flow_changes(&self.flow_id, changes.iter().map(|c| &c.bytes[..]))
+                            .into()
+                    });
+                    match peer.out.try_send_shared(frame) {
+                        Delivery::Queued => streamed += 1,
+                        Delivery::Full => {
+                            // As for a dropped sync frame: start over once it drains.
+                            peer.lagging = true;
+                            peer.link.reset();
+                        }
+                        Delivery::Closed => closed.push(id.clone()),
+                    }
+                }
+            }
+        }
+        Metrics::add(&self.deps.metrics.frames_streamed, streamed);
+        for id in closed {
+            self.peers.remove(&id);
+        }
+        for id in to_sync {
             self.sync_peer(&id);
         }
     }
@@ -766,7 +900,7 @@ impl FlowState {
         // The protocol rarely needs more than one message per round; the bound only
         // guards against a livelock.
         for _ in 0..8 {
-            let Some(msg) = self.doc.generate_sync_message(&mut peer.sync) else {
+            let Some(msg) = peer.link.sync_message(&mut self.doc) else {
                 break;
             };
             match peer.out.try_send_sync(&self.flow_id, &msg) {
@@ -775,7 +909,7 @@ impl FlowState {
                     // Never wait for a slow peer; forget what we think it has and
                     // start over once its queue drains (see on_tick).
                     peer.lagging = true;
-                    peer.sync.reset();
+                    peer.link.reset();
                     break;
                 }
                 Delivery::Closed => {
@@ -811,16 +945,17 @@ impl FlowState {
         Metrics::inc(&self.deps.metrics.bus_received);
         match FlowBusMessage::decode(&bytes) {
             Some(FlowBusMessage::Changes { origin, changes }) if origin != self.deps.node_id => {
+                let before = self.doc.heads();
                 let new = self.doc.apply_changes(&changes)?;
                 // The origin persisted these before publishing; they count for our
                 // next compaction too.
                 self.uncompacted
                     .extend(new.iter().map(|c| c.hash.to_string()));
+                // Before any catch-up: a change frame holds exactly what took the
+                // document from `before` to the heads `fan_out` reads.
+                self.fan_out(&before, &new, None);
                 if !self.doc.missing_deps().is_empty() {
                     self.catch_up_from_store().await?;
-                }
-                if !new.is_empty() {
-                    self.sync_all();
                 }
             }
             Some(FlowBusMessage::Presence { origin, json }) if origin != self.deps.node_id => {
@@ -882,11 +1017,12 @@ impl FlowState {
             );
         }
         raw.extend(stored.changes.into_iter().map(|c| c.bytes));
+        let before = self.doc.heads();
         let new = self.doc.apply_changes(&raw)?;
         if !new.is_empty() {
             Metrics::add(&self.deps.metrics.antientropy_repairs, new.len() as u64);
             info!(repaired = new.len(), "caught up from the store");
-            self.sync_all();
+            self.fan_out(&before, &new, None);
         }
         Ok(snapshot_heads)
     }

@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowhub_protocol::{
-    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, Limits, RequestId,
-    ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FrameKind, Limits,
+    RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
@@ -317,7 +318,8 @@ impl SessionState {
                 id,
                 flow_id,
                 pending,
-            } => self.subscribe(id, flow_id, pending).await,
+                stream,
+            } => self.subscribe(id, flow_id, pending, stream).await,
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
                 if let Some(sub) = self.subscriptions.remove(&flow_id) {
                     let _ = sub.flow.cast(FlowMsg::Leave {
@@ -362,7 +364,13 @@ impl SessionState {
         }
     }
 
-    async fn subscribe(&mut self, id: Option<RequestId>, flow_id: String, pending: Vec<String>) {
+    async fn subscribe(
+        &mut self,
+        id: Option<RequestId>,
+        flow_id: String,
+        pending: Vec<String>,
+        stream: bool,
+    ) {
         if let Err(e) = validate_flow_id(&flow_id) {
             return self.fail(id, None, e.code(), e.to_string());
         }
@@ -448,6 +456,7 @@ impl SessionState {
                         out: self.out.clone(),
                         request_id: id.clone(),
                         pending: pending.clone(),
+                        stream,
                         reply,
                     },
                     None,
@@ -491,13 +500,22 @@ impl SessionState {
                 "sync frame for a flow not subscribed".into(),
             );
         };
+        let session_id = self.session_id.clone();
+        let payload = frame.payload;
         let result = sub
             .flow
             .call(
-                |reply| FlowMsg::Sync {
-                    session_id: self.session_id.clone(),
-                    payload: frame.payload,
-                    reply,
+                |reply| match frame.kind {
+                    FrameKind::FlowSync => FlowMsg::Sync {
+                        session_id,
+                        payload,
+                        reply,
+                    },
+                    FrameKind::FlowChanges => FlowMsg::Changes {
+                        session_id,
+                        payload,
+                        reply,
+                    },
                 },
                 None,
             )

@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 pub enum OutFrame {
     Text(Arc<str>),
     Binary(Vec<u8>),
+    /// A binary frame encoded once for many sessions (a flow's change frame).
+    SharedBinary(Arc<[u8]>),
 }
 
 /// A close request: code and reason for the WebSocket close frame.
@@ -75,6 +77,12 @@ impl Outbound {
     /// Offers an Automerge sync frame for `flow_id`.
     pub fn try_send_sync(&self, flow_id: &str, payload: &[u8]) -> Delivery {
         self.offer(OutFrame::Binary(encode_flow_sync(flow_id, payload)))
+    }
+
+    /// Offers a binary frame encoded once for many peers (a change frame, see
+    /// `flowhub_crdt::PeerLink`); dropped like a sync frame when the queue is full.
+    pub fn try_send_shared(&self, frame: &Arc<[u8]>) -> Delivery {
+        self.offer(OutFrame::SharedBinary(Arc::clone(frame)))
     }
 
     /// Offers a message that may be dropped when the queue is full (presence, run

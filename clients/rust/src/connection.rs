@@ -180,6 +180,7 @@ impl Client {
             id: None,
             flow_id: flow_id.to_owned(),
             pending: Vec::new(),
+            stream: true,
         };
         if validate_flow_id(flow_id).is_err() {
             // Frames cannot name this flow; let the hub say what is wrong with it.
@@ -206,13 +207,20 @@ impl Client {
                 return Err(e);
             }
         };
-        let ServerMessage::FlowState { role, heads, .. } = reply else {
+        let ServerMessage::FlowState {
+            role,
+            heads,
+            stream,
+            ..
+        } = reply
+        else {
             shared.forget_flow(&flow);
             return Err(ClientError::Protocol(format!(
                 "expected flow_state in reply to subscribe_flow, got {reply:?}"
             )));
         };
         tracing::debug!(session_id = %shared.session_id, %flow_id, ?role, heads = heads.len(), "subscribed");
+        flow.set_link(stream, &heads);
         flow.set_subscribed(role, heads.clone());
         // The hub starts the sync; say what we have too, in case it waits for us.
         flow.sync_now(shared)?;

@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use flowhub_crdt::Outgoing;
 use flowhub_protocol::{
-    frame::encode_flow_sync, ClientMessage, ErrorCode, RequestId, ServerMessage, SyncFrame,
+    frame::{encode_flow_sync, encode_frame},
+    ClientMessage, ErrorCode, FrameKind, RequestId, ServerMessage, SyncFrame,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -147,14 +149,21 @@ impl Shared {
         self.reconnects.load(Ordering::Acquire) && !self.closed_by_client()
     }
 
-    /// Queues one binary sync frame per message, in order.
+    /// Queues one binary frame per message, in order: a sync frame for a sync
+    /// message, a change frame for streamed changes.
     pub(crate) fn send_sync(
         &self,
         flow_id: &str,
-        messages: Vec<Vec<u8>>,
+        messages: Vec<Outgoing>,
     ) -> Result<(), ClientError> {
-        for payload in messages {
-            self.send(Message::binary(encode_flow_sync(flow_id, &payload)))?;
+        for message in messages {
+            let frame = match message {
+                Outgoing::Sync(payload) => encode_flow_sync(flow_id, &payload),
+                Outgoing::Changes(payload) => {
+                    encode_frame(FrameKind::FlowChanges, flow_id, &payload)
+                }
+            };
+            self.send(Message::binary(frame))?;
         }
         Ok(())
     }
@@ -271,10 +280,17 @@ impl Shared {
             id: None,
             flow_id: flow.flow_id.clone(),
             pending,
+            stream: true,
         };
         match self.request(request).await {
-            Ok(ServerMessage::FlowState { role, .. }) => {
-                tracing::debug!(session_id = %self.session_id, flow_id = %flow.flow_id, ?role, reported, "resubscribed");
+            Ok(ServerMessage::FlowState {
+                role,
+                heads,
+                stream,
+                ..
+            }) => {
+                tracing::debug!(session_id = %self.session_id, flow_id = %flow.flow_id, ?role, reported, stream, "resubscribed");
+                flow.set_link(stream, &heads);
                 flow.sync_now(self)
             }
             Ok(other) => Err(ClientError::Protocol(format!(
@@ -406,7 +422,10 @@ impl Shared {
             }
         };
         match self.flow(&frame.flow_id) {
-            Some(flow) => flow.on_sync(self, &frame.payload),
+            Some(flow) => match frame.kind {
+                FrameKind::FlowSync => flow.on_sync(self, &frame.payload),
+                FrameKind::FlowChanges => flow.on_changes(self, &frame.payload),
+            },
             None => {
                 tracing::debug!(session_id = %self.session_id, flow_id = %frame.flow_id, "sync frame for an unsubscribed flow ignored");
             }
@@ -550,6 +569,7 @@ mod tests {
                 id: Some(RequestId::Str("x".into())),
                 flow_id: "f".into(),
                 pending: vec![],
+                stream: false,
             },
             RequestId::Num(3),
         );
@@ -583,6 +603,7 @@ mod tests {
                 id: None,
                 flow_id: "nope".into(),
                 pending: vec![],
+                stream: false,
             })
             .await
         });
@@ -667,7 +688,9 @@ mod tests {
             shared.request(ClientMessage::Ping { id: None }).await,
             Err(ClientError::Closed { code: 4001, .. })
         ));
-        assert!(shared.send_sync("f", vec![vec![1]]).is_err());
+        assert!(shared
+            .send_sync("f", vec![flowhub_crdt::Outgoing::Sync(vec![1])])
+            .is_err());
     }
 
     /// The reader's view of a flow: sync frames in, replies out, acks and refusals.

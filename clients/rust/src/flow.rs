@@ -54,6 +54,12 @@ impl FlowShared {
         }
     }
 
+    /// Tells the replica whether the hub streams, and which heads mean caught up.
+    pub(crate) fn set_link(&self, stream: bool, heads_hex: &[String]) {
+        let heads = flowhub_crdt::parse_heads(heads_hex).unwrap_or_default();
+        lock(&self.replica).subscribed(stream, heads);
+    }
+
     /// Records the hub's `flow_state` answer.
     pub(crate) fn set_subscribed(&self, role: Role, heads: Vec<String>) {
         let _ = self.role.set(role);
@@ -157,6 +163,30 @@ impl FlowShared {
         };
         if applied > 0 {
             tracing::trace!(session_id = %conn.session_id, flow_id = %self.flow_id, applied, "remote changes applied");
+            self.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A change frame from the hub (this client subscribed with `stream`): apply it.
+    /// No answer, unless the changes lacked dependencies and a sync round must fetch
+    /// them.
+    pub(crate) fn on_changes(&self, conn: &Shared, payload: &[u8]) {
+        let applied = {
+            let mut replica = lock(&self.replica);
+            match replica.receive_changes(payload) {
+                Ok(received) => {
+                    if let Err(e) = conn.send_sync(&self.flow_id, received.replies) {
+                        tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "sync request not sent");
+                    }
+                    received.applied
+                }
+                Err(e) => {
+                    tracing::warn!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "undecodable change frame from the hub ignored");
+                    0
+                }
+            }
+        };
+        if applied > 0 {
             self.version.send_modify(|v| *v += 1);
         }
     }

@@ -1,10 +1,11 @@
 //! [`Replica`]: one subscribed flow's local state, sans-IO.
 //!
-//! A replica is the local [`FlowDoc`], the Automerge [`SyncState`] towards the hub and
-//! the [`AckTracker`] of this session's edits. Every method returns the sync messages
-//! that must go to the hub (the payloads of binary frames), in order; the caller sends
-//! them while still holding the replica's lock, so frames for one flow leave in the
-//! order they were generated.
+//! A replica is the local [`FlowDoc`], the [`HubLink`] towards the hub (the Automerge
+//! sync state, and whether new changes may be streamed as they are) and the
+//! [`AckTracker`] of this session's edits. Every method returns what must go to the
+//! hub (the payloads of binary frames, [`Outgoing`]), in order; the caller sends them
+//! while still holding the replica's lock, so frames for one flow leave in the order
+//! they were generated.
 //!
 //! # Rollback
 //!
@@ -19,15 +20,10 @@
 use std::collections::HashSet;
 
 use automerge::ChangeHash;
-use flowhub_crdt::{CrdtError, FlowDoc, SyncState};
+use flowhub_crdt::{CrdtError, FlowDoc, HubLink, Outgoing};
 use flowhub_protocol::ErrorCode;
 
 use crate::ticket::{AckTracker, TicketStatus};
-
-/// Upper bound on messages produced by one `generate_sync_message` loop. Automerge
-/// returns `None` after one message while that message is in flight, so more than a
-/// couple means something is wrong; the bound only guards against a busy loop.
-const MAX_MESSAGES_PER_ROUND: usize = 64;
 
 /// After this many refusals with no sync message from the hub in between, a refusal
 /// no longer triggers an immediate resync (the next local edit or hub message restarts
@@ -41,7 +37,7 @@ pub(crate) struct Received {
     /// How many changes the message applied (0 for protocol chatter).
     pub(crate) applied: usize,
     /// Replies for the hub.
-    pub(crate) replies: Vec<Vec<u8>>,
+    pub(crate) replies: Vec<Outgoing>,
 }
 
 /// What one local edit did.
@@ -51,13 +47,15 @@ pub(crate) struct Edited<R> {
     /// Hex hashes of the changes the edit made (also when `result` is an error but some
     /// typed edits inside the closure had already committed).
     pub(crate) hashes: Vec<String>,
-    /// Sync messages carrying the changes.
-    pub(crate) messages: Vec<Vec<u8>>,
+    /// Frames carrying the changes.
+    pub(crate) messages: Vec<Outgoing>,
 }
 
 pub(crate) struct Replica {
     doc: FlowDoc,
-    sync: SyncState,
+    link: HubLink,
+    /// The heads `flow_state` named, until the document holds them all.
+    catching_up: Option<Vec<ChangeHash>>,
     tracker: AckTracker,
     /// Actor ids (hex) this replica has edited under; a rebuilt document gets a new one.
     local_actors: HashSet<String>,
@@ -81,7 +79,8 @@ impl Replica {
         local_actors.insert(doc.actor_hex());
         Replica {
             doc,
-            sync: SyncState::new(),
+            link: HubLink::new(),
+            catching_up: None,
             tracker: AckTracker::default(),
             local_actors,
             refusals_in_a_row: 0,
@@ -97,15 +96,39 @@ impl Replica {
     }
 
     /// Every sync message the document has for the hub right now.
-    pub(crate) fn outgoing(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while out.len() < MAX_MESSAGES_PER_ROUND {
-            match self.doc.generate_sync_message(&mut self.sync) {
-                Some(msg) => out.push(msg),
-                None => break,
+    pub(crate) fn outgoing(&mut self) -> Vec<Outgoing> {
+        self.link.sync_messages(&mut self.doc)
+    }
+
+    /// `flow_state` arrived: whether the hub streams, and the heads to catch up to.
+    /// Streaming our own edits waits until the document holds those heads: until
+    /// then it may hold changes of ours the hub has not had (made offline), which only
+    /// the sync protocol finds.
+    pub(crate) fn subscribed(&mut self, stream: bool, heads: Vec<ChangeHash>) {
+        self.link.set_streaming(stream);
+        self.catching_up = Some(heads);
+        self.check_caught_up();
+    }
+
+    fn check_caught_up(&mut self) {
+        if let Some(heads) = &self.catching_up {
+            if heads.iter().all(|h| self.doc.has_change(h)) {
+                self.catching_up = None;
+                self.link.set_caught_up();
             }
         }
-        out
+    }
+
+    /// What carries the changes made since `before` to the hub.
+    fn outgoing_since(&mut self, before: &[ChangeHash]) -> Vec<Outgoing> {
+        let new: Vec<Vec<u8>> = self
+            .doc
+            .doc_mut()
+            .get_changes(before)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        self.link.after_local_edit(&mut self.doc, &new)
     }
 
     /// Runs a local edit, registers the changes it made as pending, and returns the
@@ -121,7 +144,7 @@ impl Replica {
         let messages = if hashes.is_empty() {
             Vec::new()
         } else {
-            self.outgoing()
+            self.outgoing_since(&before)
         };
         Edited {
             result,
@@ -132,13 +155,13 @@ impl Replica {
 
     /// Runs arbitrary code on the document; if it changed the heads, returns the sync
     /// messages for the hub (the changes are not tracked as pending).
-    pub(crate) fn with_doc<R>(&mut self, f: impl FnOnce(&mut FlowDoc) -> R) -> (R, Vec<Vec<u8>>) {
+    pub(crate) fn with_doc<R>(&mut self, f: impl FnOnce(&mut FlowDoc) -> R) -> (R, Vec<Outgoing>) {
         let before = self.doc.heads();
         let result = f(&mut self.doc);
         let messages = if self.doc.heads() == before {
             Vec::new()
         } else {
-            self.outgoing()
+            self.outgoing_since(&before)
         };
         (result, messages)
     }
@@ -158,11 +181,23 @@ impl Replica {
     /// Applies a sync message from the hub and returns the replies. On error (bytes
     /// that do not decode) neither the document nor the sync state changed.
     pub(crate) fn receive(&mut self, payload: &[u8]) -> Result<Received, CrdtError> {
-        let applied = self.doc.receive_sync_message(&mut self.sync, payload)?;
+        let (applied, replies) = self.link.receive_sync(&mut self.doc, payload)?;
         self.refusals_in_a_row = 0;
+        self.check_caught_up();
         Ok(Received {
             applied: applied.changes.len(),
-            replies: self.outgoing(),
+            replies,
+        })
+    }
+
+    /// Applies a change frame from the hub; the replies are empty unless the changes
+    /// lacked dependencies (then a sync round asks for them).
+    pub(crate) fn receive_changes(&mut self, payload: &[u8]) -> Result<Received, CrdtError> {
+        let (applied, replies) = self.link.receive_changes(&mut self.doc, payload)?;
+        self.check_caught_up();
+        Ok(Received {
+            applied: applied.changes.len(),
+            replies,
         })
     }
 
@@ -185,7 +220,8 @@ impl Replica {
     /// `subscribe_flow.pending`; the hub acks those it already stored, and the new
     /// sync exchange sends it the others again.
     pub(crate) fn restart_sync(&mut self) -> Vec<String> {
-        self.sync = SyncState::new();
+        self.link.restart();
+        self.catching_up = None;
         self.refusals_in_a_row = 0;
         let mut pending = self.tracker.pending_hashes();
         // Beyond the limit the rest are not lost: the sync resends whatever the hub
@@ -198,7 +234,7 @@ impl Replica {
     /// the document back to what the hub can have, and restart the sync. Returns the
     /// first messages of the new exchange (none after [`MAX_REFUSALS_IN_A_ROW`]
     /// refusals without a sync message from the hub in between).
-    pub(crate) fn reject(&mut self, code: ErrorCode, message: &str) -> Vec<Vec<u8>> {
+    pub(crate) fn reject(&mut self, code: ErrorCode, message: &str) -> Vec<Outgoing> {
         self.tracker.reject_pending(code, message);
         self.refusals_in_a_row += 1;
         let rebuilt = self.rebuild_without_unacked_local().unwrap_or_else(|e| {
@@ -207,7 +243,8 @@ impl Replica {
         });
         self.local_actors.insert(rebuilt.actor_hex());
         self.doc = rebuilt;
-        self.sync = SyncState::new();
+        // The hub reset its side; whether it streams and whether we caught up stay.
+        self.link.sync_state().reset();
         if self.refusals_in_a_row > MAX_REFUSALS_IN_A_ROW {
             tracing::warn!(
                 refusals = self.refusals_in_a_row,
@@ -243,7 +280,18 @@ impl Replica {
 mod tests {
     use flowhub_crdt::{Endpoint, NewNode, Position};
 
+    use flowhub_crdt::SyncState;
+
     use super::*;
+
+    fn sync_payloads(out: Vec<Outgoing>) -> Vec<Vec<u8>> {
+        out.into_iter()
+            .map(|o| match o {
+                Outgoing::Sync(m) => m,
+                Outgoing::Changes(_) => panic!("not streaming: no change frames"),
+            })
+            .collect()
+    }
 
     /// A stand-in for the hub: a FlowDoc that refuses edits from a read-only peer.
     struct FakeHub {
@@ -293,7 +341,8 @@ mod tests {
     }
 
     /// Delivers messages both ways until both sides are quiet. Returns the refusals.
-    fn pump(hub: &mut FakeHub, replica: &mut Replica, mut to_hub: Vec<Vec<u8>>) -> usize {
+    fn pump(hub: &mut FakeHub, replica: &mut Replica, to_hub: Vec<Outgoing>) -> usize {
+        let mut to_hub = sync_payloads(to_hub);
         let mut to_client = hub.start();
         let mut refusals = 0;
         for _ in 0..100 {
@@ -311,13 +360,13 @@ mod tests {
                     HubReply::Refused => {
                         refusals += 1;
                         to_client.clear();
-                        to_hub = replica.reject(ErrorCode::Forbidden, "read only");
+                        to_hub = sync_payloads(replica.reject(ErrorCode::Forbidden, "read only"));
                         break;
                     }
                 }
             }
             for msg in std::mem::take(&mut to_client) {
-                to_hub.extend(replica.receive(&msg).unwrap().replies);
+                to_hub.extend(sync_payloads(replica.receive(&msg).unwrap().replies));
             }
         }
         panic!("sync did not settle");

@@ -91,6 +91,7 @@ async fn unknown_flow_is_a_server_error() {
             id: None,
             flow_id: "missing".into(),
             pending: vec![],
+            stream: false,
         })
         .await
         .unwrap_err();

@@ -272,6 +272,7 @@ impl RawClient {
             id: Some(1.into()),
             flow_id: flow_id.into(),
             pending: vec![],
+            stream: false,
         })
         .await;
         self.until(Duration::from_secs(5), |m| {

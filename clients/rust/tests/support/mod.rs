@@ -257,7 +257,7 @@ async fn session(state: Arc<HubState>, stream: TcpStream) {
                             None => out.push(text(&ServerMessage::error(ErrorCode::NotFound, "no such flow").with_id(id))),
                             Some(doc) => {
                                 let mut doc = doc.lock().unwrap();
-                                out.push(text(&ServerMessage::FlowState { id, flow_id: flow_id.clone(), role, heads: doc.heads_hex() }));
+                                out.push(text(&ServerMessage::FlowState { id, flow_id: flow_id.clone(), role, heads: doc.heads_hex(), stream: false }));
                                 let mut sync = SyncState::new();
                                 while let Some(m) = doc.generate_sync_message(&mut sync) {
                                     out.push(Message::binary(SyncFrame::flow_sync(&flow_id, m).encode()));
