@@ -102,5 +102,5 @@ pub use history::StoredChange;
 pub use json::MAX_CONFIG_DEPTH;
 pub use model::{Edge, Endpoint, FlowSnapshot, NewNode, Node, Position};
 pub use schema::SchemaError;
-pub use stream::{ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
-pub use sync::{Applied, SyncState};
+pub use stream::{change_frame_hashes, ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
+pub use sync::{sync_message_hashes, Applied, SyncState};

@@ -113,8 +113,7 @@ impl PeerLink {
         authored: bool,
     ) -> Route {
         if authored {
-            // The author has them, whichever way they came: never send them back.
-            self.sync.0.sent_hashes.extend(new.iter().copied());
+            self.authored(new);
         }
         if !self.streams || !self.is_current_at(before) {
             return Route::Sync;
@@ -127,6 +126,34 @@ impl PeerLink {
         }
     }
 
+    /// The peer sent changes whose dependencies we lack (it streamed before the sync
+    /// protocol brought us an earlier change of its own): make the next sync round
+    /// say something even if ours is still unanswered, so the peer answers with what
+    /// we lack. Unlike [`PeerLink::reset`] this keeps what we know it has, so nothing
+    /// still queued for it is sent twice.
+    pub fn request_sync(&mut self) {
+        self.sync.0.in_flight = false;
+        self.sync.0.have_responded = false;
+    }
+
+    /// The peer sent these changes itself, whichever way they came: never send them
+    /// back (also while it lags and gets nothing else).
+    pub fn authored(&mut self, new: &[ChangeHash]) {
+        self.sync.0.sent_hashes.extend(new.iter().copied());
+    }
+
+    /// The change frame [`PeerLink::route`] said to stream could not be queued (the
+    /// peer's queue was full): the peer has `before`, not the new changes. Every frame
+    /// queued before is still delivered in order, so the state stays exact and the
+    /// next sync round sends precisely what the peer lacks. (Resetting instead would
+    /// resend what is still in its queue.)
+    pub fn undelivered(&mut self, before: &[ChangeHash], new: &[ChangeHash]) {
+        for hash in new {
+            self.sync.0.sent_hashes.remove(hash);
+        }
+        self.set_peer_heads(before);
+    }
+
     /// Records that the peer has `after` (and `new` among it), as if it had sent us a
     /// sync message saying so.
     fn advance(&mut self, after: &[ChangeHash], new: &[ChangeHash]) {
@@ -135,7 +162,12 @@ impl PeerLink {
             state.sent_hashes.clear();
         }
         state.sent_hashes.extend(new.iter().copied());
-        let heads = after.to_vec();
+        self.set_peer_heads(after);
+    }
+
+    fn set_peer_heads(&mut self, heads: &[ChangeHash]) {
+        let state = &mut self.sync.0;
+        let heads = heads.to_vec();
         state.their_heads = Some(heads.clone());
         state.their_need = Some(Vec::new());
         state.their_have = Some(vec![Have {
@@ -286,6 +318,12 @@ fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>> {
             )),
         })
         .collect()
+}
+
+/// The hashes of the changes in a change frame's payload, in order (for diagnostics
+/// and tests: which changes did a frame carry?).
+pub fn change_frame_hashes(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+    Ok(decode_changes(bytes)?.iter().map(Change::hash).collect())
 }
 
 impl FlowDoc {

@@ -102,6 +102,12 @@ fn decode(msg: &[u8]) -> Result<Incoming> {
     })
 }
 
+/// The hashes of the changes a sync message carries (whole-document chunks are not
+/// looked into), for diagnostics and tests.
+pub fn sync_message_hashes(msg: &[u8]) -> Result<Vec<ChangeHash>> {
+    Ok(decode(msg)?.changes.into_keys().collect())
+}
+
 impl FlowDoc {
     /// The next message for the peer behind `state`, or `None` if there is
     /// nothing to say until we hear from them (or something changes locally).

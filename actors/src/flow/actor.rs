@@ -680,7 +680,7 @@ impl FlowState {
                 );
                 Metrics::inc(&self.deps.metrics.stream_fallbacks);
                 if let Some(peer) = self.peers.get_mut(session_id) {
-                    peer.link.reset();
+                    peer.link.request_sync();
                 }
                 self.sync_peer(session_id);
                 Ok(())
@@ -857,10 +857,14 @@ impl FlowState {
         let mut closed = Vec::new();
         let mut streamed = 0u64;
         for (id, peer) in self.peers.iter_mut() {
+            let authored = author == Some(id.as_str());
             if peer.lagging {
+                // Synced once its queue drains; its own changes never go back to it.
+                if authored {
+                    peer.link.authored(&hashes);
+                }
                 continue;
             }
-            let authored = author == Some(id.as_str());
             match peer.link.route(before, &after, &hashes, authored) {
                 Route::Nothing => {}
                 Route::Sync => to_sync.push(id.clone()),
@@ -872,9 +876,10 @@ impl FlowState {
                     match peer.out.try_send_shared(frame) {
                         Delivery::Queued => streamed += 1,
                         Delivery::Full => {
-                            // As for a dropped sync frame: start over once it drains.
+                            // Sync it once its queue drains (see on_tick), from
+                            // exactly what it was sent.
                             peer.lagging = true;
-                            peer.link.reset();
+                            peer.link.undelivered(before, &hashes);
                         }
                         Delivery::Closed => closed.push(id.clone()),
                     }
@@ -900,14 +905,22 @@ impl FlowState {
         // The protocol rarely needs more than one message per round; the bound only
         // guards against a livelock.
         for _ in 0..8 {
+            if peer.out.capacity() == 0 {
+                // Full before we generate: the sync state stays exact (everything
+                // queued is still delivered), so the resync once the queue drains
+                // sends just what the peer lacks, and nothing twice.
+                peer.lagging = true;
+                break;
+            }
             let Some(msg) = peer.link.sync_message(&mut self.doc) else {
                 break;
             };
             match peer.out.try_send_sync(&self.flow_id, &msg) {
                 Delivery::Queued => {}
                 Delivery::Full => {
-                    // Never wait for a slow peer; forget what we think it has and
-                    // start over once its queue drains (see on_tick).
+                    // Filled up since the check (a control frame raced us). Never
+                    // wait for a slow peer; forget what we think it has and start
+                    // over once its queue drains (see on_tick).
                     peer.lagging = true;
                     peer.link.reset();
                     break;
