@@ -535,3 +535,66 @@ async fn a_change_frame_with_missing_dependencies_falls_back_to_sync() {
         3.0
     );
 }
+
+/// A well-formed change that makes Automerge panic part-way through applying it
+/// (its op targets an object that does not exist). The hub applies in place, so the
+/// document is rebuilt from the store: the edit is refused, nothing is lost, and the
+/// flow goes on.
+#[tokio::test]
+async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_store() {
+    use automerge::legacy::{self, Key, ObjectId, OpId, OpType};
+    use automerge::{ActorId, Change, ScalarValue};
+
+    fn change_on_missing_object(deps: Vec<ChangeHash>) -> Change {
+        let actor = ActorId::random();
+        legacy::Change {
+            operations: vec![legacy::Op {
+                action: OpType::Put(ScalarValue::Str("boom".into())),
+                obj: ObjectId::Id(OpId::new(999, &actor)),
+                key: Key::Map("k".into()),
+                pred: Vec::new().into(),
+                insert: false,
+            }],
+            actor_id: actor,
+            hash: None,
+            seq: 1,
+            start_op: std::num::NonZeroU64::MIN,
+            time: 0,
+            message: None,
+            deps,
+            extra_bytes: vec![],
+            author: None,
+        }
+        .into()
+    }
+
+    let mut w = world(256, true).await;
+    w.join().await;
+    w.join().await;
+    w.edit(0, 1).await;
+    w.edit(1, 2).await;
+    w.settle().await;
+    assert_converged(&mut w).await;
+
+    let heads = w.clients[0].doc.heads();
+    let bad = change_on_missing_object(heads);
+    let c = &mut w.clients[0];
+    send_all(
+        &w.actor,
+        c,
+        vec![Outgoing::Changes(bad.raw_bytes().to_vec())],
+    )
+    .await;
+    w.deliver(0, usize::MAX).await;
+    assert_eq!(w.clients[0].errors.len(), 1, "the edit was refused");
+    w.clients[0].errors.clear();
+
+    // Everything acknowledged is still there, and the flow takes edits again.
+    w.edit(1, 3).await;
+    w.edit(0, 4).await;
+    w.settle().await;
+    assert_converged(&mut w).await;
+    let json = hub_json(&w.actor).await;
+    assert_eq!(json["nodes"]["n0"]["position"]["x"], 4.0);
+    assert_eq!(json["nodes"]["n1"]["position"]["x"], 3.0);
+}

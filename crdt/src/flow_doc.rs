@@ -27,6 +27,12 @@ pub struct FlowDoc {
     id_prefix: Option<(ActorId, String)>,
     /// Object ids typed edits looked up, valid while the heads are unchanged.
     pub(crate) cache: Option<EditCache>,
+    /// Validated receives apply in place instead of applying to a snapshot (see
+    /// [`FlowDoc::validate_in_place`]).
+    pub(crate) in_place: bool,
+    /// Automerge panicked part-way through an in-place apply: the document must be
+    /// rebuilt by the caller (see [`FlowDoc::is_poisoned`]).
+    pub(crate) poisoned: bool,
 }
 
 /// Object ids that typed edits need again and again (the root maps, node
@@ -100,7 +106,28 @@ impl FlowDoc {
             next_id: 0,
             id_prefix: None,
             cache: None,
+            in_place: false,
+            poisoned: false,
         }
+    }
+
+    /// Makes the validated receives ([`FlowDoc::receive_sync_message_validated`],
+    /// [`FlowDoc::receive_changes_validated`]) apply in place, without first cloning
+    /// the document: the clone costs O(document) on every edit, and on the hub it was
+    /// the largest single cost of the edit path. A message that breaks the schema is
+    /// still undone exactly, by rebuilding the document at its previous heads (a
+    /// replay of the history: milliseconds, on that rare path only). A message that
+    /// makes Automerge panic part-way through leaves the document **poisoned**
+    /// ([`FlowDoc::is_poisoned`]): only for callers that can rebuild it from
+    /// elsewhere, as the hub does from its store.
+    pub fn validate_in_place(&mut self, on: bool) {
+        self.in_place = on;
+    }
+
+    /// Whether an in-place apply failed in a way that left the document unusable;
+    /// the caller must replace it (see [`FlowDoc::validate_in_place`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// An independent replica of this document with its own random actor.

@@ -40,6 +40,49 @@ impl FlowDoc {
     /// return the error (`on_panic()` for a panic). Changes that were queued for
     /// missing dependencies are dropped on failure (see
     /// [`FlowDoc::drop_queued_changes`]).
+    /// [`FlowDoc::guarded`] for validated receives: with
+    /// [`FlowDoc::validate_in_place`] on, no snapshot is taken; on an error the
+    /// document is rebuilt at `heads_before`, and on a panic it is marked poisoned.
+    pub(crate) fn guarded_receive<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+        on_panic: impl FnOnce() -> CrdtError,
+    ) -> Result<T> {
+        if !self.in_place {
+            return self.guarded(f, on_panic);
+        }
+        let before = self.doc.get_heads();
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                self.rebuild_at(&before);
+                Err(e)
+            }
+            Err(_) => {
+                self.poisoned = true;
+                Err(on_panic())
+            }
+        }
+    }
+
+    /// Rebuilds the document holding exactly the changes up to `heads` (and no
+    /// queued ones), keeping the actor. Poisons it should that fail.
+    fn rebuild_at(&mut self, heads: &[automerge::ChangeHash]) {
+        let actor = self.doc.get_actor().clone();
+        let doc = &mut self.doc;
+        let rebuilt = no_panic(
+            || doc.fork_at(heads).map_err(CrdtError::from),
+            || CrdtError::InvalidDocument(PANIC_MESSAGE.into()),
+        );
+        match rebuilt {
+            Ok(doc) => {
+                self.doc = doc.with_actor(actor);
+                self.cache = None;
+            }
+            Err(_) => self.poisoned = true,
+        }
+    }
+
     pub(crate) fn guarded<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T>,

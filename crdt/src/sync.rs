@@ -218,7 +218,7 @@ impl FlowDoc {
     /// touched, restoring the document on failure (see
     /// [`FlowDoc::receive_sync_message_validated`] for the strategy).
     fn apply_validated(&mut self, state: &mut SyncState, incoming: Incoming) -> Result<Applied> {
-        let result = self.guarded(
+        let result = self.guarded_receive(
             |this| {
                 let mut log = PatchLog::active();
                 let applied = this.apply_message(state, incoming, Some(&mut log))?;

@@ -150,6 +150,26 @@ fn semantically_invalid_changes_are_contained() {
     assert_eq!(doc.validate(), Ok(()));
 }
 
+/// In place (the hub's mode) there is no snapshot to go back to after a panic: the
+/// document says it is poisoned, so the hub rebuilds it from its store.
+#[test]
+fn semantically_invalid_changes_poison_an_in_place_document() {
+    let mut doc = abc();
+    doc.validate_in_place(true);
+    let bad = change_on_missing_object(doc.heads());
+    let msg = message_with_changes(vec![bad.hash()], std::slice::from_ref(&bad));
+    let r = doc.receive_sync_message_validated(&mut SyncState::new(), &msg);
+    assert!(matches!(r, Err(CrdtError::InvalidSyncMessage(_))), "{r:?}");
+    assert!(doc.is_poisoned());
+
+    let mut doc = abc();
+    doc.validate_in_place(true);
+    let bad = change_on_missing_object(doc.heads());
+    let r = doc.receive_changes_validated(bad.raw_bytes());
+    assert!(matches!(r, Err(CrdtError::InvalidSyncMessage(_))), "{r:?}");
+    assert!(doc.is_poisoned());
+}
+
 #[test]
 fn corrupt_chunk_in_sync_message_rejects_whole_message() {
     let mut doc = abc();

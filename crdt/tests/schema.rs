@@ -294,8 +294,19 @@ fn read_view_skips_malformed_entries_deterministically() {
 
 #[test]
 fn validated_receive_rejects_each_violation_and_restores_exactly() {
+    rejects_each_violation_and_restores_exactly(false);
+}
+
+/// The hub's mode: no snapshot per message; a refused one is undone by rebuilding.
+#[test]
+fn in_place_validated_receive_rejects_each_violation_and_restores_exactly() {
+    rejects_each_violation_and_restores_exactly(true);
+}
+
+fn rejects_each_violation_and_restores_exactly(in_place: bool) {
     for (name, craft, path) in bad_edits() {
         let mut hub = abc();
+        hub.validate_in_place(in_place);
         let mut peer = hub.fork();
         sync_pair(&mut peer, &mut hub, true).unwrap();
         // A valid edit first, so the rejected message mixes good and bad changes.
@@ -314,6 +325,7 @@ fn validated_receive_rejects_each_violation_and_restores_exactly() {
         assert_eq!(hub.to_json(), json, "{name}");
         assert_eq!(hub.save(), saved, "{name}: document restored byte for byte");
         assert!(hub.missing_deps().is_empty(), "{name}: nothing left queued");
+        assert!(!hub.is_poisoned(), "{name}");
         assert_eq!(hub.validate(), Ok(()));
 
         // Another peer's valid edit still goes through.

@@ -140,8 +140,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn incremental_validation_matches_full_validation(ops in proptest::collection::vec(raw(), 1..6)) {
+    fn incremental_validation_matches_full_validation(
+        ops in proptest::collection::vec(raw(), 1..6),
+        in_place in any::<bool>(),
+    ) {
         let mut hub = abc();
+        hub.validate_in_place(in_place);
         hub.configure_node("a", "nested", serde_json::json!({"deep": {"er": 1}})).unwrap();
         let mut peer = hub.fork();
         let mut reference = hub.fork();
@@ -162,6 +166,7 @@ proptest! {
                 let _ = (got, want);
                 prop_assert_eq!(hub.heads(), before_heads);
                 prop_assert_eq!(hub.to_json(), before_json);
+                prop_assert!(!hub.is_poisoned());
             }
             _ => prop_assert!(false, "validated receive {:?} but full validation {:?}", result, full),
         }

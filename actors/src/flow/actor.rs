@@ -461,7 +461,10 @@ async fn load(
 ) -> Result<(FlowDoc, Vec<String>, usize, FlowVersions)> {
     let stored = store.load_flow(flow_id).await?;
     let changes: Vec<Vec<u8>> = stored.changes.iter().map(|c| c.bytes.clone()).collect();
-    let doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes)?;
+    let mut doc = FlowDoc::load_parts(stored.snapshot.as_deref(), &changes)?;
+    // No snapshot per edit: the document only ever holds stored changes, so the
+    // store is the backup should Automerge fail part-way (see `reload`).
+    doc.validate_in_place(true);
     let bytes =
         stored.snapshot.as_ref().map_or(0, Vec::len) + changes.iter().map(Vec::len).sum::<usize>();
     Ok((
@@ -646,7 +649,7 @@ impl FlowState {
             Ok(applied) => applied,
             Err(e) => {
                 self.refuse_invalid(session_id, e);
-                return Ok(());
+                return self.reload_if_poisoned().await;
             }
         };
         if applied.changes.is_empty() {
@@ -687,9 +690,33 @@ impl FlowState {
             }
             Err(e) => {
                 self.refuse_invalid(session_id, e);
-                Ok(())
+                self.reload_if_poisoned().await
             }
         }
+    }
+
+    /// Automerge failed part-way through an in-place apply: rebuild the document from
+    /// the store, which holds every change it had.
+    async fn reload_if_poisoned(&mut self) -> Result<()> {
+        if self.doc.is_poisoned() {
+            warn!("document left unusable by a failed apply; reloading it from the store");
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the document by the store's. Peers keep their sync states: the sync
+    /// protocol copes with a document that went back (their heads are unknown to it
+    /// and get a fresh exchange).
+    async fn reload(&mut self) -> Result<()> {
+        let (doc, uncompacted, doc_bytes, versions) =
+            load(&*self.deps.store, &self.flow_id).await?;
+        self.doc = doc;
+        self.uncompacted = uncompacted;
+        self.doc_bytes = doc_bytes;
+        self.versions_seen = versions;
+        self.own_appends = 0;
+        Ok(())
     }
 
     /// The checks before a peer's message may touch the document: its size, the
@@ -775,13 +802,7 @@ impl FlowState {
                 ErrorCode::Internal,
                 "the store is unavailable; retry".into(),
             );
-            let (doc, uncompacted, doc_bytes, versions) =
-                load(&*self.deps.store, &self.flow_id).await?;
-            self.doc = doc;
-            self.uncompacted = uncompacted;
-            self.doc_bytes = doc_bytes;
-            self.versions_seen = versions;
-            self.own_appends = 0;
+            self.reload().await?;
             return Ok(());
         }
         Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
