@@ -5,7 +5,9 @@
 // - `client.subscribe(flowId)` joins a flow and returns a `Flow`: a local Automerge
 //   replica kept in sync with the hub, typed edits whose promises settle with the
 //   hub's verdict (`ack` resolves, a refusal rejects and rolls the replica back), and
-//   presence.
+//   presence. With change streaming (the default; `subscribe_flow.stream`), once the
+//   sync protocol made the replica current the hub sends every new change as a change
+//   frame (0x02) that needs no answer, and the flow sends its own edits the same way.
 // - `client.watchRun(runId)` follows a run (`run_state`, then `run_event`s in order,
 //   resubscribing after `resume_from` and after reconnects without gaps or repeats).
 //
@@ -17,8 +19,11 @@ import * as A from "@automerge/automerge"
 import { Emitter } from "./emitter.js"
 import { FlowDocument, type EditOutcome, type Endpoint, type FlowSnapshot, type JsonValue, type NewNode, type Position } from "./flow.js"
 import {
+  FRAME_FLOW_CHANGES,
+  FRAME_FLOW_SYNC,
   PROTOCOL_VERSION,
-  decodeSyncFrame,
+  decodeFrame,
+  encodeChangesFrame,
   encodeSyncFrame,
   type ClientMessage,
   type Cursor,
@@ -61,6 +66,12 @@ export interface ConnectOptions {
   reconnect?: boolean
   /** How long a request waits for its reply (default 10 s). */
   requestTimeoutMs?: number
+  /**
+   * Ask the hub to stream changes (default true): once a flow's replica is current,
+   * new changes travel as change frames both ways instead of sync-protocol rounds.
+   * The hub decides (`flow_state.stream`); without it the sync protocol carries all.
+   */
+  stream?: boolean
 }
 
 /** An error from the hub (typed `code`) or from the connection. */
@@ -106,6 +117,9 @@ const OPEN = 1
 /** Close codes after which reconnecting cannot help (docs/PROTOCOL.md "Close codes"). */
 const FATAL_CLOSE = new Set([1008, 1009, 4002])
 const MAX_SYNC_MESSAGES_PER_ROUND = 64
+/** How long the JS view of a flow may lag behind change frames nobody read (it is
+ *  brought up to date on every read anyway; this bounds what piles up unread). */
+const VIEW_REFRESH_MS = 1000
 /** Most hashes one `subscribe_flow` may report in `pending` (the hub's limit). */
 const MAX_PENDING_HASHES = 10_000
 
@@ -157,6 +171,7 @@ export class FlowhubClient extends Emitter<ClientEvents> {
       client: options.client,
       reconnect: options.reconnect ?? true,
       requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
+      stream: options.stream ?? true,
     }
   }
 
@@ -375,9 +390,10 @@ export class FlowhubClient extends Emitter<ClientEvents> {
     const pending = flow.pendingChanges().slice(0, MAX_PENDING_HASHES)
     const msg: ClientMessage = { type: "subscribe_flow", flow_id: flow.flowId }
     if (pending.length > 0) msg.pending = pending
+    if (this.options.stream) msg.stream = true
     const reply = await this.request(msg)
     if (reply.type !== "flow_state") throw new FlowhubError("bad_request", `unexpected reply ${reply.type}`)
-    flow.onFlowState(reply.role, reply.heads)
+    flow.onFlowState(reply.role, reply.heads, reply.stream === true)
   }
 
   async #subscribeRun(watch: RunWatch) {
@@ -473,11 +489,14 @@ export class FlowhubClient extends Emitter<ClientEvents> {
     if (!bytes) return
     let frame
     try {
-      frame = decodeSyncFrame(bytes)
+      frame = decodeFrame(bytes)
     } catch {
       return
     }
-    this.#flows.get(frame.flowId)?.onSyncMessage(frame.payload)
+    const flow = this.#flows.get(frame.flowId)
+    if (!flow) return
+    if (frame.kind === FRAME_FLOW_CHANGES) flow.onChanges(frame.payload)
+    else if (frame.kind === FRAME_FLOW_SYNC) flow.onSyncMessage(frame.payload)
   }
 
   #onText(msg: ServerMessage) {
@@ -552,6 +571,20 @@ interface PendingChange {
   reject: (e: FlowhubError) => void
 }
 
+/** Binary frames one flow exchanged with the hub, by kind (counted since the Flow was made). */
+export interface FlowFrameStats {
+  /** Sync frames (0x01) received. */
+  syncIn: number
+  /** Change frames (0x02) received. */
+  changesIn: number
+  /** Sync frames (0x01) sent. */
+  syncOut: number
+  /** Change frames (0x02) sent (one per local edit while streaming). */
+  changesOut: number
+  /** Change frames whose changes lacked dependencies: the flow fell back to a sync round. */
+  fallbacks: number
+}
+
 /** One subscribed flow: the local replica, typed edits, presence. */
 export class Flow extends Emitter<FlowEvents> {
   readonly document = new FlowDocument()
@@ -566,6 +599,13 @@ export class Flow extends Emitter<FlowEvents> {
   #isReady = false
   #target: string[] = []
   #sync: A.SyncState = A.initSyncState()
+  /** The hub agreed to stream (this subscription's `flow_state.stream`). */
+  #streaming = false
+  /** The replica holds every head `flow_state` named: from then on everything it has
+   *  was either sent to the hub already or is the hub's, so edits may be streamed. */
+  #caughtUp = false
+  #stats: FlowFrameStats = { syncIn: 0, changesIn: 0, syncOut: 0, changesOut: 0, fallbacks: 0 }
+  #refreshTimer: ReturnType<typeof setTimeout> | undefined
   #pending = new Map<string, PendingChange>()
   #presence = new Map<string, PresenceEntry>()
   #own: { cursor?: Cursor; selection?: string[]; color?: string } = {}
@@ -599,6 +639,21 @@ export class Flow extends Emitter<FlowEvents> {
 
   heads(): string[] {
     return this.document.heads()
+  }
+
+  /** Whether the hub streams changes to this subscription (`flow_state.stream`). */
+  get streaming(): boolean {
+    return this.#streaming
+  }
+
+  /** Whether the replica caught up with the heads of this subscription's `flow_state`. */
+  get caughtUp(): boolean {
+    return this.#caughtUp
+  }
+
+  /** Binary frames exchanged with the hub so far, by kind. */
+  frameStats(): FlowFrameStats {
+    return { ...this.#stats }
   }
 
   /** Hashes of this client's changes the hub has not acknowledged yet. */
@@ -686,7 +741,7 @@ export class Flow extends Emitter<FlowEvents> {
     p.catch(() => {})
     this.#pending.set(outcome.hash, entry)
     this.emit("change", { local: true })
-    this.#flush()
+    this.#sendEdit(outcome.hash)
     return Object.assign(p, outcome)
   }
 
@@ -714,6 +769,8 @@ export class Flow extends Emitter<FlowEvents> {
     this.client.forgetFlow(this.flowId)
     const wasSubscribed = this.subscribed
     this.subscribed = false
+    clearTimeout(this.#refreshTimer)
+    this.#refreshTimer = undefined
     for (const p of this.#pending.values()) p.reject(new FlowhubError("closed", "flow closed before the ack", this.flowId))
     this.#pending.clear()
     if (wasSubscribed) await this.client.request({ type: "unsubscribe_flow", flow_id: this.flowId }).catch(() => {})
@@ -722,14 +779,21 @@ export class Flow extends Emitter<FlowEvents> {
   // ---- protocol handlers (called by the client) ----------------------------------
 
   beforeSubscribe() {
-    // One sync state per subscription, fresh on every subscribe.
+    // One sync state per subscription, fresh on every subscribe (the hub's is too);
+    // no streaming until this subscription's `flow_state` says so.
     this.#sync = A.initSyncState()
+    this.#streaming = false
+    this.#caughtUp = false
   }
 
-  onFlowState(role: Role, heads: string[]) {
+  /** The hub's answer to `subscribe_flow`; `stream`: it agreed to stream changes. */
+  onFlowState(role: Role, heads: string[], stream = false) {
     this.role = role
     this.subscribed = true
     this.#target = heads
+    this.#streaming = stream
+    this.#caughtUp = false
+    this.#checkCaughtUp()
     this.#flush()
     this.#checkReady()
     if (this.#own.cursor || this.#own.selection || this.#own.color) {
@@ -747,15 +811,47 @@ export class Flow extends Emitter<FlowEvents> {
     this.#presence.clear()
   }
 
+  /** A sync frame (0x01) from the hub: apply it and answer as the protocol says. */
   onSyncMessage(payload: Uint8Array) {
     if (!this.subscribed) return
-    const before = this.document.heads().join()
-    const [doc, sync] = A.receiveSyncMessage(this.document.doc, this.#sync, payload)
-    this.document.doc = doc
-    this.#sync = sync
+    this.#stats.syncIn++
+    const before = this.document.heads()
+    this.#sync = this.document.receiveSyncMessage(this.#sync, payload)
     this.#flush()
-    if (this.document.heads().join() !== before) this.emit("change", { local: false })
+    const changed = !sameHeads(before, this.document.heads())
+    this.#checkCaughtUp()
+    if (changed) this.emit("change", { local: false })
     this.#checkReady()
+  }
+
+  /**
+   * A change frame (0x02) from the hub: new changes, applied as they are, with no
+   * answer. The JS view is left to the next read (see `FlowDocument.receiveChanges`).
+   * Should the changes lack dependencies (an ordered hub never causes that) or not
+   * decode, the flow falls back to a fresh sync round, which fetches what is missing.
+   */
+  onChanges(payload: Uint8Array) {
+    if (!this.subscribed) return
+    this.#stats.changesIn++
+    let changed = false
+    let fallBack = false
+    try {
+      changed = this.document.receiveChanges(payload)
+      fallBack = this.document.missingDeps().length > 0
+    } catch {
+      fallBack = true
+    }
+    if (fallBack) {
+      this.#stats.fallbacks++
+      this.#sync = A.initSyncState()
+      this.#flush()
+    }
+    if (changed) {
+      this.#armRefresh()
+      this.#checkCaughtUp()
+      this.emit("change", { local: false })
+      this.#checkReady()
+    }
   }
 
   onAck(hashes: string[]) {
@@ -817,20 +913,56 @@ export class Flow extends Emitter<FlowEvents> {
   #flush() {
     if (!this.subscribed) return
     for (let i = 0; i < MAX_SYNC_MESSAGES_PER_ROUND; i++) {
-      const [sync, msg] = A.generateSyncMessage(this.document.doc, this.#sync)
+      const [sync, msg] = this.document.generateSyncMessage(this.#sync)
       this.#sync = sync
       if (!msg) break
       if (!this.client.sendBinary(encodeSyncFrame(this.flowId, msg))) break
+      this.#stats.syncOut++
     }
+  }
+
+  /**
+   * Sends a local edit (its one change, `hash`): as a change frame once the hub
+   * streams and the replica caught up, through the sync protocol before.
+   */
+  #sendEdit(hash: string) {
+    if (!this.subscribed) return
+    if (this.#streaming && this.#caughtUp) {
+      const change = this.document.changeBytes(hash)
+      if (change) {
+        if (this.client.sendBinary(encodeChangesFrame(this.flowId, change))) this.#stats.changesOut++
+        return
+      }
+    }
+    this.#flush()
+  }
+
+  #checkCaughtUp() {
+    if (!this.#caughtUp && this.subscribed && this.document.hasHeads(this.#target)) this.#caughtUp = true
+  }
+
+  /** Brings the JS view up to date within VIEW_REFRESH_MS if nobody reads it before. */
+  #armRefresh() {
+    if (this.#refreshTimer !== undefined) return
+    const timer = setTimeout(() => {
+      this.#refreshTimer = undefined
+      this.document.refresh()
+    }, VIEW_REFRESH_MS)
+    ;(timer as { unref?: () => void }).unref?.()
+    this.#refreshTimer = timer
   }
 
   #checkReady() {
     if (this.#isReady || !this.subscribed) return
-    if (A.hasHeads(this.document.doc, this.#target) && this.document.isLoaded()) {
+    if (this.document.hasHeads(this.#target) && this.document.isLoaded()) {
       this.#isReady = true
       this.#readyResolve()
     }
   }
+}
+
+function sameHeads(a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((h, i) => h === b[i])
 }
 
 type RunEvents = {

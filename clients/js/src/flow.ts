@@ -9,6 +9,13 @@
 //
 // A replica starts from an empty document and never creates the root maps itself:
 // the first sync from the hub brings the shared genesis change (crdt/src/genesis.rs).
+//
+// Remote changes can be applied without touching the JS view (`receiveChanges`):
+// Automerge updates its immutable JS object by copying every object on the changed
+// path, and the `nodes` map has a key per node, so an eager apply costs O(nodes) per
+// remote edit. The view is brought up to date when it is read instead (`doc`,
+// `snapshot`, the typed edits); `node(id)`, `heads()` and the sync functions read the
+// Automerge backend and never need it.
 
 import * as A from "@automerge/automerge"
 
@@ -267,6 +274,79 @@ function readEdge(id: string, obj: Record<string, unknown>): FlowEdge | undefine
   return { id, source: { node: source, port: sourcePort }, target: { node: target, port: targetPort } }
 }
 
+type Backend = ReturnType<typeof A.getBackend>
+type FullValue = ReturnType<Backend["getWithType"]>
+
+/** Containers deeper than this are not read from the backend (`readValue` drops them). */
+const MAX_BACKEND_DEPTH = MAX_CONFIG_DEPTH + 4
+
+/**
+ * A value read from the Automerge backend, in the shape the JS view gives it (scalar
+ * strings as `ImmutableString`, text as a string, counters as `Counter`). For reads
+ * while the view lags: unlike `materialize`, these reads leave the patches the view
+ * still has to apply alone.
+ */
+function valueOf(backend: Backend, full: FullValue, depth: number): unknown {
+  if (!full) return undefined
+  const [type, value] = full as [string, unknown]
+  switch (type) {
+    case "map": {
+      if (depth >= MAX_BACKEND_DEPTH) return undefined
+      const obj = value as string
+      const out: Record<string, unknown> = {}
+      for (const key of backend.keys(obj)) out[key] = valueOf(backend, backend.getWithType(obj, key), depth + 1)
+      return out
+    }
+    case "list": {
+      if (depth >= MAX_BACKEND_DEPTH) return undefined
+      const obj = value as string
+      const n = backend.length(obj)
+      const out: unknown[] = []
+      for (let i = 0; i < n; i++) out.push(valueOf(backend, backend.getWithType(obj, i), depth + 1))
+      return out
+    }
+    case "text":
+      return backend.text(value as string)
+    case "str":
+      return new A.ImmutableString(value as string)
+    case "counter":
+      return new A.Counter(value as number)
+    case "unknown":
+      return undefined
+    default:
+      // int, uint, f64, boolean, null, timestamp, bytes: as they are.
+      return value
+  }
+}
+
+function backendNumber(full: FullValue): number | undefined {
+  if (!full || (full[0] !== "f64" && full[0] !== "int" && full[0] !== "uint")) return undefined
+  return numberOf(full[1])
+}
+
+/** `readNode` on the backend (what `node(id)` gives while the view lags). */
+function backendNode(backend: Backend, id: string): FlowNode | undefined {
+  const nodes = backend.getWithType("_root", "nodes")
+  if (nodes?.[0] !== "map") return undefined
+  const node = backend.getWithType(nodes[1] as string, id)
+  if (node?.[0] !== "map") return undefined
+  const obj = node[1] as string
+  const kind = backend.getWithType(obj, "kind")
+  const label = backend.getWithType(obj, "label")
+  const pos = backend.getWithType(obj, "position")
+  const config = backend.getWithType(obj, "config")
+  if (kind?.[0] !== "str" || label?.[0] !== "str" || pos?.[0] !== "map" || config?.[0] !== "map") return undefined
+  const x = backendNumber(backend.getWithType(pos[1] as string, "x"))
+  const y = backendNumber(backend.getWithType(pos[1] as string, "y"))
+  if (x === undefined || y === undefined) return undefined
+  const configObj = valueOf(backend, config, 1) as Record<string, unknown>
+  return { id, kind: kind[1] as string, label: label[1] as string, position: { x, y }, config: readMap(configObj, 1) }
+}
+
+function sameHeads(a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((h, i) => h === b[i])
+}
+
 /** The read view of a flow document: malformed entries skipped, dangling edges omitted. */
 export function snapshotOf(doc: A.Doc<unknown>): FlowSnapshot {
   const d = doc as AnyDoc
@@ -308,24 +388,100 @@ export interface EditOutcome {
  * edit changes nothing, like the Rust side), returning its hash.
  */
 export class FlowDocument {
-  doc: A.Doc<unknown>
+  #doc: A.Doc<unknown>
+  /** The backend holds changes (from `receiveChanges`) that `#doc`'s JS view lacks. */
+  #stale = false
   #nextId = 0
 
   constructor(doc?: A.Doc<unknown>) {
-    this.doc = doc ?? A.init()
+    this.#doc = doc ?? A.init()
+  }
+
+  /** The Automerge document, its JS view brought up to date first if it lags. */
+  get doc(): A.Doc<unknown> {
+    if (this.#stale) this.refresh()
+    return this.#doc
+  }
+
+  set doc(doc: A.Doc<unknown>) {
+    this.#doc = doc
+    this.#stale = false
+  }
+
+  /** Whether the JS view lags behind the changes applied (until the next read). */
+  get stale(): boolean {
+    return this.#stale
+  }
+
+  /**
+   * Brings the JS view up to date with every change applied so far, in one pass
+   * however many changes arrived since the last read.
+   */
+  refresh(): void {
+    if (!this.#stale) return
+    // No new changes: Automerge just patches the view up to the backend's state.
+    ;[this.#doc] = A.applyChanges(this.#doc, [])
+    this.#stale = false
   }
 
   heads(): string[] {
-    return A.getHeads(this.doc)
+    return A.getHeads(this.#doc)
+  }
+
+  /** Whether the document holds every one of these changes. */
+  hasHeads(heads: string[]): boolean {
+    return A.hasHeads(this.#doc, heads)
   }
 
   actorId(): string {
-    return A.getActorId(this.doc)
+    return A.getActorId(this.#doc)
+  }
+
+  /**
+   * Applies raw changes (one or more change chunks, concatenated, as in a change
+   * frame) to the backend, leaving the JS view to the next read: the cost is the
+   * changes', not the document's. Changes whose dependencies are missing are queued
+   * (see `missingDeps`). Returns whether the heads moved. Throws on undecodable bytes.
+   */
+  receiveChanges(bytes: Uint8Array): boolean {
+    const backend = A.getBackend(this.#doc)
+    const before = backend.getHeads()
+    backend.loadIncremental(bytes)
+    const changed = !sameHeads(before, backend.getHeads())
+    if (changed) this.#stale = true
+    return changed
+  }
+
+  /** Hashes of changes that queued changes depend on and the document lacks. */
+  missingDeps(): string[] {
+    return A.getMissingDeps(this.#doc, [])
+  }
+
+  /** The raw bytes of one change of the document, by hash. */
+  changeBytes(hash: string): Uint8Array | undefined {
+    return A.getBackend(this.#doc).getChangeByHash(hash) ?? undefined
+  }
+
+  /** Applies an Automerge sync message; returns the new sync state. */
+  receiveSyncMessage(sync: A.SyncState, message: Uint8Array): A.SyncState {
+    // On the possibly stale document: Automerge patches the view once for both.
+    const [doc, next] = A.receiveSyncMessage(this.#doc, sync, message)
+    this.doc = doc
+    return next
+  }
+
+  /** The next sync message for the peer of `sync`, if the protocol has one. */
+  generateSyncMessage(sync: A.SyncState): [A.SyncState, Uint8Array | null] {
+    return A.generateSyncMessage(this.#doc, sync)
   }
 
   /** Whether the genesis (root maps) has arrived from the hub. */
   isLoaded(): boolean {
-    const d = this.doc as AnyDoc
+    if (this.#stale) {
+      const backend = A.getBackend(this.#doc)
+      return backend.getWithType("_root", "nodes")?.[0] === "map" && backend.getWithType("_root", "edges")?.[0] === "map"
+    }
+    const d = this.#doc as AnyDoc
     return isMap(d.nodes) && isMap(d.edges)
   }
 
@@ -333,8 +489,10 @@ export class FlowDocument {
     return snapshotOf(this.doc)
   }
 
+  /** One node (read from the backend while the view lags: O(node), not O(flow)). */
   node(id: string): FlowNode | undefined {
-    const d = this.doc as AnyDoc
+    if (this.#stale) return backendNode(A.getBackend(this.#doc), id)
+    const d = this.#doc as AnyDoc
     const obj = isMap(d.nodes) ? d.nodes[id] : undefined
     return isMap(obj) ? readNode(id, obj) : undefined
   }

@@ -1,5 +1,5 @@
 export { FlowhubClient, Flow, RunWatch, FlowhubError } from "./client.js"
-export type { ConnectOptions, PendingEdit, Welcome, WebSocketCtor, WebSocketLike } from "./client.js"
+export type { ConnectOptions, FlowFrameStats, PendingEdit, Welcome, WebSocketCtor, WebSocketLike } from "./client.js"
 export { FlowDocument, FlowEditError, snapshotOf, MAX_CONFIG_DEPTH, MAX_ID_LEN, MAX_KIND_LEN, MAX_LABEL_LEN } from "./flow.js"
 export type {
   EditOutcome,
