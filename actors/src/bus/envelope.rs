@@ -85,6 +85,15 @@ impl FlowBusMessage {
         bytes.first() == Some(&1)
     }
 
+    /// The origin node of encoded `bytes`, without decoding the items: a flow actor
+    /// hears its own publishes back (pub/sub delivers to every subscriber) and skips
+    /// them here, before they cost a wake-up, a mailbox message and a copy of the
+    /// changes.
+    pub fn origin_of(bytes: &[u8]) -> Option<&str> {
+        let len = usize::from(*bytes.get(1)?);
+        std::str::from_utf8(bytes.get(2..2 + len)?).ok()
+    }
+
     /// `None` for anything malformed: the bus is shared infrastructure, and a message
     /// we cannot read is dropped, like any lost message (the store repairs it).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
@@ -162,8 +171,12 @@ mod tests {
             origin: "e".into(),
             json: b"{}".to_vec(),
         };
-        assert_eq!(FlowBusMessage::decode(&m.encode()), Some(m));
+        assert_eq!(FlowBusMessage::decode(&m.encode()), Some(m.clone()));
         let r = FlowBusMessage::PresenceRequest { origin: "d".into() };
-        assert_eq!(FlowBusMessage::decode(&r.encode()), Some(r));
+        assert_eq!(FlowBusMessage::decode(&r.encode()), Some(r.clone()));
+        assert_eq!(FlowBusMessage::origin_of(&r.encode()), Some("d"));
+        assert_eq!(FlowBusMessage::origin_of(&m.encode()), Some("e"));
+        assert_eq!(FlowBusMessage::origin_of(&[1, 5, b'a']), None);
+        assert_eq!(FlowBusMessage::origin_of(&[]), None);
     }
 }

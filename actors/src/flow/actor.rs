@@ -222,11 +222,16 @@ impl Actor for FlowActor {
             .await?;
         let mut tasks = Vec::new();
         let me = myself.clone();
+        let own = args.deps.node_id.clone();
         tasks.push(tokio::spawn(async move {
             // Bind the whole subscription: using only `sub.rx` would capture just that
             // field and drop the guard at once, which unsubscribes.
             let mut sub = sub;
             while let Some(msg) = sub.rx.recv().await {
+                // Our own publishes come back; never bother the actor with them.
+                if FlowBusMessage::origin_of(&msg) == Some(own.as_str()) {
+                    continue;
+                }
                 if me.cast(FlowMsg::Bus(msg)).is_err() {
                     break;
                 }

@@ -310,7 +310,12 @@ async fn open(base_url: &str, token: &str) -> Result<(Ws, Welcome), ClientError>
     let url = ws_url(base_url, token)?;
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
     let (mut ws, _response) =
-        tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url.as_str()))
+        // Nagle off: edits and acks are small frames that must leave at once, not wait
+        // for the peer's delayed ACK of the previous one (tens of milliseconds).
+        tokio::time::timeout_at(
+            deadline,
+            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
+        )
             .await
             .map_err(|_| ClientError::Timeout("connect"))?
             .map_err(connect_error)?;
