@@ -26,6 +26,10 @@ use flowhub_protocol::{FrameKind, Role, ServerMessage, SyncFrame};
 use proptest::prelude::*;
 use ractor::ActorRef;
 
+// The crdt tests' hostile-change builders (a change automerge panics on).
+#[path = "../../crdt/tests/common/mod.rs"]
+mod crdt_common;
+
 const FLOW: &str = "streamed";
 const MAX_CLIENTS: usize = 4;
 
@@ -542,32 +546,6 @@ async fn a_change_frame_with_missing_dependencies_falls_back_to_sync() {
 /// flow goes on.
 #[tokio::test]
 async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_store() {
-    use automerge::legacy::{self, Key, ObjectId, OpId, OpType};
-    use automerge::{ActorId, Change, ScalarValue};
-
-    fn change_on_missing_object(deps: Vec<ChangeHash>) -> Change {
-        let actor = ActorId::random();
-        legacy::Change {
-            operations: vec![legacy::Op {
-                action: OpType::Put(ScalarValue::Str("boom".into())),
-                obj: ObjectId::Id(OpId::new(999, &actor)),
-                key: Key::Map("k".into()),
-                pred: Vec::new().into(),
-                insert: false,
-            }],
-            actor_id: actor,
-            hash: None,
-            seq: 1,
-            start_op: std::num::NonZeroU64::MIN,
-            time: 0,
-            message: None,
-            deps,
-            extra_bytes: vec![],
-            author: None,
-        }
-        .into()
-    }
-
     let mut w = world(256, true).await;
     w.join().await;
     w.join().await;
@@ -577,7 +555,7 @@ async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_s
     assert_converged(&mut w).await;
 
     let heads = w.clients[0].doc.heads();
-    let bad = change_on_missing_object(heads);
+    let bad = crdt_common::change_on_missing_object(heads);
     let c = &mut w.clients[0];
     send_all(
         &w.actor,

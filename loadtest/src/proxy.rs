@@ -3,8 +3,9 @@
 //!
 //! It forwards text, binary and close frames both ways (each hop answers its own
 //! pings). For the first `victims` sessions it accepts, it inspects client → hub
-//! binary frames: a frame whose Automerge sync message carries changes (judged
-//! against a fresh document, which has only the shared genesis) is an edit; after
+//! binary frames: a change frame, or a frame whose Automerge sync message carries
+//! changes (judged against a fresh document, which has only the shared genesis), is an
+//! edit; after
 //! the first `keep_first` of those (the editor's setup), every `drop_every`-th is
 //! discarded. The victim's replica keeps its edits; the hub never sees them.
 //!
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowhub_crdt::FlowDoc;
-use flowhub_protocol::SyncFrame;
+use flowhub_protocol::{FrameKind, SyncFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -219,11 +220,15 @@ async fn handle(
     }
 }
 
-/// Whether a client → hub binary frame carries changes a fresh document lacks.
+/// Whether a client → hub binary frame carries changes a fresh document lacks: a sync
+/// message with changes, or a change frame (a streaming client's edit).
 fn carries_changes(fresh: &mut FlowDoc, bytes: &[u8]) -> bool {
     SyncFrame::decode(bytes)
         .ok()
-        .and_then(|f| fresh.sync_message_has_new_changes(&f.payload).ok())
+        .and_then(|f| match f.kind {
+            FrameKind::FlowSync => fresh.sync_message_has_new_changes(&f.payload).ok(),
+            FrameKind::FlowChanges => fresh.change_frame_has_new_changes(&f.payload).ok(),
+        })
         .unwrap_or(false)
 }
 

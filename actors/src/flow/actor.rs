@@ -369,14 +369,18 @@ impl Actor for FlowActor {
                     state.flush_presence().await;
                 }
                 FlowMsg::Sync {
+                    session_id, reply, ..
+                }
+                | FlowMsg::Changes {
+                    session_id, reply, ..
+                } if !state.peers.contains_key(&session_id) => {
+                    let _ = reply.send(false);
+                }
+                FlowMsg::Sync {
                     session_id,
                     payload,
                     reply,
                 } => {
-                    if !state.peers.contains_key(&session_id) {
-                        let _ = reply.send(false);
-                        return Ok(());
-                    }
                     let result = state.on_sync(&session_id, &payload).await;
                     let _ = reply.send(true);
                     result?;
@@ -386,10 +390,6 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
-                    if !state.peers.contains_key(&session_id) {
-                        let _ = reply.send(false);
-                        return Ok(());
-                    }
                     let result = state.on_changes(&session_id, &payload).await;
                     let _ = reply.send(true);
                     result?;

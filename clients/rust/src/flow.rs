@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::connection::ClientInner;
 use crate::dispatch::{lock, Shared};
-use crate::replica::Replica;
+use crate::replica::{Received, Replica};
 use crate::ticket::{EditTicket, TicketStatus};
 use crate::ClientError;
 
@@ -146,47 +146,43 @@ impl FlowShared {
 
     /// A binary sync frame from the hub: apply it and answer it.
     pub(crate) fn on_sync(&self, conn: &Shared, payload: &[u8]) {
-        let applied = {
-            let mut replica = lock(&self.replica);
-            match replica.receive(payload) {
-                Ok(received) => {
-                    if let Err(e) = conn.send_sync(&self.flow_id, received.replies) {
-                        tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "sync reply not sent");
-                    }
-                    received.applied
-                }
-                Err(e) => {
-                    tracing::warn!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "undecodable sync message from the hub ignored");
-                    0
-                }
-            }
-        };
-        if applied > 0 {
-            tracing::trace!(session_id = %conn.session_id, flow_id = %self.flow_id, applied, "remote changes applied");
-            self.version.send_modify(|v| *v += 1);
-        }
+        self.on_frame(conn, "sync message", |replica| replica.receive(payload));
     }
 
     /// A change frame from the hub (this client subscribed with `stream`): apply it.
     /// No answer, unless the changes lacked dependencies and a sync round must fetch
     /// them.
     pub(crate) fn on_changes(&self, conn: &Shared, payload: &[u8]) {
+        self.on_frame(conn, "change frame", |replica| {
+            replica.receive_changes(payload)
+        });
+    }
+
+    /// Applies a frame from the hub with `receive`, sends the replies, and wakes the
+    /// waiters when remote changes arrived.
+    fn on_frame(
+        &self,
+        conn: &Shared,
+        what: &str,
+        receive: impl FnOnce(&mut Replica) -> Result<Received, CrdtError>,
+    ) {
         let applied = {
             let mut replica = lock(&self.replica);
-            match replica.receive_changes(payload) {
+            match receive(&mut replica) {
                 Ok(received) => {
                     if let Err(e) = conn.send_sync(&self.flow_id, received.replies) {
-                        tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "sync request not sent");
+                        tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "reply to the hub not sent");
                     }
                     received.applied
                 }
                 Err(e) => {
-                    tracing::warn!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "undecodable change frame from the hub ignored");
+                    tracing::warn!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "undecodable {what} from the hub ignored");
                     0
                 }
             }
         };
         if applied > 0 {
+            tracing::trace!(session_id = %conn.session_id, flow_id = %self.flow_id, applied, "remote changes applied");
             self.version.send_modify(|v| *v += 1);
         }
     }
