@@ -653,8 +653,10 @@ impl FlowState {
         {
             Ok(applied) => applied,
             Err(e) => {
+                // Reload first: the refusal syncs the peer from the document.
+                self.reload_if_poisoned().await?;
                 self.refuse_invalid(session_id, e);
-                return self.reload_if_poisoned().await;
+                return Ok(());
             }
         };
         if applied.changes.is_empty() {
@@ -694,8 +696,9 @@ impl FlowState {
                 Ok(())
             }
             Err(e) => {
+                self.reload_if_poisoned().await?;
                 self.refuse_invalid(session_id, e);
-                self.reload_if_poisoned().await
+                Ok(())
             }
         }
     }
