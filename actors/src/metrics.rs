@@ -12,7 +12,7 @@ pub struct Metrics {
     pub frames_out: AtomicU64,
     /// Outbound frames that did not fit a session's queue.
     pub queue_drops: AtomicU64,
-    /// Peers resynced from scratch after their queue overflowed or an edit was refused.
+    /// Peers synced again once their overflowed queue drained.
     pub resyncs: AtomicU64,
     /// Change frames queued to streaming peers (one per peer and batch of changes).
     pub frames_streamed: AtomicU64,

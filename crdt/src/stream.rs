@@ -72,11 +72,6 @@ impl PeerLink {
         }
     }
 
-    /// Whether the peer takes change frames.
-    pub fn streams(&self) -> bool {
-        self.streams
-    }
-
     /// The sync state, for receiving the peer's sync messages.
     pub fn sync_state(&mut self) -> &mut SyncState {
         &mut self.sync
@@ -94,7 +89,7 @@ impl PeerLink {
     }
 
     /// Whether the peer is known to have exactly `heads` (and to need nothing).
-    pub fn is_current_at(&self, heads: &[ChangeHash]) -> bool {
+    fn is_current_at(&self, heads: &[ChangeHash]) -> bool {
         let state = &self.sync.0;
         let Some(theirs) = state.their_heads.as_ref() else {
             return false;

@@ -169,7 +169,8 @@ struct Peer {
     presence_stale: bool,
     /// Sync state and streaming (see `flowhub_crdt::stream`).
     link: PeerLink,
-    /// A sync frame was dropped because the queue was full; resync when it drains.
+    /// Its queue was full: nothing more is sent until it drains (see `on_tick`), then
+    /// a sync round from what it was sent.
     lagging: bool,
 }
 
