@@ -551,11 +551,20 @@ function seed() {
 /** The hub's colours (actors/src/flow/presence.rs); used to avoid sharing one. */
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
 
-/** Keeps the hub-assigned colour unless someone else here already has it. */
+/**
+ * Keeps the hub-assigned colour (a hash of the user id, so two people can share one)
+ * unless someone else here already has it. Runs on every presence change, not just at
+ * start: two pages opened together may not see each other yet when they start. Of two
+ * sessions with the same colour, the one with the greater session id moves, so they
+ * never both switch.
+ */
 function pickColor() {
   const me = flow.presence().find((p) => p.session_id === client.sessionId)
-  const taken = new Set(flow.others().map((p) => p.color))
-  if (!me || !taken.has(me.color)) return
+  if (!me) return
+  const others = flow.others()
+  const taken = new Set(others.map((p) => p.color))
+  const clash = others.some((p) => p.color === me.color && p.session_id < me.session_id)
+  if (!clash) return
   const free = PALETTE.find((c) => !taken.has(c))
   if (free) flow.setPresence({ color: free })
 }
@@ -579,7 +588,10 @@ async function main() {
   document.title = `flowhub · ${flowId}`
 
   flow.on("change", scheduleRender)
-  flow.on("presence", scheduleRender)
+  flow.on("presence", () => {
+    pickColor()
+    scheduleRender()
+  })
   flow.on("refused", (e) => {
     hint.textContent = `edit refused by the hub: ${e.code}`
     scheduleRender()
