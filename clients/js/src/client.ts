@@ -762,6 +762,14 @@ export class Flow extends Emitter<FlowEvents> {
   setPresence(p: { cursor?: Cursor; selection?: string[]; color?: string }): void {
     this.#own = { ...this.#own, ...p }
     if (this.subscribed) this.client.sendMessage({ type: "presence", flow_id: this.flowId, ...p })
+    // The hub never echoes a session's own presence back, so keep our own entry
+    // current here: `presence()` (a people list, a colour) must show what we set.
+    const me = this.client.connected ? this.client.sessionId : undefined
+    const entry = me === undefined ? undefined : this.#presence.get(me)
+    if (me !== undefined && entry) {
+      this.#presence.set(me, { ...entry, ...p, selection: p.selection ?? entry.selection })
+      if (p.color !== undefined) this.emit("presence", this.others())
+    }
   }
 
   /** Leaves the flow. Pending edits stay in the hub's hands but are no longer tracked. */
