@@ -65,6 +65,7 @@ async fn join(
         request_id: None,
         pending: Vec::new(),
         stream,
+        on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
         reply
     })
     .expect("join");

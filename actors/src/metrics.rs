@@ -22,6 +22,9 @@ pub struct Metrics {
     pub sessions_closed_slow: AtomicU64,
     pub edits_applied: AtomicU64,
     pub edits_refused: AtomicU64,
+    /// Schema-breaking changes accepted together with a hub-authored repair (peers
+    /// that cannot roll back: stock automerge-repo).
+    pub edits_repaired: AtomicU64,
     pub store_appends: AtomicU64,
     pub store_append_micros: AtomicU64,
     pub store_errors: AtomicU64,
@@ -120,6 +123,12 @@ impl Metrics {
             "counter",
             "Sync messages refused (forbidden, schema, malformed).",
             c(&self.edits_refused).to_string(),
+        );
+        line(
+            "edits_repaired_total",
+            "counter",
+            "Schema-breaking changes accepted with a repair change (automerge-repo peers).",
+            c(&self.edits_repaired).to_string(),
         );
         line(
             "store_appends_total",

@@ -97,6 +97,7 @@ async fn join(reg: &FlowRegistry, id: &str, role: Role) -> OutboundRx {
         request_id: None,
         pending: Vec::new(),
         stream: false,
+        on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
         reply
     })
     .unwrap();

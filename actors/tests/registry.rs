@@ -60,6 +60,7 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
         request_id: None,
         pending: Vec::new(),
         stream: false,
+        on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
         reply
     })
     .unwrap();

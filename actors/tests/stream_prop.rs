@@ -237,6 +237,7 @@ async fn join_actor(
         request_id: None,
         pending: Vec::new(),
         stream,
+        on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
         reply
     })
     .expect("join");

@@ -34,6 +34,9 @@
 //! * **Guarded sync** ([`FlowDoc::receive_sync_message_validated`]): the hub
 //!   applies a peer's changes only if the resulting document passes the schema,
 //!   and otherwise restores the document exactly.
+//! * **Repair instead of refusal** ([`FlowDoc::receive_sync_message_repairing`]): for
+//!   peers that cannot roll back (stock automerge-repo), a schema-breaking change is
+//!   accepted together with a repair change that makes the flow valid again.
 //! * **Batches** ([`FlowDoc::batch`]): any number of typed edits committed as
 //!   one change, all or nothing. Consecutive moves of a node in a batch are
 //!   written once (only the final position is observable), so a drag that
@@ -69,6 +72,8 @@
 //! * `tree` — one-pass loading of the visible document (or a subtree) for the readers below.
 //! * `view` — the tolerant, deterministic read view (`snapshot`, `node`, `to_json`, and `_at` variants).
 //! * [`schema`] — the strict schema, [`SchemaError`] and `validate`.
+//! * `repair` — [`FlowDoc::repair_schema`]: one change that makes an invalid document
+//!   valid, for peers that cannot roll back a refused change ([`Repair`]).
 //! * `json` — nested JSON <-> Automerge map/list conversion for node config.
 //! * `guard` — containing Automerge panics on hostile changes by restoring a snapshot.
 //! * `incremental` — validating only the nodes and edges a batch of patches touched.
@@ -88,6 +93,7 @@ mod history;
 mod incremental;
 mod json;
 mod model;
+mod repair;
 pub mod schema;
 mod stream;
 mod sync;
@@ -101,6 +107,7 @@ pub use flow_doc::{genesis_hash, parse_heads, FlowDoc};
 pub use history::StoredChange;
 pub use json::MAX_CONFIG_DEPTH;
 pub use model::{Edge, Endpoint, FlowSnapshot, NewNode, Node, Position};
+pub use repair::{Repair, MAX_REPAIRS, UNKNOWN_KIND};
 pub use schema::SchemaError;
 pub use stream::{change_frame_hashes, ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
-pub use sync::{sync_message_hashes, Applied, SyncState};
+pub use sync::{sync_message_hashes, Applied, Repaired, SyncState};

@@ -13,6 +13,7 @@ use crate::flow_doc::FlowDoc;
 use crate::guard::{no_panic, PANIC_MESSAGE};
 use crate::history::StoredChange;
 use crate::incremental::{validate_touched, Touched};
+use crate::schema::SchemaError;
 
 /// Sync progress with one peer (what they have, what is in flight).
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,15 @@ pub struct Applied {
     /// Changes newly applied by the message, in causal order (empty for pure
     /// protocol chatter or changes still waiting for dependencies).
     pub changes: Vec<StoredChange>,
+}
+
+/// What [`FlowDoc::receive_sync_message_repairing`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Repaired {
+    /// The peer's changes now in the document.
+    pub applied: Applied,
+    /// The repair change that followed them, when they broke the schema.
+    pub repair: Option<crate::Repair>,
 }
 
 impl Applied {
@@ -192,6 +202,34 @@ impl FlowDoc {
         self.apply_validated(state, incoming)
     }
 
+    /// The hub's receive for peers that cannot roll back a refused change (stock
+    /// automerge-repo peers): like [`FlowDoc::receive_sync_message_validated`], except
+    /// that changes breaking the schema are kept and followed by a repair change this
+    /// document authors ([`FlowDoc::repair_schema`]), which [`Repaired::repair`]
+    /// returns; `applied` holds only the peer's changes. Fails, restoring the document
+    /// exactly, only when the damage cannot be repaired (see `repair_schema`) or
+    /// Automerge rejects the changes.
+    pub fn receive_sync_message_repairing(
+        &mut self,
+        state: &mut SyncState,
+        msg: &[u8],
+    ) -> Result<Repaired> {
+        let incoming = decode(msg)?;
+        if !self.may_change(&incoming) {
+            let applied = self.apply_message(state, incoming, None)?;
+            return Ok(Repaired {
+                applied,
+                repair: None,
+            });
+        }
+        let mut repair = None;
+        let applied = self.apply_checked(state, incoming, |this, _| {
+            repair = this.repair_schema()?;
+            Ok(())
+        })?;
+        Ok(Repaired { applied, repair })
+    }
+
     /// Changes this document lacks, with all their dependencies present, applied and
     /// validated as [`FlowDoc::receive_sync_message_validated`] does (the change
     /// frame path of [`FlowDoc::receive_changes_validated`]).
@@ -218,13 +256,27 @@ impl FlowDoc {
     /// touched, restoring the document on failure (see
     /// [`FlowDoc::receive_sync_message_validated`] for the strategy).
     fn apply_validated(&mut self, state: &mut SyncState, incoming: Incoming) -> Result<Applied> {
+        self.apply_checked(state, incoming, |_, e| Err(CrdtError::Schema(e)))
+    }
+
+    /// [`FlowDoc::apply_validated`], calling `on_invalid` when what the message
+    /// touched breaks the schema: the message is refused (the document restored)
+    /// unless `on_invalid` makes the document valid and returns `Ok`.
+    fn apply_checked(
+        &mut self,
+        state: &mut SyncState,
+        incoming: Incoming,
+        on_invalid: impl FnOnce(&mut Self, SchemaError) -> Result<()>,
+    ) -> Result<Applied> {
         let result = self.guarded_receive(
             |this| {
                 let mut log = PatchLog::active();
                 let applied = this.apply_message(state, incoming, Some(&mut log))?;
                 if !applied.is_empty() {
                     let patches = this.doc.make_patches(&mut log);
-                    validate_touched(&this.doc, &Touched::from_patches(&patches))?;
+                    if let Err(e) = validate_touched(&this.doc, &Touched::from_patches(&patches)) {
+                        on_invalid(this, e)?;
+                    }
                 }
                 Ok(applied)
             },

@@ -532,6 +532,7 @@ impl Bridge {
                         request_id: None,
                         pending: Vec::new(),
                         stream: false,
+                        on_invalid: flowhub_actors::flow::OnInvalid::Repair,
                         reply,
                     },
                     None,

@@ -269,6 +269,17 @@ pub enum ServerMessage {
     ResumeFrom { run_id: String, seq: u64 },
     /// A run of a flow started or finished (`subscribe_flow_runs`).
     FlowRun { flow_id: String, run: RunSummary },
+    /// The hub accepted a peer's changes that broke the flow schema and repaired the
+    /// flow with a change of its own (`change`), which reaches every replica like any
+    /// other edit. Sent only to peers that subscribed with the repair policy (stock
+    /// automerge-repo peers, which cannot roll back); `problems` lists what was
+    /// repaired, one schema error each (e.g. `nodes/n1/label: missing`).
+    Repaired {
+        flow_id: String,
+        /// Hex hash of the hub's repair change.
+        change: String,
+        problems: Vec<String>,
+    },
     /// A typed error. `id` echoes the failed request; `flow_id` names the flow when the
     /// error concerns a binary sync frame (which has no request id).
     Error {
@@ -304,6 +315,7 @@ impl ServerMessage {
             | ServerMessage::PresenceDiff { .. }
             | ServerMessage::RunEvent { .. }
             | ServerMessage::ResumeFrom { .. }
+            | ServerMessage::Repaired { .. }
             | ServerMessage::FlowRun { .. } => {}
         }
         self

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowhub_crdt::{ChangeHash, ChangesOutcome, CrdtError, FlowDoc, PeerLink, Route, StoredChange};
+use flowhub_crdt::{
+    ChangeHash, ChangesOutcome, CrdtError, FlowDoc, PeerLink, Repair, Repaired, Route, StoredChange,
+};
 use flowhub_protocol::frame::encode_flow_changes;
 use flowhub_protocol::{Cursor, ErrorCode, RequestId, Role, ServerMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -78,6 +80,21 @@ pub struct FlowDeps {
     pub config: FlowConfig,
 }
 
+/// What the flow actor does with a peer's changes that would break the flow schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnInvalid {
+    /// Refuse them: nothing is stored or forwarded, the peer gets a
+    /// `schema_violation` error and rolls back (flowhub's own clients).
+    #[default]
+    Refuse,
+    /// Accept them and store, together with them, a repair change the hub authors
+    /// ([`FlowDoc::repair_schema`]), so the flow stays valid and the peer's later
+    /// edits still land. For peers that cannot roll back: a stock automerge-repo
+    /// `Repo` keeps a refused change and would resend it forever, so refusing would
+    /// lock it out. The peer is told with [`ServerMessage::Repaired`].
+    Repair,
+}
+
 pub struct FlowArgs {
     pub flow_id: String,
     pub deps: Arc<FlowDeps>,
@@ -103,6 +120,8 @@ pub enum FlowMsg {
         pending: Vec<ChangeHash>,
         /// The session takes change frames (`subscribe_flow.stream`).
         stream: bool,
+        /// What happens to this peer's changes that break the schema.
+        on_invalid: OnInvalid,
         reply: RpcReplyPort<()>,
     },
     Leave {
@@ -172,6 +191,7 @@ struct Peer {
     /// Its queue was full: nothing more is sent until it drains (see `on_tick`), then
     /// a sync round from what it was sent.
     lagging: bool,
+    on_invalid: OnInvalid,
 }
 
 pub struct FlowState {
@@ -317,11 +337,12 @@ impl Actor for FlowActor {
                     request_id,
                     pending,
                     stream,
+                    on_invalid,
                     reply,
                 } => {
                     state.join(
                         session_id, user_id, name, token_role, role, out, request_id, &pending,
-                        stream,
+                        stream, on_invalid,
                     );
                     state.arm_presence_flush(&myself);
                     let _ = reply.send(());
@@ -494,6 +515,7 @@ impl FlowState {
         request_id: Option<RequestId>,
         pending: &[ChangeHash],
         stream: bool,
+        on_invalid: OnInvalid,
     ) {
         let heads = self.doc.heads_hex();
         out.send_control(&ServerMessage::FlowState {
@@ -546,6 +568,7 @@ impl FlowState {
                 presence_stale: false,
                 link: PeerLink::new(stream),
                 lagging: false,
+                on_invalid,
             },
         );
         self.empty_since = None;
@@ -648,11 +671,20 @@ impl FlowState {
             return Ok(());
         };
         let before = self.doc.heads();
-        let applied = match self
-            .doc
-            .receive_sync_message_validated(peer.link.sync_state(), payload)
-        {
-            Ok(applied) => applied,
+        let received = match peer.on_invalid {
+            OnInvalid::Refuse => self
+                .doc
+                .receive_sync_message_validated(peer.link.sync_state(), payload)
+                .map(|applied| Repaired {
+                    applied,
+                    repair: None,
+                }),
+            OnInvalid::Repair => self
+                .doc
+                .receive_sync_message_repairing(peer.link.sync_state(), payload),
+        };
+        let Repaired { applied, repair } = match received {
+            Ok(received) => received,
             Err(e) => {
                 // Reload first: the refusal syncs the peer from the document.
                 self.reload_if_poisoned().await?;
@@ -665,7 +697,51 @@ impl FlowState {
             self.sync_peer(session_id);
             return Ok(());
         }
-        self.commit(session_id, before, applied.changes).await
+        match repair {
+            None => self.commit(session_id, before, applied.changes).await,
+            Some(repair) => {
+                self.commit_repaired(session_id, before, applied.changes, repair)
+                    .await
+            }
+        }
+    }
+
+    /// A peer's schema-breaking changes and the repair change that followed them
+    /// (the [`OnInvalid::Repair`] policy): stored together, so no replica and no
+    /// reload ever sees the broken flow without its repair, then acknowledged, the
+    /// peer told what was repaired, and both fanned out. The peer gets the repair by
+    /// the sync protocol like any change it lacks.
+    async fn commit_repaired(
+        &mut self,
+        session_id: &str,
+        before: Vec<ChangeHash>,
+        mut changes: Vec<StoredChange>,
+        repair: Repair,
+    ) -> Result<()> {
+        let authored: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
+        let problems: Vec<String> = repair.problems.iter().map(ToString::to_string).collect();
+        info!(
+            session_id,
+            repair = %repair.change.hash,
+            problems = problems.len(),
+            "repaired a peer's schema-breaking changes"
+        );
+        Metrics::inc(&self.deps.metrics.edits_repaired);
+        let repair_hash = repair.change.hash.to_string();
+        changes.push(repair.change);
+        if let Some(peer) = self.peers.get_mut(session_id) {
+            // Its own changes never go back to it; the repair does.
+            peer.link.authored(&authored);
+        }
+        self.commit_inner(session_id, before, changes, None).await?;
+        if let Some(peer) = self.peers.get(session_id) {
+            peer.out.send_control(&ServerMessage::Repaired {
+                flow_id: self.flow_id.clone(),
+                change: repair_hash,
+                problems,
+            });
+        }
+        Ok(())
     }
 
     /// A change frame: the peer's new changes, validated and committed like those of
@@ -797,6 +873,19 @@ impl FlowState {
         before: Vec<ChangeHash>,
         changes: Vec<StoredChange>,
     ) -> Result<()> {
+        self.commit_inner(session_id, before, changes, Some(session_id))
+            .await
+    }
+
+    /// [`FlowState::commit`]; `author`: the peer that made every one of `changes`
+    /// (`None` when some were made by the hub, so the fan-out reaches the sender too).
+    async fn commit_inner(
+        &mut self,
+        session_id: &str,
+        before: Vec<ChangeHash>,
+        changes: Vec<StoredChange>,
+        author: Option<&str>,
+    ) -> Result<()> {
         let records: Vec<ChangeRecord> = changes
             .iter()
             .map(|c| ChangeRecord {
@@ -823,7 +912,7 @@ impl FlowState {
             });
         }
         // Local peers first: they should not wait for a round trip to Redis.
-        self.fan_out(&before, &changes, Some(session_id));
+        self.fan_out(&before, &changes, author);
         self.publish(FlowBusMessage::Changes {
             origin: self.deps.node_id.clone(),
             changes: records.into_iter().map(|r| r.bytes).collect(),
@@ -834,13 +923,20 @@ impl FlowState {
     }
 
     /// Tells a peer its sync message was refused and restarts its sync from scratch
-    /// (the client rolls back by resyncing too).
+    /// (the client rolls back by resyncing too); for [`OnInvalid::Repair`] peers, only
+    /// tells it.
     fn refuse(&mut self, session_id: &str, code: ErrorCode, message: String) {
         Metrics::inc(&self.deps.metrics.edits_refused);
         debug!(session_id, %code, message, "sync message refused");
         if let Some(peer) = self.peers.get_mut(session_id) {
             peer.out
                 .send_control(&ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
+            if peer.on_invalid == OnInvalid::Repair && code != ErrorCode::Internal {
+                // A peer that cannot roll back answers a fresh sync round by sending
+                // the refused change again, and again: no round for it. Others'
+                // edits still reach it, and it is never closed (see `OnInvalid`).
+                return;
+            }
             peer.link.reset();
         }
         self.sync_peer(session_id);

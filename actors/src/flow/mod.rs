@@ -4,5 +4,5 @@ mod actor;
 pub mod presence;
 mod registry;
 
-pub use actor::{FlowActor, FlowArgs, FlowConfig, FlowDeps, FlowMsg, FlowState};
+pub use actor::{FlowActor, FlowArgs, FlowConfig, FlowDeps, FlowMsg, FlowState, OnInvalid};
 pub use registry::FlowRegistry;

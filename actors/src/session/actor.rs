@@ -457,6 +457,7 @@ impl SessionState {
                         request_id: id.clone(),
                         pending: pending.clone(),
                         stream,
+                        on_invalid: crate::flow::OnInvalid::Refuse,
                         reply,
                     },
                     None,
