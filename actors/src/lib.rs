@@ -7,8 +7,12 @@
 //! Each has an in-process implementation here; the hub adds SQL and Redis ones.
 //!
 //! # Layout
+//! - [`outbound`]: a session's bounded outbound queue with per-class policy; what flow,
+//!   run and session actors all send into, so it sits below all three.
+//! - [`directory`]: one live actor per key, spawned on first use (the flow and run
+//!   registries are built on it).
 //! - [`flow`]: the flow actor and the registry that gets-or-spawns exactly one per flow.
-//! - [`session`]: the session actor and its bounded outbound queue with per-class policy.
+//! - [`session`]: the session actor.
 //! - [`run`]: run actors (live run progress), their registry, `RunStore` and the runs feed.
 //! - [`store`]: the `Store` trait, its guarantees, and `MemoryStore`.
 //! - [`bus`]: the `Bus` trait (at most once), `MemoryBus`, and the bus message format.
@@ -17,10 +21,12 @@
 //! - [`error`]: this crate's error type.
 
 pub mod bus;
+pub mod directory;
 pub mod error;
 pub mod flow;
 pub mod identity;
 pub mod metrics;
+pub mod outbound;
 pub mod run;
 pub mod session;
 pub mod store;

@@ -21,11 +21,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
 use super::presence::{PresenceBook, PresenceChanges, FLUSH_INTERVAL};
-use super::registry::FlowRegistry;
 use crate::bus::{channel, Bus, FlowBusMessage, PresenceUpdate};
+use crate::directory::ActorDirectory;
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
-use crate::session::outbound::{Delivery, Outbound};
+use crate::outbound::{Delivery, Outbound};
 use crate::store::{ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store};
 
 /// Behaviour of a flow actor (the state is [`FlowState`]).
@@ -47,7 +47,7 @@ pub struct FlowConfig {
     /// store. This bounds how long replicas differ after the bus heals.
     pub heads_interval: Duration,
     /// How often the node polls the store for the versions of its open flows
-    /// ([`FlowRegistry::spawn_store_watch`]): the bound on how long a replica stays
+    /// ([`FlowRegistry::spawn_store_watch`](crate::flow::FlowRegistry::spawn_store_watch)): the bound on how long a replica stays
     /// behind the store, or a revoked user keeps access, when bus messages are lost.
     pub store_watch_interval: Duration,
     /// Largest sync message that may carry changes (`too_large` above).
@@ -98,7 +98,8 @@ pub enum OnInvalid {
 pub struct FlowArgs {
     pub flow_id: String,
     pub deps: Arc<FlowDeps>,
-    pub registry: FlowRegistry,
+    /// Where this node's flow actors are found; the actor leaves it before stopping.
+    pub directory: Arc<ActorDirectory<FlowMsg>>,
 }
 
 pub enum FlowMsg {
@@ -174,7 +175,7 @@ pub enum FlowMsg {
     /// Sorted hex heads.
     Heads(RpcReplyPort<Vec<String>>),
     /// The flow's versions in the store, polled by the registry's store watch
-    /// ([`FlowRegistry::spawn_store_watch`]): the actor catches up on changes and
+    /// ([`FlowRegistry::spawn_store_watch`](crate::flow::FlowRegistry::spawn_store_watch)): the actor catches up on changes and
     /// re-reads memberships that the bus did not bring.
     StoreVersions(FlowVersions),
 }
@@ -199,7 +200,7 @@ pub struct FlowState {
     doc: FlowDoc,
     peers: HashMap<String, Peer>,
     deps: Arc<FlowDeps>,
-    registry: FlowRegistry,
+    directory: Arc<ActorDirectory<FlowMsg>>,
     /// Hashes stored since the last snapshot: what the next compaction covers.
     uncompacted: Vec<String>,
     last_heads_published: Vec<ChangeHash>,
@@ -269,7 +270,7 @@ impl Actor for FlowActor {
             doc,
             peers: HashMap::new(),
             deps: args.deps,
-            registry: args.registry,
+            directory: args.directory,
             uncompacted,
             last_heads_published: Vec::new(),
             last_heads_at: Instant::now(),
@@ -308,7 +309,7 @@ impl Actor for FlowActor {
         for t in state.tasks.drain(..) {
             t.abort();
         }
-        state.registry.forget(&state.flow_id, myself.get_id());
+        state.directory.forget(&state.flow_id, myself.get_id());
         state
             .deps
             .metrics
@@ -430,7 +431,7 @@ impl Actor for FlowActor {
                     if state.peers.is_empty() && idle {
                         // Forget first: from here on, new subscribers spawn a fresh actor
                         // (which loads everything from the store, where all our changes are).
-                        state.registry.forget(&state.flow_id, myself.get_id());
+                        state.directory.forget(&state.flow_id, myself.get_id());
                         myself.stop(Some("idle".into()));
                     }
                 }
@@ -465,7 +466,7 @@ impl Actor for FlowActor {
                 peer.out.send_control(&notice);
             }
             state.peers.clear();
-            state.registry.forget(&state.flow_id, myself.get_id());
+            state.directory.forget(&state.flow_id, myself.get_id());
             myself.stop(Some(format!("failed: {e}")));
         }
         Ok(())

@@ -1,27 +1,20 @@
 //! Finds the one flow actor of a flow on this node, spawning it on first use.
 //!
-//! Many sessions may subscribe to the same flow at the same instant. Each flow id maps
-//! to a `OnceCell`: the first caller spawns (and loads the flow), concurrent callers
-//! await the same cell, so exactly one actor is spawned. The map lock is never held
-//! across an await: only the cell is shared.
-//!
-//! An idle actor removes itself ([`FlowRegistry::forget`]) before stopping. A caller
-//! that obtained it just before gets an error from its next call and retries, which
-//! spawns a fresh actor that loads everything from the store.
+//! Exactly one actor per flow, however many sessions subscribe at the same instant
+//! (see [`ActorDirectory`]); an idle actor leaves the directory before stopping, and
+//! the next caller spawns a fresh one that loads everything from the store. The
+//! registry adds what is specific to flows: how an actor is spawned, and the store
+//! watch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-use ractor::{Actor, ActorCell, ActorId, ActorRef, ActorStatus};
-use tokio::sync::OnceCell;
-
-use super::actor::{FlowActor, FlowArgs, FlowDeps, FlowMsg};
-use crate::error::{ActorsError, Result};
+use ractor::{Actor, ActorId, ActorRef};
 use tracing::debug;
 
-type Slot = Arc<OnceCell<ActorRef<FlowMsg>>>;
+use super::actor::{FlowActor, FlowArgs, FlowDeps, FlowMsg};
+use crate::directory::ActorDirectory;
+use crate::error::{ActorsError, Result};
 
 #[derive(Clone)]
 pub struct FlowRegistry {
@@ -29,18 +22,16 @@ pub struct FlowRegistry {
 }
 
 struct RegistryInner {
-    flows: DashMap<String, Slot>,
+    flows: Arc<ActorDirectory<FlowMsg>>,
     deps: Arc<FlowDeps>,
-    spawned: AtomicU64,
 }
 
 impl FlowRegistry {
     pub fn new(deps: Arc<FlowDeps>) -> Self {
         FlowRegistry {
             inner: Arc::new(RegistryInner {
-                flows: DashMap::new(),
+                flows: Arc::new(ActorDirectory::new()),
                 deps,
-                spawned: AtomicU64::new(0),
             }),
         }
     }
@@ -51,62 +42,35 @@ impl FlowRegistry {
 
     /// The running actor of `flow_id`, spawning and loading it if needed.
     pub async fn get_or_spawn(&self, flow_id: &str) -> Result<ActorRef<FlowMsg>> {
-        // Two rounds: the second covers an actor that died between lookup and use.
-        for _ in 0..2 {
-            let slot = self
-                .inner
-                .flows
-                .entry(flow_id.to_owned())
-                .or_default()
-                .clone();
-            let spawned = slot
-                .get_or_try_init(|| async {
-                    let args = FlowArgs {
-                        flow_id: flow_id.to_owned(),
-                        deps: self.inner.deps.clone(),
-                        registry: self.clone(),
-                    };
-                    let (actor, _join) = Actor::spawn(None, FlowActor, args).await?;
-                    self.inner.spawned.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, ActorsError>(actor)
-                })
-                .await;
-            match spawned {
-                Ok(actor) if is_alive(actor.get_cell()) => return Ok(actor.clone()),
-                Ok(actor) => self.forget(flow_id, actor.get_id()),
-                Err(e) => {
-                    // Drop the empty slot so the next caller tries again from scratch.
-                    self.inner
-                        .flows
-                        .remove_if(flow_id, |_, s| Arc::ptr_eq(s, &slot) && s.get().is_none());
-                    return Err(e);
-                }
-            }
-        }
-        Err(ActorsError::ActorGone)
+        let spawn = || async {
+            let args = FlowArgs {
+                flow_id: flow_id.to_owned(),
+                deps: self.inner.deps.clone(),
+                directory: self.inner.flows.clone(),
+            };
+            let (actor, _join) = Actor::spawn(None, FlowActor, args).await?;
+            Ok::<_, ActorsError>(Some(actor))
+        };
+        self.inner
+            .flows
+            .get_or_spawn(flow_id, spawn, || ActorsError::ActorGone)
+            .await?
+            .ok_or(ActorsError::ActorGone)
     }
 
     /// The running actor of `flow_id`, without spawning.
     pub fn get(&self, flow_id: &str) -> Option<ActorRef<FlowMsg>> {
-        let slot = self.inner.flows.get(flow_id)?.clone();
-        slot.get().filter(|a| is_alive(a.get_cell())).cloned()
+        self.inner.flows.get(flow_id)
     }
 
     /// Removes `flow_id` if it still maps to the actor `id` (a newer actor is kept).
     pub fn forget(&self, flow_id: &str, id: ActorId) {
-        self.inner.flows.remove_if(flow_id, |_, slot| {
-            slot.get().is_some_and(|a| a.get_id() == id)
-        });
+        self.inner.flows.forget(flow_id, id)
     }
 
     /// Flow ids with a live actor.
     pub fn open_flows(&self) -> Vec<String> {
-        self.inner
-            .flows
-            .iter()
-            .filter(|e| e.value().get().is_some_and(|a| is_alive(a.get_cell())))
-            .map(|e| e.key().clone())
-            .collect()
+        self.inner.flows.live_keys()
     }
 
     /// Starts the store watch: every `interval`, one batched query reads the
@@ -152,33 +116,12 @@ impl FlowRegistry {
 
     /// How many flow actors this registry ever spawned (for tests and metrics).
     pub fn spawned(&self) -> u64 {
-        self.inner.spawned.load(Ordering::Relaxed)
+        self.inner.flows.spawned()
     }
 
     /// Stops every flow actor and waits for them to finish (shutdown). Their changes
     /// are already in the store: nothing is acknowledged before it is stored.
     pub async fn stop_all(&self) {
-        let actors: Vec<ActorRef<FlowMsg>> = self
-            .inner
-            .flows
-            .iter()
-            .filter_map(|e| e.value().get().cloned())
-            .collect();
-        for actor in actors {
-            let _ = actor
-                .stop_and_wait(
-                    Some("shutdown".into()),
-                    Some(std::time::Duration::from_secs(5)),
-                )
-                .await;
-        }
-        self.inner.flows.clear();
+        self.inner.flows.stop_all(Duration::from_secs(5)).await
     }
-}
-
-fn is_alive(cell: ActorCell) -> bool {
-    matches!(
-        cell.get_status(),
-        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
-    )
 }

@@ -38,6 +38,7 @@
 //! resume), so the next request reloads whatever the store really holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,12 +49,13 @@ use flowhub_protocol::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn, Instrument};
 
-use super::registry::RunRegistry;
+use super::feed::FlowRunsFeed;
 use super::store::{RunStore, StoredRun};
 use super::{apply, summary, validate_batch, RunError};
+use crate::directory::ActorDirectory;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::metrics::Metrics;
-use crate::session::outbound::{Delivery, Outbound};
+use crate::outbound::{Delivery, Outbound};
 
 /// How long an actor spawned for a new run waits for its first batch to be stored.
 const UNSTORED_GRACE: Duration = Duration::from_secs(5);
@@ -114,7 +116,24 @@ pub struct RunArgs {
     pub(crate) run_id: String,
     pub(crate) start: RunStart,
     pub(crate) deps: Arc<RunDeps>,
-    pub(crate) registry: RunRegistry,
+    pub(crate) node: RunNode,
+}
+
+/// What every run actor of a node shares besides its dependencies: where run actors
+/// are found (an actor leaves before stopping), the per-flow runs feed, and counters.
+#[derive(Clone)]
+pub(crate) struct RunNode {
+    pub(crate) directory: Arc<ActorDirectory<RunMsg>>,
+    pub(crate) feed: FlowRunsFeed,
+    pub(crate) counters: Arc<RunCounters>,
+}
+
+/// Counters of a node's run actors (for `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct RunCounters {
+    pub(crate) events_accepted: AtomicU64,
+    pub(crate) events_duplicate: AtomicU64,
+    pub(crate) resumes: AtomicU64,
 }
 
 /// The answer to an ingest.
@@ -199,7 +218,7 @@ pub struct RunState {
     stop_due: Option<Instant>,
     last_activity: Instant,
     deps: Arc<RunDeps>,
-    registry: RunRegistry,
+    node: RunNode,
     /// The bus forwarder and the sync ticker, stopped with the actor.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     span: tracing::Span,
@@ -275,7 +294,7 @@ impl Actor for RunActor {
             stop_due: None,
             last_activity: Instant::now(),
             deps: args.deps,
-            registry: args.registry,
+            node: args.node,
             tasks,
             span,
         })
@@ -299,14 +318,14 @@ impl Actor for RunActor {
         for t in state.tasks.drain(..) {
             t.abort();
         }
-        state.registry.forget(&state.run_id, myself.get_id());
+        state.node.directory.forget(&state.run_id, myself.get_id());
         // Watchers resubscribe (to a fresh actor) from what they were sent.
         for (_, w) in state.watchers.drain() {
             let resume = ServerMessage::ResumeFrom {
                 run_id: state.run_id.clone(),
                 seq: w.delivered,
             };
-            Metrics::inc(&state.registry.counters().resumes);
+            Metrics::inc(&state.node.counters.resumes);
             if w.out.try_send_text(&resume) == Delivery::Full {
                 // Not even room to say so: close, the client reconnects and resumes.
                 w.out.close(
@@ -337,7 +356,7 @@ impl Actor for RunActor {
                     if failed {
                         // Memory is unchanged, but the store may or may not hold the
                         // batch: let a fresh actor reload what it really holds.
-                        state.registry.forget(&state.run_id, myself.get_id());
+                        state.node.directory.forget(&state.run_id, myself.get_id());
                         myself.stop(Some("store failure".into()));
                         return;
                     }
@@ -411,7 +430,7 @@ impl Actor for RunActor {
                     if idle >= grace {
                         // Forget first: from here on, new requests spawn a fresh actor
                         // (which loads everything from the store, where all events are).
-                        state.registry.forget(&state.run_id, myself.get_id());
+                        state.node.directory.forget(&state.run_id, myself.get_id());
                         myself.stop(Some("idle".into()));
                     } else {
                         state.arm_stop_after(&myself, grace - idle);
@@ -465,7 +484,7 @@ impl RunState {
             }
             let changed = apply(&mut self.run, &event, self.deps.config.recent_logs);
             if changed {
-                self.registry.feed().publish(&summary(&self.run));
+                self.node.feed.publish(&summary(&self.run));
             }
             self.stored = true;
             self.remember(event.clone());
@@ -574,10 +593,7 @@ impl RunState {
         let total = events.len();
         let fresh = self.drop_duplicates(events).await?;
         let duplicates = total - fresh.len();
-        Metrics::add(
-            &self.registry.counters().events_duplicate,
-            duplicates as u64,
-        );
+        Metrics::add(&self.node.counters.events_duplicate, duplicates as u64);
         if fresh.is_empty() {
             return Ok(IngestOutcome {
                 accepted: 0,
@@ -630,7 +646,7 @@ impl RunState {
         // Announced (watchers, other nodes, the flow's feed) once the engine has its
         // answer: see `RunState::announce`.
         self.unannounced.push((sequenced, changes));
-        Metrics::add(&self.registry.counters().events_accepted, accepted as u64);
+        Metrics::add(&self.node.counters.events_accepted, accepted as u64);
         debug!(
             accepted,
             duplicates,
@@ -719,7 +735,7 @@ impl RunState {
             self.broadcast(&events);
             self.publish(&events).await;
             for change in &changes {
-                self.registry.feed().publish(change);
+                self.node.feed.publish(change);
             }
         }
     }
@@ -926,7 +942,7 @@ impl RunState {
                     seq = w.delivered,
                     "lagging watcher told to resume"
                 );
-                Metrics::inc(&self.registry.counters().resumes);
+                Metrics::inc(&self.node.counters.resumes);
                 self.watchers.remove(watcher_id);
             }
         }

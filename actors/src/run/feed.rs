@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use flowhub_protocol::{close, RunSummary, ServerMessage};
 use tracing::debug;
 
-use crate::session::outbound::{Delivery, Outbound};
+use crate::outbound::{Delivery, Outbound};
 
 /// How often backlogs are retried.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -195,7 +195,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
-    use crate::session::OutFrame;
+    use crate::outbound::OutFrame;
 
     fn summary(id: &str, status: RunStatus) -> RunSummary {
         RunSummary {

@@ -1,31 +1,27 @@
 //! Finds the one run actor of a run on this node, spawning it on first use.
 //!
-//! The same pattern as the [`FlowRegistry`](crate::flow::FlowRegistry): each run id
-//! maps to a `OnceCell`; the first caller loads the run from the store and spawns the
-//! actor, concurrent callers await the same cell, so exactly one actor runs per run.
-//! The map lock is never held across an await. Unlike flows, a run must exist before
-//! it can be watched: opening an unknown run gives `None` and spawns nothing; only
-//! ingest creates runs.
-//!
-//! An idle actor removes itself ([`RunRegistry::forget`]) before stopping; a caller
-//! that obtained it just before gets an error from its next call and retries, which
-//! spawns a fresh actor that reloads from the store.
+//! Exactly one actor per run, as for flows (see [`ActorDirectory`]): the first caller
+//! loads the run from the store and spawns its actor. Unlike flows, a run must exist
+//! before it can be watched: opening an unknown run gives `None` and spawns nothing;
+//! only ingest creates runs. An idle actor leaves the directory before stopping; a
+//! caller that obtained it just before gets an error from its next call and retries,
+//! which spawns a fresh actor that reloads from the store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use dashmap::DashMap;
 use flowhub_protocol::{RequestId, RunEvent, RunEventInput, RunSnapshot, RunSummary};
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorId, ActorRef, ActorStatus};
-use tokio::sync::OnceCell;
+use ractor::{Actor, ActorId, ActorRef};
 
-use super::actor::{IngestOutcome, RunActor, RunArgs, RunDeps, RunInfo, RunMsg, RunStart};
+use super::actor::{
+    IngestOutcome, RunActor, RunArgs, RunCounters, RunDeps, RunInfo, RunMsg, RunNode, RunStart,
+};
 use super::feed::FlowRunsFeed;
 use super::{validate_batch, RunError};
-use crate::session::Outbound;
-
-type Slot = Arc<OnceCell<ActorRef<RunMsg>>>;
+use crate::directory::ActorDirectory;
+use crate::outbound::Outbound;
 
 /// Most events one `events` query returns.
 pub const MAX_EVENTS_PAGE: usize = 10_000;
@@ -36,19 +32,8 @@ pub struct RunRegistry {
 }
 
 struct RegistryInner {
-    runs: DashMap<String, Slot>,
     deps: Arc<RunDeps>,
-    feed: FlowRunsFeed,
-    spawned: AtomicU64,
-    pub(super) counters: RunCounters,
-}
-
-/// Counters of the run actors of one registry (for `/metrics`).
-#[derive(Debug, Default)]
-pub(super) struct RunCounters {
-    pub(super) events_accepted: AtomicU64,
-    pub(super) events_duplicate: AtomicU64,
-    pub(super) resumes: AtomicU64,
+    node: RunNode,
 }
 
 /// A reading of the run counters.
@@ -64,13 +49,6 @@ pub struct RunStats {
     pub events_duplicate: u64,
     /// `resume_from` sent to watchers that fell behind (or whose run actor stopped).
     pub resumes: u64,
-}
-
-/// Why a slot stayed empty.
-enum OpenFailure {
-    /// The run is not in the store and the caller does not create runs.
-    Unknown,
-    Failed(RunError),
 }
 
 /// The outcome of [`RunRegistry::watch`].
@@ -97,11 +75,12 @@ impl RunRegistry {
     pub fn new(deps: Arc<RunDeps>) -> Self {
         RunRegistry {
             inner: Arc::new(RegistryInner {
-                runs: DashMap::new(),
                 deps,
-                feed: FlowRunsFeed::new(),
-                spawned: AtomicU64::new(0),
-                counters: RunCounters::default(),
+                node: RunNode {
+                    directory: Arc::new(ActorDirectory::new()),
+                    feed: FlowRunsFeed::new(),
+                    counters: Arc::new(RunCounters::default()),
+                },
             }),
         }
     }
@@ -112,7 +91,7 @@ impl RunRegistry {
 
     /// The per-flow runs feed the actors publish to.
     pub fn feed(&self) -> &FlowRunsFeed {
-        &self.inner.feed
+        &self.inner.node.feed
     }
 
     /// The running actor of `run_id`, loading it from the store if needed; `None` for
@@ -123,71 +102,46 @@ impl RunRegistry {
         run_id: &str,
         create: Option<&str>,
     ) -> Result<Option<ActorRef<RunMsg>>, RunError> {
-        // Two rounds: the second covers an actor that died between lookup and use.
-        for _ in 0..2 {
-            let slot = self
-                .inner
-                .runs
-                .entry(run_id.to_owned())
-                .or_default()
-                .clone();
-            let opened = slot
-                .get_or_try_init(|| async {
-                    let deps = &self.inner.deps;
-                    let stored = deps
-                        .store
-                        .load_run(run_id, deps.config.recent_events)
-                        .await
-                        .map_err(|e| OpenFailure::Failed(RunError::Store(e)))?;
-                    let start = match (stored, create) {
-                        (Some(stored), _) => RunStart::Stored(stored),
-                        (None, Some(flow_id)) => RunStart::New {
-                            flow_id: flow_id.to_owned(),
-                        },
-                        (None, None) => return Err(OpenFailure::Unknown),
-                    };
-                    let args = RunArgs {
-                        run_id: run_id.to_owned(),
-                        start,
-                        deps: deps.clone(),
-                        registry: self.clone(),
-                    };
-                    let (actor, _join) = Actor::spawn(None, RunActor, args)
-                        .await
-                        .map_err(|e| OpenFailure::Failed(RunError::Spawn(e.to_string())))?;
-                    self.inner.spawned.fetch_add(1, Ordering::Relaxed);
-                    Ok(actor)
-                })
-                .await;
-            match opened {
-                Ok(actor) if is_alive(actor.get_cell()) => return Ok(Some(actor.clone())),
-                Ok(actor) => self.forget(run_id, actor.get_id()),
-                Err(failure) => {
-                    // Drop the empty slot so the next caller tries again from scratch.
-                    self.inner
-                        .runs
-                        .remove_if(run_id, |_, s| Arc::ptr_eq(s, &slot) && s.get().is_none());
-                    return match failure {
-                        OpenFailure::Unknown => Ok(None),
-                        OpenFailure::Failed(e) => Err(e),
-                    };
-                }
-            }
-        }
-        Err(RunError::ActorGone)
+        let spawn = || async {
+            let deps = &self.inner.deps;
+            let stored = deps
+                .store
+                .load_run(run_id, deps.config.recent_events)
+                .await?;
+            let start = match (stored, create) {
+                (Some(stored), _) => RunStart::Stored(stored),
+                (None, Some(flow_id)) => RunStart::New {
+                    flow_id: flow_id.to_owned(),
+                },
+                // Unknown, and the caller does not create runs: nothing to spawn.
+                (None, None) => return Ok(None),
+            };
+            let args = RunArgs {
+                run_id: run_id.to_owned(),
+                start,
+                deps: deps.clone(),
+                node: self.inner.node.clone(),
+            };
+            let (actor, _join) = Actor::spawn(None, RunActor, args)
+                .await
+                .map_err(|e| RunError::Spawn(e.to_string()))?;
+            Ok(Some(actor))
+        };
+        self.inner
+            .node
+            .directory
+            .get_or_spawn(run_id, spawn, || RunError::ActorGone)
+            .await
     }
 
     /// The running actor of `run_id`, without loading or spawning.
     pub fn get(&self, run_id: &str) -> Option<ActorRef<RunMsg>> {
-        let slot = self.inner.runs.get(run_id)?.clone();
-        slot.get().filter(|a| is_alive(a.get_cell())).cloned()
+        self.inner.node.directory.get(run_id)
     }
 
     /// Removes `run_id` if it still maps to the actor `id` (a newer actor is kept).
     pub fn forget(&self, run_id: &str, id: ActorId) {
-        self.inner.runs.remove_if(run_id, |_, slot| {
-            slot.get().is_some_and(|a| a.get_id() == id)
-        });
+        self.inner.node.directory.forget(run_id, id)
     }
 
     /// Sequences, stores and broadcasts a batch (creating the run on its first
@@ -324,17 +278,12 @@ impl RunRegistry {
 
     /// Run ids with a live actor.
     pub fn open_runs(&self) -> Vec<String> {
-        self.inner
-            .runs
-            .iter()
-            .filter(|e| e.value().get().is_some_and(|a| is_alive(a.get_cell())))
-            .map(|e| e.key().clone())
-            .collect()
+        self.inner.node.directory.live_keys()
     }
 
     /// Counters for `/metrics`.
     pub fn stats(&self) -> RunStats {
-        let c = &self.inner.counters;
+        let c = &self.inner.node.counters;
         RunStats {
             runs_open: self.open_runs().len() as u64,
             spawned: self.spawned(),
@@ -344,39 +293,18 @@ impl RunRegistry {
         }
     }
 
-    pub(super) fn counters(&self) -> &RunCounters {
-        &self.inner.counters
-    }
-
     /// How many run actors this registry ever spawned (for tests and metrics).
     pub fn spawned(&self) -> u64 {
-        self.inner.spawned.load(Ordering::Relaxed)
+        self.inner.node.directory.spawned()
     }
 
     /// Stops every run actor and waits for them (shutdown). Their events are already
     /// in the store: nothing is broadcast before it is stored.
     pub async fn stop_all(&self) {
-        let actors: Vec<ActorRef<RunMsg>> = self
-            .inner
-            .runs
-            .iter()
-            .filter_map(|e| e.value().get().cloned())
-            .collect();
-        for actor in actors {
-            let _ = actor
-                .stop_and_wait(
-                    Some("shutdown".into()),
-                    Some(std::time::Duration::from_secs(5)),
-                )
-                .await;
-        }
-        self.inner.runs.clear();
+        self.inner
+            .node
+            .directory
+            .stop_all(Duration::from_secs(5))
+            .await
     }
-}
-
-fn is_alive(cell: ActorCell) -> bool {
-    matches!(
-        cell.get_status(),
-        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
-    )
 }

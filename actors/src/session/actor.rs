@@ -18,12 +18,12 @@ use flowhub_protocol::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
 
-use super::outbound::Outbound;
 use super::runs::RunSubscriptions;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::run::RunRegistry;
 
 /// Behaviour of a session actor (the state is [`SessionState`]).

@@ -1,8 +1,10 @@
-//! One [`SessionActor`] per WebSocket connection, and its bounded [`outbound`] queue.
+//! One [`SessionActor`] per WebSocket connection. Its bounded queue is
+//! [`crate::outbound`], re-exported here for the transports.
 
 mod actor;
-pub mod outbound;
 mod runs;
 
+pub use crate::outbound;
+
+pub use crate::outbound::{Delivery, OutFrame, Outbound, OutboundRx};
 pub use actor::{session_span, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionState};
-pub use outbound::{Delivery, OutFrame, Outbound, OutboundRx};
