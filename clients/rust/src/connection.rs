@@ -14,9 +14,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::Instrument;
 
-use crate::dispatch::{lock, read_loop, write_loop, Shared, Ws};
+use crate::dispatch::{read_loop, write_loop, Shared, Ws};
 use crate::endpoint::ws_url;
 use crate::flow::FlowHandle;
+use crate::flow_state::lock;
 use crate::{ClientError, DEFAULT_TIMEOUT};
 
 /// How long [`Client::close`] waits for the hub to answer the close frame.
@@ -190,7 +191,7 @@ impl Client {
             )));
         }
         let (flow, fresh) = shared.flow_entry(flow_id);
-        let handle = FlowHandle::new(flow.clone(), self.inner.clone());
+        let handle = FlowHandle::new(flow.clone(), self.inner.shared.clone(), self.inner.clone());
         if !fresh {
             // Subscribed already, or a concurrent subscribe is under way.
             wait_subscribed(&handle, &flow, timeout).await?;
@@ -223,7 +224,7 @@ impl Client {
         flow.set_link(stream, &heads);
         flow.set_subscribed(role, heads.clone());
         // The hub starts the sync; say what we have too, in case it waits for us.
-        flow.sync_now(shared)?;
+        flow.sync_now(shared.as_ref())?;
         handle
             .wait_for_heads(&heads, timeout)
             .await
@@ -442,7 +443,7 @@ fn catch_up_timeout(e: ClientError) -> ClientError {
 /// Waits until a concurrent subscribe of the same flow got its `flow_state`.
 async fn wait_subscribed(
     handle: &FlowHandle,
-    flow: &crate::flow::FlowShared,
+    flow: &crate::flow_state::FlowShared,
     timeout: Duration,
 ) -> Result<(), ClientError> {
     let deadline = Instant::now() + timeout;

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowhub_crdt::Outgoing;
@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::flow::FlowShared;
+use crate::flow_state::{lock, FlowShared, FrameSink};
 use crate::ClientError;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -38,12 +38,6 @@ const ERRORS_CAPACITY: usize = 256;
 /// How many unsolicited messages [`crate::Client::messages`] buffers per receiver
 /// (run events arrive in bursts: a replay is up to a whole outbound queue).
 const MESSAGES_CAPACITY: usize = 4096;
-
-/// Locks a std mutex, recovering from poisoning (a panic in user code passed to
-/// `edit` or `with_doc` must not take the connection down).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 pub(crate) struct Shared {
     /// The first session's id: a stable label for logs across reconnects.
@@ -151,7 +145,7 @@ impl Shared {
 
     /// Queues one binary frame per message, in order: a sync frame for a sync
     /// message, a change frame for streamed changes.
-    pub(crate) fn send_sync(
+    pub(crate) fn send_frames(
         &self,
         flow_id: &str,
         messages: Vec<Outgoing>,
@@ -391,7 +385,7 @@ impl Shared {
             } => {
                 tracing::debug!(session_id = %self.session_id, ?flow_id, %code, message, "error from the hub");
                 if let Some(flow) = flow_id.as_deref().and_then(|f| self.flow(f)) {
-                    flow.on_refused(self, code, message);
+                    flow.on_refused(self.as_ref(), code, message);
                     if code == ErrorCode::Internal {
                         self.resubscribe_soon(flow);
                     }
@@ -533,6 +527,16 @@ pub(crate) async fn write_loop(
             tracing::debug!(%session_id, error = %e, "websocket flush failed; writer stops");
             break;
         }
+    }
+}
+
+impl FrameSink for Shared {
+    fn send_sync(&self, flow_id: &str, messages: Vec<Outgoing>) -> Result<(), ClientError> {
+        self.send_frames(flow_id, messages)
+    }
+
+    fn session_label(&self) -> &str {
+        &self.session_id
     }
 }
 
@@ -689,7 +693,7 @@ mod tests {
             Err(ClientError::Closed { code: 4001, .. })
         ));
         assert!(shared
-            .send_sync("f", vec![flowhub_crdt::Outgoing::Sync(vec![1])])
+            .send_frames("f", vec![flowhub_crdt::Outgoing::Sync(vec![1])])
             .is_err());
     }
 
@@ -742,7 +746,7 @@ mod tests {
         assert_eq!(flow.snapshot(), hub.snapshot());
 
         // A local edit is sent, stored by the hub and acked.
-        let edited = flow.edit_for_test(&shared, |doc| doc.relabel_node("t", "T2"));
+        let edited = flow.edit_for_test(shared.as_ref(), |doc| doc.relabel_node("t", "T2"));
         let stored = pump(&mut hub, &mut hub_sync, &mut rx);
         assert_eq!(stored, edited);
         let ack = serde_json::json!({"type": "ack", "flow_id": "f1", "changes": stored});
@@ -753,7 +757,7 @@ mod tests {
         );
 
         // A refusal fails pending edits and rolls the replica back.
-        let refused = flow.edit_for_test(&shared, |doc| doc.relabel_node("t", "refused"));
+        let refused = flow.edit_for_test(shared.as_ref(), |doc| doc.relabel_node("t", "refused"));
         let _ = sync_payloads(&mut rx, "f1"); // the hub "refuses" these
         hub_sync.reset();
         let mut errors = shared.errors();

@@ -1,214 +1,22 @@
 //! [`FlowHandle`]: one subscribed flow, its local replica and the waits built on it.
 //!
-//! The replica lives in a [`FlowShared`] behind a `std::sync::Mutex` shared by every
-//! handle clone and by the connection's reader task. The lock is only ever held for
-//! synchronous work (an edit, applying a sync message, queueing the resulting frames)
-//! and never across an `.await`. Waits are driven by two `tokio::sync::watch` counters:
-//! `version` (bumped when remote changes are applied or the replica is rolled back) and
-//! `acks` (bumped when an `ack` or a refusal arrives).
+//! The replica lives in a [`FlowShared`] (see `flow_state`) shared by every handle
+//! clone and by the connection's reader task.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::ChangeHash;
 use flowhub_crdt::{CrdtError, FlowDoc, FlowSnapshot};
-use flowhub_protocol::{ClientMessage, ErrorCode, Role};
+use flowhub_protocol::{ClientMessage, Role};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::connection::ClientInner;
-use crate::dispatch::{lock, Shared};
-use crate::replica::{Received, Replica};
+use crate::dispatch::Shared;
+use crate::flow_state::{lock, FlowShared};
+
 use crate::ticket::{EditTicket, TicketStatus};
 use crate::ClientError;
-
-/// The state one subscribed flow shares between its handles and the reader task.
-pub(crate) struct FlowShared {
-    pub(crate) flow_id: String,
-    role: OnceLock<Role>,
-    /// Hex heads named by `flow_state`: the replica is caught up once it has them all.
-    initial_heads: OnceLock<Vec<String>>,
-    replica: Mutex<Replica>,
-    /// Bumped when remote changes were applied or the replica was rolled back.
-    version: watch::Sender<u64>,
-    /// Bumped when an `ack` or a refusal arrived, and when the flow is unsubscribed.
-    acks: watch::Sender<u64>,
-    /// Set when the subscribe failed or the flow was unsubscribed.
-    gone: AtomicBool,
-    /// A resubscribe after an `internal` error is under way.
-    resubscribing: AtomicBool,
-}
-
-impl FlowShared {
-    pub(crate) fn new(flow_id: &str) -> Self {
-        FlowShared {
-            flow_id: flow_id.to_owned(),
-            role: OnceLock::new(),
-            initial_heads: OnceLock::new(),
-            replica: Mutex::new(Replica::new()),
-            version: watch::Sender::new(0),
-            acks: watch::Sender::new(0),
-            gone: AtomicBool::new(false),
-            resubscribing: AtomicBool::new(false),
-        }
-    }
-
-    /// Tells the replica whether the hub streams, and which heads mean caught up.
-    pub(crate) fn set_link(&self, stream: bool, heads_hex: &[String]) {
-        let heads = flowhub_crdt::parse_heads(heads_hex).unwrap_or_default();
-        lock(&self.replica).subscribed(stream, heads);
-    }
-
-    /// Records the hub's `flow_state` answer.
-    pub(crate) fn set_subscribed(&self, role: Role, heads: Vec<String>) {
-        let _ = self.role.set(role);
-        let _ = self.initial_heads.set(heads);
-        // Anyone waiting for a concurrent subscribe of the same flow looks again.
-        self.acks.send_modify(|v| *v += 1);
-    }
-
-    /// Claims the one resubscribe slot; `false` if a resubscribe is already running.
-    pub(crate) fn begin_resubscribe(&self) -> bool {
-        !self.resubscribing.swap(true, Ordering::AcqRel)
-    }
-
-    pub(crate) fn end_resubscribe(&self) {
-        self.resubscribing.store(false, Ordering::Release);
-    }
-
-    /// Starts the sync over for a new subscription; returns the pending hashes to
-    /// report in `subscribe_flow`.
-    pub(crate) fn restart_sync(&self) -> Vec<String> {
-        lock(&self.replica).restart_sync()
-    }
-
-    /// How many of this client's changes await an ack.
-    pub(crate) fn pending_len(&self) -> usize {
-        lock(&self.replica).pending_len()
-    }
-
-    pub(crate) fn is_subscribed(&self) -> bool {
-        self.role.get().is_some()
-    }
-
-    pub(crate) fn initial_heads(&self) -> Vec<String> {
-        self.initial_heads.get().cloned().unwrap_or_default()
-    }
-
-    pub(crate) fn is_gone(&self) -> bool {
-        self.gone.load(Ordering::Acquire)
-    }
-
-    /// The flow is no longer subscribed: wake every waiter so it can fail.
-    pub(crate) fn mark_gone(&self) {
-        self.gone.store(true, Ordering::Release);
-        self.acks.send_modify(|v| *v += 1);
-        self.version.send_modify(|v| *v += 1);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn version_rx(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn snapshot(&self) -> FlowSnapshot {
-        lock(&self.replica).doc_ref().snapshot()
-    }
-
-    /// Runs an edit the way [`FlowHandle::edit`] does; returns the new hashes.
-    #[cfg(test)]
-    pub(crate) fn edit_for_test<R>(
-        &self,
-        conn: &Shared,
-        f: impl FnOnce(&mut FlowDoc) -> Result<R, CrdtError>,
-    ) -> Vec<String> {
-        let mut replica = lock(&self.replica);
-        let edited = replica.edit(f);
-        edited.result.expect("test edit");
-        conn.send_sync(&self.flow_id, edited.messages)
-            .expect("send");
-        edited.hashes
-    }
-
-    #[cfg(test)]
-    pub(crate) fn status_for_test(&self, hashes: &[String]) -> TicketStatus {
-        lock(&self.replica).status(hashes)
-    }
-
-    /// Sends whatever sync messages the replica has for the hub now.
-    pub(crate) fn sync_now(&self, conn: &Shared) -> Result<(), ClientError> {
-        let mut replica = lock(&self.replica);
-        let messages = replica.outgoing();
-        conn.send_sync(&self.flow_id, messages)
-    }
-
-    /// A binary sync frame from the hub: apply it and answer it.
-    pub(crate) fn on_sync(&self, conn: &Shared, payload: &[u8]) {
-        self.on_frame(conn, "sync message", |replica| replica.receive(payload));
-    }
-
-    /// A change frame from the hub (this client subscribed with `stream`): apply it.
-    /// No answer, unless the changes lacked dependencies and a sync round must fetch
-    /// them.
-    pub(crate) fn on_changes(&self, conn: &Shared, payload: &[u8]) {
-        self.on_frame(conn, "change frame", |replica| {
-            replica.receive_changes(payload)
-        });
-    }
-
-    /// Applies a frame from the hub with `receive`, sends the replies, and wakes the
-    /// waiters when remote changes arrived.
-    fn on_frame(
-        &self,
-        conn: &Shared,
-        what: &str,
-        receive: impl FnOnce(&mut Replica) -> Result<Received, CrdtError>,
-    ) {
-        let applied = {
-            let mut replica = lock(&self.replica);
-            match receive(&mut replica) {
-                Ok(received) => {
-                    if let Err(e) = conn.send_sync(&self.flow_id, received.replies) {
-                        tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "reply to the hub not sent");
-                    }
-                    received.applied
-                }
-                Err(e) => {
-                    tracing::warn!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "undecodable {what} from the hub ignored");
-                    0
-                }
-            }
-        };
-        if applied > 0 {
-            tracing::trace!(session_id = %conn.session_id, flow_id = %self.flow_id, applied, "remote changes applied");
-            self.version.send_modify(|v| *v += 1);
-        }
-    }
-
-    /// An `ack` from the hub: these changes are stored durably.
-    pub(crate) fn on_ack(&self, changes: &[String]) {
-        lock(&self.replica).ack(changes);
-        self.acks.send_modify(|v| *v += 1);
-    }
-
-    /// An `error` naming this flow: the hub refused a sync frame, stored nothing from
-    /// it and reset its sync state. Pending edits fail and the replica resyncs.
-    pub(crate) fn on_refused(&self, conn: &Shared, code: ErrorCode, message: &str) {
-        {
-            let mut replica = lock(&self.replica);
-            let pending = replica.pending_len();
-            tracing::info!(session_id = %conn.session_id, flow_id = %self.flow_id, %code, message, pending, "hub refused a sync frame; rolling back and resyncing");
-            let messages = replica.reject(code, message);
-            if let Err(e) = conn.send_sync(&self.flow_id, messages) {
-                tracing::debug!(session_id = %conn.session_id, flow_id = %self.flow_id, error = %e, "resync not sent");
-            }
-        }
-        self.acks.send_modify(|v| *v += 1);
-        self.version.send_modify(|v| *v += 1);
-    }
-}
 
 /// One subscribed flow. Cheap to clone; every clone shares the same replica, which the
 /// connection keeps in sync with the hub in the background.
@@ -225,7 +33,9 @@ impl FlowShared {
 #[derive(Clone)]
 pub struct FlowHandle {
     flow: Arc<FlowShared>,
-    client: Arc<ClientInner>,
+    conn: Arc<Shared>,
+    /// Keeps the client (and so the connection) alive while a handle exists.
+    _client: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for FlowHandle {
@@ -238,12 +48,20 @@ impl std::fmt::Debug for FlowHandle {
 }
 
 impl FlowHandle {
-    pub(crate) fn new(flow: Arc<FlowShared>, client: Arc<ClientInner>) -> Self {
-        FlowHandle { flow, client }
+    pub(crate) fn new(
+        flow: Arc<FlowShared>,
+        conn: Arc<Shared>,
+        client: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        FlowHandle {
+            flow,
+            conn,
+            _client: client,
+        }
     }
 
     fn conn(&self) -> &Shared {
-        &self.client.shared
+        &self.conn
     }
 
     pub fn flow_id(&self) -> &str {
@@ -272,7 +90,7 @@ impl FlowHandle {
         let (result, hashes, sent) = {
             let mut replica = lock(&self.flow.replica);
             let edited = replica.edit(f);
-            let sent = self.conn().send_sync(&self.flow.flow_id, edited.messages);
+            let sent = self.conn().send_frames(&self.flow.flow_id, edited.messages);
             (edited.result, edited.hashes, sent)
         };
         if !hashes.is_empty() {
@@ -349,7 +167,7 @@ impl FlowHandle {
     pub fn with_doc<R>(&self, f: impl FnOnce(&mut FlowDoc) -> R) -> R {
         let mut replica = lock(&self.flow.replica);
         let (result, messages) = replica.with_doc(f);
-        if let Err(e) = self.conn().send_sync(&self.flow.flow_id, messages) {
+        if let Err(e) = self.conn().send_frames(&self.flow.flow_id, messages) {
             tracing::debug!(session_id = %self.conn().session_id, flow_id = %self.flow.flow_id, error = %e, "sync after with_doc not sent");
         }
         result

@@ -56,6 +56,8 @@
 //! - `dispatch`: the state one connection shares, its reader task (dispatching every
 //!   frame) and its writer task (the only owner of the socket sink).
 //! - `flow`: [`FlowHandle`], edits and the waits built on watch channels.
+//! - `flow_state`: what one subscribed flow shares between its handles and the reader
+//!   task (below both `dispatch` and `flow`, which send through its `FrameSink`).
 //! - `replica`: one flow's replica, sync state and rollback, sans-IO.
 //! - `ticket`: [`EditTicket`] and the per-flow ack/rejection bookkeeping.
 //! - `endpoint`: building the WebSocket and HTTP URLs from a base URL.
@@ -68,6 +70,7 @@ mod dispatch;
 pub mod endpoint;
 mod error;
 mod flow;
+mod flow_state;
 mod http;
 mod replica;
 mod ticket;
