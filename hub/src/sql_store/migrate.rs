@@ -209,6 +209,7 @@ pub(super) async fn run(pool: &DbPool) -> Result<MigrationReport, ConnectError> 
 }
 
 async fn run_sqlite(pool: &SqlitePool, migrator: &Migrator) -> Result<Plan, ConnectError> {
+    // sqlx's SQLite `lock` does nothing: this transaction is the lock (see the module doc).
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let legacy_exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master \
@@ -254,10 +255,13 @@ async fn run_postgres(pool: &PgPool, migrator: &Migrator) -> Result<Plan, Connec
     }
     .await;
     match result {
-        Ok(plan) => {
-            conn.unlock().await.map_err(from_migrate_error)?;
-            Ok(plan)
-        }
+        Ok(plan) => match conn.unlock().await {
+            Ok(()) => Ok(plan),
+            Err(e) => {
+                conn.close_on_drop();
+                Err(from_migrate_error(e))
+            }
+        },
         Err(e) => {
             // The advisory lock belongs to the session: closing this connection instead
             // of returning it to the pool releases it even if the failure was the
