@@ -1,4 +1,5 @@
-//! The `flowhub` binary: `flowhub serve` (the default), `flowhub demo` and `flowhub token`.
+//! The `flowhub` binary: `flowhub serve` (the default), `flowhub demo`, `flowhub migrate`
+//! and `flowhub token`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use flowhub::auth::{now_secs, parse_ttl, Claims, JwtKeys};
 use flowhub::config::resolve_secret;
+use flowhub::sql_store::SqlStore;
 use flowhub::{Hub, HubConfig};
 use flowhub_protocol::Role;
 
@@ -32,8 +34,21 @@ enum Command {
     /// anonymous editor tokens for the demo page. Loopback only unless
     /// `--demo-allow-remote` is given too.
     Demo(ServeArgs),
+    /// Bring the database's schema up to this binary's and exit: run it once before
+    /// the nodes of a new release start (a Kubernetes Job, an init step).
+    Migrate(MigrateArgs),
     /// Print a signed token for development.
     Token(TokenArgs),
+}
+
+/// The database options of `serve`, under the same names and environment variables.
+#[derive(Args)]
+struct MigrateArgs {
+    /// postgres://… or sqlite://…; unset: SQLite in the data directory.
+    #[arg(long, env = "FLOWHUB_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, env = "FLOWHUB_DATA_DIR", default_value = "flowhub-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -209,6 +224,45 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let config = HubConfig {
+        database_url: non_empty(args.database_url),
+        data_dir: args.data_dir,
+        ..HubConfig::default()
+    };
+    if config.database_url.is_none() {
+        // The embedded default's file lives there, as for `serve`.
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+    }
+    // Not the URL itself: it may hold a password.
+    let report = SqlStore::migrate(&config.database_url())
+        .await
+        .context("migrating the database")?;
+    for m in &report.adopted {
+        println!(
+            "adopted migration {} ({}) from flowhub_migrations (already applied, not run again)",
+            m.version, m.description
+        );
+    }
+    for m in &report.applied {
+        println!("applied migration {} ({})", m.version, m.description);
+    }
+    if report.adopted.is_empty() && report.applied.is_empty() {
+        println!(
+            "{} schema already at version {}: nothing to do",
+            report.backend, report.version
+        );
+    } else {
+        println!(
+            "{} schema now at version {} (this flowhub knows up to {})",
+            report.backend, report.version, report.known
+        );
+    }
+    Ok(())
+}
+
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let config = HubConfig {
         data_dir: args.data_dir,
@@ -263,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Demo(args)) => serve(ServeArgs { demo: true, ..args }).await,
         None => serve(cli.serve).await,

@@ -67,6 +67,10 @@ pub enum StartError {
     Auth(#[from] AuthSetupError),
     #[error("cannot open the store: {0}")]
     Store(#[from] flowhub_actors::store::StoreError),
+    /// The database's schema is one this binary must not serve (newer than it knows, or
+    /// migrated by a different build).
+    #[error("refusing to start: {0}")]
+    Schema(crate::sql_store::ConnectError),
     #[error("cannot connect to Redis: {0}")]
     Bus(#[from] flowhub_actors::bus::BusError),
     #[error(
@@ -80,6 +84,15 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl From<crate::sql_store::ConnectError> for StartError {
+    fn from(e: crate::sql_store::ConnectError) -> Self {
+        match e {
+            crate::sql_store::ConnectError::Store(e) => StartError::Store(e),
+            refusal => StartError::Schema(refusal),
+        }
+    }
 }
 
 /// A running hub node.

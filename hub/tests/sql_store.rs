@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use flowhub::sql_store::SqlStore;
+use flowhub::sql_store::{ConnectError, SqlStore};
 use flowhub_actors::store::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -549,9 +549,15 @@ async fn bad_urls_are_unavailable() {
     let err = SqlStore::connect("mysql://root@localhost/db")
         .await
         .expect_err("mysql is not supported");
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        matches!(err, ConnectError::Store(StoreError::Unavailable(_))),
+        "{err}"
+    );
     let err = SqlStore::connect("postgres://postgres@127.0.0.1:1/nothing")
         .await
         .expect_err("nothing listens on port 1");
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        matches!(err, ConnectError::Store(StoreError::Unavailable(_))),
+        "{err}"
+    );
 }

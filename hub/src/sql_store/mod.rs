@@ -51,7 +51,7 @@
 //! - no process-global driver registry (`install_default_drivers`) to remember.
 //!
 //! The backends differ only in the `BEGIN` statements (`DbPool::begin_write`,
-//! `DbPool::begin_read`) and the PostgreSQL advisory lock in the `migrate` module.
+//! `DbPool::begin_read`) and in how the `migrate` module serialises migrations.
 
 /// Runs `$body` (a block, compiled once per backend) as an async block with `$p` bound to
 /// the concrete pool, and awaits it. The block's value must be a `sqlx::Result`.
@@ -85,6 +85,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use error::db_error;
+pub use migrate::{known_version, ConnectError, MigrationInfo, MigrationReport};
 pub use writer::StoreStats;
 
 /// How long a SQLite statement waits for another connection's write lock (the writer
@@ -210,76 +211,68 @@ impl SqlStore {
     /// Connects, applies pending migrations and starts the writer task.
     ///
     /// `url` is `sqlite://path/to/file.db` (the file is created if missing) or
-    /// `postgres://user@host:port/db` (`postgresql://` works too).
-    pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
-        // Switching a new SQLite file to WAL needs a moment of exclusive access, and
-        // SQLite answers "database is locked" at once (no busy wait) when another
-        // process is migrating the same file: two nodes starting together on one
-        // file must wait their turn rather than fail.
-        let mut delay = std::time::Duration::from_millis(50);
-        for _ in 0..12 {
-            match Self::connect_once(url).await {
-                Err(StoreError::Unavailable(m))
-                    if url.starts_with("sqlite:")
-                        && (m.contains("locked") || m.contains("busy")) =>
-                {
-                    tracing::debug!(error = %m, "sqlite busy while opening; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
-        Self::connect_once(url).await
-    }
-
-    async fn connect_once(url: &str) -> Result<SqlStore, StoreError> {
-        let pool = if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(db_error)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_MAX_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(db_error)?;
-            DbPool::Sqlite(pool)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url).map_err(db_error)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(PG_MAX_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(db_error)?;
-            DbPool::Postgres(pool)
-        } else {
-            // Only the scheme is echoed: the rest of the URL may hold a password.
-            let scheme = url.split(':').next().unwrap_or_default();
-            return Err(StoreError::Unavailable(format!(
-                "unsupported database url scheme {scheme:?} (expected sqlite:// or postgres://)"
-            )));
-        };
-
-        if let Err(e) = migrate::run(&pool).await {
-            pool.close().await;
-            return Err(e);
-        }
-
+    /// `postgres://user@host:port/db` (`postgresql://` works too). A database whose
+    /// schema this binary cannot serve (newer, or migrated by a different build) is
+    /// refused with a [`ConnectError`] naming the problem; see the `migrate` module.
+    pub async fn connect(url: &str) -> Result<SqlStore, ConnectError> {
+        let (pool, report) = Self::open_and_migrate(url).await?;
         let counters = Arc::new(writer::Counters::default());
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         tokio::spawn(writer::run(pool.clone(), rx, counters.clone()));
-        info!(backend = pool.backend(), "store connected");
+        info!(
+            backend = pool.backend(),
+            schema_version = report.version,
+            "store connected"
+        );
         Ok(SqlStore {
             pool,
             writer: tx,
             counters,
         })
+    }
+
+    /// Connects, brings the schema up to this binary's (or refuses it, as
+    /// [`SqlStore::connect`] does), and closes again: `flowhub migrate`, run once before
+    /// the nodes of a new release start.
+    pub async fn migrate(url: &str) -> Result<MigrationReport, ConnectError> {
+        let (pool, report) = Self::open_and_migrate(url).await?;
+        pool.close().await;
+        Ok(report)
+    }
+
+    /// Opens the pool and migrates, again while a SQLite file is busy.
+    ///
+    /// Switching a new SQLite file to WAL needs a moment of exclusive access, and SQLite
+    /// answers "database is locked" at once (no busy wait) when another process is
+    /// migrating the same file: two nodes starting together on one file must wait their
+    /// turn rather than fail.
+    async fn open_and_migrate(url: &str) -> Result<(DbPool, MigrationReport), ConnectError> {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..12 {
+            match Self::open_and_migrate_once(url).await {
+                Err(ConnectError::Store(StoreError::Unavailable(m)))
+                    if url.starts_with("sqlite:")
+                        && (m.contains("locked") || m.contains("busy")) =>
+                {
+                    debug!(error = %m, "sqlite busy while opening; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+        Self::open_and_migrate_once(url).await
+    }
+
+    async fn open_and_migrate_once(url: &str) -> Result<(DbPool, MigrationReport), ConnectError> {
+        let pool = open_pool(url).await?;
+        match migrate::run(&pool).await {
+            Ok(report) => Ok((pool, report)),
+            Err(e) => {
+                pool.close().await;
+                Err(e)
+            }
+        }
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -292,7 +285,7 @@ impl SqlStore {
         self.counters.snapshot()
     }
 
-    /// Versions recorded in `flowhub_migrations`, ascending.
+    /// Migration versions recorded as applied in `_sqlx_migrations`, ascending.
     pub async fn schema_versions(&self) -> Result<Vec<i64>, StoreError> {
         migrate::applied(&self.pool).await.map_err(db_error)
     }
@@ -633,6 +626,41 @@ impl Store for SqlStore {
             .map_err(db_error)
         };
         bounded(READ_TIMEOUT, "ping", ping).await
+    }
+}
+
+/// Opens the pool for `url` with the options of its backend (see the module doc).
+async fn open_pool(url: &str) -> Result<DbPool, StoreError> {
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        Ok(DbPool::Sqlite(pool))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgConnectOptions::from_str(url).map_err(db_error)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        Ok(DbPool::Postgres(pool))
+    } else {
+        // Only the scheme is echoed: the rest of the URL may hold a password.
+        let scheme = url.split(':').next().unwrap_or_default();
+        Err(StoreError::Unavailable(format!(
+            "unsupported database url scheme {scheme:?} (expected sqlite:// or postgres://)"
+        )))
     }
 }
 
