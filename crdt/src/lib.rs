@@ -75,6 +75,8 @@
 //! * `diff` — [`FlowDiff`]: the typed structural difference between two versions
 //!   ([`FlowDoc::diff`] at heads, [`FlowDiff::between`] snapshots) and the edits
 //!   that turn one into the other ([`FlowDiff::to_edits`]).
+//! * `undo` — [`UndoStack`]: one user's undo/redo as inverse typed edits, which
+//!   leave alone whatever collaborators changed since (the rules are in its docs).
 //! * `tree` — one-pass loading of the visible document (or a subtree) for the readers below.
 //! * `view` — the tolerant, deterministic read view (`snapshot`, `node`, `to_json`, and `_at` variants).
 //! * [`schema`] — the strict schema, [`SchemaError`] and `validate`.
@@ -106,6 +108,7 @@ pub mod schema;
 mod stream;
 mod sync;
 mod tree;
+mod undo;
 mod view;
 
 pub use automerge::ChangeHash;
@@ -121,3 +124,4 @@ pub use repair::{Repair, MAX_REPAIRS, UNKNOWN_KIND};
 pub use schema::SchemaError;
 pub use stream::{change_frame_hashes, ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
 pub use sync::{sync_message_hashes, Applied, Repaired, SyncState};
+pub use undo::{SkipReason, Skipped, UndoStack, Undone, DEFAULT_UNDO_LIMIT};
