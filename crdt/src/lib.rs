@@ -75,6 +75,8 @@
 //! * `diff` — [`FlowDiff`]: the typed structural difference between two versions
 //!   ([`FlowDoc::diff`] at heads, [`FlowDiff::between`] snapshots) and the edits
 //!   that turn one into the other ([`FlowDiff::to_edits`]).
+//! * `summary` — history for people: [`FlowDoc::change_summaries`] (each change with
+//!   what it did, [`EditSummary`]) and [`group_sessions`] (changes into editing sessions).
 //! * `undo` — [`UndoStack`]: one user's undo/redo as inverse typed edits, which
 //!   leave alone whatever collaborators changed since (the rules are in its docs).
 //! * `tree` — one-pass loading of the visible document (or a subtree) for the readers below.
@@ -106,6 +108,7 @@ mod ops;
 mod repair;
 pub mod schema;
 mod stream;
+mod summary;
 mod sync;
 mod tree;
 mod undo;
@@ -123,5 +126,6 @@ pub use ops::Edit;
 pub use repair::{Repair, MAX_REPAIRS, UNKNOWN_KIND};
 pub use schema::SchemaError;
 pub use stream::{change_frame_hashes, ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
+pub use summary::{group_sessions, ChangeSummary, ConfigKey, EditSession, EditSummary};
 pub use sync::{sync_message_hashes, Applied, Repaired, SyncState};
 pub use undo::{SkipReason, Skipped, UndoStack, Undone, DEFAULT_UNDO_LIMIT};
