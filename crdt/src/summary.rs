@@ -150,9 +150,9 @@ impl FlowDoc {
     /// `before`: start after that change in this order (the last hash of the
     /// previous page), for paging back through history.
     ///
-    /// Costs two historical reads of the flow per listed change (see the
-    /// `change_history` benchmark); the listing itself walks the change
-    /// metadata once.
+    /// Costs one historical read of the flow per listed change on a linear
+    /// history (two where changes were concurrent), plus one walk over all
+    /// change metadata: see the `history` benchmark.
     ///
     /// Fails with [`CrdtError::UnknownHeads`] if `before` is not a change of
     /// this document.
@@ -175,9 +175,18 @@ impl FlowDoc {
                 .ok_or_else(|| CrdtError::UnknownHeads(vec![hash.to_string()]))?,
         };
         let mut out = Vec::with_capacity(limit.min(start));
+        // Newest first, a change's "before" (its deps) is usually the next
+        // older change's "after": keep the last read to halve the reads on a
+        // linear history.
+        let mut older: Option<(Vec<ChangeHash>, FlowSnapshot)> = None;
         for meta in metas[..start].iter().rev().take(limit) {
+            let after = match older.take() {
+                Some((heads, snapshot)) if heads == [meta.hash] => snapshot,
+                _ => self.snapshot_at_known(&[meta.hash]),
+            };
             let before = self.snapshot_at_known(&meta.deps);
-            let after = self.snapshot_at_known(&[meta.hash]);
+            let summary = EditSummary::of(&FlowDiff::between(&before, &after));
+            older = Some((meta.deps.clone(), before));
             out.push(ChangeSummary {
                 hash: meta.hash,
                 actor: meta.actor.to_hex_string(),
@@ -185,7 +194,7 @@ impl FlowDoc {
                 timestamp: meta.timestamp,
                 deps: meta.deps.clone(),
                 message: meta.message.as_ref().map(|m| m.to_string()),
-                summary: EditSummary::of(&FlowDiff::between(&before, &after)),
+                summary,
             });
         }
         Ok(out)
