@@ -56,6 +56,10 @@ fn history(c: &mut Criterion) {
     group.bench_function("change_summaries_50", |b| {
         b.iter(|| black_box(doc.change_summaries(50, None).expect("summaries")))
     });
+    // One summary: mostly the walk over all change metadata.
+    group.bench_function("change_summaries_1", |b| {
+        b.iter(|| black_box(doc.change_summaries(1, None).expect("summaries")))
+    });
     group.bench_function("diff_first_to_last", |b| {
         b.iter(|| black_box(doc.diff(&first, &last).expect("diff")))
     });
