@@ -131,6 +131,25 @@ impl FlowDoc {
         Ok(self.batch(|tx| tx.configure_node(id, key, value))?.1)
     }
 
+    /// Remove one key of a node's config (a no-op if the key is absent).
+    ///
+    /// `configure_node(id, key, null)` keeps the key with a null value; this is
+    /// the edit that makes it absent again, which undo and diffs need to restore
+    /// a config exactly.
+    pub fn unconfigure_node(&mut self, id: &str, key: &str) -> Result<ChangeHash> {
+        Ok(self.batch(|tx| tx.unconfigure_node(id, key))?.1)
+    }
+
+    /// Change a node's kind in place, keeping its label, position, config and
+    /// edges.
+    ///
+    /// Typed edits otherwise only change a kind by deleting the node and adding
+    /// it again under the same id, which drops its edges; diffs and undo need to
+    /// express "kind old -> new" as one edit.
+    pub fn set_node_kind(&mut self, id: &str, kind: &str) -> Result<ChangeHash> {
+        Ok(self.batch(|tx| tx.set_node_kind(id, kind))?.1)
+    }
+
     /// Delete a node and, in the same change, every edge touching it, so no
     /// replica ever observes the node gone but its edges still there.
     pub fn delete_node(&mut self, id: &str) -> Result<ChangeHash> {
@@ -288,6 +307,29 @@ impl FlowTx<'_> {
             .ok_or_else(|| CrdtError::InvalidDocument(format!("{}: not a map", path.render())))?;
         schema::check_config_value(&path.key(key), &value, 1)?;
         json::put_value(&mut self.flow.doc, &cfg, key, &value)?;
+        Ok(())
+    }
+
+    /// Remove one key of a node's config (see [`FlowDoc::unconfigure_node`]).
+    pub fn unconfigure_node(&mut self, id: &str, key: &str) -> Result<()> {
+        self.flush_moves()?;
+        let obj = self.flow.node_obj(id)?;
+        let cfg = map_child(&self.flow.doc, &obj, "config")
+            .ok_or_else(|| CrdtError::InvalidDocument(format!("nodes/{id}/config: not a map")))?;
+        // Deleting an absent key would still write a delete op; skip it so the
+        // edit stays a no-op.
+        if matches!(self.flow.doc.get(&cfg, key), Ok(Some(_))) {
+            self.flow.doc.delete(&cfg, key)?;
+        }
+        Ok(())
+    }
+
+    /// Change a node's kind in place (see [`FlowDoc::set_node_kind`]).
+    pub fn set_node_kind(&mut self, id: &str, kind: &str) -> Result<()> {
+        self.flush_moves()?;
+        let obj = self.flow.node_obj(id)?;
+        schema::check_kind(&Path::ROOT.key("nodes").key(id).key("kind"), kind)?;
+        self.flow.doc.put(&obj, "kind", kind)?;
         Ok(())
     }
 

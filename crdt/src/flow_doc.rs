@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use automerge::transaction::Transactable;
+use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::{CrdtError, Result};
@@ -33,6 +33,8 @@ pub struct FlowDoc {
     /// Automerge panicked part-way through an in-place apply: the document must be
     /// rebuilt by the caller (see [`FlowDoc::is_poisoned`]).
     pub(crate) poisoned: bool,
+    /// The time typed edits write into their changes (see [`FlowDoc::set_edit_time`]).
+    edit_time: Option<i64>,
 }
 
 /// Object ids that typed edits need again and again (the root maps, node
@@ -108,6 +110,7 @@ impl FlowDoc {
             cache: None,
             in_place: false,
             poisoned: false,
+            edit_time: None,
         }
     }
 
@@ -122,6 +125,17 @@ impl FlowDoc {
     /// elsewhere, as the hub does from its store.
     pub fn validate_in_place(&mut self, on: bool) {
         self.in_place = on;
+    }
+
+    /// The time, in milliseconds since the Unix epoch, that typed edits from now
+    /// on record in their changes (`None`: none, Automerge's 0).
+    ///
+    /// The document never reads a clock (it is sans-IO), so a client that
+    /// wants its changes timed in history ([`FlowDoc::change_summaries`]) sets
+    /// this before editing. It is the author's claim, shown as such; the hub
+    /// keeps its own receive times.
+    pub fn set_edit_time(&mut self, ms: Option<i64>) {
+        self.edit_time = ms;
     }
 
     /// Whether an in-place apply failed in a way that left the document unusable;
@@ -312,13 +326,17 @@ impl FlowDoc {
     /// End a typed edit: commit its ops as exactly one change and move the
     /// edit cache to the new heads.
     pub(crate) fn commit_edit(&mut self) -> ChangeHash {
-        let hash = match self.doc.commit() {
+        let options = || CommitOptions {
+            time: self.edit_time,
+            ..Default::default()
+        };
+        let hash = match self.doc.commit_with(options()) {
             Some(hash) => hash,
             // Automerge drops a put of the value already there, so an edit
             // that changes nothing has no ops. Commit an empty change anyway:
             // callers rely on every typed edit yielding exactly one new change
             // (to ack, persist and broadcast), and an empty change is harmless.
-            None => self.doc.empty_change(Default::default()),
+            None => self.doc.empty_change(options()),
         };
         if self.cache.is_some() {
             // Normally just `[hash]`; asking keeps this right under isolation.

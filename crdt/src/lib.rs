@@ -68,7 +68,17 @@
 //! * `model` — plain-data flow types ([`Node`], [`Edge`], [`FlowSnapshot`], [`NewNode`], ...).
 //! * [`genesis`] — the fixed, shared genesis change and why it exists.
 //! * `flow_doc` — the [`FlowDoc`] type, construction, detached views at heads, and shared plumbing (cached lookups, id generation, one-change edits).
-//! * `edit` — typed edits (add/move/relabel/configure/delete node, connect/disconnect, repair) and [`FlowTx`] batches.
+//! * `edit` — typed edits (add/move/relabel/configure/unconfigure/set kind/delete node,
+//!   connect/disconnect, repair) and [`FlowTx`] batches.
+//! * `ops` — typed edits as data ([`Edit`], JSON-tagged by `op`) and
+//!   [`FlowDoc::apply_edits`], which applies a list of them as one change.
+//! * `diff` — [`FlowDiff`]: the typed structural difference between two versions
+//!   ([`FlowDoc::diff`] at heads, [`FlowDiff::between`] snapshots) and the edits
+//!   that turn one into the other ([`FlowDiff::to_edits`]).
+//! * `summary` — history for people: [`FlowDoc::change_summaries`] (each change with
+//!   what it did, [`EditSummary`]) and [`group_sessions`] (changes into editing sessions).
+//! * `undo` — [`UndoStack`]: one user's undo/redo as inverse typed edits, which
+//!   leave alone whatever collaborators changed since (the rules are in its docs).
 //! * `tree` — one-pass loading of the visible document (or a subtree) for the readers below.
 //! * `view` — the tolerant, deterministic read view (`snapshot`, `node`, `to_json`, and `_at` variants).
 //! * [`schema`] — the strict schema, [`SchemaError`] and `validate`.
@@ -84,6 +94,7 @@
 //!   which send new changes as they are to peers known to be current ([`Route`]).
 
 mod chunks;
+mod diff;
 mod edit;
 mod error;
 mod flow_doc;
@@ -93,21 +104,28 @@ mod history;
 mod incremental;
 mod json;
 mod model;
+mod ops;
 mod repair;
 pub mod schema;
 mod stream;
+mod summary;
 mod sync;
 mod tree;
+mod undo;
 mod view;
 
 pub use automerge::ChangeHash;
+pub use diff::{Changed, ConfigChange, FlowDiff, NodeChange};
 pub use edit::FlowTx;
 pub use error::{CrdtError, Result};
 pub use flow_doc::{genesis_hash, parse_heads, FlowDoc};
 pub use history::StoredChange;
 pub use json::MAX_CONFIG_DEPTH;
 pub use model::{Edge, Endpoint, FlowSnapshot, NewNode, Node, Position};
+pub use ops::Edit;
 pub use repair::{Repair, MAX_REPAIRS, UNKNOWN_KIND};
 pub use schema::SchemaError;
 pub use stream::{change_frame_hashes, ChangesOutcome, HubLink, Outgoing, PeerLink, Route};
+pub use summary::{group_sessions, ChangeSummary, ConfigKey, EditSession, EditSummary};
 pub use sync::{sync_message_hashes, Applied, Repaired, SyncState};
+pub use undo::{SkipReason, Skipped, UndoStack, Undone, DEFAULT_UNDO_LIMIT};
