@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`flow`]: the flow actor and the registry that gets-or-spawns exactly one per flow.
-//! - [`session`]: the session actor and its bounded outbound queue with per-class policy.
+//! - [`session`]: the session actor, its bounded outbound queue with per-class policy, and the input limits (rate, bad frames) every transport applies.
 //! - [`run`]: run actors (live run progress), their registry, `RunStore` and the runs feed.
 //! - [`store`]: the `Store` trait, its guarantees, and `MemoryStore`.
 //! - [`bus`]: the `Bus` trait (at most once), `MemoryBus`, and the bus message format.
