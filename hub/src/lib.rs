@@ -8,7 +8,7 @@
 //! - [`ws`]: `GET /v1/ws`: authenticate, upgrade, the socket reader and writer of a session.
 //! - [`http`]: `GET /v1/flows/{id}`, `/healthz`, `/readyz`, `/metrics`.
 //! - [`runs`]: run ingest by engines, `GET /v1/runs/{id}` (+ `/events`, SSE `/stream`), a flow's runs.
-//! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors.
+//! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors; its messages as serde types in [`automerge_repo::wire`].
 //! - [`demo`]: the demo page at `/` (embedded assets) and, on the embedded default, dev endpoints.
 //! - [`auth`]: HS256 JWTs: claims, signing, verification.
 //! - [`config`]: [`HubConfig`](config::HubConfig) and the embedded default's secret.
