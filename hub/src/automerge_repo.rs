@@ -51,8 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -68,8 +67,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, Instrument};
 
 use crate::error::AppError;
-use crate::http::{authenticate, TokenQuery};
-use crate::server::AppState;
+use crate::state::{AppState, Authenticated};
 use wire::{HubNotice, PeerMetadata, WireMessage};
 
 /// The only protocol version of automerge-repo-network-websocket.
@@ -117,19 +115,19 @@ pub fn flow_of_document_id(document_id: &str) -> Option<String> {
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
 ) -> Result<Response, AppError> {
-    let claims = authenticate(&state, &headers, &query).await?;
     // Admitted before upgrading: a full node answers 503, never a dead socket.
     let permit = state.admit_connection()?;
+    let tasks = state.connection_tasks.clone();
     Ok(
-        crate::ws::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(
-            move |socket| async move {
+        crate::ws::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(move |socket| {
+            // Tracked: draining waits for the connection to close.
+            tasks.track_future(async move {
                 run(socket, state, Identity::from(&claims)).await;
                 drop(permit);
-            },
-        ),
+            })
+        }),
     )
 }
 
@@ -200,7 +198,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         ));
         let mut writer_done = false;
         let writer_abort = writer.abort_handle();
-        let mut draining = state.draining.clone();
+        let shutdown = state.shutdown.clone();
         let expiry = async move {
             match expires_at {
                 Some(exp) => {
@@ -212,7 +210,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         };
         tokio::select! {
             _ = bridge.read_loop(&mut stream) => {}
-            _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
+            _ = shutdown.cancelled() => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
             _ = expiry => out.close(close::TOKEN_EXPIRED, "token expired"),
             _ = &mut writer => writer_done = true,
         }
