@@ -12,7 +12,8 @@
 //! - [`directory`]: one live actor per key, spawned on first use (the flow and run
 //!   registries are built on it).
 //! - [`flow`]: the flow actor and the registry that gets-or-spawns exactly one per flow.
-//! - [`session`]: the session actor.
+//! - [`session`]: the session actor, and the input limits (rate, bad frames) every
+//!   transport applies.
 //! - [`run`]: run actors (live run progress), their registry, `RunStore` and the runs feed.
 //! - [`store`]: the `Store` trait, its guarantees, and `MemoryStore`.
 //! - [`bus`]: the `Bus` trait (at most once), `MemoryBus`, and the bus message format.

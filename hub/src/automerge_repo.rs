@@ -2,58 +2,84 @@
 //! `@automerge/automerge-repo-network-websocket`, so an unmodified automerge-repo
 //! `Repo` can open flows and co-edit them with flowhub clients.
 //!
-//! Every WebSocket message is one CBOR map (binary frame). The handshake: the client
-//! sends `join {senderId, peerMetadata, supportedProtocolVersions}`, the hub answers
-//! `peer {senderId, targetId, peerMetadata, selectedProtocolVersion: "1"}`. Then:
+//! Every WebSocket message is one CBOR map (binary frame), typed in [`wire`]. The
+//! handshake: the client sends `join {senderId, peerMetadata, supportedProtocolVersions}`,
+//! the hub answers `peer {senderId, targetId, peerMetadata, selectedProtocolVersion: "1"}`.
+//! Then:
 //!
 //! | client → hub | what the hub does |
 //! |---|---|
-//! | `request` / `sync {documentId, data}` | maps the DocumentId to a flow ([`flow_of_document_id`]), joins the flow actor on first use (the role decides, as for `subscribe_flow`), hands `data` to it as [`FlowMsg::Sync`] |
-//! | `ephemeral {documentId, data}` | `data` is CBOR; a map with `cursor {x, y}`, `selection [ids]`, `color` becomes [`FlowMsg::Presence`] |
-//! | `doc-unavailable`, `remote-*` | ignored |
+//! | `request` / `sync {documentId, data}` | maps the DocumentId to a flow ([`flow_of_document_id`]), joins the flow actor on first use (the role decides, as for `subscribe_flow`), hands `data` to it as [`FlowMsg::Sync`]; slowed down by the session's rate limit, never refused by it |
+//! | `ephemeral {documentId, data}` | `data` is CBOR; a map with `cursor {x, y}`, `selection [ids]`, `color` becomes [`FlowMsg::Presence`] (exempt from the rate limit: presence is coalesced) |
+//! | `join` again, `doc-unavailable`, `remote-*`, any other type | ignored, but counted by the rate limit |
 //!
 //! | hub → client | from |
 //! |---|---|
 //! | `sync {documentId, data}` | the flow actor's binary sync frames for this peer |
-//! | `ephemeral {documentId, data, sessionId, count}` | `presence_state` / `presence_diff`, as CBOR of the same JSON objects |
+//! | `ephemeral {documentId, data, sessionId, count}` | `presence_state` / `presence_diff` as CBOR of the same JSON objects; the hub's notices below |
 //! | `doc-unavailable {documentId}` | a DocumentId that names no flow, or a flow the token grants no role on |
-//! | `error {message}` then close | a refused edit (viewer, schema violation, too large: code 1008; store failure: 1011), a bad handshake |
+//! | `error {message}` | a refusal that concerns no document (bad input, `rate_limited`); the connection stays open |
+//! | `error {message}` then close | a bad handshake (1008, 4002 for an unsupported version), a store failure (`internal`, 1011: the Repo reconnects and resends), abuse (1008, as on `/v1/ws`) |
+//!
+//! # Refusals never lock a peer out
+//!
+//! A stock `Repo` cannot roll back: it keeps a change the hub refused and sends it
+//! again on every sync, so closing the connection on a refusal (the Repo only logs
+//! it and reconnects into the same refusal) would lock it out for good. Instead:
+//!
+//! | what happened to the peer's edit | the peer gets (no close) | its application sees |
+//! |---|---|---|
+//! | it broke the flow schema | the hub stored it with a repair change ([`OnInvalid::Repair`]); `ephemeral` with data `{type: "flowhub/repaired", change: "<hex>", problems: ["nodes/n1/label: missing", …]}`, and the repair by sync | `handle.on("ephemeral-message")` with that data; the document converges on the repaired flow |
+//! | refused (`forbidden` for a viewer, `too_large`, `bad_request`) | `ephemeral` with data `{type: "flowhub/refused", code, message}`, at most one per flow per second | `handle.on("ephemeral-message")` with that data; nothing was stored or forwarded |
+//! | the store failed (`internal`) | `error`, then close 1011 | the Repo reconnects and resends later |
+//!
+//! The hub's ephemerals carry the bridge's own `sessionId` and a `count` that grows
+//! with every ephemeral it sends, presence included (automerge-repo drops a
+//! `(sessionId, count)` it has seen).
 //!
 //! It is a translation layer over the same actors as `/v1/ws`: one bridge per
 //! connection plays the part of a session (its own session id, the token's identity,
-//! a bounded [`Outbound`] queue), so edits from a Repo are validated, stored, acked and
-//! fanned out exactly like edits from flowhub clients.
+//! a bounded [`Outbound`] queue, the same [`SessionLimiter`]), so edits from a Repo
+//! are validated, stored, acked and fanned out exactly like edits from flowhub
+//! clients, and floods are answered and closed the same way.
+
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use ciborium::Value;
-use flowhub_actors::flow::FlowMsg;
+use flowhub_actors::flow::{FlowMsg, OnInvalid};
 use flowhub_actors::identity::Identity;
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
-use flowhub_protocol::{close, validate_flow_id, Cursor, ErrorCode, ServerMessage, SyncFrame};
+use flowhub_actors::session::{OutFrame, Outbound, OutboundRx, SessionLimiter};
+use flowhub_protocol::{close, validate_flow_id, ErrorCode, ServerMessage, SyncFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, Instrument};
 
 use crate::error::AppError;
-use crate::http::{authenticate, TokenQuery};
-use crate::server::AppState;
+use crate::state::{AppState, Authenticated};
+use wire::{HubNotice, PeerMetadata, WireMessage};
 
 /// The only protocol version of automerge-repo-network-websocket.
 pub const PROTOCOL_V1: &str = "1";
+
+/// At most one `flowhub/refused` ephemeral per flow in this time: a Repo resends a
+/// refused change on every sync round, and its application needs to hear once, not
+/// once per round.
+const REFUSAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// WebSocket close code 1011: the server failed; the client may retry.
+const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/automerge-repo", get(upgrade))
@@ -61,67 +87,13 @@ pub fn routes() -> Router<AppState> {
 
 // ---- flow id <-> DocumentId ---------------------------------------------------------
 
-const ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-
-fn base58_encode(bytes: &[u8]) -> String {
-    let zeros = bytes.iter().take_while(|b| **b == 0).count();
-    let mut digits: Vec<u8> = Vec::new();
-    for &b in &bytes[zeros..] {
-        let mut carry = u32::from(b);
-        for d in digits.iter_mut() {
-            carry += u32::from(*d) << 8;
-            *d = (carry % 58) as u8;
-            carry /= 58;
-        }
-        while carry > 0 {
-            digits.push((carry % 58) as u8);
-            carry /= 58;
-        }
-    }
-    let mut out = "1".repeat(zeros);
-    out.extend(digits.iter().rev().map(|d| ALPHABET[*d as usize] as char));
-    out
-}
-
-fn base58_decode(s: &str) -> Option<Vec<u8>> {
-    let zeros = s.bytes().take_while(|b| *b == b'1').count();
-    let mut bytes: Vec<u8> = Vec::new();
-    for c in s.bytes().skip(zeros) {
-        let mut carry = ALPHABET.iter().position(|a| *a == c)? as u32;
-        for b in bytes.iter_mut() {
-            carry += u32::from(*b) * 58;
-            *b = (carry & 0xff) as u8;
-            carry >>= 8;
-        }
-        while carry > 0 {
-            bytes.push((carry & 0xff) as u8);
-            carry >>= 8;
-        }
-    }
-    let mut out = vec![0u8; zeros];
-    out.extend(bytes.iter().rev());
-    Some(out)
-}
-
-fn checksum(payload: &[u8]) -> [u8; 4] {
-    let twice = Sha256::digest(Sha256::digest(payload));
-    [twice[0], twice[1], twice[2], twice[3]]
-}
-
 /// base58check, as automerge-repo encodes DocumentIds (`bs58check`).
 pub fn base58check_encode(payload: &[u8]) -> String {
-    let mut raw = payload.to_vec();
-    raw.extend_from_slice(&checksum(payload));
-    base58_encode(&raw)
+    bs58::encode(payload).with_check().into_string()
 }
 
 pub fn base58check_decode(s: &str) -> Option<Vec<u8>> {
-    let raw = base58_decode(s)?;
-    if raw.len() < 4 {
-        return None;
-    }
-    let (payload, sum) = raw.split_at(raw.len() - 4);
-    (checksum(payload) == sum).then(|| payload.to_vec())
+    bs58::decode(s).with_check(None).into_vec().ok()
 }
 
 /// The automerge-repo DocumentId of a flow: base58check of the flow id's bytes.
@@ -138,112 +110,24 @@ pub fn flow_of_document_id(document_id: &str) -> Option<String> {
     Some(flow_id)
 }
 
-// ---- CBOR helpers ---------------------------------------------------------------------
-
-fn text(s: impl Into<String>) -> Value {
-    Value::Text(s.into())
-}
-
-fn encode(fields: Vec<(&str, Value)>) -> Vec<u8> {
-    let map = Value::Map(fields.into_iter().map(|(k, v)| (text(k), v)).collect());
-    let mut out = Vec::new();
-    // Writing into a Vec cannot fail.
-    let _ = ciborium::ser::into_writer(&map, &mut out);
-    out
-}
-
-fn field<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
-    map.iter()
-        .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
-        .map(|(_, v)| v)
-}
-
-fn get_text<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a str> {
-    match field(map, key)? {
-        Value::Text(t) => Some(t),
-        _ => None,
-    }
-}
-
-/// Byte strings, also when tagged (some CBOR encoders tag typed arrays).
-fn as_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::Bytes(b) => Some(b),
-        Value::Tag(_, inner) => as_bytes(inner),
-        _ => None,
-    }
-}
-
-fn as_f64(v: &Value) -> Option<f64> {
-    match v {
-        Value::Float(f) => Some(*f),
-        Value::Integer(i) => Some(i128::from(*i) as f64),
-        _ => None,
-    }
-}
-
-/// Cursor, selection and colour, each optional (fields left out keep their value).
-type PresenceFields = (Option<Cursor>, Option<Vec<String>>, Option<String>);
-
-/// A presence update carried by an ephemeral message: `{cursor: {x, y}, selection:
-/// [node ids], color}`, any field optional. `None` when nothing in it is presence.
-fn presence_of(data: &[u8]) -> Option<PresenceFields> {
-    let Ok(Value::Map(map)) = ciborium::de::from_reader::<Value, _>(data) else {
-        return None;
-    };
-    let cursor = match field(&map, "cursor") {
-        Some(Value::Map(c)) => match (
-            field(c, "x").and_then(as_f64),
-            field(c, "y").and_then(as_f64),
-        ) {
-            (Some(x), Some(y)) => Some(Cursor { x, y }),
-            _ => None,
-        },
-        _ => None,
-    };
-    let selection = match field(&map, "selection") {
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Text(t) => Some(t.clone()),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    };
-    let color = get_text(&map, "color").map(str::to_owned);
-    if cursor.is_none() && selection.is_none() && color.is_none() {
-        return None;
-    }
-    Some((cursor, selection, color))
-}
-
-fn json_to_cbor(v: &serde_json::Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = ciborium::ser::into_writer(v, &mut out);
-    out
-}
-
 // ---- the connection -------------------------------------------------------------------
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
 ) -> Result<Response, AppError> {
-    let claims = authenticate(&state, &headers, &query).await?;
     // Admitted before upgrading: a full node answers 503, never a dead socket.
     let permit = state.admit_connection()?;
+    let tasks = state.connection_tasks.clone();
     Ok(
-        crate::ws::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(
-            move |socket| async move {
+        crate::ws::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(move |socket| {
+            // Tracked: draining waits for the connection to close.
+            tasks.track_future(async move {
                 run(socket, state, Identity::from(&claims)).await;
                 drop(permit);
-            },
-        ),
+            })
+        }),
     )
 }
 
@@ -273,6 +157,8 @@ struct Bridge {
     out: Outbound,
     direct: mpsc::UnboundedSender<Direct>,
     joined: HashMap<String, Joined>,
+    /// The session's rate limit and bad-input count, as on `/v1/ws`.
+    limiter: SessionLimiter,
 }
 
 async fn run(socket: WebSocket, state: AppState, identity: Identity) {
@@ -286,6 +172,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         let server_peer = format!("flowhub-{}", state.node_id);
         let expires_at = identity.expires_at;
         let mut bridge = Bridge {
+            limiter: SessionLimiter::new(&state.config.session),
             state: state.clone(),
             identity,
             session_id: session_id.clone(),
@@ -295,7 +182,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
             direct,
             joined: HashMap::new(),
         };
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let mut writer = tokio::spawn(write_loop(
             sink,
             out_rx,
@@ -305,11 +192,13 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
                 peers,
                 session_id,
                 ping_interval: state.config.ping_interval,
+                count: 0,
+                last_refused: HashMap::new(),
             },
         ));
         let mut writer_done = false;
         let writer_abort = writer.abort_handle();
-        let mut draining = state.draining.clone();
+        let shutdown = state.shutdown.clone();
         let expiry = async move {
             match expires_at {
                 Some(exp) => {
@@ -320,8 +209,8 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
             }
         };
         tokio::select! {
-            _ = bridge.read_loop(stream) => {}
-            _ = draining.wait_for(|d| *d) => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
+            _ = bridge.read_loop(&mut stream) => {}
+            _ = shutdown.cancelled() => out.close(close::SERVICE_RESTART, "node draining; reconnect"),
             _ = expiry => out.close(close::TOKEN_EXPIRED, "token expired"),
             _ = &mut writer => writer_done = true,
         }
@@ -332,7 +221,27 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
         }
         out.close(close::NORMAL, "");
         drop(bridge);
-        if !writer_done && tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+        // Let the writer send what is queued and the close frame, and keep reading
+        // meanwhile (as `ws::serve` does): closing a socket with unread input makes the
+        // kernel reset the connection, and a flooding peer would never see our close
+        // frame and its code.
+        let drain = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let writer = async {
+            // A finished JoinHandle must not be polled again.
+            if !writer_done {
+                let _ = writer.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), async { tokio::join!(drain, writer) })
+            .await
+            .is_err()
+        {
             // A peer that stopped reading keeps the writer in `send`: end it rather
             // than leave a task (and its socket) behind the closed session.
             writer_abort.abort();
@@ -349,39 +258,52 @@ impl Bridge {
         self.peers.lock().ok().and_then(|p| p.client.clone())
     }
 
-    fn error_frame(&self, message: &str) -> Vec<u8> {
-        let mut fields = vec![
-            ("type", text("error")),
-            ("senderId", text(self.server_peer.clone())),
-            ("message", text(message)),
-        ];
-        if let Some(client) = self.client_peer() {
-            fields.push(("targetId", text(client)));
-        }
-        encode(fields)
-    }
-
+    /// Sends a CBOR `error`, then closes: for a peer that does not speak the protocol.
     fn fatal(&self, message: &str, code: u16) {
+        let frame = wire::encode(&WireMessage::Error {
+            sender_id: Some(self.server_peer.clone()),
+            target_id: self.client_peer(),
+            message: message.to_owned(),
+        });
         let _ = self.direct.send(Direct::Fatal(
-            self.error_frame(message),
+            frame,
             code,
             message.chars().take(100).collect(),
         ));
+    }
+
+    /// Refuses one message of the peer's own making. Before the handshake the peer
+    /// does not speak the protocol and the connection ends; after it, the peer is told
+    /// (a `flowhub/refused` ephemeral when the refusal concerns a flow, else an
+    /// `error`, see `translate`) and the refusal counts toward the abuse limit, which
+    /// closes the connection as on `/v1/ws`.
+    fn refuse(&mut self, flow_id: Option<&str>, code: ErrorCode, message: String) {
+        if self.client_peer().is_none() {
+            return self.fatal(&format!("{code}: {message}"), close::POLICY);
+        }
+        debug!(%code, message, "message refused");
+        let mut err = ServerMessage::error(code, message);
+        if let Some(flow_id) = flow_id {
+            err = err.with_flow(flow_id);
+        }
+        self.out.send_control(&err);
+        self.limiter.count_refusal(code, &self.out);
     }
 
     fn doc_unavailable(&self, document_id: &str) {
         let Some(client) = self.client_peer() else {
             return;
         };
-        let _ = self.direct.send(Direct::Frame(encode(vec![
-            ("type", text("doc-unavailable")),
-            ("senderId", text(self.server_peer.clone())),
-            ("targetId", text(client)),
-            ("documentId", text(document_id)),
-        ])));
+        let _ = self
+            .direct
+            .send(Direct::Frame(wire::encode(&WireMessage::DocUnavailable {
+                sender_id: self.server_peer.clone(),
+                target_id: client,
+                document_id: document_id.to_owned(),
+            })));
     }
 
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
         let idle = self.state.config.idle_timeout;
         loop {
             let frame = match tokio::time::timeout(idle, stream.next()).await {
@@ -398,109 +320,107 @@ impl Bridge {
                 }
             };
             match frame {
-                Message::Binary(bytes) => {
-                    if !self.on_message(&bytes).await {
-                        return;
-                    }
-                }
-                Message::Text(_) => {
-                    self.fatal(
-                        "bad_request: messages are CBOR in binary frames",
-                        close::POLICY,
-                    );
-                    return;
-                }
+                Message::Binary(bytes) => self.on_frame(&bytes).await,
+                Message::Text(_) => self.refuse(
+                    None,
+                    ErrorCode::BadRequest,
+                    "messages are CBOR in binary frames".into(),
+                ),
                 Message::Close(_) => return,
                 Message::Ping(_) | Message::Pong(_) => {}
             }
-            if self.out.is_closed() {
+            if self.out.is_closed() || self.direct.is_closed() {
                 return;
             }
         }
     }
 
-    /// Handles one message; `false` ends the connection.
-    async fn on_message(&mut self, bytes: &[u8]) -> bool {
-        let Ok(Value::Map(map)) = ciborium::de::from_reader::<Value, _>(bytes) else {
-            self.fatal("bad_request: not a CBOR map", close::POLICY);
-            return false;
+    async fn on_frame(&mut self, bytes: &[u8]) {
+        let msg = match wire::decode(bytes) {
+            Ok(msg) => msg,
+            Err(e) => return self.refuse(None, ErrorCode::BadRequest, e.to_string()),
         };
-        let Some(kind) = get_text(&map, "type") else {
-            self.fatal("bad_request: message without a type", close::POLICY);
-            return false;
-        };
-        if kind == "join" {
-            return self.on_join(&map);
+        if let WireMessage::Join {
+            sender_id,
+            supported_protocol_versions,
+            ..
+        } = &msg
+        {
+            if self.client_peer().is_some() {
+                if let Err(message) = self.limiter.check() {
+                    return self.refuse(None, ErrorCode::RateLimited, message);
+                }
+            }
+            return self.on_join(sender_id, supported_protocol_versions.as_deref());
         }
         if self.client_peer().is_none() {
-            self.fatal("bad_request: send join first", close::POLICY);
-            return false;
+            return self.fatal("bad_request: send join first", close::POLICY);
         }
-        match kind {
-            "request" | "sync" => {
-                let (Some(doc), Some(data)) = (
-                    get_text(&map, "documentId"),
-                    field(&map, "data").and_then(as_bytes),
-                ) else {
-                    self.fatal("bad_request: sync needs documentId and data", close::POLICY);
-                    return false;
-                };
-                if data.len() > self.state.config.session.max_frame_bytes {
-                    self.fatal(
-                        "too_large: sync message above max_frame_bytes",
-                        close::POLICY,
+        match msg {
+            WireMessage::Request {
+                document_id, data, ..
+            }
+            | WireMessage::Sync {
+                document_id, data, ..
+            } => {
+                // Slowed down, never refused, as sync frames on `/v1/ws`.
+                self.limiter.until_ready().await;
+                let max = self.state.config.session.max_frame_bytes;
+                if data.len() > max {
+                    let flow_id = flow_of_document_id(&document_id);
+                    let message = format!(
+                        "sync message of {} bytes exceeds the limit of {max}",
+                        data.len()
                     );
-                    return false;
+                    return self.refuse(flow_id.as_deref(), ErrorCode::TooLarge, message);
                 }
-                self.on_sync(doc, data.to_vec()).await;
-                true
+                self.on_sync(&document_id, data).await;
             }
-            "ephemeral" => {
-                if let (Some(doc), Some(data)) = (
-                    get_text(&map, "documentId"),
-                    field(&map, "data").and_then(as_bytes),
-                ) {
-                    self.on_ephemeral(doc, data);
+            WireMessage::Ephemeral {
+                document_id, data, ..
+            } => {
+                if bytes.len() > self.state.config.session.max_frame_bytes {
+                    let flow_id = flow_of_document_id(&document_id);
+                    let message = format!("ephemeral message of {} bytes", bytes.len());
+                    return self.refuse(flow_id.as_deref(), ErrorCode::TooLarge, message);
                 }
-                true
+                self.on_ephemeral(&document_id, &data);
             }
-            // doc-unavailable, remote-subscription-change, remote-heads-changed: the hub
-            // always has every flow and keeps no remote-heads subscriptions.
-            _ => true,
+            // doc-unavailable, remote-subscription-change, remote-heads-changed and
+            // types this hub does not know: the hub always has every flow and keeps
+            // no remote-heads subscriptions. Ignored, but a flood of them is a flood.
+            _ => {
+                if let Err(message) = self.limiter.check() {
+                    return self.refuse(None, ErrorCode::RateLimited, message);
+                }
+                if bytes.len() > self.state.config.session.max_frame_bytes {
+                    let message = format!("message of {} bytes", bytes.len());
+                    self.refuse(None, ErrorCode::TooLarge, message);
+                }
+            }
         }
     }
 
-    fn on_join(&mut self, map: &[(Value, Value)]) -> bool {
-        let Some(sender) = get_text(map, "senderId") else {
-            self.fatal("bad_request: join without senderId", close::POLICY);
-            return false;
-        };
-        let supported = match field(map, "supportedProtocolVersions") {
-            None => true,
-            Some(Value::Array(versions)) => versions
-                .iter()
-                .any(|v| matches!(v, Value::Text(t) if t == PROTOCOL_V1)),
-            Some(_) => false,
-        };
+    fn on_join(&mut self, sender: &str, versions: Option<&[String]>) {
+        let supported = versions.is_none_or(|v| v.iter().any(|v| v == PROTOCOL_V1));
         if let Ok(mut peers) = self.peers.lock() {
             peers.client = Some(sender.to_owned());
         }
         if !supported {
-            self.fatal("unsupported protocol version", close::UNSUPPORTED_VERSION);
-            return false;
+            return self.fatal("unsupported protocol version", close::UNSUPPORTED_VERSION);
         }
         debug!(peer = sender, "automerge-repo peer joined");
-        let _ = self.direct.send(Direct::Frame(encode(vec![
-            ("type", text("peer")),
-            ("senderId", text(self.server_peer.clone())),
-            ("targetId", text(sender)),
-            (
-                "peerMetadata",
-                Value::Map(vec![(text("isEphemeral"), Value::Bool(false))]),
-            ),
-            ("selectedProtocolVersion", text(PROTOCOL_V1)),
-        ])));
-        true
+        let _ = self
+            .direct
+            .send(Direct::Frame(wire::encode(&WireMessage::Peer {
+                sender_id: self.server_peer.clone(),
+                target_id: sender.to_owned(),
+                peer_metadata: PeerMetadata {
+                    storage_id: None,
+                    is_ephemeral: Some(false),
+                },
+                selected_protocol_version: PROTOCOL_V1.to_owned(),
+            })));
     }
 
     /// The flow actor for `flow_id`, joining it on first use; `None` when the token
@@ -532,7 +452,8 @@ impl Bridge {
                         request_id: None,
                         pending: Vec::new(),
                         stream: false,
-                        on_invalid: flowhub_actors::flow::OnInvalid::Repair,
+                        // A Repo cannot roll back a refused change (module doc).
+                        on_invalid: OnInvalid::Repair,
                         reply,
                     },
                     None,
@@ -581,12 +502,12 @@ impl Bridge {
         let Some(joined) = self.joined.get(&flow_id) else {
             return;
         };
-        if let Some((cursor, selection, color)) = presence_of(data) {
+        if let Some(presence) = wire::presence_of(data) {
             let _ = joined.flow.cast(FlowMsg::Presence {
                 session_id: self.session_id.clone(),
-                cursor,
-                selection,
-                color,
+                cursor: presence.cursor.map(Into::into),
+                selection: presence.selection,
+                color: presence.color,
             });
         }
     }
@@ -597,11 +518,43 @@ struct WriterCtx {
     peers: Arc<Mutex<Peers>>,
     session_id: String,
     ping_interval: Duration,
+    /// The `count` of the last ephemeral sent (presence and notices alike).
+    count: u64,
+    /// When each flow's last `flowhub/refused` went out (see [`REFUSAL_INTERVAL`]).
+    last_refused: HashMap<String, Instant>,
 }
 
 impl WriterCtx {
     fn client(&self) -> Option<String> {
         self.peers.lock().ok().and_then(|p| p.client.clone())
+    }
+
+    fn ephemeral(&mut self, client: String, flow_id: &str, data: Vec<u8>) -> Translated {
+        self.count += 1;
+        Translated::Send(wire::encode(&WireMessage::Ephemeral {
+            sender_id: self.server_peer.clone(),
+            target_id: client,
+            document_id: flow_document_id(flow_id),
+            session_id: self.session_id.clone(),
+            count: self.count,
+            data,
+        }))
+    }
+
+    /// Whether a refusal for `flow_id` may be told now (one per flow per interval).
+    fn refusal_due(&mut self, flow_id: &str) -> bool {
+        let now = Instant::now();
+        if self.last_refused.len() >= 64 {
+            self.last_refused
+                .retain(|_, at| now.duration_since(*at) < REFUSAL_INTERVAL);
+        }
+        match self.last_refused.get(flow_id) {
+            Some(at) if now.duration_since(*at) < REFUSAL_INTERVAL => false,
+            _ => {
+                self.last_refused.insert(flow_id.to_owned(), now);
+                true
+            }
+        }
     }
 }
 
@@ -612,19 +565,18 @@ enum Translated {
     Skip,
 }
 
-fn translate(frame: OutFrame, ctx: &WriterCtx, count: &mut u64) -> Translated {
+fn translate(frame: OutFrame, ctx: &mut WriterCtx) -> Translated {
     let Some(client) = ctx.client() else {
         return Translated::Skip;
     };
     match frame {
         OutFrame::Binary(bytes) => match SyncFrame::decode(&bytes) {
-            Ok(frame) => Translated::Send(encode(vec![
-                ("type", text("sync")),
-                ("senderId", text(ctx.server_peer.clone())),
-                ("targetId", text(client)),
-                ("documentId", text(flow_document_id(&frame.flow_id))),
-                ("data", Value::Bytes(frame.payload)),
-            ])),
+            Ok(frame) => Translated::Send(wire::encode(&WireMessage::Sync {
+                sender_id: ctx.server_peer.clone(),
+                target_id: client,
+                document_id: flow_document_id(&frame.flow_id),
+                data: frame.payload,
+            })),
             Err(_) => Translated::Skip,
         },
         // Change frames go only to sessions that subscribed with `stream`, which an
@@ -634,48 +586,57 @@ fn translate(frame: OutFrame, ctx: &WriterCtx, count: &mut u64) -> Translated {
             let Ok(msg) = serde_json::from_str::<ServerMessage>(&json) else {
                 return Translated::Skip;
             };
-            match &msg {
-                ServerMessage::PresenceState { flow_id, .. }
-                | ServerMessage::PresenceDiff { flow_id, .. } => {
-                    let Ok(value) = serde_json::to_value(&msg) else {
-                        return Translated::Skip;
-                    };
-                    *count += 1;
-                    Translated::Send(encode(vec![
-                        ("type", text("ephemeral")),
-                        ("senderId", text(ctx.server_peer.clone())),
-                        ("targetId", text(client)),
-                        ("documentId", text(flow_document_id(flow_id))),
-                        ("sessionId", text(ctx.session_id.clone())),
-                        ("count", Value::Integer((*count).into())),
-                        ("data", Value::Bytes(json_to_cbor(&value))),
-                    ]))
+            match msg {
+                ServerMessage::PresenceState { ref flow_id, .. }
+                | ServerMessage::PresenceDiff { ref flow_id, .. } => {
+                    let flow_id = flow_id.clone();
+                    ctx.ephemeral(client, &flow_id, wire::encode(&msg))
                 }
-                // A refused edit: the Repo still holds the refused changes and would
-                // send them again on every sync, so the protocol's answer is an
-                // `error` and a close (the adapter reconnects on its own).
+                ServerMessage::Repaired {
+                    flow_id,
+                    change,
+                    problems,
+                } => {
+                    let notice = HubNotice::Repaired { change, problems };
+                    ctx.ephemeral(client, &flow_id, wire::encode(&notice))
+                }
+                // The store failed: the Repo reconnects and resends later.
                 ServerMessage::Error {
-                    flow_id: Some(_),
+                    code: ErrorCode::Internal,
+                    message,
+                    ..
+                } => {
+                    let text = format!("{}: {message}", ErrorCode::Internal);
+                    Translated::Fatal(
+                        wire::encode(&WireMessage::Error {
+                            sender_id: Some(ctx.server_peer.clone()),
+                            target_id: Some(client),
+                            message: text.clone(),
+                        }),
+                        CLOSE_INTERNAL_ERROR,
+                        text.chars().take(100).collect(),
+                    )
+                }
+                // Any other refusal concerning a flow: told where the application can
+                // see it, never by closing (module doc).
+                ServerMessage::Error {
+                    flow_id: Some(flow_id),
                     code,
                     message,
                     ..
                 } => {
-                    let text_msg = format!("{code}: {message}");
-                    let close_code = if *code == ErrorCode::Internal {
-                        1011
-                    } else {
-                        close::POLICY
-                    };
-                    Translated::Fatal(
-                        encode(vec![
-                            ("type", text("error")),
-                            ("senderId", text(ctx.server_peer.clone())),
-                            ("targetId", text(client)),
-                            ("message", text(text_msg.clone())),
-                        ]),
-                        close_code,
-                        text_msg.chars().take(100).collect(),
-                    )
+                    if !ctx.refusal_due(&flow_id) {
+                        return Translated::Skip;
+                    }
+                    let notice = HubNotice::Refused { code, message };
+                    ctx.ephemeral(client, &flow_id, wire::encode(&notice))
+                }
+                ServerMessage::Error { code, message, .. } => {
+                    Translated::Send(wire::encode(&WireMessage::Error {
+                        sender_id: Some(ctx.server_peer.clone()),
+                        target_id: Some(client),
+                        message: format!("{code}: {message}"),
+                    }))
                 }
                 // flow_state, acks and replies have no automerge-repo counterpart.
                 _ => Translated::Skip,
@@ -688,11 +649,10 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: OutboundRx,
     mut direct: mpsc::UnboundedReceiver<Direct>,
-    ctx: WriterCtx,
+    mut ctx: WriterCtx,
 ) {
     let mut ping = tokio::time::interval(ctx.ping_interval);
     ping.tick().await;
-    let mut count = 0u64;
     let fatal = |mut sink: SplitSink<WebSocket, Message>,
                  bytes: Vec<u8>,
                  code: u16,
@@ -724,7 +684,7 @@ async fn write_loop(
             },
             frame = rx.frames.recv() => {
                 let Some(frame) = frame else { break };
-                match translate(frame, &ctx, &mut count) {
+                match translate(frame, &mut ctx) {
                     Translated::Send(bytes) => {
                         if sink.send(Message::Binary(bytes.into())).await.is_err() {
                             return;
@@ -741,7 +701,7 @@ async fn write_loop(
                         if code == close::TOO_SLOW {
                             break;
                         }
-                        if let Translated::Send(bytes) = translate(frame, &ctx, &mut count) {
+                        if let Translated::Send(bytes) = translate(frame, &mut ctx) {
                             if sink.send(Message::Binary(bytes.into())).await.is_err() {
                                 return;
                             }
@@ -788,23 +748,92 @@ mod tests {
         assert_eq!(flow_of_document_id(""), None);
     }
 
+    fn ctx() -> WriterCtx {
+        WriterCtx {
+            server_peer: "flowhub-n".into(),
+            peers: Arc::new(Mutex::new(Peers {
+                client: Some("peer".into()),
+            })),
+            session_id: "am-1".into(),
+            ping_interval: Duration::from_secs(30),
+            count: 0,
+            last_refused: HashMap::new(),
+        }
+    }
+
+    fn text_frame(msg: &ServerMessage) -> OutFrame {
+        OutFrame::Text(flowhub_protocol::encode(msg).into())
+    }
+
+    fn sent(t: Translated) -> WireMessage {
+        match t {
+            Translated::Send(bytes) => wire::decode(&bytes).unwrap(),
+            Translated::Fatal(..) => panic!("closed"),
+            Translated::Skip => panic!("skipped"),
+        }
+    }
+
     #[test]
-    fn presence_from_ephemeral_data() {
-        let data = encode(vec![
-            (
-                "cursor",
-                Value::Map(vec![
-                    (text("x"), Value::Float(1.5)),
-                    (text("y"), Value::Integer(2.into())),
-                ]),
-            ),
-            ("selection", Value::Array(vec![text("n1")])),
-            ("color", text("#ff0000")),
-        ]);
-        let (cursor, selection, color) = presence_of(&data).unwrap();
-        assert_eq!(cursor, Some(Cursor { x: 1.5, y: 2.0 }));
-        assert_eq!(selection, Some(vec!["n1".to_string()]));
-        assert_eq!(color.as_deref(), Some("#ff0000"));
-        assert!(presence_of(&encode(vec![("hello", text("world"))])).is_none());
+    fn refusals_become_coalesced_ephemerals_and_store_failures_close() {
+        let mut ctx = ctx();
+        let refused =
+            ServerMessage::error(ErrorCode::Forbidden, "role viewer cannot edit").with_flow("f");
+        let WireMessage::Ephemeral {
+            document_id,
+            session_id,
+            count,
+            data,
+            ..
+        } = sent(translate(text_frame(&refused), &mut ctx))
+        else {
+            panic!("an ephemeral")
+        };
+        assert_eq!(document_id, flow_document_id("f"));
+        assert_eq!((session_id.as_str(), count), ("am-1", 1));
+        let notice: HubNotice = ciborium::de::from_reader(&data[..]).unwrap();
+        assert_eq!(
+            notice,
+            HubNotice::Refused {
+                code: ErrorCode::Forbidden,
+                message: "role viewer cannot edit".into()
+            }
+        );
+        // A second refusal for the same flow within the second is dropped; another
+        // flow's is not, and counts go on increasing.
+        assert!(matches!(
+            translate(text_frame(&refused), &mut ctx),
+            Translated::Skip
+        ));
+        let other = ServerMessage::error(ErrorCode::TooLarge, "big").with_flow("g");
+        assert!(matches!(
+            sent(translate(text_frame(&other), &mut ctx)),
+            WireMessage::Ephemeral { count: 2, .. }
+        ));
+        let repaired = ServerMessage::Repaired {
+            flow_id: "f".into(),
+            change: "abcd".into(),
+            problems: vec!["nodes/n1/label: missing".into()],
+        };
+        let WireMessage::Ephemeral { count, data, .. } =
+            sent(translate(text_frame(&repaired), &mut ctx))
+        else {
+            panic!("an ephemeral")
+        };
+        assert_eq!(count, 3);
+        assert!(matches!(
+            ciborium::de::from_reader::<HubNotice, _>(&data[..]).unwrap(),
+            HubNotice::Repaired { change, .. } if change == "abcd"
+        ));
+        // No flow: a plain `error`, no close.
+        let unflowed = ServerMessage::error(ErrorCode::RateLimited, "too fast");
+        assert!(matches!(
+            sent(translate(text_frame(&unflowed), &mut ctx)),
+            WireMessage::Error { message, .. } if message == "rate_limited: too fast"
+        ));
+        let internal = ServerMessage::error(ErrorCode::Internal, "store down").with_flow("f");
+        assert!(matches!(
+            translate(text_frame(&internal), &mut ctx),
+            Translated::Fatal(_, 1011, _)
+        ));
     }
 }

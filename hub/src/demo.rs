@@ -40,8 +40,7 @@ use tracing::{info, warn};
 
 use crate::auth::{now_secs, Claims};
 use crate::error::AppError;
-use crate::http::{authenticate, TokenQuery};
-use crate::server::AppState;
+use crate::state::{authenticate, AppState, TokenQuery};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
@@ -283,7 +282,8 @@ pub async fn simulate_run(
     Json(body): Json<SimulateBody>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     check_host(state.config.listen, &headers)?;
-    let claims = authenticate(&state, &headers, &query).await?;
+    // The Host check comes first, so the token is verified only after it.
+    let claims = authenticate(&state, &headers, query.token.as_deref()).await?;
     let flow_id = body.flow_id;
     validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
     if Identity::from(&claims).role_for(&flow_id).is_none() {

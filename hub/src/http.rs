@@ -1,7 +1,7 @@
 //! Plain HTTP handlers.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use flowhub_actors::flow::FlowMsg;
@@ -11,33 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::Claims;
 use crate::error::AppError;
-use crate::server::AppState;
-
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
-    pub token: Option<String>,
-}
-
-/// The token from `Authorization: Bearer …`, else from `?token=`.
-pub async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &TokenQuery,
-) -> Result<Claims, AppError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let token = bearer
-        .or(query.token.as_deref())
-        .ok_or_else(|| AppError::unauthorized("no token"))?;
-    state
-        .keys
-        .verify(token)
-        .await
-        .map_err(AppError::unauthorized)
-}
+use crate::state::{AppState, Authenticated};
 
 /// `GET /v1/flows/{id}`: the flow as JSON for anyone with a role on it. Served by the
 /// open flow actor when there is one (it may hold changes newer than a reload would
@@ -51,11 +25,9 @@ pub struct FlowView {
 pub async fn get_flow(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
-    Query(query): Query<TokenQuery>,
+    Authenticated(claims): Authenticated,
     Query(view): Query<FlowView>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let claims = authenticate(&state, &headers, &query).await?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     if effective_role(&state, &claims, &flow_id).await?.is_none() {
@@ -156,7 +128,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Json(serde_json::json!({"status": "unavailable", "reason": reason})),
         )
     };
-    if *state.draining.borrow() {
+    if state.is_draining() {
         return unavailable("draining");
     }
     let bus_ok = async {
@@ -294,12 +266,10 @@ pub struct MemberBody {
 pub async fn put_member(
     State(state): State<AppState>,
     Path((flow_id, user_id)): Path<(String, String)>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
     Json(body): Json<MemberBody>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     use flowhub_actors::store::MemberAccess;
-    let claims = authenticate(&state, &headers, &query).await?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let is_owner =

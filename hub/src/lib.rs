@@ -4,11 +4,12 @@
 //! and the HTTP API, token verification, the sqlx store, configuration and draining.
 //!
 //! # Layout
-//! - [`server`]: [`Hub`](server::Hub) start/shutdown, the router and shared [`AppState`](server::AppState).
+//! - [`server`]: [`Hub`](server::Hub) start/shutdown (drain) and the router.
+//! - [`state`]: the shared [`AppState`](state::AppState) and the [`Authenticated`](state::Authenticated) extractor (token from the `Authorization` header or `?token=`).
 //! - [`ws`]: `GET /v1/ws`: authenticate, upgrade, the socket reader and writer of a session.
 //! - [`http`]: `GET /v1/flows/{id}`, `/healthz`, `/readyz`, `/metrics`.
 //! - [`runs`]: run ingest by engines, `GET /v1/runs/{id}` (+ `/events`, SSE `/stream`), a flow's runs.
-//! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors.
+//! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors; its messages as serde types in [`automerge_repo::wire`].
 //! - [`demo`]: the demo page at `/` (embedded assets) and, on the embedded default, dev endpoints.
 //! - [`auth`]: HS256 JWTs: claims, signing, verification.
 //! - [`config`]: [`HubConfig`](config::HubConfig) and the embedded default's secret.
@@ -30,7 +31,9 @@ pub mod redis_bus;
 pub mod runs;
 pub mod server;
 pub mod sql_store;
+pub mod state;
 pub mod ws;
 
 pub use config::HubConfig;
-pub use server::{AppState, Hub};
+pub use server::Hub;
+pub use state::AppState;

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flowhub_actors::flow::{FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::redis_bus::RedisBus;
@@ -119,20 +119,15 @@ impl Membership {
         }
     }
 
-    /// Beats until `stop` flips; after each beat tells flow actors who is alive.
-    pub async fn run(
-        self,
-        registry: FlowRegistry,
-        metrics: Arc<Metrics>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    /// Beats until `stop` is cancelled; after each beat tells flow actors who is alive.
+    pub async fn run(self, registry: FlowRegistry, metrics: Arc<Metrics>, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut known: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.cancelled() => break,
             }
             if let Err(e) = self.beat(&metrics).await {
                 // Without Redis we cannot tell who is alive; keep presence as it is

@@ -39,13 +39,11 @@ use flowhub_protocol::{
     RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, ServerMessage,
 };
 use serde_json::Value;
-use tokio::sync::watch;
 use tracing::{debug, Instrument};
 
 use crate::auth::Claims;
 use crate::error::AppError;
-use crate::http::{authenticate, TokenQuery};
-use crate::server::AppState;
+use crate::state::{AppState, Authenticated};
 
 /// Largest ingest body (a batch of up to 10,000 events).
 const MAX_INGEST_BYTES: usize = 16 << 20;
@@ -72,12 +70,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 type Params = HashMap<String, String>;
-
-fn token_of(params: &Params) -> TokenQuery {
-    TokenQuery {
-        token: params.get("token").cloned(),
-    }
-}
 
 /// An optional numeric query parameter; a bad value is a 400 naming it.
 fn param<T: std::str::FromStr>(params: &Params, name: &str) -> Result<Option<T>, AppError> {
@@ -157,11 +149,9 @@ async fn readable_run(
 pub async fn post_events(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
     body: Bytes,
 ) -> Result<Json<IngestOutcome>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     if !claims.svc {
         return Err(AppError::forbidden("run ingest needs a service token"));
     }
@@ -181,10 +171,8 @@ pub async fn post_events(
 pub async fn get_run(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
 ) -> Result<Json<RunSnapshot>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     Ok(Json(readable_run(&state, &claims, &run_id).await?))
 }
 
@@ -193,9 +181,8 @@ pub async fn get_events(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
     Query(params): Query<Params>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
 ) -> Result<Json<Value>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     let since: u64 = param(&params, "since_seq")?.unwrap_or(0);
     let limit: usize = param(&params, "limit")?
         .unwrap_or(DEFAULT_EVENTS_PAGE)
@@ -214,9 +201,8 @@ pub async fn flow_runs(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
     Query(params): Query<Params>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
 ) -> Result<Json<Value>, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     flowhub_protocol::validate_flow_id(&flow_id)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let limit: usize = param(&params, "limit")?
@@ -238,9 +224,9 @@ pub async fn stream(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
     Query(params): Query<Params>,
+    Authenticated(claims): Authenticated,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let claims = authenticate(&state, &headers, &token_of(&params)).await?;
     // The standard reconnect header wins over the query, which a browser repeats.
     let since = match headers.get("last-event-id") {
         Some(v) => v
@@ -264,7 +250,8 @@ pub async fn stream(
         run_id,
         flow_id,
         watcher_id,
-        draining: state.draining.clone(),
+        shutdown: state.shutdown.clone(),
+        _tracked: state.connection_tasks.token(),
         _permit: permit,
         position: since,
         final_seq: None,
@@ -291,7 +278,10 @@ struct SseFeed {
     run_id: String,
     flow_id: String,
     watcher_id: String,
-    draining: watch::Receiver<bool>,
+    /// Cancelled when the node drains: the stream ends.
+    shutdown: tokio_util::sync::CancellationToken,
+    /// Counts this stream among the connections draining waits for.
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
     /// This stream's place under the node's connection limit.
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// The last sequence number this stream delivered (or the client had).
@@ -330,7 +320,7 @@ impl SseFeed {
             let frame = tokio::select! {
                 frame = self.rx.frames.recv() => frame?,
                 _ = self.rx.close.changed() => return None,
-                _ = self.draining.wait_for(|d| *d) => return None,
+                _ = self.shutdown.cancelled() => return None,
             };
             let OutFrame::Text(text) = frame else {
                 continue;

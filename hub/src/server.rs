@@ -10,8 +10,9 @@ use flowhub_actors::flow::{FlowDeps, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::run::{MemoryRunStore, RunConfig, RunDeps, RunRegistry, RunStore};
 use flowhub_actors::store::Store;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::auth::{AuthSetupError, JwtKeys, Verifier};
@@ -19,45 +20,8 @@ use crate::config::{resolve_secret, HubConfig};
 use crate::membership::Membership;
 use crate::redis_bus::RedisBus;
 use crate::sql_store::SqlStore;
+use crate::state::AppState;
 use crate::{http, ws};
-
-/// What every handler shares. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<HubConfig>,
-    /// Verifies tokens (shared secret, identity provider) and signs the hub's own.
-    pub keys: Verifier,
-    pub registry: FlowRegistry,
-    /// Run actors (live run progress, `hub/src/runs.rs`).
-    pub runs: RunRegistry,
-    pub store: Arc<dyn Store>,
-    pub sql: Option<Arc<SqlStore>>,
-    pub metrics: Arc<Metrics>,
-    pub node_id: String,
-    /// The Redis bus and node membership, when `redis_url` is configured.
-    pub redis: Option<RedisBus>,
-    pub membership: Option<Membership>,
-    /// Flips to `true` when the node starts draining.
-    pub draining: watch::Receiver<bool>,
-    /// One permit per open long-lived connection (`HubConfig::max_connections`).
-    pub connections: Arc<tokio::sync::Semaphore>,
-}
-
-impl AppState {
-    /// A permit for one more long-lived connection, held for its whole life; 503 when
-    /// the node is full (the client should try another node).
-    pub fn admit_connection(
-        &self,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::AppError> {
-        self.connections.clone().try_acquire_owned().map_err(|_| {
-            crate::error::AppError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                flowhub_protocol::ErrorCode::RateLimited,
-                "connection limit reached on this node; connect to another node",
-            )
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -98,7 +62,6 @@ impl From<crate::sql_store::ConnectError> for StartError {
 /// A running hub node.
 pub struct Hub {
     addr: SocketAddr,
-    drain: watch::Sender<bool>,
     server: JoinHandle<()>,
     state: AppState,
 }
@@ -201,7 +164,7 @@ impl Hub {
                 }
             }
         });
-        let (drain, draining) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let membership = redis.clone().map(|bus| Membership {
             bus,
             node_id: node_id.clone(),
@@ -212,7 +175,7 @@ impl Hub {
         if let Some(m) = &membership {
             tokio::spawn(
                 m.clone()
-                    .run(registry.clone(), metrics.clone(), draining.clone()),
+                    .run(registry.clone(), metrics.clone(), shutdown.clone()),
             );
         }
         let max_connections = config.max_connections.max(1);
@@ -227,17 +190,14 @@ impl Hub {
             sql,
             metrics,
             node_id: node_id.clone(),
-            draining: draining.clone(),
+            shutdown: shutdown.clone(),
+            connection_tasks: TaskTracker::new(),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         };
         let app = router(state.clone());
-        let mut stop = draining;
         let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|d| *d).await;
-            };
             if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
             {
                 tracing::error!(error = %e, "server failed");
@@ -246,7 +206,6 @@ impl Hub {
         info!(%addr, node_id, "flowhub listening");
         Ok(Hub {
             addr,
-            drain,
             server,
             state,
         })
@@ -269,20 +228,21 @@ impl Hub {
     /// the flow actors, flush and close the store.
     pub async fn shutdown(self) {
         info!("draining");
-        let _ = self.drain.send(true);
+        self.state.shutdown.cancel();
         let timeout = self.state.config.drain_timeout;
         let _ = tokio::time::timeout(timeout, self.server).await;
-        // Sessions see the drain signal and close; give them a moment to flush.
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self
-            .state
-            .metrics
-            .sessions_open
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-            && tokio::time::Instant::now() < deadline
+        // Connections see the cancellation and close (1012), each flushing what it
+        // has queued: wait for every one of them, within the drain timeout. No new
+        // connection is tracked once the server has stopped accepting.
+        self.state.connection_tasks.close();
+        if tokio::time::timeout(timeout, self.state.connection_tasks.wait())
+            .await
+            .is_err()
         {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tracing::warn!(
+                open = self.state.connection_tasks.len(),
+                "connections still open at the drain timeout"
+            );
         }
         if let Some(m) = &self.state.membership {
             m.leave().await;

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use flowhub_actors::identity::Identity;
@@ -25,8 +24,7 @@ use ractor::{Actor, ActorRef};
 use tracing::{debug, warn, Instrument};
 
 use crate::error::AppError;
-use crate::http::{authenticate, TokenQuery};
-use crate::server::AppState;
+use crate::state::{AppState, Authenticated};
 
 /// Per-connection socket buffers. tungstenite defaults to 128 KiB each way and
 /// allocates the read buffer up front, so it is most of an idle session's memory. A
@@ -43,20 +41,20 @@ const WRITE_BATCH: usize = 64;
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    // Refused before upgrading: a bad token is a plain 401, never a WebSocket.
+    Authenticated(claims): Authenticated,
 ) -> Result<Response, AppError> {
-    // Refuse before upgrading: a bad token is a plain 401, never a WebSocket.
-    let claims = authenticate(&state, &headers, &query).await?;
     // Admitted before upgrading: a full node answers 503, never a dead socket.
     let permit = state.admit_connection()?;
+    let tasks = state.connection_tasks.clone();
     Ok(
         size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(move |socket| {
             let session = run(socket, state, Identity::from(&claims));
-            async move {
+            // Tracked: draining waits for the session to close.
+            tasks.track_future(async move {
                 session.await;
                 drop(permit);
-            }
+            })
         }),
     )
 }
@@ -96,7 +94,7 @@ fn run(socket: WebSocket, state: AppState, identity: Identity) -> impl Future<Ou
         ping_interval: state.config.ping_interval,
         idle_timeout: state.config.idle_timeout,
         soft_limit: state.config.session.max_frame_bytes,
-        draining: state.draining.clone(),
+        shutdown: state.shutdown.clone(),
     };
     let (sink, stream) = socket.split();
     async move {
@@ -121,7 +119,8 @@ struct Link {
     ping_interval: Duration,
     idle_timeout: Duration,
     soft_limit: usize,
-    draining: tokio::sync::watch::Receiver<bool>,
+    /// Cancelled when the node drains.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 async fn serve(
@@ -138,7 +137,7 @@ async fn serve(
         ping_interval,
         idle_timeout,
         soft_limit,
-        mut draining,
+        shutdown,
     } = link;
     let mut writer = tokio::spawn(write_loop(
         sink,
@@ -152,7 +151,7 @@ async fn serve(
     let mut drained = false;
     tokio::select! {
         _ = read_loop(&mut stream, &session, &out, soft_limit, idle_timeout) => {}
-        _ = draining.wait_for(|d| *d) => drained = true,
+        _ = shutdown.cancelled() => drained = true,
         _ = &mut writer => writer_done = true,
     }
     // Leaving flows happens in the session's post_stop. Stopping waits for the frame
@@ -227,7 +226,7 @@ async fn read_loop(
             Ok(Message::Close(_)) => false,
             Err(e) => {
                 debug!(error = %e, "socket read failed");
-                if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                if is_over_size_limit(&e) {
                     out.close(close::TOO_BIG, "frame exceeds the hard size limit");
                 }
                 false
@@ -237,6 +236,21 @@ async fn read_loop(
             break;
         }
     }
+}
+
+/// Whether a read failed because a frame or message exceeded the socket's hard size
+/// limit (`max_frame_size` / `max_message_size`): tungstenite's capacity error, under
+/// axum's.
+fn is_over_size_limit(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<WsError>())
+        .is_some_and(|inner| {
+            matches!(
+                inner,
+                WsError::Capacity(CapacityError::MessageTooLong { .. })
+            )
+        })
 }
 
 async fn write_loop(

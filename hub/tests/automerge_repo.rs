@@ -7,11 +7,14 @@ mod support;
 
 use std::time::Duration;
 
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ReadDoc};
 use ciborium::Value;
+use flowhub::automerge_repo::wire::HubNotice;
 use flowhub::automerge_repo::{base58check_encode, flow_document_id};
 use flowhub_client::{Client, NewNode, Position};
 use flowhub_crdt::{FlowDoc, SyncState};
-use flowhub_protocol::Role;
+use flowhub_protocol::{ErrorCode, Role};
 use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -44,6 +47,18 @@ fn field_text<'a>(msg: &'a Value, key: &str) -> Option<&'a str> {
         Value::Text(t) => Some(t),
         _ => None,
     }
+}
+
+async fn get_flow(hub: &flowhub::Hub, flow_id: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("http://{}/v1/flows/{flow_id}", hub.addr()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()
 }
 
 /// What a test peer read from the socket.
@@ -159,6 +174,42 @@ impl RepoPeer {
             }
         }
         others
+    }
+
+    /// Answers sync messages until the hub sends one of its notices (an ephemeral
+    /// whose data is a [`HubNotice`]); `None` when none comes within `timeout`.
+    /// Panics if the connection ends: the hub must never close on a refusal.
+    async fn next_notice(&mut self, timeout: Duration) -> Option<HubNotice> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                Incoming::Msg(m) if field_text(&m, "type") == Some("sync") => {
+                    let Some(Value::Bytes(data)) = field(&m, "data") else {
+                        panic!("sync without data")
+                    };
+                    // A peer whose change was refused keeps it: its replica may stay
+                    // ahead of (and even invalid against) the hub's.
+                    let _ = self.doc.receive_sync_message(&mut self.sync, data);
+                    self.flush("sync").await;
+                }
+                Incoming::Msg(m) if field_text(&m, "type") == Some("ephemeral") => {
+                    assert_eq!(
+                        field_text(&m, "documentId"),
+                        Some(self.document_id.as_str())
+                    );
+                    assert!(field_text(&m, "sessionId").is_some());
+                    let Some(Value::Bytes(data)) = field(&m, "data") else {
+                        panic!("ephemeral without data")
+                    };
+                    if let Ok(notice) = ciborium::de::from_reader::<HubNotice, _>(&data[..]) {
+                        return Some(notice);
+                    }
+                }
+                Incoming::Msg(_) => {}
+                Incoming::Closed(code) => panic!("the hub closed the peer: {code:?}"),
+            }
+        }
     }
 }
 
@@ -329,7 +380,8 @@ async fn viewer_edits_are_refused_and_unknown_documents_unavailable() {
         other => panic!("expected doc-unavailable, got {other:?}"),
     }
 
-    // An editor writes; the viewer reads it, then edits: `error`, then close 1008.
+    // An editor writes; the viewer reads it, then edits: one `flowhub/refused`
+    // ephemeral its application can observe, nothing stored, and no close.
     let editor = Client::connect(&url, &token("ed", &[("guarded", Role::Editor)]))
         .await
         .unwrap();
@@ -344,38 +396,196 @@ async fn viewer_edits_are_refused_and_unknown_documents_unavailable() {
     peer.flush("request").await;
     peer.sync_until(|d| d.snapshot().nodes.contains_key("base"))
         .await;
+    let before = get_flow(
+        &hub,
+        "guarded",
+        &token("vera", &[("guarded", Role::Viewer)]),
+    )
+    .await;
     peer.doc.set_name("viewer was here").unwrap();
     peer.flush("sync").await;
-    let mut saw_error = false;
-    let code = loop {
-        match peer.next(WAIT).await {
-            Some(Incoming::Msg(m)) if field_text(&m, "type") == Some("error") => {
-                assert!(field_text(&m, "message").unwrap().starts_with("forbidden"));
-                saw_error = true;
-            }
-            Some(Incoming::Msg(m)) if field_text(&m, "type") == Some("sync") => {
-                if let Some(Value::Bytes(data)) = field(&m, "data") {
-                    peer.doc.receive_sync_message(&mut peer.sync, data).unwrap();
-                    peer.flush("sync").await;
-                }
-            }
-            Some(Incoming::Msg(_)) => {}
-            Some(Incoming::Closed(code)) => break code,
-            None => panic!("no close after a refused edit"),
+    match peer.next_notice(WAIT).await {
+        Some(HubNotice::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::Forbidden, "{message}")
         }
-    };
-    assert!(saw_error);
-    assert_eq!(code, Some(1008));
-    let stored = reqwest::Client::new()
-        .get(format!("http://{}/v1/flows/guarded", hub.addr()))
-        .bearer_auth(token("vera", &[("guarded", Role::Viewer)]))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
+        other => panic!("expected flowhub/refused, got {other:?}"),
+    }
+    // The refusal does not start a fresh sync round that would make the peer resend
+    // its change: no second notice, and the connection stays open.
+    assert_eq!(peer.next_notice(Duration::from_millis(1500)).await, None);
+    let after = get_flow(
+        &hub,
+        "guarded",
+        &token("vera", &[("guarded", Role::Viewer)]),
+    )
+    .await;
+    assert_eq!(after, before, "a viewer's edit was stored");
+    assert_eq!(after["name"], "");
+    // Still connected and still served: the editor's next edit reaches the viewer.
+    let (_, ticket) = flow
+        .edit(|d| {
+            d.add_node(NewNode::new("action", "Later", Position::new(1.0, 0.0)).with_id("later"))
+        })
         .await
         .unwrap();
-    assert_eq!(stored["name"], "");
+    flow.wait_acked(&ticket, WAIT).await.unwrap();
+    peer.sync_until(|d| d.snapshot().nodes.contains_key("later"))
+        .await;
+    assert!(!flow.snapshot().name.contains("viewer"));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_schema_breaking_change_is_repaired_and_the_peer_keeps_editing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(Backend::Sqlite, dir.path()).await;
+    let url = hub.ws_url();
+    let tok = token("rita", &[("fixme", Role::Editor)]);
+
+    let client = Client::connect(&url, &token("ed", &[("fixme", Role::Editor)]))
+        .await
+        .unwrap();
+    let flow = client.subscribe("fixme").await.unwrap();
+    let (_, ticket) = flow
+        .edit(|d| d.add_node(NewNode::new("http", "Fetch", Position::new(1.0, 2.0)).with_id("n1")))
+        .await
+        .unwrap();
+    flow.wait_acked(&ticket, WAIT).await.unwrap();
+
+    let mut peer = RepoPeer::connect(&url, &tok, "rita-peer", "fixme").await;
+    peer.join().await;
+    peer.flush("request").await;
+    peer.sync_until(|d| d.snapshot().nodes.contains_key("n1"))
+        .await;
+
+    // What a JS app does with `doc.nodes.n1.label = new Text(...)` or a rich-text
+    // editor: the label becomes an Automerge Text object, which the schema forbids.
+    {
+        let raw = peer.doc.doc_mut();
+        let (_, nodes) = raw.get(automerge::ROOT, "nodes").unwrap().unwrap();
+        let (_, node) = raw.get(&nodes, "n1").unwrap().unwrap();
+        let label = raw.put_object(&node, "label", ObjType::Text).unwrap();
+        raw.splice_text(&label, 0, 0, "Typed in JS").unwrap();
+        raw.commit();
+    }
+    assert!(peer.doc.validate().is_err());
+    peer.flush("sync").await;
+
+    // Not closed: told what was repaired, and the repair reaches it by sync.
+    match peer.next_notice(WAIT).await {
+        Some(HubNotice::Repaired { change, problems }) => {
+            assert_eq!(change.len(), 64, "a hex change hash: {change}");
+            assert!(
+                problems.iter().any(|p| p.contains("nodes/n1/label")),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected flowhub/repaired, got {other:?}"),
+    }
+    peer.sync_until(|d| d.validate().is_ok()).await;
+    assert_eq!(peer.doc.node("n1").unwrap().label, "Typed in JS");
+
+    // The hub's flow is valid, with the label as a plain string.
+    let stored = get_flow(&hub, "fixme", &tok).await;
+    assert_eq!(stored["nodes"]["n1"]["label"], "Typed in JS");
+    flow.wait_until(|s| s.nodes["n1"].label == "Typed in JS", WAIT)
+        .await
+        .unwrap();
+
+    // A later valid edit from the same peer lands.
+    peer.doc.move_node("n1", Position::new(50.0, 60.0)).unwrap();
+    peer.flush("sync").await;
+    flow.wait_until(|s| s.nodes["n1"].position.x == 50.0, WAIT)
+        .await
+        .expect("the peer's later edit lands");
+    let stored = get_flow(&hub, "fixme", &tok).await;
+    assert_eq!(stored["nodes"]["n1"]["position"]["x"], 50.0);
+    assert_eq!(stored["nodes"]["n1"]["label"], "Typed in JS");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_rate_limited_and_closed_as_on_v1_ws() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.session.messages_per_second = 20;
+    cfg.session.burst = 20;
+    let hub = flowhub::Hub::start(cfg).await.unwrap();
+    let url = hub.ws_url();
+    let tok = token("flooder", &[("f", Role::Editor)]);
+    let polite = Client::connect(&url, &token("polite", &[("f", Role::Editor)]))
+        .await
+        .unwrap();
+    let mut peer = RepoPeer::connect(&url, &tok, "flood-peer", "f").await;
+    peer.join().await;
+
+    // Step 1: 90 control messages at once: beyond the burst they are refused with
+    // `rate_limited` (and stay under the abuse limit of 100 refused messages).
+    let flood = |peer: &str| {
+        cbor(vec![
+            ("type", text("remote-subscription-change")),
+            ("senderId", text(peer)),
+            ("targetId", text("hub")),
+            ("add", Value::Array(vec![])),
+        ])
+    };
+    for _ in 0..90 {
+        peer.ws
+            .send(Message::Binary(flood("flood-peer").into()))
+            .await
+            .unwrap();
+    }
+    let mut limited = 0;
+    while let Some(msg) = peer.next(Duration::from_secs(1)).await {
+        match msg {
+            Incoming::Msg(m) if field_text(&m, "type") == Some("error") => {
+                assert!(
+                    field_text(&m, "message").is_some_and(|t| t.starts_with("rate_limited")),
+                    "{m:?}"
+                );
+                limited += 1;
+            }
+            Incoming::Msg(_) => {}
+            Incoming::Closed(code) => panic!("closed too early: {code:?}"),
+        }
+    }
+    assert!((40..=70).contains(&limited), "{limited} rate_limited");
+    // Meanwhile another session is served.
+    polite.ping().await.expect("others are served");
+    // Step 2: after a pause the peer is served again (a rate, not a ban): `join`
+    // is answered with `peer`.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = peer.join().await;
+    assert_eq!(field_text(&reply, "type"), Some("peer"));
+
+    // Step 3: sustained abuse ends with the same close code as on /v1/ws.
+    for _ in 0..300 {
+        if peer
+            .ws
+            .send(Message::Binary(flood("flood-peer").into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let repo_code = loop {
+        match peer.next(WAIT).await {
+            Some(Incoming::Closed(code)) => break code,
+            Some(Incoming::Msg(_)) => {}
+            None => panic!("a flooding peer was not closed"),
+        }
+    };
+    let mut native = RawClient::connect(&url, &tok).await;
+    for i in 0..400u64 {
+        native
+            .send(&flowhub_protocol::ClientMessage::Ping { id: Some(i.into()) })
+            .await;
+    }
+    let native_code = native.close_code(WAIT).await;
+    assert_eq!(native_code, Some(1008));
+    assert_eq!(repo_code, native_code);
+    polite.ping().await.expect("others are still served");
     hub.shutdown().await;
 }
 

@@ -361,3 +361,25 @@ async fn the_connection_limit_answers_503_and_frees_a_place_on_close() {
     assert!(admitted, "a closed connection never gave its place back");
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_above_the_hard_limit_closes_with_1009() {
+    use futures_util::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.hard_frame_bytes = 64 * 1024;
+    cfg.session.max_frame_bytes = 16 * 1024;
+    let hub = Hub::start(cfg).await.unwrap();
+    let mut raw = RawClient::connect(&hub.ws_url(), &token("big", &[("f", Role::Editor)])).await;
+    // Above the socket's hard limit: tungstenite refuses it while reading, and the
+    // hub tells the client why (1009) rather than just dropping it.
+    let pad = "x".repeat(100 * 1024);
+    raw.ws
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            format!(r#"{{"type":"ping","pad":"{pad}"}}"#).into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(raw.close_code(WAIT).await, Some(1009));
+    hub.shutdown().await;
+}

@@ -6,7 +6,6 @@
 //! [`Outbound`] queue, never directly to the socket.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use flowhub_protocol::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
 
+use super::limiter::SessionLimiter;
 use super::runs::RunSubscriptions;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::identity::FlowAccess;
@@ -88,8 +88,6 @@ pub enum SessionMsg {
     CheckExpiry,
 }
 
-type Limiter = governor::DefaultDirectRateLimiter;
-
 struct Subscription {
     flow: ActorRef<FlowMsg>,
 }
@@ -109,8 +107,7 @@ pub struct SessionState {
     /// stopped), with the code to answer frames the client sent before it heard: such
     /// frames are not the client's fault and never count toward the abuse limit.
     ended: HashMap<String, ErrorCode>,
-    bad_frames: u32,
-    limiter: Limiter,
+    limiter: SessionLimiter,
     verifier: Arc<dyn TokenVerifier>,
     span: tracing::Span,
 }
@@ -126,11 +123,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let span = args.span.clone();
-        let rate =
-            NonZeroU32::new(args.limits.messages_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(args.limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let limiter =
-            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst));
+        let limiter = SessionLimiter::new(&args.limits);
         schedule_expiry_check(&myself, args.identity.expires_at);
         let state = SessionState {
             limiter,
@@ -145,7 +138,6 @@ impl Actor for SessionActor {
             metrics: args.metrics,
             subscriptions: HashMap::new(),
             ended: HashMap::new(),
-            bad_frames: 0,
             span,
         };
         state.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
@@ -253,14 +245,7 @@ impl SessionState {
         message: String,
     ) {
         self.tell(id, flow_id, code, message);
-        if code == ErrorCode::Internal {
-            return;
-        }
-        self.bad_frames += 1;
-        if self.bad_frames > self.limits.max_bad_frames {
-            info!(bad_frames = self.bad_frames, "closing abusive session");
-            self.out.close(close::POLICY, "too many invalid frames");
-        }
+        self.limiter.count_refusal(code, &self.out);
     }
 
     /// Sends a typed error without counting it toward the abuse limit.
@@ -290,14 +275,10 @@ impl SessionState {
             Ok(msg) => msg,
             Err(f) => return self.fail(f.id, None, f.error.code(), f.error.to_string()),
         };
-        if !matches!(msg, ClientMessage::Presence { .. }) && self.limiter.check().is_err() {
-            let rate = self.limits.messages_per_second;
-            return self.fail(
-                msg.id().cloned(),
-                None,
-                ErrorCode::RateLimited,
-                format!("more than {rate} messages per second"),
-            );
+        if !matches!(msg, ClientMessage::Presence { .. }) {
+            if let Err(message) = self.limiter.check() {
+                return self.fail(msg.id().cloned(), None, ErrorCode::RateLimited, message);
+            }
         }
         match msg {
             ClientMessage::Hello { id, protocol, .. } => {
@@ -479,8 +460,7 @@ impl SessionState {
     }
 
     async fn on_binary(&mut self, bytes: Vec<u8>) {
-        // Sync frames are slowed down, never refused: a dropped sync message would
-        // stall the peer's sync protocol, and waiting here backs up the socket reader.
+        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
         self.limiter.until_ready().await;
         let frame = match SyncFrame::decode(&bytes) {
             Ok(frame) => frame,

@@ -1,10 +1,11 @@
-//! One [`SessionActor`] per WebSocket connection. Its bounded queue is
-//! [`crate::outbound`], re-exported here for the transports.
+//! One [`SessionActor`] per WebSocket connection, and the [`SessionLimiter`] (rate
+//! limit, bad-frame count) every transport applies. Its bounded queue is
+//! [`crate::outbound`], whose types are re-exported here for the transports.
 
 mod actor;
+mod limiter;
 mod runs;
-
-pub use crate::outbound;
 
 pub use crate::outbound::{Delivery, OutFrame, Outbound, OutboundRx};
 pub use actor::{session_span, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionState};
+pub use limiter::SessionLimiter;
