@@ -61,6 +61,11 @@ describe("a stock Repo's schema-breaking edits", () => {
 
     const { repo, disconnects } = repoFor(token("sam", { fixme: "editor" }, { name: "Sam" }), "sam-peer")
     const handle: DocHandle<AnyDoc> = await repo.find(flowAutomergeUrl("fixme") as AutomergeUrl)
+    // What the Repo's application observes: the hub's notices arrive as ephemeral messages.
+    const notices: AnyDoc[] = []
+    handle.on("ephemeral-message", ({ message }) => {
+      if (typeof message?.type === "string" && message.type.startsWith("flowhub/")) notices.push(message)
+    })
     await eventually(() => snapshotOf(handle.doc()).nodes.n1, 10_000, "the Repo gets the flow")
 
     // Each invalid edit is followed by a valid one, which must land.
@@ -81,8 +86,20 @@ describe("a stock Repo's schema-breaking edits", () => {
         },
       ],
     ]
+    const expectedProblems = [
+      "nodes/n1/label: expected string",
+      "nodes/nolabel/label: missing",
+      "extra: unexpected key",
+      "nodes/n1/position/x: expected number",
+    ]
     for (const [i, [what, change]] of invalid.entries()) {
       handle.change(change)
+      const notice = await eventually(
+        () => notices.find((n) => n.type === "flowhub/repaired" && n.problems?.includes(expectedProblems[i])),
+        10_000,
+        `the application is told what was repaired after ${what}`,
+      )
+      expect(notice.change).toMatch(/^[0-9a-f]{64}$/)
       handle.change((d: AnyDoc) => {
         d.nodes.n1.config[`step${i}`] = i
       })
@@ -118,6 +135,46 @@ describe("a stock Repo's schema-breaking edits", () => {
     expect(handle.doc().extra).toBeUndefined()
     expect(await getFlow("fixme", "nat")).toEqual(expected)
     expect([...A.getHeads(handle.doc())].sort()).toEqual([...flow.heads()].sort())
+    expect(disconnects()).toBe(0)
+    expect(notices.filter((n) => n.type === "flowhub/refused")).toEqual([])
+  })
+})
+
+describe("a stock Repo without the editor role", () => {
+  it("edits: nothing is stored or forwarded, its application is told, and it stays connected", async () => {
+    const fh = await connect(hub, token("olive", { readonly: "editor" }, { name: "Olive" }))
+    clients.push(fh)
+    const flow = await fh.subscribe("readonly")
+    await flow.addNode({ id: "base", kind: "trigger", label: "Base", position: { x: 0, y: 0 } })
+
+    const { repo, disconnects } = repoFor(token("vic", { readonly: "viewer" }, { name: "Vic" }), "vic-peer")
+    const handle: DocHandle<AnyDoc> = await repo.find(flowAutomergeUrl("readonly") as AutomergeUrl)
+    const notices: AnyDoc[] = []
+    handle.on("ephemeral-message", ({ message }) => {
+      if (typeof message?.type === "string" && message.type.startsWith("flowhub/")) notices.push(message)
+    })
+    await eventually(() => snapshotOf(handle.doc()).nodes.base, 10_000, "the viewer reads")
+
+    handle.change((d: AnyDoc) => {
+      d.name = new A.ImmutableString("viewer was here")
+    })
+    const refused = await eventually(
+      () => notices.find((n) => n.type === "flowhub/refused"),
+      10_000,
+      "the Repo's application is told its edit was refused",
+    )
+    expect(refused.code).toBe("forbidden")
+    expect(refused.message).toMatch(/viewer/)
+
+    // Nothing reached the flow, and the viewer still gets the editor's edits.
+    await flow.relabelNode("base", "Edited after the refusal")
+    await eventually(
+      () => snapshotOf(handle.doc()).nodes.base?.label === "Edited after the refusal",
+      10_000,
+      "the viewer still receives edits",
+    )
+    expect((await getFlow("readonly", "olive")).name).toBe("")
+    expect(flow.snapshot().name).toBe("")
     expect(disconnects()).toBe(0)
   })
 })
