@@ -42,10 +42,15 @@ pub struct FlowConfig {
     pub compact_after: usize,
     /// Period of housekeeping: resyncing lagging peers, publishing heads.
     pub tick: Duration,
-    /// Heads are published at least this often even when unchanged, so a node that
-    /// missed messages (the bus is at most once) notices and catches up from the
-    /// store. This bounds how long replicas differ after the bus heals.
+    /// After its heads change, a flow actor publishes them on the bus at once and
+    /// then `heads_repeats` more times, this far apart, so a node that missed the
+    /// changes (the bus is at most once) notices within seconds and catches up from
+    /// the store. Then it says nothing until the heads change again: an idle flow
+    /// costs no bus traffic, whatever the number of open flows (the store watch below
+    /// remains the bound when every one of these messages is lost).
     pub heads_interval: Duration,
+    /// How many times heads are published again after a change (see `heads_interval`).
+    pub heads_repeats: u32,
     /// How often the node polls the store for the versions of its open flows
     /// ([`FlowRegistry::spawn_store_watch`](crate::flow::FlowRegistry::spawn_store_watch)): the bound on how long a replica stays
     /// behind the store, or a revoked user keeps access, when bus messages are lost.
@@ -64,6 +69,7 @@ impl Default for FlowConfig {
             compact_after: 1000,
             tick: Duration::from_millis(250),
             heads_interval: Duration::from_secs(1),
+            heads_repeats: 2,
             store_watch_interval: Duration::from_secs(1),
             max_change_bytes: 1 << 20,
             max_doc_bytes: 64 << 20,
@@ -203,8 +209,13 @@ pub struct FlowState {
     directory: Arc<ActorDirectory<FlowMsg>>,
     /// Hashes stored since the last snapshot: what the next compaction covers.
     uncompacted: Vec<String>,
+    /// The heads most recently announced on the bus (the loaded heads at first: a
+    /// flow that only opened has nothing to announce).
     last_heads_published: Vec<ChangeHash>,
-    last_heads_at: Instant,
+    /// When they were last announced (`None`: due now).
+    last_heads_at: Option<Instant>,
+    /// Announcements still due for `last_heads_published`.
+    heads_announcements_due: u32,
     presence: PresenceBook,
     /// Local sessions that left since the last presence publish.
     local_left: Vec<String>,
@@ -239,9 +250,13 @@ impl Actor for FlowActor {
             .bus
             .subscribe(&channel::flow(&args.flow_id))
             .await?;
-        let (doc, uncompacted, doc_bytes, versions_seen) = load(&*args.deps.store, &args.flow_id)
-            .instrument(span.clone())
-            .await?;
+        let (mut doc, uncompacted, doc_bytes, versions_seen) =
+            load(&*args.deps.store, &args.flow_id)
+                .instrument(span.clone())
+                .await?;
+        // Loaded from the store, which every other replica reads too: nothing to
+        // announce until the heads change.
+        let loaded_heads = doc.heads();
         let mut tasks = Vec::new();
         let me = myself.clone();
         let own = args.deps.node_id.clone();
@@ -272,8 +287,9 @@ impl Actor for FlowActor {
             deps: args.deps,
             directory: args.directory,
             uncompacted,
-            last_heads_published: Vec::new(),
-            last_heads_at: Instant::now(),
+            last_heads_published: loaded_heads,
+            last_heads_at: None,
+            heads_announcements_due: 0,
             presence: PresenceBook::default(),
             local_left: Vec::new(),
             presence_flush_armed: false,
@@ -1268,18 +1284,37 @@ impl FlowState {
                 }
             }
         }
+        self.announce_heads().await;
+    }
+
+    /// Publishes the heads after they changed, then `heads_repeats` more times, then
+    /// nothing until they change again (see [`FlowConfig::heads_interval`]).
+    async fn announce_heads(&mut self) {
+        let config = &self.deps.config;
         let heads = self.doc.heads();
-        if heads != self.last_heads_published
-            || self.last_heads_at.elapsed() >= self.deps.config.heads_interval
-        {
-            self.last_heads_published = heads.clone();
-            self.last_heads_at = Instant::now();
-            self.publish(FlowBusMessage::Heads {
-                origin: self.deps.node_id.clone(),
-                heads: heads.iter().map(|h| h.0.to_vec()).collect(),
-            })
-            .await;
+        if heads != self.last_heads_published {
+            self.last_heads_published = heads;
+            self.last_heads_at = None;
+            self.heads_announcements_due = 1 + config.heads_repeats;
         }
+        let due = self
+            .last_heads_at
+            .is_none_or(|at| at.elapsed() >= config.heads_interval);
+        if self.heads_announcements_due == 0 || !due {
+            return;
+        }
+        self.heads_announcements_due -= 1;
+        self.last_heads_at = Some(Instant::now());
+        let heads = self
+            .last_heads_published
+            .iter()
+            .map(|h| h.0.to_vec())
+            .collect();
+        self.publish(FlowBusMessage::Heads {
+            origin: self.deps.node_id.clone(),
+            heads,
+        })
+        .await;
     }
 
     async fn maybe_compact(&mut self) {
