@@ -35,6 +35,9 @@ pub struct FlowDoc {
     pub(crate) poisoned: bool,
     /// The time typed edits write into their changes (see [`FlowDoc::set_edit_time`]).
     edit_time: Option<i64>,
+    /// The message the next typed edit writes into its change (see
+    /// [`FlowDoc::apply_edits_with_message`]); taken by that commit.
+    pub(crate) edit_message: Option<String>,
 }
 
 /// Object ids that typed edits need again and again (the root maps, node
@@ -111,6 +114,7 @@ impl FlowDoc {
             in_place: false,
             poisoned: false,
             edit_time: None,
+            edit_message: None,
         }
     }
 
@@ -326,9 +330,10 @@ impl FlowDoc {
     /// End a typed edit: commit its ops as exactly one change and move the
     /// edit cache to the new heads.
     pub(crate) fn commit_edit(&mut self) -> ChangeHash {
+        let message = self.edit_message.take();
         let options = || CommitOptions {
             time: self.edit_time,
-            ..Default::default()
+            message: message.clone(),
         };
         let hash = match self.doc.commit_with(options()) {
             Some(hash) => hash,
@@ -351,6 +356,7 @@ impl FlowDoc {
     /// Abandon a typed edit: roll its ops back and drop the edit cache (it
     /// may describe ops that no longer exist).
     pub(crate) fn abort_edit(&mut self) {
+        self.edit_message = None;
         self.doc.rollback();
         self.cache = None;
     }

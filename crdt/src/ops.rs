@@ -182,4 +182,30 @@ impl FlowDoc {
     pub fn apply_edits_ids(&mut self, edits: &[Edit]) -> Result<(Vec<Option<String>>, ChangeHash)> {
         self.batch(|tx| edits.iter().map(|edit| tx.apply(edit)).collect())
     }
+
+    /// [`FlowDoc::apply_edits`], writing `message` into the change (Automerge's change
+    /// message), e.g. the hub's record of an idempotency key, which then travels with
+    /// the change to every replica and survives any restart
+    /// ([`FlowDoc::change_with_message`] finds it again).
+    pub fn apply_edits_with_message(
+        &mut self,
+        edits: &[Edit],
+        message: &str,
+    ) -> Result<ChangeHash> {
+        self.edit_message = Some(message.to_owned());
+        let result = self.apply_edits(edits);
+        self.edit_message = None;
+        result
+    }
+
+    /// The newest applied change whose message is exactly `message`, if any. Reads
+    /// the metadata of every change: callers that ask often keep their own index.
+    pub fn change_with_message(&mut self, message: &str) -> Option<ChangeHash> {
+        self.doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .rev()
+            .find(|m| m.message.as_deref() == Some(message))
+            .map(|m| m.hash)
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`state`]: the shared [`AppState`](state::AppState) and the [`Authenticated`](state::Authenticated) extractor (token from the `Authorization` header or `?token=`).
 //! - [`ws`]: `GET /v1/ws`: authenticate, upgrade, the socket reader and writer of a session.
 //! - [`http`]: `GET /v1/flows/{id}`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`flow_api`]: flows without Automerge: typed edits as JSON (`POST /v1/flows/{id}/edits`), `GET …/diff`, `POST …/restore`.
 //! - [`runs`]: run ingest by engines, `GET /v1/runs/{id}` (+ `/events`, SSE `/stream`), a flow's runs.
 //! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors; its messages as serde types in [`automerge_repo::wire`].
 //! - [`demo`]: the demo page at `/` (embedded assets) and, on the embedded default, dev endpoints.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod failpoint;
+pub mod flow_api;
 pub mod http;
 pub mod membership;
 pub mod redis_bus;

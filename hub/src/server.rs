@@ -279,6 +279,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/flows/{flow_id}", get(http::get_flow))
         .route(
+            "/v1/flows/{flow_id}/edits",
+            axum::routing::post(crate::flow_api::post_edits),
+        )
+        .route("/v1/flows/{flow_id}/diff", get(crate::flow_api::get_diff))
+        .route(
+            "/v1/flows/{flow_id}/restore",
+            axum::routing::post(crate::flow_api::post_restore),
+        )
+        .route(
             "/v1/flows/{flow_id}/members/{user_id}",
             axum::routing::put(http::put_member),
         )

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowhub_crdt::{
-    ChangeHash, ChangesOutcome, CrdtError, FlowDoc, PeerLink, Repair, Repaired, Route, StoredChange,
+    ChangeHash, ChangesOutcome, CrdtError, Edit, FlowDiff, FlowDoc, PeerLink, Repair, Repaired,
+    Route, StoredChange,
 };
 use flowhub_protocol::frame::encode_flow_changes;
 use flowhub_protocol::{Cursor, ErrorCode, RequestId, Role, ServerMessage};
@@ -180,10 +181,86 @@ pub enum FlowMsg {
     ToJson(RpcReplyPort<serde_json::Value>),
     /// Sorted hex heads.
     Heads(RpcReplyPort<Vec<String>>),
+    /// Typed edits from a caller without Automerge (`POST /v1/flows/{id}/edits`,
+    /// `restore`): the hub applies them as one change of its own, stores it, and only
+    /// then answers, fans it out and publishes it, like any edit. The caller checked
+    /// the role.
+    ApplyEdits {
+        request: EditRequest,
+        reply: RpcReplyPort<std::result::Result<EditsApplied, EditsRefused>>,
+    },
+    /// The typed diff from one version of the flow to another (`to: None`: now).
+    Diff {
+        from: Vec<ChangeHash>,
+        to: Option<Vec<ChangeHash>>,
+        reply: RpcReplyPort<std::result::Result<FlowDiff, EditsRefused>>,
+    },
     /// The flow's versions in the store, polled by the registry's store watch
     /// ([`FlowRegistry::spawn_store_watch`](crate::flow::FlowRegistry::spawn_store_watch)): the actor catches up on changes and
     /// re-reads memberships that the bus did not bring.
     StoreVersions(FlowVersions),
+}
+
+/// What [`FlowMsg::ApplyEdits`] applies.
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    /// The verified caller, recorded in the change's message with the key.
+    pub user_id: String,
+    pub edits: EditSource,
+    /// A retry with the same key (per user and flow) is answered with the change the
+    /// first request made, and applies nothing. The key is kept in that change's
+    /// message, so it holds across restarts and nodes.
+    pub idempotency_key: Option<String>,
+}
+
+/// The edits of an [`EditRequest`].
+#[derive(Debug, Clone)]
+pub enum EditSource {
+    /// Typed edits, applied in order as one change.
+    Edits(Vec<Edit>),
+    /// Make the flow equal to what it was at these heads, as one new change (the
+    /// edits of the diff from now to then): non-destructive, history keeps all.
+    RestoreTo(Vec<ChangeHash>),
+}
+
+/// The answer to an applied [`EditRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EditsApplied {
+    /// Hex hash of the change the edits made (or, `replayed`, had made).
+    pub change: String,
+    /// The flow's heads after it.
+    pub heads: Vec<String>,
+    /// The idempotency key named an earlier request: nothing was applied now.
+    pub replayed: bool,
+}
+
+/// Why edits (or a diff) were refused; nothing was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditsRefused {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl EditsRefused {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        EditsRefused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CrdtError> for EditsRefused {
+    fn from(e: CrdtError) -> Self {
+        let code = match &e {
+            CrdtError::NodeNotFound(_)
+            | CrdtError::EdgeNotFound(_)
+            | CrdtError::UnknownHeads(_) => ErrorCode::NotFound,
+            CrdtError::Schema(_) => ErrorCode::SchemaViolation,
+            _ => ErrorCode::BadRequest,
+        };
+        EditsRefused::new(code, e.to_string())
+    }
 }
 
 struct Peer {
@@ -457,6 +534,14 @@ impl Actor for FlowActor {
                         obj.insert("id".into(), state.flow_id.clone().into());
                     }
                     let _ = reply.send(json);
+                }
+                FlowMsg::ApplyEdits { request, reply } => {
+                    let result = state.apply_edits(request).await;
+                    let _ = reply.send(result);
+                }
+                FlowMsg::Diff { from, to, reply } => {
+                    let to = to.unwrap_or_else(|| state.doc.heads());
+                    let _ = reply.send(state.doc.diff(&from, &to).map_err(EditsRefused::from));
                 }
                 FlowMsg::Heads(reply) => {
                     let _ = reply.send(state.doc.heads_hex());
@@ -759,6 +844,91 @@ impl FlowState {
             });
         }
         Ok(())
+    }
+
+    /// [`FlowMsg::ApplyEdits`]: typed edits become one change of the hub's, checked
+    /// like every typed edit (they cannot break the schema), stored, and only then
+    /// fanned out, published and answered. On a store failure the document is reloaded
+    /// (it never holds what the store does not) and the caller told to retry.
+    async fn apply_edits(
+        &mut self,
+        request: EditRequest,
+    ) -> std::result::Result<EditsApplied, EditsRefused> {
+        let message = request
+            .idempotency_key
+            .as_deref()
+            .map(|key| format!("flowhub edits user={} key={key}", request.user_id));
+        if let Some(hash) = message
+            .as_deref()
+            .and_then(|m| self.doc.change_with_message(m))
+        {
+            return Ok(EditsApplied {
+                change: hash.to_string(),
+                heads: self.doc.heads_hex(),
+                replayed: true,
+            });
+        }
+        let edits = match request.edits {
+            EditSource::Edits(edits) => edits,
+            EditSource::RestoreTo(heads) => {
+                let now = self.doc.heads();
+                self.doc.diff(&now, &heads)?.to_edits()
+            }
+        };
+        let before = self.doc.heads();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.doc.set_edit_time(Some(now_ms));
+        let applied = match &message {
+            Some(message) => self.doc.apply_edits_with_message(&edits, message),
+            None => self.doc.apply_edits(&edits),
+        };
+        self.doc.set_edit_time(None);
+        let hash = applied?;
+        let changes = self.doc.changes_since(&before);
+        let bytes: usize = changes.iter().map(|c| c.bytes.len()).sum();
+        let limits = &self.deps.config;
+        if bytes > limits.max_change_bytes || self.doc_bytes + bytes > limits.max_doc_bytes {
+            self.reload()
+                .await
+                .map_err(|e| EditsRefused::new(ErrorCode::Internal, e.to_string()))?;
+            return Err(EditsRefused::new(
+                ErrorCode::TooLarge,
+                format!("the change would be {bytes} bytes, beyond the flow's limits"),
+            ));
+        }
+        let records: Vec<ChangeRecord> = changes
+            .iter()
+            .map(|c| ChangeRecord {
+                hash: c.hash.to_string(),
+                bytes: c.bytes.clone(),
+            })
+            .collect();
+        if let Err(e) = self.persist(&records).await {
+            warn!(error = %e, "store append failed; rolling the document back");
+            self.reload()
+                .await
+                .map_err(|e| EditsRefused::new(ErrorCode::Internal, e.to_string()))?;
+            return Err(EditsRefused::new(
+                ErrorCode::Internal,
+                "the store is unavailable; retry",
+            ));
+        }
+        Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
+        info!(user_id = %request.user_id, change = %hash, edits = edits.len(), "typed edits applied");
+        self.fan_out(&before, &changes, None);
+        self.publish(FlowBusMessage::Changes {
+            origin: self.deps.node_id.clone(),
+            changes: records.into_iter().map(|r| r.bytes).collect(),
+        })
+        .await;
+        self.maybe_compact().await;
+        Ok(EditsApplied {
+            change: hash.to_string(),
+            heads: self.doc.heads_hex(),
+            replayed: false,
+        })
     }
 
     /// A change frame: the peer's new changes, validated and committed like those of

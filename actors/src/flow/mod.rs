@@ -4,5 +4,8 @@ mod actor;
 pub mod presence;
 mod registry;
 
-pub use actor::{FlowActor, FlowArgs, FlowConfig, FlowDeps, FlowMsg, FlowState, OnInvalid};
+pub use actor::{
+    EditRequest, EditSource, EditsApplied, EditsRefused, FlowActor, FlowArgs, FlowConfig, FlowDeps,
+    FlowMsg, FlowState, OnInvalid,
+};
 pub use registry::FlowRegistry;
