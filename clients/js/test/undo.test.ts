@@ -94,6 +94,56 @@ describe("UndoStack on a FlowDocument", () => {
   })
 })
 
+describe("composeDiffs (a step of several edits)", () => {
+  const doc = loaded()
+  const stack = new UndoStack()
+  const step = (edit: Edit) => {
+    const before = doc.snapshot()
+    const out = doc.applyEdits([edit])
+    stack.push(diffSnapshots(before, doc.snapshot()), [out.hash])
+  }
+
+  it("add then move then configure is one add; undo removes the node", () => {
+    const start = doc.snapshot()
+    stack.beginGroup()
+    step({ op: "add_node", id: "g", kind: "action", label: "G", position: { x: 0, y: 0 } })
+    step({ op: "move_node", id: "g", to: { x: 3, y: 4 } })
+    step({ op: "configure_node", id: "g", key: "k", value: [1] })
+    stack.endGroup()
+    const [entry] = stack.entries().undo
+    expect(entry!.diff.nodes_added).toEqual([{ id: "g", kind: "action", label: "G", position: { x: 3, y: 4 }, config: { k: [1] } }])
+    expect(entry!.diff.nodes_changed).toEqual([])
+    expect(entry!.hashes.length).toBe(3)
+    stack.undo(doc)
+    expect(doc.snapshot()).toEqual(start)
+  })
+
+  it("a drag back to where it started leaves no step; a changed-then-deleted node is restored as it was", () => {
+    const s = new UndoStack()
+    const d = loaded()
+    d.addNode({ id: "h", kind: "action", label: "H", position: { x: 1, y: 1 }, config: { a: 1 } })
+    const record = (edit: Edit) => {
+      const before = d.snapshot()
+      d.applyEdits([edit])
+      s.push(diffSnapshots(before, d.snapshot()))
+    }
+    s.beginGroup()
+    record({ op: "move_node", id: "h", to: { x: 5, y: 5 } })
+    record({ op: "move_node", id: "h", to: { x: 1, y: 1 } })
+    s.endGroup()
+    expect(s.canUndo()).toBe(false)
+    const start = d.snapshot()
+    s.beginGroup()
+    record({ op: "relabel_node", id: "h", label: "changed" })
+    record({ op: "unconfigure_node", id: "h", key: "a" })
+    record({ op: "delete_node", id: "h" })
+    s.endGroup()
+    expect(s.entries().undo[0]!.diff.nodes_removed).toEqual([start.nodes.h])
+    s.undo(d)
+    expect(d.snapshot()).toEqual(start)
+  })
+})
+
 // ---- against a real hub ----------------------------------------------------------------
 
 let hub: HubProcess
