@@ -17,7 +17,7 @@
 import * as A from "@automerge/automerge"
 
 import { Emitter } from "./emitter.js"
-import { FlowDocument, type EditOutcome, type Endpoint, type FlowSnapshot, type JsonValue, type NewNode, type Position } from "./flow.js"
+import { FlowDocument, type Edit, type EditOutcome, type EditsOutcome, type Endpoint, type FlowSnapshot, type JsonValue, type NewNode, type Position } from "./flow.js"
 import {
   FRAME_FLOW_CHANGES,
   FRAME_FLOW_SYNC,
@@ -38,6 +38,7 @@ import {
   type ServerMessage,
 } from "./protocol.js"
 import { applyRunEvent } from "./runs.js"
+import { diffSnapshots, UndoStack, type Skipped, type Undone } from "./undo.js"
 
 /** The subset of the WHATWG WebSocket the client uses (browsers, `ws` in Node). */
 export interface WebSocketLike {
@@ -552,7 +553,7 @@ export class FlowhubClient extends Emitter<ClientEvents> {
 }
 
 /** A pending typed edit: a promise settled by the hub's verdict, plus what it did. */
-export type PendingEdit = Promise<EditOutcome> & EditOutcome
+export type PendingEdit<T extends EditOutcome = EditOutcome> = Promise<T> & T
 
 type FlowEvents = {
   /** The document changed (`local`: by an edit of this client). */
@@ -563,11 +564,14 @@ type FlowEvents = {
   ack: (hashes: string[]) => void
   /** The hub refused a sync frame: pending edits were rejected and rolled back. */
   refused: (error: FlowhubError) => void
+  /** An undo (or redo) ran; `skipped`: the parts others changed since, left alone. */
+  undo: (info: { redo: boolean; skipped: Skipped[] }) => void
 }
 
 interface PendingChange {
   outcome: EditOutcome
-  resolve: (o: EditOutcome) => void
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  resolve: (o: any) => void
   reject: (e: FlowhubError) => void
 }
 
@@ -609,6 +613,8 @@ export class Flow extends Emitter<FlowEvents> {
   #pending = new Map<string, PendingChange>()
   #presence = new Map<string, PresenceEntry>()
   #own: { cursor?: Cursor; selection?: string[]; color?: string } = {}
+  /** This user's undo/redo history (local typed edits only; kept across reconnects). */
+  readonly undoStack = new UndoStack()
 
   constructor(
     private readonly client: FlowhubClient,
@@ -699,8 +705,16 @@ export class Flow extends Emitter<FlowEvents> {
     return this.#apply((d) => d.relabelNode(id, label))
   }
 
+  setNodeKind(id: string, kind: string): PendingEdit {
+    return this.#apply((d) => d.setNodeKind(id, kind))
+  }
+
   configureNode(id: string, key: string, value: JsonValue): PendingEdit {
     return this.#apply((d) => d.configureNode(id, key, value))
+  }
+
+  unconfigureNode(id: string, key: string): PendingEdit {
+    return this.#apply((d) => d.unconfigureNode(id, key))
   }
 
   deleteNode(id: string): PendingEdit {
@@ -716,6 +730,66 @@ export class Flow extends Emitter<FlowEvents> {
   }
 
   /**
+   * Applies typed edits given as data (the JSON shape of the Rust `Edit`) as ONE
+   * change: all or nothing, sent, acked, refused and rolled back like any edit, and
+   * one undo step. `ids[i]`: the id an `add_node`/`connect` used.
+   */
+  applyEdits(edits: Edit[]): PendingEdit<EditsOutcome> {
+    return this.#apply((d) => d.applyEdits(edits))
+  }
+
+  // ---- undo / redo (crdt/src/undo.rs semantics) ---------------------------------------
+  // Every typed edit above is recorded, with its inverse computed against the flow
+  // before it. Undo applies the inverse as a new change and reverts only what still
+  // holds the value this user's edit left: what someone else changed since stays and
+  // is reported in `skipped`. Remote edits are never recorded, so never undone.
+
+  /** Whether there is a step of this user's to undo. */
+  canUndo(): boolean {
+    return this.undoStack.canUndo()
+  }
+
+  /** Whether there is an undone step to redo. */
+  canRedo(): boolean {
+    return this.undoStack.canRedo()
+  }
+
+  /**
+   * Reverts this user's most recent step as one new change (sent and acked like any
+   * edit; `change` is its pending edit, absent if every part was skipped). Undefined
+   * when there is nothing to undo.
+   */
+  undo(): Undone<PendingEdit<EditsOutcome>> | undefined {
+    const undone = this.undoStack.undo(this.#undoTarget)
+    if (undone) this.emit("undo", { redo: false, skipped: undone.skipped })
+    return undone
+  }
+
+  /** Reverts the most recent undo, with the same rules. */
+  redo(): Undone<PendingEdit<EditsOutcome>> | undefined {
+    const undone = this.undoStack.redo(this.#undoTarget)
+    if (undone) this.emit("undo", { redo: true, skipped: undone.skipped })
+    return undone
+  }
+
+  /**
+   * Groups the edits made until `endUndoGroup` into one undo step (a drag's many
+   * moves: one Ctrl+Z puts the node back where the drag started).
+   */
+  beginUndoGroup(): void {
+    this.undoStack.beginGroup()
+  }
+
+  endUndoGroup(): void {
+    this.undoStack.endGroup()
+  }
+
+  #undoTarget = {
+    snapshot: () => this.document.snapshot(),
+    applyEdits: (edits: Edit[]) => this.#apply((d) => d.applyEdits(edits), false),
+  }
+
+  /**
    * A raw Automerge change, bypassing the typed edits' checks (the hub still validates
    * it). For tools and tests; the schema is in docs/PROTOCOL.md.
    */
@@ -727,13 +801,15 @@ export class Flow extends Emitter<FlowEvents> {
       const hash = A.getHeads(d.doc).find((h) => !before.has(h))
       if (!hash) throw new Error("the change made no ops")
       return { hash }
-    })
+    }, false)
   }
 
-  #apply(edit: (d: FlowDocument) => EditOutcome): PendingEdit {
+  #apply<T extends EditOutcome>(edit: (d: FlowDocument) => T, record = true): PendingEdit<T> {
+    const before = record ? this.document.snapshot() : undefined
     const outcome = edit(this.document)
+    if (before) this.undoStack.push(diffSnapshots(before, this.document.snapshot()), [outcome.hash])
     let entry!: PendingChange
-    const p = new Promise<EditOutcome>((resolve, reject) => {
+    const p = new Promise<T>((resolve, reject) => {
       entry = { outcome, resolve, reject }
     })
     // The verdict is also reported by the `refused` event; a caller that ignores the
@@ -897,6 +973,8 @@ export class Flow extends Emitter<FlowEvents> {
       // A fresh actor: the dropped changes used sequence numbers of the old one.
       const [rebuilt] = A.applyChanges(A.init<unknown>(), keep)
       this.document.doc = rebuilt
+      // Undo steps made of rolled-back changes describe edits that never happened.
+      this.undoStack.forget(drop)
       for (const p of pending) p.reject(err)
     }
     this.#sync = A.initSyncState()

@@ -67,6 +67,26 @@ export interface NewNode {
   config?: JsonObject
 }
 
+/**
+ * One typed edit as data, the JSON shape of the Rust `Edit` (crdt/src/ops.rs):
+ * tagged by `op`, snake_case. `FlowDocument.applyEdits` / `Flow.applyEdits` apply a
+ * list as one change; diffs and undo speak the same vocabulary.
+ */
+export type Edit =
+  | { op: "set_name"; name: string }
+  | { op: "add_node"; id?: string; kind: string; label?: string; position: Position; config?: JsonObject }
+  | { op: "move_node"; id: string; to: Position }
+  | { op: "relabel_node"; id: string; label: string }
+  | { op: "set_node_kind"; id: string; kind: string }
+  | { op: "configure_node"; id: string; key: string; value: JsonValue }
+  | { op: "unconfigure_node"; id: string; key: string }
+  | { op: "delete_node"; id: string }
+  | { op: "connect"; id?: string; source: Endpoint; target: Endpoint }
+  | { op: "disconnect"; id: string }
+
+/** The `op` names of `Edit`. */
+export type EditOp = Edit["op"]
+
 export type FlowEditErrorCode =
   | "not_loaded"
   | "invalid_edit"
@@ -372,6 +392,19 @@ export function snapshotOf(doc: A.Doc<unknown>): FlowSnapshot {
   return { name, nodes, edges }
 }
 
+function requireLoaded(d: AnyDoc) {
+  if (!(isMap(d?.nodes) && isMap(d?.edges))) {
+    throw new FlowEditError("not_loaded", "the flow has not been loaded from the hub yet (root maps missing)")
+  }
+}
+
+function requireNode(d: AnyDoc, id: string): AnyDoc {
+  requireLoaded(d)
+  const obj = typeof id === "string" ? d.nodes[id] : undefined
+  if (!isMap(obj)) throw new FlowEditError("node_not_found", `node not found: ${id}`)
+  return obj
+}
+
 // ---- the replica -----------------------------------------------------------------
 
 /** What one typed edit did. */
@@ -380,6 +413,12 @@ export interface EditOutcome {
   id?: string
   /** Hex hash of the one Automerge change the edit made. */
   hash: string
+}
+
+/** What `applyEdits` did: its one change and, per edit, the id an `add_node` or
+ *  `connect` used (undefined for the other edits). */
+export interface EditsOutcome extends EditOutcome {
+  ids: (string | undefined)[]
 }
 
 /**
@@ -498,107 +537,180 @@ export class FlowDocument {
   }
 
   setName(name: string): EditOutcome {
-    checkLabel("name", name)
-    this.#requireLoaded()
-    return { hash: this.#edit((d) => (d.name = new A.ImmutableString(name))) }
+    return { hash: this.applyEdits([{ op: "set_name", name }]).hash }
   }
 
   addNode(node: NewNode): EditOutcome {
-    this.#requireLoaded()
-    const nodes = (this.doc as AnyDoc).nodes
-    let id: string
-    if (node.id !== undefined) {
-      id = node.id
-      checkId(join("nodes", id), id)
-      if (nodes[id] !== undefined) throw new FlowEditError("duplicate_id", `duplicate id: ${id}`)
-    } else {
-      id = this.#freshId("n", nodes)
-    }
-    const path = join("nodes", id)
-    checkKind(join(path, "kind"), node.kind)
-    checkLabel(join(path, "label"), node.label)
-    checkPosition(path, node.position)
-    const config = node.config ?? {}
-    if (config === null || typeof config !== "object" || Array.isArray(config)) {
-      throw new FlowEditError("invalid_edit", "config must be an object")
-    }
-    checkConfigValue(join(path, "config"), config, 0)
-    const hash = this.#edit((d) => {
-      d.nodes[id] = {}
-      const obj = d.nodes[id]
-      obj.kind = new A.ImmutableString(node.kind)
-      obj.label = new A.ImmutableString(node.label)
-      putPosition(obj, node.position)
-      putValue(obj, "config", config)
-    })
-    return { id, hash }
+    const { ids, hash } = this.applyEdits([{ op: "add_node", ...node }])
+    return { id: ids[0], hash }
   }
 
   moveNode(id: string, to: Position): EditOutcome {
-    this.#requireNode(id)
-    checkPosition(join("nodes", id), to)
-    return { id, hash: this.#edit((d) => putPosition(d.nodes[id], to)) }
+    return this.#one({ op: "move_node", id, to })
   }
 
   relabelNode(id: string, label: string): EditOutcome {
-    this.#requireNode(id)
-    checkLabel(join(join("nodes", id), "label"), label)
-    return { id, hash: this.#edit((d) => (d.nodes[id].label = new A.ImmutableString(label))) }
+    return this.#one({ op: "relabel_node", id, label })
+  }
+
+  /** Changes a node's kind in place, keeping its label, position, config and edges. */
+  setNodeKind(id: string, kind: string): EditOutcome {
+    return this.#one({ op: "set_node_kind", id, kind })
   }
 
   /** Sets one key of a node's config to a (possibly nested) JSON value. */
   configureNode(id: string, key: string, value: JsonValue): EditOutcome {
-    const node = this.#requireNode(id)
-    const path = join(join("nodes", id), "config")
-    if (!isMap(node.config)) throw new FlowEditError("invalid_edit", `${path}: not a map`)
-    checkConfigValue(join(path, key), value, 1)
-    return { id, hash: this.#edit((d) => putValue(d.nodes[id].config, key, value)) }
+    return this.#one({ op: "configure_node", id, key, value })
+  }
+
+  /** Removes one key of a node's config (a no-op if the key is absent). */
+  unconfigureNode(id: string, key: string): EditOutcome {
+    return this.#one({ op: "unconfigure_node", id, key })
   }
 
   /** Deletes a node and, in the same change, every edge touching it. */
   deleteNode(id: string): EditOutcome {
-    this.#requireNode(id)
-    const edges = (this.doc as AnyDoc).edges
-    const touching = Object.keys(edges).filter((e) => {
-      const obj = edges[e]
-      if (!isMap(obj)) return false
-      return strOf(obj.source) === id || strOf(obj.target) === id
-    })
-    const hash = this.#edit((d) => {
-      for (const e of touching) delete d.edges[e]
-      delete d.nodes[id]
-    })
-    return { id, hash }
+    return this.#one({ op: "delete_node", id })
   }
 
   connect(source: Endpoint, target: Endpoint, id?: string): EditOutcome {
-    this.#requireNode(source.node)
-    this.#requireNode(target.node)
-    const edges = (this.doc as AnyDoc).edges
-    let edgeId: string
-    if (id !== undefined) {
-      edgeId = id
-      checkId(join("edges", id), id)
-      if (edges[id] !== undefined) throw new FlowEditError("duplicate_id", `duplicate id: ${id}`)
-    } else {
-      edgeId = this.#freshId("e", edges)
-    }
-    const hash = this.#edit((d) => {
-      d.edges[edgeId] = {}
-      const obj = d.edges[edgeId]
-      obj.source = new A.ImmutableString(source.node)
-      obj.source_port = new A.ImmutableString(source.port)
-      obj.target = new A.ImmutableString(target.node)
-      obj.target_port = new A.ImmutableString(target.port)
-    })
-    return { id: edgeId, hash }
+    const { ids, hash } = this.applyEdits([{ op: "connect", id, source, target }])
+    return { id: ids[0], hash }
   }
 
   disconnect(edgeId: string): EditOutcome {
-    this.#requireLoaded()
-    const edges = (this.doc as AnyDoc).edges
-    if (!isMap(edges[edgeId])) throw new FlowEditError("edge_not_found", `edge not found: ${edgeId}`)
-    return { id: edgeId, hash: this.#edit((d) => delete d.edges[edgeId]) }
+    return this.#one({ op: "disconnect", id: edgeId })
+  }
+
+  /**
+   * Applies `edits` in order as **one** change (the Rust `FlowDoc::apply_edits`): all
+   * or nothing, each edit checked and refused exactly as the typed edit of the same
+   * name. An empty list still commits one (empty) change, as every typed edit does.
+   * `ids[i]`: the id an `add_node` or `connect` used (given or generated), else
+   * undefined.
+   */
+  applyEdits(edits: readonly Edit[]): EditsOutcome {
+    if (!Array.isArray(edits)) throw new FlowEditError("invalid_edit", "edits must be a list")
+    let ids: (string | undefined)[] = []
+    const hash = this.#edit((d) => {
+      ids = edits.map((edit) => this.#applyOne(d, edit))
+    })
+    return { hash, ids }
+  }
+
+  #one(edit: Edit & { id: string }): EditOutcome {
+    return { id: edit.id, hash: this.applyEdits([edit]).hash }
+  }
+
+  /** One edit inside a change (`d` the change's proxy: it sees the earlier edits). */
+  #applyOne(d: AnyDoc, edit: Edit): string | undefined {
+    switch (edit?.op) {
+      case "set_name":
+        checkLabel("name", edit.name)
+        requireLoaded(d)
+        d.name = new A.ImmutableString(edit.name)
+        return undefined
+      case "add_node": {
+        requireLoaded(d)
+        const nodes = d.nodes
+        let id: string
+        if (edit.id !== undefined && edit.id !== null) {
+          id = edit.id
+          checkId(join("nodes", id), id)
+          if (nodes[id] !== undefined) throw new FlowEditError("duplicate_id", `duplicate id: ${id}`)
+        } else {
+          id = this.#freshId("n", nodes)
+        }
+        const path = join("nodes", id)
+        const label = edit.label ?? ""
+        checkKind(join(path, "kind"), edit.kind)
+        checkLabel(join(path, "label"), label)
+        checkPosition(path, edit.position)
+        const config = edit.config ?? {}
+        if (config === null || typeof config !== "object" || Array.isArray(config)) {
+          throw new FlowEditError("invalid_edit", "config must be an object")
+        }
+        checkConfigValue(join(path, "config"), config, 0)
+        nodes[id] = {}
+        const obj = nodes[id]
+        obj.kind = new A.ImmutableString(edit.kind)
+        obj.label = new A.ImmutableString(label)
+        putPosition(obj, edit.position)
+        putValue(obj, "config", config)
+        return id
+      }
+      case "move_node": {
+        const node = requireNode(d, edit.id)
+        checkPosition(join("nodes", edit.id), edit.to)
+        putPosition(node, edit.to)
+        return undefined
+      }
+      case "relabel_node": {
+        const node = requireNode(d, edit.id)
+        checkLabel(join(join("nodes", edit.id), "label"), edit.label)
+        node.label = new A.ImmutableString(edit.label)
+        return undefined
+      }
+      case "set_node_kind": {
+        const node = requireNode(d, edit.id)
+        checkKind(join(join("nodes", edit.id), "kind"), edit.kind)
+        node.kind = new A.ImmutableString(edit.kind)
+        return undefined
+      }
+      case "configure_node": {
+        const node = requireNode(d, edit.id)
+        const path = join(join("nodes", edit.id), "config")
+        if (!isMap(node.config)) throw new FlowEditError("invalid_edit", `${path}: not a map`)
+        checkConfigValue(join(path, edit.key), edit.value, 1)
+        putValue(node.config, edit.key, edit.value)
+        return undefined
+      }
+      case "unconfigure_node": {
+        const node = requireNode(d, edit.id)
+        if (!isMap(node.config)) throw new FlowEditError("invalid_edit", `${join(join("nodes", edit.id), "config")}: not a map`)
+        // Deleting an absent key would still write a delete op: a no-op stays one.
+        if (node.config[edit.key] !== undefined) delete node.config[edit.key]
+        return undefined
+      }
+      case "delete_node": {
+        requireNode(d, edit.id)
+        const edges = d.edges
+        for (const e of Object.keys(edges)) {
+          const obj = edges[e]
+          if (isMap(obj) && (strOf(obj.source) === edit.id || strOf(obj.target) === edit.id)) delete edges[e]
+        }
+        delete d.nodes[edit.id]
+        return undefined
+      }
+      case "connect": {
+        requireNode(d, edit.source?.node)
+        requireNode(d, edit.target?.node)
+        const edges = d.edges
+        let edgeId: string
+        if (edit.id !== undefined && edit.id !== null) {
+          edgeId = edit.id
+          checkId(join("edges", edgeId), edgeId)
+          if (edges[edgeId] !== undefined) throw new FlowEditError("duplicate_id", `duplicate id: ${edgeId}`)
+        } else {
+          edgeId = this.#freshId("e", edges)
+        }
+        edges[edgeId] = {}
+        const obj = edges[edgeId]
+        obj.source = new A.ImmutableString(edit.source.node)
+        obj.source_port = new A.ImmutableString(edit.source.port)
+        obj.target = new A.ImmutableString(edit.target.node)
+        obj.target_port = new A.ImmutableString(edit.target.port)
+        return edgeId
+      }
+      case "disconnect": {
+        requireLoaded(d)
+        if (!isMap(d.edges[edit.id])) throw new FlowEditError("edge_not_found", `edge not found: ${edit.id}`)
+        delete d.edges[edit.id]
+        return undefined
+      }
+      default:
+        throw new FlowEditError("invalid_edit", `unknown edit op: ${String((edit as { op?: unknown })?.op)}`)
+    }
   }
 
   /** Ids of edges whose source or target node no longer exists. */
@@ -624,19 +736,6 @@ export class FlowDocument {
         for (const e of dangling) delete d.edges[e]
       }),
     }
-  }
-
-  #requireLoaded() {
-    if (!this.isLoaded()) {
-      throw new FlowEditError("not_loaded", "the flow has not been loaded from the hub yet (root maps missing)")
-    }
-  }
-
-  #requireNode(id: string): AnyDoc {
-    this.#requireLoaded()
-    const obj = (this.doc as AnyDoc).nodes[id]
-    if (!isMap(obj)) throw new FlowEditError("node_not_found", `node not found: ${id}`)
-    return obj
   }
 
   #freshId(prefix: string, map: Record<string, unknown>): string {

@@ -288,8 +288,14 @@ function render() {
   }
 
   if (document.activeElement !== nameInput) nameInput.value = snap.name
+  renderUndo()
   renderPeople()
   renderCursors(others)
+}
+
+function renderUndo() {
+  $<HTMLButtonElement>("#undo").disabled = !canEdit() || !flow.canUndo()
+  $<HTMLButtonElement>("#redo").disabled = !canEdit() || !flow.canRedo()
 }
 
 function renderPeople() {
@@ -377,6 +383,8 @@ function onNodePointerDown(ev: PointerEvent, id: string) {
   if (!node) return
   const p = canvasPoint(ev)
   dragging = { id, dx: p.x - node.position.x, dy: p.y - node.position.y, moved: false }
+  // The drag's many moves are one undo step: Ctrl+Z puts the node back where it was.
+  flow.beginUndoGroup()
   nodeEls.get(id)?.classList.add("dragging")
   ;(ev.target as Element).setPointerCapture?.(ev.pointerId)
 }
@@ -422,6 +430,29 @@ function onPointerUp() {
   if (!dragging) return
   nodeEls.get(dragging.id)?.classList.remove("dragging")
   dragging = undefined
+  flow.endUndoGroup()
+  scheduleRender()
+}
+
+/**
+ * Undoes (or redoes) this user's last step. Only their own edits are on the stack, and
+ * a property someone else changed since keeps their value: the hint says so.
+ */
+function undoRedo(redo: boolean) {
+  if (!canEdit()) return
+  if (dragging) onPointerUp()
+  try {
+    const done = redo ? flow.redo() : flow.undo()
+    if (!done) return
+    hint.textContent =
+      done.skipped.length > 0
+        ? `${redo ? "Redo" : "Undo"} left ${done.skipped.map((s) => s.path).join(", ")} alone: changed by someone else since`
+        : ""
+    if (selected.node && !flow.snapshot().nodes[selected.node]) select({})
+  } catch (e) {
+    showError(e)
+  }
+  scheduleRender()
 }
 
 function setConnectMode(on: boolean) {
@@ -546,6 +577,8 @@ function seed() {
   } catch (e) {
     showError(e)
   }
+  // Seeding is not the user's edit: nothing to undo yet.
+  flow.undoStack.clear()
 }
 
 /** The hub's colours (actors/src/flow/presence.rs); used to avoid sharing one. */
@@ -612,6 +645,8 @@ async function main() {
   $("#add-node").addEventListener("click", addNode)
   $("#connect-mode").addEventListener("click", () => setConnectMode(!connectMode))
   $("#delete-selected").addEventListener("click", deleteSelected)
+  $("#undo").addEventListener("click", () => undoRedo(false))
+  $("#redo").addEventListener("click", () => undoRedo(true))
   $("#simulate-run").addEventListener("click", () => void simulateRun())
   wrap.addEventListener("pointermove", onPointerMove)
   window.addEventListener("pointerup", onPointerUp)
@@ -623,6 +658,14 @@ async function main() {
     const typing = ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement
     if (!typing && (ev.key === "Delete" || ev.key === "Backspace") && canEdit()) deleteSelected()
     if (ev.key === "Escape") setConnectMode(false)
+    // Ctrl+Z / Cmd+Z undo, Ctrl+Shift+Z / Cmd+Shift+Z / Ctrl+Y redo (text fields keep
+    // their own undo).
+    const mod = ev.ctrlKey || ev.metaKey
+    const key = ev.key.toLowerCase()
+    if (!typing && mod && !ev.altKey && (key === "z" || (key === "y" && !ev.shiftKey))) {
+      ev.preventDefault()
+      undoRedo(key === "y" || ev.shiftKey)
+    }
   })
 
   await client.watchFlowRuns(flowId, (run) => {

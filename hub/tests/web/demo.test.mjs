@@ -4,11 +4,18 @@
 // in both. Asserts on the DOM; screenshots go to target/web/. Also measures the time
 // from a drag in page A to the move painted in page B (p50 over 100 drags).
 //
+// A second test: per-user undo in two pages (Ctrl+Z in A puts A's dragged node back and
+// leaves the node B dragged where B put it, in both pages; Ctrl+Shift+Z redoes).
+//
 // Needs target/debug/flowhub (cargo build -p flowhub) and Chromium at /usr/bin/chromium
 // (or CHROMIUM=/path). Run by scripts/web-test.sh.
+//
+// The hub embeds hub/static at build time, so a hub binary built before the page
+// changed serves an older page: the test checks and fails saying so. WEB_ASSETS=tree
+// serves the page's files from this working tree instead (a prebuilt hub, page work).
 
 import { spawn } from "node:child_process"
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
@@ -21,8 +28,18 @@ import { chromium } from "playwright-core"
 const here = dirname(fileURLToPath(import.meta.url))
 const root = resolve(here, "../../..")
 const target = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target")
-const shots = join(target, "web")
+// Screenshots in this tree's target/web/ (where scripts/web-test.sh points), also when
+// CARGO_TARGET_DIR names a shared build elsewhere; WEB_SHOTS_DIR overrides.
+const shots = process.env.WEB_SHOTS_DIR ? resolve(process.env.WEB_SHOTS_DIR) : join(root, "target", "web")
 const DRAGS = Number(process.env.DRAGS ?? 100)
+const staticDir = join(root, "hub/static")
+const assetsFromTree = process.env.WEB_ASSETS === "tree"
+const ASSETS = {
+  "/": ["index.html", "text/html; charset=utf-8"],
+  "/app.js": ["app.js", "text/javascript; charset=utf-8"],
+  "/app.css": ["app.css", "text/css; charset=utf-8"],
+  "/automerge/automerge.wasm": ["automerge.wasm", "application/wasm"],
+}
 
 let hub
 let browser
@@ -62,6 +79,13 @@ before(async () => {
     assert.ok(i < 600 && hub.exitCode === null, "hub did not become ready")
     await sleep(50)
   }
+  if (!assetsFromTree) {
+    const served = Buffer.from(await (await fetch(`${base}/app.js`)).arrayBuffer())
+    assert.ok(
+      served.equals(readFileSync(join(staticDir, "app.js"))),
+      `${bin} serves an older hub/static/app.js than this tree: rebuild the hub (cargo build -p flowhub) or set WEB_ASSETS=tree`,
+    )
+  }
   mkdirSync(shots, { recursive: true })
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -79,6 +103,9 @@ before(async () => {
       "--disable-background-timer-throttling",
       "--disable-renderer-backgrounding",
       "--disable-backgrounding-occluded-windows",
+      // A page fulfilled by the test (WEB_ASSETS=tree) has no local address of its own:
+      // Chromium's local-network checks would block its WebSocket to 127.0.0.1.
+      ...(assetsFromTree ? ["--disable-features=LocalNetworkAccessChecks"] : []),
     ],
   })
 })
@@ -96,6 +123,15 @@ after(async () => {
 
 async function openAs(name, flow) {
   const context = await browser.newContext({ viewport: { width: 1400, height: 820 } })
+  if (assetsFromTree) {
+    await context.route(
+      (url) => url.origin === base && Object.hasOwn(ASSETS, url.pathname),
+      (route) => {
+        const [file, contentType] = ASSETS[new URL(route.request().url()).pathname]
+        return route.fulfill({ status: 200, contentType, body: readFileSync(join(staticDir, file)) })
+      },
+    )
+  }
   const page = await context.newPage()
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e))
   page.on("console", (m) => {
@@ -258,4 +294,73 @@ test("two users co-edit the demo flow in two browsers", { timeout: 240_000 }, as
   const final = await nodePos(a, "send-survey")
   assert.deepEqual(await nodePos(b, "send-survey"), final)
   assert.ok(stats.p50_ms < 1000, `drag -> paint p50 ${stats.p50_ms} ms`)
+})
+
+/** Resolves once node `id` shows at (x, y) in `page`. */
+function nodeAt(page, id, x, y) {
+  return page.waitForFunction(
+    ([id, x, y]) => {
+      const g = document.querySelector(`g.node[data-node-id="${id}"]`)
+      return g && Number(g.dataset.x) === x && Number(g.dataset.y) === y
+    },
+    [id, x, y],
+    { timeout: 10_000 },
+  )
+}
+
+test("Ctrl+Z undoes only the user's own edit, in both pages", { timeout: 120_000 }, async () => {
+  const a = await openAs("Alice", "undo-demo")
+  const b = await openAs("Bob", "undo-demo")
+  for (const page of [a, b]) await page.waitForFunction(() => document.querySelectorAll("g.node").length === 6)
+  // Nothing of either user's to undo yet (seeding the sample flow is not an edit to undo).
+  for (const page of [a, b]) assert.ok(await page.locator("#undo").isDisabled())
+
+  const aStart = await nodePos(a, "fetch-customer")
+  const bStart = await nodePos(b, "send-gift")
+  const aMoved = { x: aStart.x + 40, y: aStart.y + 180 }
+  const bMoved = { x: bStart.x + 60, y: bStart.y + 320 }
+  await dragTo(a, "fetch-customer", aMoved.x, aMoved.y, 8)
+  await dragTo(b, "send-gift", bMoved.x, bMoved.y, 8)
+  for (const page of [a, b]) {
+    await nodeAt(page, "fetch-customer", aMoved.x, aMoved.y)
+    await nodeAt(page, "send-gift", bMoved.x, bMoved.y)
+  }
+  assert.ok(await a.locator("#undo").isEnabled())
+  await a.screenshot({ path: join(shots, "07-alice-before-undo.png") })
+
+  // Ctrl+Z in A: the whole drag (8 moves, one step) is undone, B's move is kept.
+  await a.keyboard.press("Control+z")
+  for (const page of [a, b]) {
+    await nodeAt(page, "fetch-customer", aStart.x, aStart.y)
+    assert.deepEqual(await nodePos(page, "send-gift"), bMoved)
+  }
+  // Nothing else of A's to undo: a second Ctrl+Z changes nothing.
+  assert.ok(await a.locator("#undo").isDisabled())
+  assert.ok(await a.locator("#redo").isEnabled())
+  await a.keyboard.press("Control+z")
+  for (const page of [a, b]) assert.deepEqual(await nodePos(page, "send-gift"), bMoved)
+  await a.screenshot({ path: join(shots, "08-alice-after-undo.png") })
+  await b.screenshot({ path: join(shots, "09-bob-after-alice-undo.png") })
+
+  // Redo (Ctrl+Shift+Z) moves A's node again; Ctrl+Y after another undo too.
+  await a.keyboard.press("Control+Shift+z")
+  for (const page of [a, b]) await nodeAt(page, "fetch-customer", aMoved.x, aMoved.y)
+  await a.click("#undo")
+  for (const page of [a, b]) await nodeAt(page, "fetch-customer", aStart.x, aStart.y)
+  await a.keyboard.press("Control+y")
+  for (const page of [a, b]) await nodeAt(page, "fetch-customer", aMoved.x, aMoved.y)
+
+  // B undoes a delete: the node and its edges come back in both pages.
+  const edgesBefore = await a.locator("path.edge[d]").count()
+  await node(b, "wait-day").locator("rect.body").click()
+  await b.click("#delete-selected")
+  for (const page of [a, b]) await page.waitForFunction(() => !document.querySelector('g.node[data-node-id="wait-day"]'))
+  assert.equal(await a.locator("path.edge[d]").count(), edgesBefore - 2)
+  await b.keyboard.press("Control+z")
+  for (const page of [a, b]) {
+    await node(page, "wait-day").waitFor({ timeout: 10_000 })
+    await page.waitForFunction((n) => document.querySelectorAll("path.edge[d]").length === n, edgesBefore)
+    assert.deepEqual(await nodePos(page, "fetch-customer"), aMoved)
+  }
+  await b.screenshot({ path: join(shots, "10-bob-undid-delete.png") })
 })
