@@ -37,6 +37,15 @@ impl StoredChange {
 }
 
 impl FlowDoc {
+    /// The Automerge actor (hex) that made an applied change, if this document has it.
+    pub fn change_actor(&mut self, hash: &ChangeHash) -> Option<String> {
+        self.doc
+            .get_change_by_hash(hash)
+            .map(|c| c.actor_id().to_hex_string())
+    }
+}
+
+impl FlowDoc {
     /// Load a document written by [`FlowDoc::save`]. The loaded replica gets a
     /// fresh random actor, since the saving process may still be editing under
     /// the old one.

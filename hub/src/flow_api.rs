@@ -8,6 +8,12 @@
 //!   `to` defaults to now.
 //! - `POST /v1/flows/{id}/restore` `{to}`: the flow made equal to an earlier version
 //!   as one new change (history keeps everything; a concurrent edit still merges).
+//! - `GET /v1/flows/{id}/history?limit=&before=&gap_ms=`: the changes grouped into
+//!   editing sessions (same user, close in time), each with the verified user, when,
+//!   the heads after it and what it did.
+//! - `POST /v1/flows/{id}/versions` `{name}`, `GET …/versions`, `DELETE
+//!   …/versions/{name}`: named versions (pinned heads); `version:NAME` then names one
+//!   wherever a version is expected (diff, restore).
 //!
 //! Roles, limits and errors are those of the WebSocket: editing needs the editor role,
 //! reading any role, and every refusal is a typed JSON error.
@@ -15,8 +21,11 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use flowhub_actors::flow::{EditRequest, EditSource, EditsApplied, EditsRefused, FlowMsg};
-use flowhub_crdt::{ChangeHash, Edit, FlowDiff};
+use flowhub_actors::flow::{
+    EditRequest, EditSource, EditsApplied, EditsRefused, FlowMsg, EDITS_MESSAGE_PREFIX, HUB_USER,
+};
+use flowhub_actors::store::NamedVersion;
+use flowhub_crdt::{group_sessions, ChangeHash, ChangeSummary, Edit, EditSummary, FlowDiff};
 use flowhub_protocol::{validate_flow_id, ErrorCode};
 use ractor::rpc::CallResult;
 use serde::Deserialize;
@@ -205,9 +214,21 @@ fn idempotency_key(
     }
 }
 
-/// A version of a flow: comma-separated hex heads, or `run:RUN_ID` (the heads the
-/// run recorded when it started; the run must belong to this flow).
+/// A version of a flow: comma-separated hex heads, `run:RUN_ID` (the heads the run
+/// recorded when it started; the run must belong to this flow), or `version:NAME`.
 async fn version(state: &AppState, flow_id: &str, spec: &str) -> Result<Vec<ChangeHash>, AppError> {
+    if let Some(name) = spec.strip_prefix("version:") {
+        let versions = state
+            .store
+            .named_versions(flow_id)
+            .await
+            .map_err(AppError::internal)?;
+        let version = versions
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| AppError::not_found(format!("no version named `{name}`")))?;
+        return flowhub_crdt::parse_heads(&version.heads).map_err(AppError::internal);
+    }
     if let Some(run_id) = spec.strip_prefix("run:") {
         let run = state
             .runs
@@ -225,4 +246,241 @@ async fn version(state: &AppState, flow_id: &str, spec: &str) -> Result<Vec<Chan
     }
     let hex: Vec<&str> = spec.split(',').filter(|h| !h.is_empty()).collect();
     flowhub_crdt::parse_heads(&hex).map_err(|e| AppError::bad_request(format!("version: {e}")))
+}
+
+/// Default gap that ends an editing session in the history.
+pub const SESSION_GAP_MS: i64 = 5 * 60 * 1000;
+/// Most changes one history page reads.
+pub const MAX_HISTORY_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub limit: Option<usize>,
+    /// A change hash: the page continues with older changes.
+    pub before: Option<String>,
+    pub gap_ms: Option<i64>,
+}
+
+/// One editing session in `GET …/history`.
+#[derive(Debug, serde::Serialize)]
+pub struct HistorySession {
+    pub user_id: String,
+    pub name: String,
+    /// Earliest and latest change time (ms since the Unix epoch) as the changes
+    /// record it (the hub's clock for JSON edits and repairs, the client's otherwise).
+    pub start: i64,
+    pub end: i64,
+    /// The flow's heads right after the session's newest change.
+    pub heads_after: Vec<String>,
+    /// The session's changes, newest first.
+    pub changes: Vec<String>,
+    pub summary: EditSummary,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct HistoryPage {
+    pub sessions: Vec<HistorySession>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<String>,
+}
+
+/// `GET /v1/flows/{id}/history?limit=&before=&gap_ms=`.
+pub async fn get_history(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+    Authenticated(claims): Authenticated,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<HistoryPage>, AppError> {
+    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    if effective_role(&state, &claims, &flow_id).await?.is_none() {
+        return Err(AppError::forbidden("no role on this flow"));
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
+    let before = match query.before.as_deref().filter(|b| !b.is_empty()) {
+        Some(hex) => Some(
+            flowhub_crdt::parse_heads(&[hex])
+                .map_err(|e| AppError::bad_request(format!("before: {e}")))?[0],
+        ),
+        None => None,
+    };
+    let flow = open(&state, &flow_id).await?;
+    let mut changes: Vec<ChangeSummary> = match flow
+        .call(
+            |reply| FlowMsg::History {
+                limit,
+                before,
+                reply,
+            },
+            None,
+        )
+        .await
+    {
+        Ok(CallResult::Success(Ok(changes))) => changes,
+        Ok(CallResult::Success(Err(refused))) => return Err(refusal(refused)),
+        _ => return Err(AppError::internal("the flow actor stopped; retry")),
+    };
+    for change in &mut changes {
+        change.timestamp = as_millis(change.timestamp);
+    }
+    let owners: std::collections::HashMap<String, (String, String)> = state
+        .store
+        .flow_actors(&flow_id)
+        .await
+        .map_err(AppError::internal)?
+        .into_iter()
+        .map(|b| (b.actor, (b.user_id, b.user_name)))
+        .collect();
+    let author = |change: &ChangeSummary| -> (String, String) {
+        match owners.get(&change.actor) {
+            // The hub's own change: a JSON edit names the verified caller in its
+            // message (the hub wrote it); a repair is the hub's.
+            Some((user, _)) if user == HUB_USER => change
+                .message
+                .as_deref()
+                .and_then(|m| m.strip_prefix(EDITS_MESSAGE_PREFIX))
+                .and_then(|rest| rest.split(' ').next())
+                .map(|user| (user.to_owned(), user.to_owned()))
+                .unwrap_or_else(|| (HUB_USER.to_owned(), HUB_USER.to_owned())),
+            Some((user, name)) => (user.clone(), name.clone()),
+            // Changes from before attribution was recorded, or the genesis.
+            None => (String::new(), String::new()),
+        }
+    };
+    let gap = query.gap_ms.unwrap_or(SESSION_GAP_MS).max(0);
+    let sessions = group_sessions(&changes, author, gap)
+        .into_iter()
+        .map(|s| HistorySession {
+            user_id: s.author.0,
+            name: s.author.1,
+            start: s.start,
+            end: s.end,
+            heads_after: s
+                .changes
+                .first()
+                .map(|h| vec![h.to_string()])
+                .unwrap_or_default(),
+            changes: s.changes.iter().map(ToString::to_string).collect(),
+            summary: s.summary,
+        })
+        .collect();
+    let next_before = (changes.len() == limit)
+        .then(|| changes.last().map(|c| c.hash.to_string()))
+        .flatten();
+    Ok(Json(HistoryPage {
+        sessions,
+        next_before,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewVersion {
+    pub name: String,
+}
+
+/// `POST /v1/flows/{id}/versions` `{name}`: pins the current heads (editor role).
+pub async fn post_version(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+    Authenticated(claims): Authenticated,
+    body: Result<Json<NewVersion>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<NamedVersion>), AppError> {
+    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(
+            AppError::bad_request("name: 1..=200 characters without control characters")
+                .with_field("name"),
+        );
+    }
+    match effective_role(&state, &claims, &flow_id).await? {
+        Some(role) if role.can_edit() => {}
+        _ => {
+            return Err(AppError::forbidden(
+                "naming a version needs the editor role",
+            ))
+        }
+    }
+    let flow = open(&state, &flow_id).await?;
+    let heads = ractor::call!(flow, FlowMsg::Heads)
+        .map_err(|_| AppError::internal("the flow actor stopped; retry"))?;
+    let version = NamedVersion {
+        name: name.to_owned(),
+        heads,
+        user_id: claims.sub.clone(),
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    };
+    let created = state
+        .store
+        .put_named_version(&flow_id, &version)
+        .await
+        .map_err(AppError::internal)?;
+    if !created {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::BadRequest,
+            format!("a version named `{name}` exists"),
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// `GET /v1/flows/{id}/versions`: named versions, oldest first.
+pub async fn get_versions(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+    Authenticated(claims): Authenticated,
+) -> Result<Json<serde_json::Value>, AppError> {
+    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    if effective_role(&state, &claims, &flow_id).await?.is_none() {
+        return Err(AppError::forbidden("no role on this flow"));
+    }
+    let versions = state
+        .store
+        .named_versions(&flow_id)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(Json(serde_json::json!({ "versions": versions })))
+}
+
+/// `DELETE /v1/flows/{id}/versions/{name}` (editor role).
+pub async fn delete_version(
+    State(state): State<AppState>,
+    Path((flow_id, name)): Path<(String, String)>,
+    Authenticated(claims): Authenticated,
+) -> Result<StatusCode, AppError> {
+    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    match effective_role(&state, &claims, &flow_id).await? {
+        Some(role) if role.can_edit() => {}
+        _ => {
+            return Err(AppError::forbidden(
+                "deleting a version needs the editor role",
+            ))
+        }
+    }
+    let deleted = state
+        .store
+        .delete_named_version(&flow_id, &name)
+        .await
+        .map_err(AppError::internal)?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AppError::not_found(format!("no version named `{name}`")))
+    }
+}
+
+/// A change time in milliseconds. flowhub's clients and the hub write milliseconds;
+/// stock Automerge writes seconds, which read as a date in 1970 when taken as
+/// milliseconds: anything below 10^11 (March 1973 in ms, year 5138 in s) is seconds.
+fn as_millis(t: i64) -> i64 {
+    if t > 0 && t < 100_000_000_000 {
+        t * 1000
+    } else {
+        t
+    }
 }

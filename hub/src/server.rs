@@ -284,6 +284,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/flows/{flow_id}/diff", get(crate::flow_api::get_diff))
         .route(
+            "/v1/flows/{flow_id}/history",
+            get(crate::flow_api::get_history),
+        )
+        .route(
+            "/v1/flows/{flow_id}/versions",
+            get(crate::flow_api::get_versions).post(crate::flow_api::post_version),
+        )
+        .route(
+            "/v1/flows/{flow_id}/versions/{name}",
+            axum::routing::delete(crate::flow_api::delete_version),
+        )
+        .route(
             "/v1/flows/{flow_id}/restore",
             axum::routing::post(crate::flow_api::post_restore),
         )

@@ -261,3 +261,184 @@ async fn diff_and_restore_while_someone_edits() {
     assert!(added.is_empty() || added == ["d"], "{diff_now}");
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_names_the_verified_users_and_versions_pin_heads() {
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::ReadDoc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(Backend::Sqlite, dir.path()).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", hub.addr()),
+    };
+    let flow_id = "hist";
+    let ann = Client::connect(&hub.ws_url(), &token("ann", &[(flow_id, Role::Editor)]))
+        .await
+        .unwrap();
+    let bob = Client::connect(&hub.ws_url(), &token("bob", &[(flow_id, Role::Editor)]))
+        .await
+        .unwrap();
+    let mallory = Client::connect(&hub.ws_url(), &token("mallory", &[(flow_id, Role::Editor)]))
+        .await
+        .unwrap();
+    let ann_flow = ann.subscribe(flow_id).await.unwrap();
+    let bob_flow = bob.subscribe(flow_id).await.unwrap();
+    let mal_flow = mallory.subscribe(flow_id).await.unwrap();
+
+    let (_, t) = ann_flow
+        .edit(|d| {
+            d.add_node(NewNode::new("trigger", "Start", Position::new(0.0, 0.0)).with_id("a"))
+        })
+        .await
+        .unwrap();
+    ann_flow.wait_acked(&t, WAIT).await.unwrap();
+    let (status, v1) = api
+        .post(
+            &format!("/v1/flows/{flow_id}/versions"),
+            &token("ann", &[(flow_id, Role::Editor)]),
+            json!({"name": "v1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v1}");
+    bob_flow
+        .wait_until(|s| s.nodes.contains_key("a"), WAIT)
+        .await
+        .unwrap();
+    let (_, t) = bob_flow
+        .edit(|d| d.relabel_node("a", "Start here"))
+        .await
+        .unwrap();
+    bob_flow.wait_acked(&t, WAIT).await.unwrap();
+    let (status, script) = api
+        .post(
+            &format!("/v1/flows/{flow_id}/edits"),
+            &token("ci-bot", &[(flow_id, Role::Editor)]),
+            json!({"edits": [{"op": "configure_node", "id": "a", "key": "cron", "value": "0 * * * *"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{script}");
+
+    // Mallory claims, in the change's own metadata, to be a JSON edit by ann.
+    mal_flow
+        .wait_for_heads(
+            &serde_json::from_value::<Vec<String>>(script["heads"].clone()).unwrap(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let (_, t) = mal_flow
+        .edit(|d| {
+            let nodes = d.doc().get(automerge::ROOT, "nodes").unwrap().unwrap().1;
+            let raw = d.doc_mut();
+            let a = raw.get(&nodes, "a").unwrap().unwrap().1;
+            raw.put(&a, "label", "Start (mallory)").unwrap();
+            raw.commit_with(CommitOptions::default().with_message("flowhub edits user=ann"));
+            Ok::<_, flowhub_crdt::CrdtError>(())
+        })
+        .await
+        .unwrap();
+    mal_flow.wait_acked(&t, WAIT).await.unwrap();
+
+    let viewer = token("ann", &[(flow_id, Role::Viewer)]);
+    let (status, history) = api
+        .get(&format!("/v1/flows/{flow_id}/history"), &viewer)
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let sessions = history["sessions"].as_array().unwrap();
+    let users: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["user_id"].as_str().unwrap())
+        .collect();
+    // Newest first; the genesis change has no user.
+    assert_eq!(
+        &users[..4],
+        ["mallory", "ci-bot", "bob", "ann"],
+        "{history}"
+    );
+    assert_eq!(
+        sessions[3]["summary"]["nodes_added"],
+        json!(["a"]),
+        "{history}"
+    );
+    assert_eq!(
+        sessions[2]["summary"]["nodes_relabelled"],
+        json!(["a"]),
+        "{history}"
+    );
+    assert!(
+        sessions[1]["summary"]["config_changed"]
+            .to_string()
+            .contains("cron"),
+        "{history}"
+    );
+    // Mallory's raw change (index 0) carries no time; every typed edit does, in ms.
+    for session in &sessions[1..4] {
+        assert!(
+            session["end"].as_i64().unwrap() > 1_600_000_000_000,
+            "times are ms: {history}"
+        );
+    }
+
+    // Changes by an actor bound to another user are refused.
+    let ann_actor = ann_flow.with_doc(|d| d.actor_hex());
+    let stolen = mal_flow
+        .edit(|d| {
+            d.doc_mut()
+                .set_actor(ann_actor.parse::<automerge::ActorId>().unwrap());
+            d.relabel_node("a", "as ann")
+        })
+        .await;
+    if let Ok((_, t)) = stolen {
+        let verdict = mal_flow.wait_acked(&t, WAIT).await;
+        assert!(
+            verdict.is_err(),
+            "a change by ann's actor from mallory is refused"
+        );
+    }
+    let (_, flow) = api.get(&format!("/v1/flows/{flow_id}"), &viewer).await;
+    assert_eq!(flow["nodes"]["a"]["label"], "Start (mallory)");
+
+    // Named versions: list, use in a diff, refuse a duplicate, delete.
+    let editor = token("ann", &[(flow_id, Role::Editor)]);
+    let (status, dup) = api
+        .post(
+            &format!("/v1/flows/{flow_id}/versions"),
+            &editor,
+            json!({"name": "v1"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{dup}");
+    let (_, list) = api
+        .get(&format!("/v1/flows/{flow_id}/versions"), &viewer)
+        .await;
+    assert_eq!(list["versions"][0]["name"], "v1", "{list}");
+    assert_eq!(list["versions"][0]["heads"], v1["heads"], "{list}");
+    let (status, diff) = api
+        .get(
+            &format!("/v1/flows/{flow_id}/diff?from=version:v1"),
+            &viewer,
+        )
+        .await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(diff["nodes_changed"][0]["label"]["old"], "Start", "{diff}");
+    let resp = api
+        .http
+        .delete(format!("{}/v1/flows/{flow_id}/versions/v1", api.base))
+        .bearer_auth(&editor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (status, _) = api
+        .get(
+            &format!("/v1/flows/{flow_id}/diff?from=version:v1"),
+            &viewer,
+        )
+        .await;
+    assert_eq!(status, 404);
+    for c in [ann, bob, mallory] {
+        c.close().await;
+    }
+}

@@ -202,7 +202,8 @@ async fn migrate_on_empty_database_then_serve(backend: &str) {
         "applied migration 1 (init)",
         "applied migration 2 (run state)",
         "applied migration 3 (flow versions)",
-        &format!("{backend} schema now at version 3"),
+        "applied migration 4 (history)",
+        &format!("{backend} schema now at version 4"),
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
@@ -215,7 +216,7 @@ async fn migrate_on_empty_database_then_serve(backend: &str) {
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "{backend} schema already at version 3: nothing to do"
+            "{backend} schema already at version 4: nothing to do"
         )),
         "{stdout}"
     );
@@ -234,7 +235,7 @@ async fn newer_schema_is_refused(backend: &str) {
     assert_success("flowhub migrate", &target.migrate().await);
     // What a flowhub two releases ahead would have left.
     let mut conn = target.sql().await;
-    for version in [4i64, 5] {
+    for version in [5i64, 6] {
         sqlx::query(
             "INSERT INTO _sqlx_migrations \
              (version, description, success, checksum, execution_time) \
@@ -248,7 +249,7 @@ async fn newer_schema_is_refused(backend: &str) {
     }
     let before = recorded(&target).await;
 
-    let message = "database schema is at version 5, this flowhub knows up to 3: \
+    let message = "database schema is at version 6, this flowhub knows up to 4: \
                    upgrade flowhub or restore the database";
     for command in ["serve", "demo", "migrate"] {
         let out = target.flowhub(&[command]).await;
@@ -343,12 +344,19 @@ async fn old_runner_database_is_adopted_and_keeps_its_data(backend: &str) {
         "adopted migration 1 (init)",
         "adopted migration 2 (run state)",
         "adopted migration 3 (flow versions)",
-        &format!("{backend} schema now at version 3"),
+        "applied migration 4 (history)",
+        &format!("{backend} schema now at version 4"),
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    // Running any file again would have failed on its CREATE TABLE or ADD COLUMN.
-    assert!(!stdout.contains("applied migration"), "{stdout}");
+    // Running any adopted file again would have failed on its CREATE TABLE or ADD
+    // COLUMN; only the one the old runner never had is applied.
+    for adopted in 1..=3 {
+        assert!(
+            !stdout.contains(&format!("applied migration {adopted} ")),
+            "{stdout}"
+        );
+    }
     assert_eq!(recorded(&target).await, expected(&target).await);
 
     let out = target.migrate().await;
@@ -384,12 +392,15 @@ async fn assert_keeps_old_data(target: &Target) {
             .as_deref(),
         Some("editor")
     );
-    assert_eq!(store.schema_versions().await.expect("versions"), [1, 2, 3]);
+    assert_eq!(
+        store.schema_versions().await.expect("versions"),
+        [1, 2, 3, 4]
+    );
     store.close().await;
 }
 
 /// A database from an older release (the runner had applied 1 and 2): `serve` adopts
-/// those and applies 3 itself.
+/// those and applies 3 and 4 itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_adopts_an_older_runner_database_and_applies_the_rest() {
     let target = Target::postgres().await;

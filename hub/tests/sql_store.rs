@@ -420,7 +420,7 @@ async fn migrations_are_idempotent(url: String) {
     let again = connect(&url).await;
     assert_eq!(
         again.schema_versions().await.expect("versions"),
-        vec![1, 2, 3]
+        vec![1, 2, 3, 4]
     );
     assert_eq!(load(&again, "f").await.changes, changes("f", [1]));
     again.close().await;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowhub_crdt::{
-    ChangeHash, ChangesOutcome, CrdtError, Edit, FlowDiff, FlowDoc, PeerLink, Repair, Repaired,
-    Route, StoredChange,
+    ChangeHash, ChangeSummary, ChangesOutcome, CrdtError, Edit, FlowDiff, FlowDoc, PeerLink,
+    Repair, Repaired, Route, StoredChange,
 };
 use flowhub_protocol::frame::encode_flow_changes;
 use flowhub_protocol::{Cursor, ErrorCode, RequestId, Role, ServerMessage};
@@ -27,7 +27,7 @@ use crate::directory::ActorDirectory;
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
 use crate::outbound::{Delivery, Outbound};
-use crate::store::{ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store};
+use crate::store::{ActorBinding, ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store};
 
 /// Behaviour of a flow actor (the state is [`FlowState`]).
 pub struct FlowActor;
@@ -189,6 +189,13 @@ pub enum FlowMsg {
         request: EditRequest,
         reply: RpcReplyPort<std::result::Result<EditsApplied, EditsRefused>>,
     },
+    /// Up to `limit` changes, newest first, before `before` (a change hash), each
+    /// with what it did (`FlowDoc::change_summaries`).
+    History {
+        limit: usize,
+        before: Option<ChangeHash>,
+        reply: RpcReplyPort<std::result::Result<Vec<ChangeSummary>, EditsRefused>>,
+    },
     /// The typed diff from one version of the flow to another (`to: None`: now).
     Diff {
         from: Vec<ChangeHash>,
@@ -199,6 +206,20 @@ pub enum FlowMsg {
     /// ([`FlowRegistry::spawn_store_watch`](crate::flow::FlowRegistry::spawn_store_watch)): the actor catches up on changes and
     /// re-reads memberships that the bus did not bring.
     StoreVersions(FlowVersions),
+}
+
+/// The user the hub's own changes (repairs, JSON edits) are attributed to; a JSON
+/// edit's change also names the requesting user in its message.
+pub const HUB_USER: &str = "flowhub";
+
+/// How the message of a JSON-edits change starts; the verified user id follows (then
+/// ` key=` and the idempotency key, if any).
+pub const EDITS_MESSAGE_PREFIX: &str = "flowhub edits user=";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What [`FlowMsg::ApplyEdits`] applies.
@@ -276,6 +297,8 @@ struct Peer {
     /// a sync round from what it was sent.
     lagging: bool,
     on_invalid: OnInvalid,
+    /// From the verified token, for history attribution.
+    name: String,
 }
 
 pub struct FlowState {
@@ -293,6 +316,9 @@ pub struct FlowState {
     last_heads_at: Option<Instant>,
     /// Announcements still due for `last_heads_published`.
     heads_announcements_due: u32,
+    /// Automerge actor (hex) -> the user it belongs to, loaded on first use
+    /// (see [`FlowState::attribute`]).
+    owners: Option<HashMap<String, String>>,
     presence: PresenceBook,
     /// Local sessions that left since the last presence publish.
     local_left: Vec<String>,
@@ -367,6 +393,7 @@ impl Actor for FlowActor {
             last_heads_published: loaded_heads,
             last_heads_at: None,
             heads_announcements_due: 0,
+            owners: None,
             presence: PresenceBook::default(),
             local_left: Vec::new(),
             presence_flush_armed: false,
@@ -539,6 +566,14 @@ impl Actor for FlowActor {
                     let result = state.apply_edits(request).await;
                     let _ = reply.send(result);
                 }
+                FlowMsg::History {
+                    limit,
+                    before,
+                    reply,
+                } => {
+                    let history = state.doc.change_summaries(limit, before);
+                    let _ = reply.send(history.map_err(EditsRefused::from));
+                }
                 FlowMsg::Diff { from, to, reply } => {
                     let to = to.unwrap_or_else(|| state.doc.heads());
                     let _ = reply.send(state.doc.diff(&from, &to).map_err(EditsRefused::from));
@@ -671,6 +706,7 @@ impl FlowState {
                 link: PeerLink::new(stream),
                 lagging: false,
                 on_invalid,
+                name: name.clone(),
             },
         );
         self.empty_since = None;
@@ -854,13 +890,16 @@ impl FlowState {
         &mut self,
         request: EditRequest,
     ) -> std::result::Result<EditsApplied, EditsRefused> {
-        let message = request
-            .idempotency_key
-            .as_deref()
-            .map(|key| format!("flowhub edits user={} key={key}", request.user_id));
-        if let Some(hash) = message
-            .as_deref()
-            .and_then(|m| self.doc.change_with_message(m))
+        // The hub authors the change; its message names the verified caller (history
+        // shows them) and the idempotency key.
+        let message = match request.idempotency_key.as_deref() {
+            Some(key) => format!("{EDITS_MESSAGE_PREFIX}{} key={key}", request.user_id),
+            None => format!("{EDITS_MESSAGE_PREFIX}{}", request.user_id),
+        };
+        let replay = request.idempotency_key.is_some();
+        if let Some(hash) = replay
+            .then(|| self.doc.change_with_message(&message))
+            .flatten()
         {
             return Ok(EditsApplied {
                 change: hash.to_string(),
@@ -876,17 +915,22 @@ impl FlowState {
             }
         };
         let before = self.doc.heads();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        self.doc.set_edit_time(Some(now_ms));
-        let applied = match &message {
-            Some(message) => self.doc.apply_edits_with_message(&edits, message),
-            None => self.doc.apply_edits(&edits),
-        };
+        self.doc.set_edit_time(Some(now_ms()));
+        let applied = self.doc.apply_edits_with_message(&edits, &message);
         self.doc.set_edit_time(None);
         let hash = applied?;
         let changes = self.doc.changes_since(&before);
+        let refused = match self.attribute(&[hash], HUB_USER, HUB_USER).await {
+            Ok(Ok(())) => None,
+            Ok(Err(reason)) => Some(EditsRefused::new(ErrorCode::Forbidden, reason)),
+            Err(e) => Some(EditsRefused::new(ErrorCode::Internal, e.to_string())),
+        };
+        if let Some(refused) = refused {
+            self.reload()
+                .await
+                .map_err(|e| EditsRefused::new(ErrorCode::Internal, e.to_string()))?;
+            return Err(refused);
+        }
         let bytes: usize = changes.iter().map(|c| c.bytes.len()).sum();
         let limits = &self.deps.config;
         if bytes > limits.max_change_bytes || self.doc_bytes + bytes > limits.max_doc_bytes {
@@ -1073,6 +1117,32 @@ impl FlowState {
         changes: Vec<StoredChange>,
         author: Option<&str>,
     ) -> Result<()> {
+        let user = self
+            .peers
+            .get(session_id)
+            .map(|p| (p.user_id.clone(), p.name.clone()));
+        if let Some((user_id, name)) = user {
+            let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
+            match self.attribute(&hashes, &user_id, &name).await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    // Reload first: the refusal syncs the peer from the document.
+                    self.reload().await?;
+                    self.refuse(session_id, ErrorCode::Forbidden, message);
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(error = %e, "recording who made the changes failed; rolling back");
+                    self.reload().await?;
+                    self.refuse(
+                        session_id,
+                        ErrorCode::Internal,
+                        "the store is unavailable; retry".into(),
+                    );
+                    return Ok(());
+                }
+            }
+        }
         let records: Vec<ChangeRecord> = changes
             .iter()
             .map(|c| ChangeRecord {
@@ -1107,6 +1177,60 @@ impl FlowState {
         .await;
         self.maybe_compact().await;
         Ok(())
+    }
+
+    /// Records who made `changes` before they are stored: each change's Automerge
+    /// actor is bound to the verified user whose session sent it (the hub's own actor,
+    /// which authors repairs and JSON edits, to [`HUB_USER`]). An actor already bound
+    /// to somebody else is refused (`Ok(Err(reason))`): otherwise a user could make
+    /// changes that history shows as another's. Bindings are written once per actor
+    /// (a client replica), not per change.
+    async fn attribute(
+        &mut self,
+        changes: &[ChangeHash],
+        user_id: &str,
+        name: &str,
+    ) -> Result<std::result::Result<(), String>> {
+        if self.owners.is_none() {
+            let bound = self.deps.store.flow_actors(&self.flow_id).await?;
+            self.owners = Some(bound.into_iter().map(|b| (b.actor, b.user_id)).collect());
+        }
+        let own = self.doc.actor_hex();
+        let mut new: Vec<ActorBinding> = Vec::new();
+        for hash in changes {
+            let Some(actor) = self.doc.change_actor(hash) else {
+                continue;
+            };
+            let (user, user_name) = if actor == own {
+                (HUB_USER, HUB_USER)
+            } else {
+                (user_id, name)
+            };
+            let owners = self.owners.get_or_insert_with(HashMap::new);
+            match owners.get(&actor) {
+                Some(owner) if owner == user => {}
+                Some(_) => {
+                    return Ok(Err(format!(
+                        "changes by Automerge actor {actor} belong to another user"
+                    )))
+                }
+                None if new.iter().any(|b| b.actor == actor) => {}
+                None => new.push(ActorBinding {
+                    actor,
+                    user_id: user.to_owned(),
+                    user_name: user_name.to_owned(),
+                    first_seen_ms: now_ms(),
+                }),
+            }
+        }
+        if !new.is_empty() {
+            self.deps.store.bind_actors(&self.flow_id, &new).await?;
+            let owners = self.owners.get_or_insert_with(HashMap::new);
+            for b in new {
+                owners.insert(b.actor, b.user_id);
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Tells a peer its sync message was refused and restarts its sync from scratch

@@ -6,6 +6,6 @@ mod registry;
 
 pub use actor::{
     EditRequest, EditSource, EditsApplied, EditsRefused, FlowActor, FlowArgs, FlowConfig, FlowDeps,
-    FlowMsg, FlowState, OnInvalid,
+    FlowMsg, FlowState, OnInvalid, EDITS_MESSAGE_PREFIX, HUB_USER,
 };
 pub use registry::FlowRegistry;

@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store, StoreError, StoredFlow};
+use super::{
+    ActorBinding, ChangeRecord, FlowVersions, MemberAccess, NamedVersion, Snapshot, Store,
+    StoreError, StoredFlow,
+};
 
 #[derive(Default)]
 struct FlowRecord {
@@ -23,6 +26,14 @@ pub struct MemoryStore {
     flows: Mutex<HashMap<String, FlowRecord>>,
     members: Mutex<HashMap<(String, String), MemberAccess>>,
     member_versions: Mutex<HashMap<String, u64>>,
+    /// flow id -> actor -> binding.
+    actors: Mutex<HashMap<String, HashMap<String, ActorBinding>>>,
+    /// flow id -> named versions, oldest first.
+    versions: Mutex<HashMap<String, Vec<NamedVersion>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MemoryStore {
@@ -156,5 +167,59 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn flow_actors(&self, flow_id: &str) -> Result<Vec<ActorBinding>, StoreError> {
+        let actors = locked(&self.actors);
+        let mut out: Vec<ActorBinding> = actors
+            .get(flow_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.actor.cmp(&b.actor));
+        Ok(out)
+    }
+
+    async fn bind_actors(
+        &self,
+        flow_id: &str,
+        bindings: &[ActorBinding],
+    ) -> Result<(), StoreError> {
+        let mut actors = locked(&self.actors);
+        let flow = actors.entry(flow_id.to_owned()).or_default();
+        for b in bindings {
+            flow.entry(b.actor.clone()).or_insert_with(|| b.clone());
+        }
+        Ok(())
+    }
+
+    async fn named_versions(&self, flow_id: &str) -> Result<Vec<NamedVersion>, StoreError> {
+        Ok(locked(&self.versions)
+            .get(flow_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn put_named_version(
+        &self,
+        flow_id: &str,
+        version: &NamedVersion,
+    ) -> Result<bool, StoreError> {
+        let mut versions = locked(&self.versions);
+        let list = versions.entry(flow_id.to_owned()).or_default();
+        if list.iter().any(|v| v.name == version.name) {
+            return Ok(false);
+        }
+        list.push(version.clone());
+        Ok(true)
+    }
+
+    async fn delete_named_version(&self, flow_id: &str, name: &str) -> Result<bool, StoreError> {
+        let mut versions = locked(&self.versions);
+        let Some(list) = versions.get_mut(flow_id) else {
+            return Ok(false);
+        };
+        let before = list.len();
+        list.retain(|v| v.name != name);
+        Ok(list.len() != before)
     }
 }

@@ -101,6 +101,28 @@ impl MemberAccess {
     }
 }
 
+/// An Automerge actor of a flow and the verified user it belongs to (history
+/// attribution; see [`Store::bind_actors`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActorBinding {
+    /// Hex actor id.
+    pub actor: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// When the hub first saw a change by this actor (ms since the Unix epoch).
+    pub first_seen_ms: i64,
+}
+
+/// Heads pinned under a name (`POST /v1/flows/{id}/versions`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NamedVersion {
+    pub name: String,
+    /// Sorted hex heads.
+    pub heads: Vec<String>,
+    pub user_id: String,
+    pub created_at_ms: i64,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -158,4 +180,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every actor of the flow bound to a user. Stores without history support
+    /// (test doubles) keep the default: none, so history shows no authors.
+    async fn flow_actors(&self, _flow_id: &str) -> Result<Vec<ActorBinding>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Binds actors to users; an actor already bound keeps its first binding (the
+    /// flow actor refuses changes by an actor bound to another user before this).
+    async fn bind_actors(
+        &self,
+        _flow_id: &str,
+        _bindings: &[ActorBinding],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The flow's named versions, oldest first.
+    async fn named_versions(&self, _flow_id: &str) -> Result<Vec<NamedVersion>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Pins a version; `false` (nothing written) when the name is taken.
+    async fn put_named_version(
+        &self,
+        _flow_id: &str,
+        _version: &NamedVersion,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Query(
+            "named versions are not supported by this store".into(),
+        ))
+    }
+
+    /// Deletes a named version; `false` when there was none.
+    async fn delete_named_version(&self, _flow_id: &str, _name: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }

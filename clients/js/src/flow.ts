@@ -750,11 +750,14 @@ export class FlowDocument {
   /** Runs `f` as exactly one change and returns its hash. */
   #edit(f: (d: AnyDoc) => void): string {
     const before = new Set(A.getHeads(this.doc))
-    let next = A.change(this.doc, (d) => f(d as AnyDoc))
+    // Milliseconds, as the hub and the Rust client write (Automerge's default is
+    // seconds): the flow's history groups changes into sessions by time.
+    const time = Date.now()
+    let next = A.change(this.doc, { time }, (d) => f(d as AnyDoc))
     if (A.getHeads(next).every((h) => before.has(h))) {
       // Automerge drops puts of the value already there; commit an empty change
       // anyway so that every typed edit yields exactly one change (to ack).
-      next = A.emptyChange(next)
+      next = A.emptyChange(next, { time })
     }
     this.doc = next
     const added = A.getHeads(next).filter((h) => !before.has(h))

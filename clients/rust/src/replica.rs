@@ -138,6 +138,11 @@ impl Replica {
         f: impl FnOnce(&mut FlowDoc) -> Result<R, CrdtError>,
     ) -> Edited<R> {
         let before = self.doc.heads();
+        // Milliseconds, as the hub writes: the flow's history groups changes by time.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.doc.set_edit_time(Some(now_ms));
         let result = f(&mut self.doc);
         let hashes = self.new_changes_since(&before);
         self.tracker.register(&hashes);

@@ -48,6 +48,7 @@ const FILES: &[(i64, &str, &str)] = &[
     (1, "init", "0001_init.sql"),
     (2, "run state", "0002_run_state.sql"),
     (3, "flow versions", "0003_flow_versions.sql"),
+    (4, "history", "0004_history.sql"),
 ];
 
 /// The embedded SQL of each file in [`FILES`], in the same order.
@@ -61,6 +62,7 @@ macro_rules! embedded {
                 $dir,
                 "/0003_flow_versions.sql"
             )),
+            include_str!(concat!("../../../migrations/", $dir, "/0004_history.sql")),
         ]
     };
 }

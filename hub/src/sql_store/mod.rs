@@ -76,7 +76,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use flowhub_actors::store::{
-    ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store, StoreError, StoredFlow,
+    ActorBinding, ChangeRecord, FlowVersions, MemberAccess, NamedVersion, Snapshot, Store,
+    StoreError, StoredFlow,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -626,6 +627,145 @@ impl Store for SqlStore {
             .map_err(db_error)
         };
         bounded(READ_TIMEOUT, "ping", ping).await
+    }
+
+    async fn flow_actors(&self, flow_id: &str) -> Result<Vec<ActorBinding>, StoreError> {
+        let read = async {
+            with_pool!(&self.pool, |p| {
+                let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+                    "SELECT actor, user_id, user_name, first_seen_ms FROM flow_actors \
+                     WHERE flow_id = $1 ORDER BY actor",
+                )
+                .bind(flow_id)
+                .fetch_all(p)
+                .await?;
+                Ok::<_, sqlx::Error>(rows)
+            })
+            .map_err(db_error)
+        };
+        let rows = bounded(READ_TIMEOUT, "flow_actors", read).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(actor, user_id, user_name, first_seen_ms)| ActorBinding {
+                actor,
+                user_id,
+                user_name,
+                first_seen_ms,
+            })
+            .collect())
+    }
+
+    async fn bind_actors(
+        &self,
+        flow_id: &str,
+        bindings: &[ActorBinding],
+    ) -> Result<(), StoreError> {
+        if bindings.is_empty() {
+            return Ok(());
+        }
+        let begin = self.pool.begin_write();
+        let write = async {
+            with_pool!(&self.pool, |p| {
+                let mut tx = p.begin_with(begin).await?;
+                for b in bindings {
+                    sqlx::query(
+                        "INSERT INTO flow_actors (flow_id, actor, user_id, user_name, first_seen_ms) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (flow_id, actor) DO NOTHING",
+                    )
+                    .bind(flow_id)
+                    .bind(&b.actor)
+                    .bind(&b.user_id)
+                    .bind(&b.user_name)
+                    .bind(b.first_seen_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(db_error)
+        };
+        bounded(WRITE_TIMEOUT, "bind_actors", write).await
+    }
+
+    async fn named_versions(&self, flow_id: &str) -> Result<Vec<NamedVersion>, StoreError> {
+        let read = async {
+            with_pool!(&self.pool, |p| {
+                let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+                    "SELECT name, heads, user_id, created_at_ms FROM flow_named_versions \
+                     WHERE flow_id = $1 ORDER BY created_at_ms, name",
+                )
+                .bind(flow_id)
+                .fetch_all(p)
+                .await?;
+                Ok::<_, sqlx::Error>(rows)
+            })
+            .map_err(db_error)
+        };
+        let rows = bounded(READ_TIMEOUT, "named_versions", read).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, heads, user_id, created_at_ms)| NamedVersion {
+                name,
+                heads: heads
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                user_id,
+                created_at_ms,
+            })
+            .collect())
+    }
+
+    async fn put_named_version(
+        &self,
+        flow_id: &str,
+        version: &NamedVersion,
+    ) -> Result<bool, StoreError> {
+        let begin = self.pool.begin_write();
+        let heads = version.heads.join(",");
+        let write = async {
+            with_pool!(&self.pool, |p| {
+                let mut tx = p.begin_with(begin).await?;
+                let done = sqlx::query(
+                    "INSERT INTO flow_named_versions (flow_id, name, heads, user_id, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (flow_id, name) DO NOTHING",
+                )
+                .bind(flow_id)
+                .bind(&version.name)
+                .bind(&heads)
+                .bind(&version.user_id)
+                .bind(version.created_at_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(done == 1)
+            })
+            .map_err(db_error)
+        };
+        bounded(WRITE_TIMEOUT, "put_named_version", write).await
+    }
+
+    async fn delete_named_version(&self, flow_id: &str, name: &str) -> Result<bool, StoreError> {
+        let begin = self.pool.begin_write();
+        let write = async {
+            with_pool!(&self.pool, |p| {
+                let mut tx = p.begin_with(begin).await?;
+                let done =
+                    sqlx::query("DELETE FROM flow_named_versions WHERE flow_id = $1 AND name = $2")
+                        .bind(flow_id)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(done == 1)
+            })
+            .map_err(db_error)
+        };
+        bounded(WRITE_TIMEOUT, "delete_named_version", write).await
     }
 }
 
