@@ -14,6 +14,9 @@
 //! - `POST /v1/flows/{id}/versions` `{name}`, `GET …/versions`, `DELETE
 //!   …/versions/{name}`: named versions (pinned heads); `version:NAME` then names one
 //!   wherever a version is expected (diff, restore).
+//! - `GET /v1/flows/{id}/stream?since=` (Server-Sent Events): the flow as JSON
+//!   (`event: flow`), then a JSON Patch per change (`event: patch`), each with the
+//!   heads as its event id, so `Last-Event-ID` resumes after a disconnect.
 //!
 //! Roles, limits and errors are those of the WebSocket: editing needs the editor role,
 //! reading any role, and every refusal is a typed JSON error.
@@ -483,4 +486,144 @@ fn as_millis(t: i64) -> i64 {
     } else {
         t
     }
+}
+
+/// Keep-alive comments on idle flow streams (proxies close silent connections).
+const STREAM_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// Comma-separated hex heads the client already has (the last event id).
+    pub since: Option<String>,
+}
+
+/// `GET /v1/flows/{id}/stream?since=`: the flow as Server-Sent Events, for clients
+/// without Automerge or a WebSocket (phones on locked-down networks, dashboards).
+/// `event: flow` carries `flow_json`'s body, `event: patch` one `flow_patch`; every
+/// event's id is the flow's heads after it, so a reconnecting `EventSource` (which
+/// repeats it as `Last-Event-ID`) gets one patch for what it missed.
+pub async fn get_stream(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+    Authenticated(claims): Authenticated,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, AppError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::IntoResponse;
+    use flowhub_actors::outbound::{OutFrame, Outbound};
+    use flowhub_protocol::ServerMessage;
+
+    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    let access = flowhub_actors::identity::Identity::from(&claims)
+        .flow_access(&*state.store, &flow_id)
+        .await
+        .map_err(AppError::internal)?;
+    let Some(role) = access.role else {
+        return Err(AppError::forbidden("no role on this flow"));
+    };
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.since)
+        .unwrap_or_default();
+    let since_heads: Vec<String> = since
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
+    flowhub_crdt::parse_heads(&since_heads)
+        .map_err(|e| AppError::bad_request(format!("since: {e}")).with_field("since"))?;
+    let permit = state.admit_connection()?;
+    let (out, rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
+    let session_id = format!("sse-flow-{}", uuid::Uuid::new_v4().simple());
+    let flow = open(&state, &flow_id).await?;
+    let joined = flow
+        .call(
+            |reply| FlowMsg::JoinJson {
+                session_id: session_id.clone(),
+                user_id: claims.sub.clone(),
+                token_role: access.token_role,
+                role,
+                request_id: None,
+                since_heads,
+                out: out.clone(),
+                reply,
+            },
+            None,
+        )
+        .await;
+    if !matches!(joined, Ok(CallResult::Success(()))) {
+        return Err(AppError::internal("the flow actor stopped; retry"));
+    }
+    struct Feed {
+        rx: flowhub_actors::outbound::OutboundRx,
+        flow: ractor::ActorRef<FlowMsg>,
+        session_id: String,
+        shutdown: tokio_util::sync::CancellationToken,
+        _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+        /// An `error` event was sent (access revoked): the stream ends.
+        ended: bool,
+    }
+    impl Drop for Feed {
+        fn drop(&mut self) {
+            // The client went away: stop feeding this queue.
+            let _ = self.flow.cast(FlowMsg::Leave {
+                session_id: self.session_id.clone(),
+            });
+        }
+    }
+    let feed = Feed {
+        rx,
+        flow,
+        session_id,
+        shutdown: state.shutdown.clone(),
+        _tracked: state.connection_tasks.token(),
+        _permit: permit,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(feed, |mut feed| async move {
+        if feed.ended {
+            return None;
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = feed.rx.frames.recv() => frame?,
+                _ = feed.rx.close.changed() => return None,
+                _ = feed.shutdown.cancelled() => return None,
+            };
+            let OutFrame::Text(text) = frame else {
+                continue;
+            };
+            let event = match serde_json::from_str::<ServerMessage>(&text) {
+                Ok(ServerMessage::FlowJson { heads, flow, .. }) => Event::default()
+                    .id(heads.join(","))
+                    .event("flow")
+                    .data(flow.to_string()),
+                Ok(ServerMessage::FlowPatch {
+                    from_heads,
+                    heads,
+                    patch,
+                    ..
+                }) => Event::default().id(heads.join(",")).event("patch").data(
+                    serde_json::json!({"from_heads": from_heads, "heads": heads, "patch": patch})
+                        .to_string(),
+                ),
+                // Access revoked: say so and end the stream.
+                Ok(ServerMessage::Error { code, message, .. }) => {
+                    feed.ended = true;
+                    Event::default()
+                        .event("error")
+                        .data(serde_json::json!({"code": code, "message": message}).to_string())
+                }
+                _ => continue,
+            };
+            return Some((Ok::<Event, std::convert::Infallible>(event), feed));
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
+        .into_response())
 }

@@ -284,6 +284,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/flows/{flow_id}/diff", get(crate::flow_api::get_diff))
         .route(
+            "/v1/flows/{flow_id}/stream",
+            get(crate::flow_api::get_stream),
+        )
+        .route(
             "/v1/flows/{flow_id}/history",
             get(crate::flow_api::get_history),
         )

@@ -488,6 +488,8 @@ async fn a_token_without_the_roles_claim_is_an_identity_without_roles() {
         flow_id: "f".into(),
         pending: vec![],
         stream: false,
+        format: Default::default(),
+        since_heads: Vec::new(),
     })
     .await;
     let answer = ws

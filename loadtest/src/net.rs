@@ -221,6 +221,8 @@ pub async fn subscribe_flow(ws: &mut RawWs, flow_id: &str, deadline: Instant) ->
             flow_id: flow_id.to_owned(),
             pending: vec![],
             stream: false,
+            format: Default::default(),
+            since_heads: Vec::new(),
         },
     )
     .await?;

@@ -17,6 +17,7 @@
 //! - [`error`]: [`ErrorCode`], [`ProtocolError`] and the close codes.
 //! - [`presence`]: presence entries (cursor, selection, colour).
 //! - [`run`]: run events as engines report them, run state and summaries.
+//! - [`json_patch`]: JSON Patch (RFC 6902) for `flow_patch`: diff and apply.
 //! - [`ids`]: validation of flow ids (they appear in frame headers and store keys).
 //! - [`token`]: the claims of the tokens flowhub mints ([`Claims`]).
 
@@ -24,6 +25,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod json_patch;
 pub mod message;
 pub mod presence;
 pub mod run;
@@ -33,7 +35,9 @@ pub use codec::{decode_client_text, encode, DecodeFailure};
 pub use error::{close, ErrorCode, ProtocolError};
 pub use frame::{FrameKind, SyncFrame};
 pub use ids::{validate_flow_id, MAX_FLOW_ID_LEN};
-pub use message::{ClientMessage, Limits, RequestId, Role, ServerMessage, MAX_PENDING_HASHES};
+pub use message::{
+    ClientMessage, FlowFormat, Limits, RequestId, Role, ServerMessage, MAX_PENDING_HASHES,
+};
 pub use presence::{Cursor, PresenceEntry};
 pub use run::{RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, RunSummary};
 pub use token::Claims;

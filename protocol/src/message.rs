@@ -77,6 +77,17 @@ pub enum ClientMessage {
         /// peer and per edit. The client may send its own new changes the same way.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         stream: bool,
+        /// `json`: no Automerge at all. The hub sends the flow as JSON
+        /// (`flow_json`), then RFC 6902 patches (`flow_patch`) as it changes; for
+        /// phones, dashboards and scripts. Read-only: edits go through
+        /// `POST /v1/flows/{id}/edits`.
+        #[serde(default, skip_serializing_if = "FlowFormat::is_automerge")]
+        format: FlowFormat,
+        /// With `format: json`: the heads of the last `flow_json`/`flow_patch` this
+        /// client applied (after a reconnect). The hub answers with one patch from
+        /// there, or the whole flow when it does not know those heads.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        since_heads: Vec<String>,
     },
     /// Leave a flow; answered with `ack`.
     UnsubscribeFlow {
@@ -197,6 +208,23 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "reauth",
 ];
 
+/// How a subscriber receives a flow (`subscribe_flow.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowFormat {
+    /// The Automerge sync protocol (and change frames with `stream`).
+    #[default]
+    Automerge,
+    /// The flow as JSON, then JSON Patch (RFC 6902) per change.
+    Json,
+}
+
+impl FlowFormat {
+    pub fn is_automerge(&self) -> bool {
+        *self == FlowFormat::Automerge
+    }
+}
+
 /// Messages the hub sends in text frames.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -280,6 +308,21 @@ pub enum ServerMessage {
         change: String,
         problems: Vec<String>,
     },
+    /// The whole flow as JSON (`subscribe_flow` with `format: json`), as
+    /// `GET /v1/flows/{id}` answers; `heads` are its version.
+    FlowJson {
+        flow_id: String,
+        heads: Vec<String>,
+        flow: serde_json::Value,
+    },
+    /// JSON Patch (RFC 6902) operations that take the flow from `from_heads` (the
+    /// previous `flow_json` or `flow_patch`) to `heads`.
+    FlowPatch {
+        flow_id: String,
+        from_heads: Vec<String>,
+        heads: Vec<String>,
+        patch: Vec<crate::json_patch::PatchOp>,
+    },
     /// A typed error. `id` echoes the failed request; `flow_id` names the flow when the
     /// error concerns a binary sync frame (which has no request id).
     Error {
@@ -316,6 +359,8 @@ impl ServerMessage {
             | ServerMessage::RunEvent { .. }
             | ServerMessage::ResumeFrom { .. }
             | ServerMessage::Repaired { .. }
+            | ServerMessage::FlowJson { .. }
+            | ServerMessage::FlowPatch { .. }
             | ServerMessage::FlowRun { .. } => {}
         }
         self

@@ -32,12 +32,16 @@ fn client_messages_roundtrip() {
         flow_id: "demo".into(),
         pending: vec![],
         stream: false,
+        format: Default::default(),
+        since_heads: Vec::new(),
     });
     client_roundtrip(ClientMessage::SubscribeFlow {
         id: Some(2.into()),
         flow_id: "demo".into(),
         pending: vec!["9be1".repeat(16)],
         stream: true,
+        format: Default::default(),
+        since_heads: Vec::new(),
     });
     client_roundtrip(ClientMessage::UnsubscribeFlow {
         id: Some(7.into()),

@@ -16,6 +16,7 @@ use flowhub_crdt::{
     Repair, Repaired, Route, StoredChange,
 };
 use flowhub_protocol::frame::encode_flow_changes;
+use flowhub_protocol::json_patch;
 use flowhub_protocol::{Cursor, ErrorCode, RequestId, Role, ServerMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -189,6 +190,21 @@ pub enum FlowMsg {
         request: EditRequest,
         reply: RpcReplyPort<std::result::Result<EditsApplied, EditsRefused>>,
     },
+    /// A read-only subscriber of the flow as JSON (`subscribe_flow` with `format:
+    /// json`, the SSE stream): it gets `flow_json` (or, with `since_heads` this
+    /// replica knows, one `flow_patch` from there), then a `flow_patch` per tick in
+    /// which the flow changed. The caller checked that it may read.
+    JoinJson {
+        session_id: String,
+        user_id: String,
+        token_role: Option<Role>,
+        role: Role,
+        /// Echoed in the `flow_state` sent first.
+        request_id: Option<RequestId>,
+        since_heads: Vec<String>,
+        out: Outbound,
+        reply: RpcReplyPort<()>,
+    },
     /// Up to `limit` changes, newest first, before `before` (a change hash), each
     /// with what it did (`FlowDoc::change_summaries`).
     History {
@@ -284,6 +300,15 @@ impl From<CrdtError> for EditsRefused {
     }
 }
 
+/// A JSON subscriber (see [`FlowMsg::JoinJson`]).
+struct JsonWatcher {
+    user_id: String,
+    token_role: Option<Role>,
+    out: Outbound,
+    /// A patch did not fit its queue: it gets the whole flow once the queue drains.
+    stale: bool,
+}
+
 struct Peer {
     user_id: String,
     token_role: Option<Role>,
@@ -316,6 +341,11 @@ pub struct FlowState {
     last_heads_at: Option<Instant>,
     /// Announcements still due for `last_heads_published`.
     heads_announcements_due: u32,
+    /// JSON subscribers, by session id.
+    json_watchers: HashMap<String, JsonWatcher>,
+    /// The flow as JSON subscribers last got it, and its heads (only while there are
+    /// JSON subscribers: computing it costs a read of the whole flow).
+    json_view: Option<(Vec<ChangeHash>, serde_json::Value)>,
     /// Automerge actor (hex) -> the user it belongs to, loaded on first use
     /// (see [`FlowState::attribute`]).
     owners: Option<HashMap<String, String>>,
@@ -394,6 +424,8 @@ impl Actor for FlowActor {
             last_heads_at: None,
             heads_announcements_due: 0,
             owners: None,
+            json_watchers: HashMap::new(),
+            json_view: None,
             presence: PresenceBook::default(),
             local_left: Vec::new(),
             presence_flush_armed: false,
@@ -476,6 +508,13 @@ impl Actor for FlowActor {
                     token_role,
                     role,
                 } => {
+                    if let Some(watcher) = state.json_watchers.get_mut(&session_id) {
+                        watcher.token_role = token_role;
+                        if role.is_none() {
+                            state.revoke(&session_id, &myself);
+                        }
+                        return Ok(());
+                    }
                     let Some(peer) = state.peers.get_mut(&session_id) else {
                         return Ok(());
                     };
@@ -548,7 +587,7 @@ impl Actor for FlowActor {
                     let idle = state
                         .empty_since
                         .is_some_and(|t| t.elapsed() >= state.deps.config.idle_eviction);
-                    if state.peers.is_empty() && idle {
+                    if state.peers.is_empty() && state.json_watchers.is_empty() && idle {
                         // Forget first: from here on, new subscribers spawn a fresh actor
                         // (which loads everything from the store, where all our changes are).
                         state.directory.forget(&state.flow_id, myself.get_id());
@@ -565,6 +604,26 @@ impl Actor for FlowActor {
                 FlowMsg::ApplyEdits { request, reply } => {
                     let result = state.apply_edits(request).await;
                     let _ = reply.send(result);
+                }
+                FlowMsg::JoinJson {
+                    session_id,
+                    user_id,
+                    token_role,
+                    role,
+                    request_id,
+                    since_heads,
+                    out,
+                    reply,
+                } => {
+                    out.send_control(&ServerMessage::FlowState {
+                        id: request_id,
+                        flow_id: state.flow_id.clone(),
+                        role,
+                        heads: state.doc.heads_hex(),
+                        stream: false,
+                    });
+                    state.join_json(session_id, user_id, token_role, &since_heads, out);
+                    let _ = reply.send(());
                 }
                 FlowMsg::History {
                     limit,
@@ -717,9 +776,10 @@ impl FlowState {
         if self.peers.remove(session_id).is_some() {
             self.local_left.push(session_id.to_owned());
         }
+        self.json_watchers.remove(session_id);
         self.presence.leave(session_id);
         self.arm_presence_flush(myself);
-        if self.peers.is_empty() {
+        if self.peers.is_empty() && self.json_watchers.is_empty() {
             self.empty_since = Some(Instant::now());
             arm_eviction(myself, self);
         }
@@ -727,10 +787,15 @@ impl FlowState {
 
     /// Access was revoked: tell the session and drop it from the flow.
     fn revoke(&mut self, session_id: &str, myself: &ActorRef<FlowMsg>) {
-        if let Some(peer) = self.peers.get(session_id) {
+        let out = self
+            .peers
+            .get(session_id)
+            .map(|p| &p.out)
+            .or_else(|| self.json_watchers.get(session_id).map(|w| &w.out));
+        if let Some(out) = out {
             let err = ServerMessage::error(ErrorCode::Forbidden, "access to this flow was revoked")
                 .with_flow(self.flow_id.clone());
-            peer.out.send_control(&err);
+            out.send_control(&err);
         }
         info!(session_id, "access revoked");
         self.remove_peer(session_id, myself);
@@ -1540,9 +1605,137 @@ impl FlowState {
                 None => self.revoke(&session_id, myself),
             }
         }
+        let watchers: Vec<String> = self
+            .json_watchers
+            .iter()
+            .filter(|(_, w)| {
+                w.user_id == user_id && MemberAccess::effective(access, w.token_role).is_none()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session_id in watchers {
+            self.revoke(&session_id, myself);
+        }
+    }
+
+    /// The flow as JSON subscribers see it: `GET /v1/flows/{id}`'s body without
+    /// `heads` (which travel beside it, and would otherwise be patched every time).
+    fn json_body(&self, mut json: serde_json::Value) -> serde_json::Value {
+        if let Some(obj) = json.as_object_mut() {
+            obj.remove("heads");
+            obj.insert("id".into(), self.flow_id.clone().into());
+        }
+        json
+    }
+
+    /// [`FlowMsg::JoinJson`].
+    fn join_json(
+        &mut self,
+        session_id: String,
+        user_id: String,
+        token_role: Option<Role>,
+        since_heads: &[String],
+        out: Outbound,
+    ) {
+        let heads = self.doc.heads();
+        let now = match &self.json_view {
+            Some((at, json)) if *at == heads => json.clone(),
+            _ => {
+                let json = self.doc.to_json();
+                self.json_body(json)
+            }
+        };
+        let heads_hex = self.doc.heads_hex();
+        let since = flowhub_crdt::parse_heads(since_heads)
+            .ok()
+            .filter(|h| !h.is_empty())
+            .and_then(|h| self.doc.to_json_at(&h).ok().map(|json| (h, json)));
+        let first = match since {
+            Some((from, then)) => ServerMessage::FlowPatch {
+                flow_id: self.flow_id.clone(),
+                from_heads: from.iter().map(ToString::to_string).collect(),
+                heads: heads_hex,
+                patch: json_patch::diff(&self.json_body(then), &now),
+            },
+            None => ServerMessage::FlowJson {
+                flow_id: self.flow_id.clone(),
+                heads: heads_hex,
+                flow: now.clone(),
+            },
+        };
+        out.send_control(&first);
+        self.json_view = Some((heads, now));
+        self.json_watchers.insert(
+            session_id,
+            JsonWatcher {
+                user_id,
+                token_role,
+                out,
+                stale: false,
+            },
+        );
+        self.empty_since = None;
+    }
+
+    /// Sends JSON subscribers one patch for everything since their last message:
+    /// computed once per tick for all of them (a whole-flow read, so at most once per
+    /// tick however fast the flow changes). A subscriber whose queue is full gets the
+    /// whole flow once it drains.
+    fn send_json_patches(&mut self) {
+        if self.json_watchers.is_empty() {
+            self.json_view = None;
+            return;
+        }
+        let heads = self.doc.heads();
+        let changed = self.json_view.as_ref().is_none_or(|(at, _)| *at != heads);
+        if changed {
+            let json = self.doc.to_json();
+            let now = self.json_body(json);
+            if let Some((from, then)) = self.json_view.take() {
+                let patch = ServerMessage::FlowPatch {
+                    flow_id: self.flow_id.clone(),
+                    from_heads: from.iter().map(ToString::to_string).collect(),
+                    heads: heads.iter().map(ToString::to_string).collect(),
+                    patch: json_patch::diff(&then, &now),
+                };
+                let encoded: Arc<str> = flowhub_protocol::encode(&patch).into();
+                let mut closed = Vec::new();
+                for (id, w) in self.json_watchers.iter_mut().filter(|(_, w)| !w.stale) {
+                    match w.out.try_send_encoded(&encoded) {
+                        Delivery::Queued => {}
+                        Delivery::Full => w.stale = true,
+                        Delivery::Closed => closed.push(id.clone()),
+                    }
+                }
+                for id in closed {
+                    self.json_watchers.remove(&id);
+                }
+            }
+            self.json_view = Some((heads, now));
+        }
+        let Some((heads, now)) = &self.json_view else {
+            return;
+        };
+        let mut full: Option<Arc<str>> = None;
+        for w in self.json_watchers.values_mut() {
+            if w.stale && w.out.capacity() * 2 >= w.out.max_capacity() {
+                let text = full.get_or_insert_with(|| {
+                    flowhub_protocol::encode(&ServerMessage::FlowJson {
+                        flow_id: self.flow_id.clone(),
+                        heads: heads.iter().map(ToString::to_string).collect(),
+                        flow: now.clone(),
+                    })
+                    .into()
+                });
+                if w.out.try_send_encoded(text) == Delivery::Queued {
+                    w.stale = false;
+                }
+            }
+        }
     }
 
     async fn on_tick(&mut self) {
+        self.send_json_patches();
         let ids: Vec<String> = self
             .peers
             .iter()

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowhub_protocol::{
-    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FrameKind, Limits,
-    RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
+    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FlowFormat, FrameKind,
+    Limits, RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -300,7 +300,12 @@ impl SessionState {
                 flow_id,
                 pending,
                 stream,
-            } => self.subscribe(id, flow_id, pending, stream).await,
+                format,
+                since_heads,
+            } => {
+                let json = (format == FlowFormat::Json).then_some(since_heads);
+                self.subscribe(id, flow_id, pending, stream, json).await
+            }
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
                 if let Some(sub) = self.subscriptions.remove(&flow_id) {
                     let _ = sub.flow.cast(FlowMsg::Leave {
@@ -351,6 +356,8 @@ impl SessionState {
         flow_id: String,
         pending: Vec<String>,
         stream: bool,
+        // `Some(since_heads)`: the flow as JSON and patches (`format: json`).
+        json: Option<Vec<String>>,
     ) {
         if let Err(e) = validate_flow_id(&flow_id) {
             return self.fail(id, None, e.code(), e.to_string());
@@ -426,24 +433,43 @@ impl SessionState {
                     );
                 }
             };
-            let joined = flow
-                .call(
-                    |reply| FlowMsg::Join {
-                        session_id: self.session_id.clone(),
-                        user_id: self.identity.user_id.clone(),
-                        name: self.identity.name.clone(),
-                        token_role,
-                        role,
-                        out: self.out.clone(),
-                        request_id: id.clone(),
-                        pending: pending.clone(),
-                        stream,
-                        on_invalid: crate::flow::OnInvalid::Refuse,
-                        reply,
-                    },
-                    None,
-                )
-                .await;
+            let joined = match &json {
+                Some(since_heads) => {
+                    flow.call(
+                        |reply| FlowMsg::JoinJson {
+                            session_id: self.session_id.clone(),
+                            user_id: self.identity.user_id.clone(),
+                            token_role,
+                            role,
+                            request_id: id.clone(),
+                            since_heads: since_heads.clone(),
+                            out: self.out.clone(),
+                            reply,
+                        },
+                        None,
+                    )
+                    .await
+                }
+                None => {
+                    flow.call(
+                        |reply| FlowMsg::Join {
+                            session_id: self.session_id.clone(),
+                            user_id: self.identity.user_id.clone(),
+                            name: self.identity.name.clone(),
+                            token_role,
+                            role,
+                            out: self.out.clone(),
+                            request_id: id.clone(),
+                            pending: pending.clone(),
+                            stream,
+                            on_invalid: crate::flow::OnInvalid::Refuse,
+                            reply,
+                        },
+                        None,
+                    )
+                    .await
+                }
+            };
             if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
                 debug!(flow_id, ?role, attempt, "subscribed");
                 self.ended.remove(&flow_id);

@@ -182,6 +182,8 @@ impl Client {
             flow_id: flow_id.to_owned(),
             pending: Vec::new(),
             stream: true,
+            format: Default::default(),
+            since_heads: Vec::new(),
         };
         if validate_flow_id(flow_id).is_err() {
             // Frames cannot name this flow; let the hub say what is wrong with it.

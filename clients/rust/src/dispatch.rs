@@ -275,6 +275,8 @@ impl Shared {
             flow_id: flow.flow_id.clone(),
             pending,
             stream: true,
+            format: Default::default(),
+            since_heads: Vec::new(),
         };
         match self.request(request).await {
             Ok(ServerMessage::FlowState {
@@ -574,6 +576,8 @@ mod tests {
                 flow_id: "f".into(),
                 pending: vec![],
                 stream: false,
+                format: Default::default(),
+                since_heads: Vec::new(),
             },
             RequestId::Num(3),
         );
@@ -608,6 +612,8 @@ mod tests {
                 flow_id: "nope".into(),
                 pending: vec![],
                 stream: false,
+                format: Default::default(),
+                since_heads: Vec::new(),
             })
             .await
         });

@@ -92,6 +92,8 @@ async fn unknown_flow_is_a_server_error() {
             flow_id: "missing".into(),
             pending: vec![],
             stream: false,
+            format: Default::default(),
+            since_heads: Vec::new(),
         })
         .await
         .unwrap_err();

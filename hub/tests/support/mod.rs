@@ -273,6 +273,8 @@ impl RawClient {
             flow_id: flow_id.into(),
             pending: vec![],
             stream: false,
+            format: Default::default(),
+            since_heads: Vec::new(),
         })
         .await;
         self.until(Duration::from_secs(5), |m| {
