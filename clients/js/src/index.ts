@@ -28,5 +28,18 @@ export {
 } from "./undo.js"
 export type { Changed, ConfigChange, FlowDiff, NodeChange, SkipReason, Skipped, Undone, UndoEntry, UndoTarget } from "./undo.js"
 export * from "./protocol.js"
+export { FlowhubHttp, FlowhubHttpError, versionRef, runRef } from "./http.js"
+export type {
+  ConfigKey,
+  EditSummary,
+  EditsResult,
+  FlowJson,
+  HistoryOptions,
+  HistoryPage,
+  HistorySession,
+  HttpOptions,
+  NamedVersion,
+  VersionRef,
+} from "./http.js"
 export { applyRunEvent, newRunSnapshot, MAX_RUN_LOGS } from "./runs.js"
 export { flowDocumentId, flowAutomergeUrl, flowIdOfDocumentId, base58checkEncode, base58checkDecode } from "./docid.js"

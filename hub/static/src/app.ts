@@ -10,9 +10,16 @@
 import { initializeWasm } from "@automerge/automerge"
 import {
   FlowhubClient,
+  FlowhubHttp,
   FlowEditError,
+  versionRef,
+  type EditSummary,
   type Flow,
+  type FlowDiff,
   type FlowNode,
+  type HistorySession,
+  type NamedVersion,
+  type NodeChange,
   type FlowSnapshot,
   type PresenceEntry,
   type RunEvent,
@@ -49,6 +56,8 @@ interface DemoHooks {
   ready: boolean
   marks: Mark[]
   run?: RunSnapshot
+  /** The diff shown on the canvas, if any. */
+  diff?: FlowDiff
 }
 
 declare global {
@@ -130,6 +139,7 @@ async function obtainToken(flowId: string): Promise<string> {
 // ---- state ---------------------------------------------------------------------
 
 let client: FlowhubClient
+let http: FlowhubHttp
 let flow: Flow
 let token = ""
 let flowId = "demo"
@@ -177,6 +187,10 @@ function nodeGroup(id: string): SVGGElement {
   tag.append(tagRect, tagText)
   g.append(remote, body, bar, kind, label, state, inPort, outPort, tag)
   g.addEventListener("pointerdown", (ev) => onNodePointerDown(ev, id))
+  g.addEventListener("dblclick", (ev) => {
+    ev.stopPropagation()
+    relabel(id)
+  })
   nodesLayer.append(g)
   nodeEls.set(id, g)
   return g
@@ -219,6 +233,11 @@ function updateNode(node: FlowNode, remoteSel: Map<string, PresenceEntry>) {
   g.classList.toggle("run-failed", status === "failed")
   g.classList.toggle("selected", selected.node === node.id)
   g.classList.toggle("connect-source", connectFrom === node.id)
+  const mark = diffMarkOf(node.id)
+  g.classList.toggle("diff-added", mark === "added")
+  g.classList.toggle("diff-changed", mark === "changed")
+  if (mark) g.dataset.diff = mark
+  else delete g.dataset.diff
   const by = remoteSel.get(node.id)
   const remote = g.querySelector<SVGRectElement>(".remote-select")!
   const tag = g.querySelector<SVGGElement>(".remote-tag-g")!
@@ -282,12 +301,18 @@ function render() {
     path.dataset.source = edge.source.node
     path.dataset.target = edge.target.node
     path.classList.toggle("selected", selected.edge === edge.id)
+    const mark = diffEdgeMarkOf(edge.id)
+    path.classList.toggle("diff-added", mark === "added")
+    path.classList.toggle("diff-changed", mark === "changed")
+    if (mark) path.dataset.diff = mark
+    else delete path.dataset.diff
   }
   for (const path of [...edgesLayer.querySelectorAll<SVGPathElement>(".edge")]) {
     if (!seen.has(path.dataset.edgeId!)) path.remove()
   }
 
   if (document.activeElement !== nameInput) nameInput.value = snap.name
+  renderGhosts(snap)
   renderUndo()
   renderPeople()
   renderCursors(others)
@@ -480,6 +505,19 @@ function addNode() {
   }
 }
 
+/** Double-click on a node: a new label. */
+function relabel(id: string) {
+  const node = flow.snapshot().nodes[id]
+  if (!node || !canEdit()) return
+  const label = prompt("Label", node.label)?.trim()
+  if (!label || label === node.label) return
+  try {
+    flow.relabelNode(id, label)
+  } catch (e) {
+    showError(e)
+  }
+}
+
 function deleteSelected() {
   try {
     if (selected.node) flow.deleteNode(selected.node)
@@ -551,6 +589,397 @@ async function simulateRun() {
   await watchRun(run_id)
 }
 
+// ---- history and diff ------------------------------------------------------------------
+//
+// The panel lists the flow's named versions and editing sessions (GET …/versions and
+// …/history), newest first, under a "Now" entry. Picking two entries diffs the older
+// against the newer (GET …/diff): live nodes are outlined green (added) or amber
+// (changed), removed nodes are drawn ghosted at their old position, and a move leaves a
+// dashed outline where the node was. "Restore this version" makes the flow equal to the
+// older pick again (POST …/restore), as one new change by this user.
+
+interface HistoryEntry {
+  key: string
+  kind: "now" | "version" | "session"
+  title: string
+  /** `undefined` is the live flow. */
+  ref?: string
+  time: number
+  el?: HTMLLIElement
+}
+
+let historyOpen = false
+let sessions: HistorySession[] = []
+let versions: NamedVersion[] = []
+let olderBefore: string | undefined
+let picks: HistoryEntry[] = []
+let entries = new Map<string, HistoryEntry>()
+let shownDiff: { from: HistoryEntry; to: HistoryEntry; diff: FlowDiff } | undefined
+let historyTimer: ReturnType<typeof setTimeout> | undefined
+let historyLoads = 0
+const ghostsLayer = $<SVGGElement>("#diff-ghosts")
+const historyPanel = $("#history-panel")
+const historyList = $("#history-list")
+const diffBox = $("#diff-box")
+
+function diffMarkOf(id: string): "added" | "changed" | undefined {
+  const d = shownDiff?.diff
+  if (!d) return undefined
+  if (d.nodes_added.some((n) => n.id === id)) return "added"
+  if (d.nodes_changed.some((c) => c.id === id)) return "changed"
+  return undefined
+}
+
+function diffEdgeMarkOf(id: string): "added" | "changed" | undefined {
+  const d = shownDiff?.diff
+  if (!d) return undefined
+  if (d.edges_added.some((e) => e.id === id)) return "added"
+  if (d.edges_changed.some((c) => c.new.id === id)) return "changed"
+  return undefined
+}
+
+function ghost(node: FlowNode, cls: "removed" | "added" | "moved-from", at = node.position) {
+  const g = svgEl("g", { class: `ghost ${cls}`, "data-ghost-of": node.id, "data-diff": cls, transform: `translate(${at.x} ${at.y})` })
+  g.append(svgEl("rect", { width: NODE_W, height: NODE_H }))
+  const text = svgEl("text", { x: 10, y: cls === "moved-from" ? 14 : 38 })
+  const label = node.label.length > 22 ? `${node.label.slice(0, 21)}…` : node.label
+  text.textContent = cls === "moved-from" ? `${label} was here` : label
+  g.append(text)
+  return g
+}
+
+/** Removed (and since-deleted added) nodes as ghosts, old positions of moved nodes. */
+function renderGhosts(snap: FlowSnapshot) {
+  const d = shownDiff?.diff
+  if (!d) {
+    if (ghostsLayer.childElementCount > 0) ghostsLayer.replaceChildren()
+    return
+  }
+  const out: SVGElement[] = []
+  const where = new Map<string, { x: number; y: number }>()
+  for (const n of Object.values(snap.nodes)) where.set(n.id, n.position)
+  for (const n of d.nodes_removed) if (!snap.nodes[n.id]) where.set(n.id, n.position)
+  for (const n of d.nodes_added) if (!snap.nodes[n.id]) where.set(n.id, n.position)
+  const ghostEdge = (e: { id: string; source: { node: string }; target: { node: string } }, cls: string) => {
+    const s = where.get(e.source.node)
+    const t = where.get(e.target.node)
+    if (!s || !t) return
+    const x1 = s.x + NODE_W + 5
+    const y1 = s.y + NODE_H / 2 + 8
+    const x2 = t.x - 7
+    const y2 = t.y + NODE_H / 2 + 8
+    const dx = Math.max(40, Math.abs(x2 - x1) / 2)
+    out.push(svgEl("path", { class: `ghost-edge ${cls}`, "data-ghost-of": e.id, d: `M${x1} ${y1} C${x1 + dx} ${y1} ${x2 - dx} ${y2} ${x2} ${y2}` }))
+  }
+  for (const e of d.edges_removed) ghostEdge(e, "removed")
+  for (const e of d.edges_added) if (!snap.edges[e.id]) ghostEdge(e, "added")
+  for (const c of d.nodes_changed) {
+    const live = snap.nodes[c.id]
+    if (live && c.position) out.push(ghost(live, "moved-from", c.position.old))
+  }
+  for (const n of d.nodes_removed) if (!snap.nodes[n.id]) out.push(ghost(n, "removed"))
+  for (const n of d.nodes_added) if (!snap.nodes[n.id]) out.push(ghost(n, "added"))
+  ghostsLayer.replaceChildren(...out)
+}
+
+const short = (s: string, n = 24) => (s.length > n ? `${s.slice(0, n - 1)}…` : s)
+
+function nodeName(id: string): string {
+  const n = flow.snapshot().nodes[id]
+  return n ? `“${short(n.label)}”` : id
+}
+
+/** "moved 2 nodes, relabelled n1". */
+function describe(s: EditSummary): string {
+  const parts: string[] = []
+  // One node by its label now, but a relabelled one by its id (its label changed).
+  const nodes = (verb: string, ids: string[]) => {
+    if (ids.length === 1) parts.push(`${verb} ${verb === "relabelled" ? ids[0]! : nodeName(ids[0]!)}`)
+    else if (ids.length > 1) parts.push(`${verb} ${ids.length} nodes`)
+  }
+  const edges = (verb: string, n: number) => {
+    if (n > 0) parts.push(`${verb} ${n} edge${n === 1 ? "" : "s"}`)
+  }
+  if (s.renamed) parts.push("renamed the flow")
+  nodes("added", s.nodes_added)
+  nodes("removed", s.nodes_removed)
+  nodes("moved", s.nodes_moved)
+  nodes("relabelled", s.nodes_relabelled)
+  nodes("retyped", s.nodes_retyped)
+  if (s.config_changed.length === 1) parts.push(`configured ${nodeName(s.config_changed[0]!.node)}`)
+  else if (s.config_changed.length > 1) parts.push(`changed ${s.config_changed.length} config keys`)
+  edges("connected", s.edges_added.length)
+  edges("disconnected", s.edges_removed.length)
+  edges("rewired", s.edges_changed.length)
+  return parts.join(", ") || "no visible change"
+}
+
+function isEmptySummary(s: EditSummary) {
+  return describe(s) === "no visible change"
+}
+
+function timeText(ms: number): string {
+  const d = new Date(ms)
+  const today = new Date().toDateString() === d.toDateString()
+  return today ? d.toLocaleTimeString() : d.toLocaleString()
+}
+
+/** A JSON edit's session (edits, restore) carries only the user id as its name. */
+function sessionName(s: HistorySession): string {
+  return s.name && s.name !== s.user_id ? s.name : s.user_id ? userName(s.user_id) : "unknown"
+}
+
+function userName(userId: string): string {
+  const s = sessions.find((x) => x.user_id === userId && x.name !== userId)
+  if (s) return s.name
+  return flow.presence().find((p) => p.user_id === userId)?.name ?? userId
+}
+
+function scheduleHistoryRefresh() {
+  if (historyTimer) return
+  historyTimer = setTimeout(() => {
+    historyTimer = undefined
+    void loadHistory()
+  }, 400)
+}
+
+/** Reloads versions and the newest history page; re-diffs when "now" is picked. */
+async function loadHistory() {
+  const load = ++historyLoads
+  try {
+    const [page, vs] = await Promise.all([http.history(flowId, { limit: 200 }), http.listVersions(flowId)])
+    if (load !== historyLoads) return
+    sessions = page.sessions
+    olderBefore = page.next_before
+    versions = vs
+    renderHistory()
+    if (shownDiff && (shownDiff.to.kind === "now" || !entries.has(shownDiff.from.key))) await showDiff()
+  } catch (e) {
+    showError(e)
+  }
+}
+
+async function loadOlder() {
+  if (!olderBefore) return
+  try {
+    const page = await http.history(flowId, { limit: 200, before: olderBefore })
+    sessions = [...sessions, ...page.sessions]
+    olderBefore = page.next_before
+    renderHistory()
+  } catch (e) {
+    showError(e)
+  }
+}
+
+function renderHistory() {
+  const list: HistoryEntry[] = [{ key: "now", kind: "now", title: "Now", time: Number.POSITIVE_INFINITY }]
+  for (const v of versions) {
+    list.push({ key: `version:${v.name}`, kind: "version", title: v.name, ref: versionRef(v.name), time: v.created_at_ms })
+  }
+  for (const s of sessions) {
+    if (!s.user_id && isEmptySummary(s.summary)) continue // the genesis change
+    list.push({ key: `session:${s.heads_after.join(",")}`, kind: "session", title: `${sessionName(s)}, ${timeText(s.end)}`, ref: s.heads_after.join(","), time: s.end })
+  }
+  // Newest first; a version named right after a session comes above it.
+  list.sort((a, b) => b.time - a.time || (a.kind === "version" ? -1 : b.kind === "version" ? 1 : 0))
+  entries = new Map(list.map((e) => [e.key, e]))
+  picks = picks.filter((p) => entries.has(p.key)).map((p) => entries.get(p.key)!)
+  const bySession = new Map(sessions.map((s) => [`session:${s.heads_after.join(",")}`, s]))
+  const items = list.map((entry) => {
+    const li = document.createElement("li")
+    li.className = `h-entry ${entry.kind}`
+    li.dataset.key = entry.key
+    li.dataset.kind = entry.kind
+    const head = document.createElement("div")
+    head.className = "head"
+    const who = document.createElement("span")
+    who.className = "who"
+    const when = document.createElement("time")
+    const what = document.createElement("div")
+    what.className = "what"
+    if (entry.kind === "now") {
+      who.textContent = "Now"
+      what.textContent = "the live flow"
+    } else if (entry.kind === "version") {
+      const v = versions.find((x) => x.name === entry.title)!
+      who.textContent = entry.title
+      li.dataset.versionName = v.name
+      when.textContent = timeText(v.created_at_ms)
+      what.textContent = `named by ${userName(v.user_id)}`
+    } else {
+      const s = bySession.get(entry.key)!
+      who.textContent = sessionName(s)
+      li.dataset.userId = s.user_id
+      li.dataset.userName = sessionName(s)
+      when.textContent = timeText(s.end)
+      what.textContent = `${describe(s.summary)} (${s.changes.length} change${s.changes.length === 1 ? "" : "s"})`
+    }
+    head.append(who, when)
+    li.append(head, what)
+    li.addEventListener("click", () => pick(entry))
+    entry.el = li
+    return li
+  })
+  historyList.replaceChildren(...items)
+  $<HTMLButtonElement>("#history-older").hidden = !olderBefore
+  renderPicks()
+}
+
+function renderPicks() {
+  const [from, to] = orderedPicks()
+  for (const e of entries.values()) {
+    const role = e === from ? "from" : e === to ? "to" : ""
+    e.el?.classList.toggle("picked", role !== "")
+    if (!e.el) continue
+    e.el.querySelector(".pick")?.remove()
+    if (role) {
+      e.el.dataset.pick = role
+      const tag = document.createElement("span")
+      tag.className = "pick"
+      tag.textContent = role === "from" ? "A" : "B"
+      e.el.querySelector(".head")!.prepend(tag)
+    } else delete e.el.dataset.pick
+  }
+}
+
+/** The two picks, older first. */
+function orderedPicks(): [HistoryEntry?, HistoryEntry?] {
+  if (picks.length < 2) return [picks[0], undefined]
+  const [a, b] = picks as [HistoryEntry, HistoryEntry]
+  return a.time <= b.time ? [a, b] : [b, a]
+}
+
+function pick(entry: HistoryEntry) {
+  if (picks.some((p) => p.key === entry.key)) picks = picks.filter((p) => p.key !== entry.key)
+  else picks = [...picks, entry].slice(-2)
+  renderPicks()
+  if (picks.length === 2) void showDiff()
+  else clearDiff(picks.length === 1 ? "Pick one more entry to compare." : "")
+}
+
+function clearDiff(note = "") {
+  shownDiff = undefined
+  hooks.diff = undefined
+  delete svg.dataset.diff
+  diffBox.hidden = true
+  if (note) hint.textContent = note
+  scheduleRender()
+}
+
+async function showDiff() {
+  const [from, to] = orderedPicks()
+  if (!from || !to) return clearDiff()
+  const key = `${from.key}..${to.key}`
+  if (svg.dataset.diff !== key) svg.dataset.diffState = "loading"
+  try {
+    const diff = await http.diff(flowId, from.ref!, to.ref)
+    const [f, t] = orderedPicks()
+    if (f !== from || t !== to) return // picked again meanwhile
+    shownDiff = { from, to, diff }
+    hooks.diff = diff
+    svg.dataset.diff = key
+    svg.dataset.diffState = "ready"
+    renderDiffBox()
+    hint.textContent = to.kind === "now" ? "" : "The canvas shows the flow now, marked with what changed from A to B."
+    scheduleRender()
+  } catch (e) {
+    showError(e)
+  }
+}
+
+function changeText(c: NodeChange): string {
+  const parts: string[] = []
+  if (c.position) parts.push("moved")
+  if (c.label) parts.push(`label “${short(c.label.old, 18)}” → “${short(c.label.new, 18)}”`)
+  if (c.kind) parts.push(`kind ${c.kind.old} → ${c.kind.new}`)
+  const keys = Object.keys(c.config ?? {})
+  if (keys.length) parts.push(`config ${keys.join(", ")}`)
+  return parts.join(", ")
+}
+
+function renderDiffBox() {
+  if (!shownDiff) return
+  const { from, to, diff } = shownDiff
+  diffBox.hidden = false
+  $("#diff-title").textContent = `A: ${from.title} → B: ${to.title}`
+  const rows: [string, string][] = []
+  if (diff.name) rows.push(["changed", `flow name “${diff.name.old}” → “${diff.name.new}”`])
+  for (const n of diff.nodes_added) rows.push(["added", `+ ${n.label} (${n.kind})`])
+  for (const n of diff.nodes_removed) rows.push(["removed", `− ${n.label} (${n.kind})`])
+  for (const c of diff.nodes_changed) rows.push(["changed", `~ ${flow.snapshot().nodes[c.id]?.label ?? c.id}: ${changeText(c)}`])
+  const edgeCount = (n: number, what: string, cls: string) => {
+    if (n > 0) rows.push([cls, `${cls === "added" ? "+" : cls === "removed" ? "−" : "~"} ${n} edge${n === 1 ? "" : "s"} ${what}`])
+  }
+  edgeCount(diff.edges_added.length, "connected", "added")
+  edgeCount(diff.edges_removed.length, "disconnected", "removed")
+  edgeCount(diff.edges_changed.length, "rewired", "changed")
+  if (rows.length === 0) rows.push(["", "No differences."])
+  $("#diff-list").replaceChildren(
+    ...rows.map(([cls, text]) => {
+      const li = document.createElement("li")
+      li.className = cls
+      li.textContent = text
+      return li
+    }),
+  )
+  const restore = $<HTMLButtonElement>("#restore-version")
+  restore.textContent = `Restore A (${short(from.title, 28)})`
+  restore.disabled = !canEdit()
+}
+
+async function restoreFrom() {
+  const from = shownDiff?.from
+  if (!from?.ref || !canEdit()) return
+  try {
+    await http.restore(flowId, from.ref)
+    hint.textContent = `Restored ${from.title}`
+    await loadHistory()
+  } catch (e) {
+    showError(e)
+  }
+}
+
+async function nameVersion(ev: Event) {
+  ev.preventDefault()
+  const input = $<HTMLInputElement>("#version-name")
+  const name = input.value.trim()
+  if (!name) return
+  try {
+    await http.createVersion(flowId, name)
+    input.value = ""
+    await loadHistory()
+  } catch (e) {
+    showError(e)
+  }
+}
+
+function setHistoryOpen(open: boolean) {
+  historyOpen = open
+  historyPanel.hidden = !open
+  $("#side").classList.toggle("history-open", open)
+  $("#history-toggle").classList.toggle("active", open)
+  if (open) void loadHistory()
+  else {
+    picks = []
+    clearDiff()
+  }
+}
+
+function setupHistory() {
+  const toggle = $<HTMLButtonElement>("#history-toggle")
+  toggle.disabled = false
+  toggle.addEventListener("click", () => setHistoryOpen(!historyOpen))
+  $("#version-form").addEventListener("submit", (ev) => void nameVersion(ev))
+  $<HTMLButtonElement>("#name-version").disabled = !canEdit()
+  $("#restore-version").addEventListener("click", () => void restoreFrom())
+  $("#close-diff").addEventListener("click", () => {
+    picks = []
+    renderPicks()
+    clearDiff()
+  })
+  $("#history-older").addEventListener("click", () => void loadOlder())
+}
+
 // ---- sample flow -------------------------------------------------------------------
 
 /** Fills an empty flow with a sample pipeline (fixed ids: concurrent seeding agrees). */
@@ -613,6 +1042,7 @@ async function main() {
   const url = location.origin.replace(/^http/, "ws")
   client = await FlowhubClient.connect({ url, token: () => token, client: "flowhub-demo" })
   hooks.client = client
+  http = new FlowhubHttp({ baseUrl: location.origin, token: () => token })
   client.on("close", () => setStatus("reconnecting…", "offline"))
   client.on("welcome", (w) => setStatus(`${w.name} · ${flowId}`, "online"))
   setStatus(`${client.welcome.name} · ${flowId}`, "online")
@@ -620,7 +1050,10 @@ async function main() {
   hooks.flow = flow
   document.title = `flowhub · ${flowId}`
 
-  flow.on("change", scheduleRender)
+  flow.on("change", () => {
+    scheduleRender()
+    if (historyOpen) scheduleHistoryRefresh()
+  })
   flow.on("presence", () => {
     pickColor()
     scheduleRender()
@@ -648,6 +1081,7 @@ async function main() {
   $("#undo").addEventListener("click", () => undoRedo(false))
   $("#redo").addEventListener("click", () => undoRedo(true))
   $("#simulate-run").addEventListener("click", () => void simulateRun())
+  setupHistory()
   wrap.addEventListener("pointermove", onPointerMove)
   window.addEventListener("pointerup", onPointerUp)
   svg.addEventListener("pointerdown", () => {

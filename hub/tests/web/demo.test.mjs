@@ -7,6 +7,11 @@
 // A second test: per-user undo in two pages (Ctrl+Z in A puts A's dragged node back and
 // leaves the node B dragged where B put it, in both pages; Ctrl+Shift+Z redoes).
 //
+// A third: the history panel. A edits and names a version, B edits further; A's panel
+// lists both users' sessions, and picking the version and "Now" (or the two sessions)
+// marks on the canvas exactly the nodes B added, changed and removed; restoring the
+// version undoes B's edits in both pages.
+//
 // Needs target/debug/flowhub (cargo build -p flowhub) and Chromium at /usr/bin/chromium
 // (or CHROMIUM=/path). Run by scripts/web-test.sh.
 //
@@ -363,4 +368,167 @@ test("Ctrl+Z undoes only the user's own edit, in both pages", { timeout: 120_000
     assert.deepEqual(await nodePos(page, "fetch-customer"), aMoved)
   }
   await b.screenshot({ path: join(shots, "10-bob-undid-delete.png") })
+})
+
+/** Double-clicks node `id` in `page` and answers the label prompt with `label`. */
+async function relabelIn(page, id, label) {
+  page.once("dialog", (d) => d.accept(label))
+  await node(page, id).locator("rect.body").dblclick()
+  await page.waitForFunction(([id, label]) => document.querySelector(`g.node[data-node-id="${id}"]`)?.dataset.label === label, [id, label])
+}
+
+/** Waits until `locator`'s text contains every one of `words`. */
+async function hasWords(locator, words) {
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    const text = await locator.textContent()
+    const missing = words.filter((w) => !text.includes(w))
+    if (missing.length === 0) return
+    assert.ok(Date.now() < deadline, `${JSON.stringify(text)} lacks ${missing.join(", ")}`)
+    await sleep(50)
+  }
+}
+
+/** The diff marks on `page`'s canvas, by node id. */
+function diffMarks(page) {
+  return page.evaluate(() => {
+    const ids = (sel, attr) => [...document.querySelectorAll(sel)].map((el) => el.getAttribute(attr)).sort()
+    return {
+      added: ids('g.node[data-diff="added"]', "data-node-id"),
+      changed: ids('g.node[data-diff="changed"]', "data-node-id"),
+      removed: ids('g.ghost[data-diff="removed"]', "data-ghost-of"),
+      movedFrom: ids('g.ghost[data-diff="moved-from"]', "data-ghost-of"),
+      addedGhosts: ids('g.ghost[data-diff="added"]', "data-ghost-of"),
+      removedEdges: ids("path.ghost-edge.removed", "data-ghost-of"),
+    }
+  })
+}
+
+/** Waits until the canvas shows the diff `key` (`<from>..<to>`) with the marks `want`. */
+async function waitForMarks(page, key, want) {
+  await page.waitForFunction((key) => {
+    const c = document.querySelector("#canvas")
+    return c.dataset.diff === key && c.dataset.diffState === "ready"
+  }, key)
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    const got = await diffMarks(page)
+    const pick = { added: got.added, changed: got.changed, removed: got.removed }
+    try {
+      assert.deepEqual(pick, want)
+      return got
+    } catch (e) {
+      if (Date.now() > deadline) throw e
+    }
+    await sleep(50)
+  }
+}
+
+test("history panel: both users' sessions, a named version against now, restore", { timeout: 120_000 }, async () => {
+  const a = await openAs("Alice", "history-demo")
+  const b = await openAs("Bob", "history-demo")
+  for (const page of [a, b]) await page.waitForFunction(() => document.querySelectorAll("g.node").length === 6)
+
+  // Alice adds, moves and relabels nodes.
+  await a.fill("#new-label", "Added by Alice")
+  await a.click("#add-node")
+  const aliceNode = a.locator('g.node[data-label="Added by Alice"]')
+  await aliceNode.waitFor()
+  const aliceId = await aliceNode.getAttribute("data-node-id")
+  await dragTo(a, aliceId, 40, 330, 2)
+  const fc = await nodePos(a, "fetch-customer")
+  await dragTo(a, "fetch-customer", fc.x + 30, fc.y + 200, 4)
+  await relabelIn(a, "is-vip", "Big spender?")
+  // All of it reached the hub (Bob sees it) before Alice names the version.
+  await nodeAt(b, "fetch-customer", fc.x + 30, fc.y + 200)
+  await b.waitForFunction(() => document.querySelector('g.node[data-node-id="is-vip"]')?.dataset.label === "Big spender?")
+  await b.locator('g.node[data-label="Added by Alice"]').waitFor()
+
+  await a.click("#history-toggle")
+  await a.locator("#history-panel").waitFor({ state: "visible" })
+  await a.fill("#version-name", "alice-done")
+  await a.click("#name-version")
+  await a.locator('.h-entry.version[data-version-name="alice-done"]').waitFor({ timeout: 10_000 })
+
+  // Bob moves, relabels, adds and deletes.
+  const sg = await nodePos(b, "send-gift")
+  await dragTo(b, "send-gift", sg.x + 40, sg.y + 300, 4)
+  await relabelIn(b, "wait-day", "Wait 2 days")
+  await b.fill("#new-label", "Added by Bob")
+  await b.click("#add-node")
+  const bobNode = b.locator('g.node[data-label="Added by Bob"]')
+  await bobNode.waitFor()
+  const bobId = await bobNode.getAttribute("data-node-id")
+  await node(b, "send-survey").locator("rect.body").click()
+  await b.click("#delete-selected")
+  await a.waitForFunction(() => !document.querySelector('g.node[data-node-id="send-survey"]'))
+  await a.locator('g.node[data-label="Added by Bob"]').waitFor()
+
+  // Alice's panel lists both users' sessions (refreshed live), newest first.
+  const bobSession = a.locator('.h-entry.session[data-user-name="Bob"]')
+  await bobSession.waitFor({ timeout: 10_000 })
+  const aliceSession = a.locator('.h-entry.session[data-user-name="Alice"]').first()
+  await aliceSession.waitFor()
+  // The panel refreshes after each change it hears of: wait for the last of them.
+  await hasWords(bobSession.locator(".what"), ["added “Added by Bob”", "removed send-survey", "moved “Send a gift”", "relabelled wait-day", "disconnected 1 edge"])
+  await hasWords(aliceSession.locator(".what"), ["added 7 nodes", "relabelled is-vip", "moved 2 nodes"])
+  const kinds = await a.$$eval("#history-list .h-entry", (els) => els.map((e) => e.dataset.userName ?? e.dataset.versionName ?? e.dataset.kind))
+  assert.deepEqual(kinds.slice(0, 4), ["now", "Bob", "alice-done", "Alice"])
+  await a.locator("#history-panel").screenshot({ path: join(shots, "11-history-panel.png") })
+
+  // The named version against now: exactly what Bob did is marked.
+  const want = { added: [bobId], changed: ["send-gift", "wait-day"], removed: ["send-survey"] }
+  await a.click('.h-entry.version[data-version-name="alice-done"]')
+  await a.click(".h-entry.now")
+  const marks = await waitForMarks(a, "version:alice-done..now", want)
+  assert.deepEqual(marks.movedFrom, ["send-gift"])
+  assert.deepEqual(marks.addedGhosts, [])
+  assert.deepEqual(marks.removedEdges, ["wait-day--send-survey"])
+  for (const id of ["fetch-customer", "is-vip", aliceId, "new-order"]) assert.equal(await node(a, id).getAttribute("data-diff"), null, id)
+  assert.equal(await a.locator('.h-entry[data-pick="from"]').getAttribute("data-version-name"), "alice-done")
+  assert.equal(await a.locator('.h-entry[data-pick="to"]').getAttribute("data-kind"), "now")
+  const listed = await a.$$eval("#diff-list li", (els) => els.map((e) => `${e.className} ${e.textContent}`))
+  assert.deepEqual(listed.filter((l) => l.startsWith("added") || l.startsWith("removed")).sort(), [
+    "added + Added by Bob (action)",
+    "removed − 1 edge disconnected",
+    "removed − Send survey (action)",
+  ])
+  await a.screenshot({ path: join(shots, "12-diff-version-vs-now.png") })
+
+  // Two sessions compare the same way: Alice's last session against Bob's.
+  await a.click("#close-diff")
+  await a.waitForFunction(() => !document.querySelector("#canvas").dataset.diff && !document.querySelector("[data-diff]"))
+  await aliceSession.click()
+  await bobSession.click()
+  const aliceKey = await aliceSession.getAttribute("data-key")
+  const bobKey = await bobSession.getAttribute("data-key")
+  await waitForMarks(a, `${aliceKey}..${bobKey}`, want)
+
+  // Restore the version: Bob's edits are undone in both pages, as one new change.
+  await a.click("#close-diff")
+  await a.click('.h-entry.version[data-version-name="alice-done"]')
+  await a.click(".h-entry.now")
+  await waitForMarks(a, "version:alice-done..now", want)
+  await a.click("#restore-version")
+  for (const page of [a, b]) {
+    await node(page, "send-survey").waitFor({ timeout: 10_000 })
+    await page.waitForFunction((id) => !document.querySelector(`g.node[data-node-id="${id}"]`), bobId)
+    await page.waitForFunction(() => document.querySelector('g.node[data-node-id="wait-day"]')?.dataset.label === "Wait 1 day")
+    await nodeAt(page, "send-gift", sg.x, sg.y)
+    assert.equal(await node(page, "is-vip").getAttribute("data-label"), "Big spender?")
+  }
+  // Nothing differs from the version any more, and the restore is in the history, by Alice.
+  await waitForMarks(a, "version:alice-done..now", { added: [], changed: [], removed: [] })
+  await a.waitForFunction(() => {
+    const first = document.querySelector("#history-list .h-entry.session")
+    return first?.dataset.userName === "Alice" && first.querySelector(".what").textContent.includes("added “Send survey”")
+  })
+  await a.screenshot({ path: join(shots, "13-after-restore.png") })
+
+  // The page still edits and undoes as before.
+  const nw = await nodePos(a, "new-order")
+  await dragTo(a, "new-order", nw.x + 20, nw.y + 20, 2)
+  await nodeAt(b, "new-order", nw.x + 20, nw.y + 20)
+  await a.keyboard.press("Control+z")
+  for (const page of [a, b]) await nodeAt(page, "new-order", nw.x, nw.y)
 })
