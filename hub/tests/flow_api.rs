@@ -442,3 +442,78 @@ async fn history_names_the_verified_users_and_versions_pin_heads() {
         c.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_speaks_the_http_api_and_follows_the_json_stream() {
+    use flowhub_client::{Edit, Endpoint, FlowApi};
+
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(Backend::Sqlite, dir.path()).await;
+    let tok = token("script", &[("rust-api", Role::Editor)]);
+    let api = FlowApi::new(&hub.ws_url(), "rust-api", &tok).unwrap();
+    let mut stream = api.watch_json(None).await.unwrap();
+    assert!(stream.next().await.unwrap().unwrap()["nodes"].is_object());
+
+    let edits = [
+        Edit::AddNode {
+            id: Some("a".into()),
+            kind: "trigger".into(),
+            label: "A".into(),
+            position: Position::new(0.0, 0.0),
+            config: Default::default(),
+        },
+        Edit::AddNode {
+            id: Some("b".into()),
+            kind: "http".into(),
+            label: "B".into(),
+            position: Position::new(1.0, 0.0),
+            config: Default::default(),
+        },
+        Edit::Connect {
+            id: Some("e".into()),
+            source: Endpoint::new("a", "out"),
+            target: Endpoint::new("b", "in"),
+        },
+    ];
+    let first = api.edit(&edits, Some("k1")).await.unwrap();
+    let again = api.edit(&edits, Some("k1")).await.unwrap();
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(first.change, again.change);
+    api.name_version("two nodes").await.unwrap();
+    api.edit(&[Edit::DeleteNode { id: "b".into() }], None)
+        .await
+        .unwrap();
+
+    // The stream follows: eventually b is gone.
+    loop {
+        let flow = stream.next().await.unwrap().unwrap();
+        if flow["nodes"].get("b").is_none() && flow["nodes"].get("a").is_some() {
+            break;
+        }
+    }
+    let diff = api.diff("version:two nodes", None).await.unwrap();
+    assert_eq!(diff.nodes_removed.len(), 1);
+    assert_eq!(diff.edges_removed.len(), 1);
+    let restored = api.restore("version:two nodes", None).await.unwrap();
+    assert!(!restored.replayed);
+    let flow = fetch_flow_json(&hub, &tok).await;
+    assert_eq!(flow["nodes"]["b"]["label"], "B");
+    assert_eq!(flow["edges"]["e"]["target"]["node"], "b");
+    let history = api.history(10, None).await.unwrap();
+    assert_eq!(history["sessions"][0]["user_id"], "script", "{history}");
+    let versions = api.versions().await.unwrap();
+    assert_eq!(versions["versions"][0]["name"], "two nodes");
+    api.delete_version("two nodes").await.unwrap();
+    match api.diff("version:two nodes", None).await {
+        Err(flowhub_client::ClientError::Server { code, .. }) => {
+            assert_eq!(code, flowhub_client::ErrorCode::NotFound)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn fetch_flow_json(hub: &flowhub::Hub, tok: &str) -> Value {
+    flowhub_client::fetch_flow(&hub.ws_url(), "rust-api", tok)
+        .await
+        .unwrap()
+}

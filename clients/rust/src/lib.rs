@@ -61,7 +61,8 @@
 //! - `replica`: one flow's replica, sync state and rollback, sans-IO.
 //! - `ticket`: [`EditTicket`] and the per-flow ack/rejection bookkeeping.
 //! - `endpoint`: building the WebSocket and HTTP URLs from a base URL.
-//! - `http`: [`fetch_flow`], the HTTP API.
+//! - `http`: the HTTP API: [`fetch_flow`], and [`FlowApi`] (typed edits as JSON, diff,
+//!   restore, history, named versions).
 //! - `error`: [`ClientError`].
 //! - `bin/flowhub-cli.rs`: the `flowhub-cli` command line tool (dump, edit, watch).
 
@@ -80,11 +81,12 @@ use std::time::Duration;
 pub use connection::{Client, Welcome};
 pub use error::ClientError;
 pub use flow::FlowHandle;
-pub use http::fetch_flow;
+pub use http::{fetch_flow, EditsApplied, FlowApi, JsonFlowStream};
 pub use ticket::EditTicket;
 
 pub use flowhub_crdt::{
-    ChangeHash, CrdtError, Edge, Endpoint, FlowDoc, FlowSnapshot, NewNode, Node, Position,
+    ChangeHash, CrdtError, Edge, Edit, Endpoint, FlowDiff, FlowDoc, FlowSnapshot, NewNode, Node,
+    Position,
 };
 pub use flowhub_protocol::{ClientMessage, ErrorCode, Role, ServerMessage};
 

@@ -3,8 +3,12 @@
 //! ```text
 //! flowhub-cli [--url ws://127.0.0.1:7878] [--token JWT | env FLOWHUB_TOKEN] <command>
 //!   dump <flow>                 print the flow as pretty JSON (HTTP API)
-//!   edit <flow> <op> ...        apply one edit, wait for the hub's ack (10 s)
-//!   watch <flow> [--pretty]     print the flow as JSON on every change, until Ctrl-C
+//!   edit <flow> [--http [--key K]] <op> ...
+//!                               apply one edit, wait for the hub's ack (10 s); with
+//!                               --http as JSON over HTTP (no Automerge), idempotent with --key
+//!   watch <flow> [--pretty] [--sse]
+//!                               print the flow as JSON on every change, until Ctrl-C;
+//!                               --sse: JSON patches over Server-Sent Events (no Automerge)
 //! ```
 //!
 //! `edit` prints `{"ok":true,"id":...,"changes":[...]}` and exits 0 once the hub
@@ -17,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flowhub_client::{
-    fetch_flow, Client, ClientError, CrdtError, Endpoint, FlowDoc, NewNode, Position,
+    fetch_flow, Client, ClientError, CrdtError, Edit, Endpoint, FlowApi, FlowDoc, NewNode, Position,
 };
 use serde_json::{json, Value};
 
@@ -48,6 +52,13 @@ enum Command {
     /// Apply one edit to a flow and wait for the hub to store it.
     Edit {
         flow: String,
+        /// Send the edit as JSON over HTTP (`POST /v1/flows/{flow}/edits`): the hub
+        /// makes the change; no Automerge replica here.
+        #[arg(long)]
+        http: bool,
+        /// With --http: an idempotency key, so a retry applies the edit once.
+        #[arg(long, requires = "http")]
+        key: Option<String>,
         #[command(subcommand)]
         op: Op,
     },
@@ -57,6 +68,10 @@ enum Command {
         /// Pretty-print each version instead of one JSON document per line.
         #[arg(long)]
         pretty: bool,
+        /// Follow the flow as JSON patches over Server-Sent Events
+        /// (`GET /v1/flows/{flow}/stream`) instead of an Automerge replica.
+        #[arg(long)]
+        sse: bool,
     },
 }
 
@@ -113,6 +128,49 @@ enum Op {
 }
 
 impl Op {
+    /// The same edit as data, for the HTTP API.
+    fn into_edit(self) -> anyhow::Result<Edit> {
+        Ok(match self {
+            Op::AddNode {
+                kind,
+                label,
+                x,
+                y,
+                id,
+            } => Edit::AddNode {
+                id,
+                kind,
+                label,
+                position: Position::new(x, y),
+                config: Default::default(),
+            },
+            Op::MoveNode { id, x, y } => Edit::MoveNode {
+                id,
+                to: Position::new(x, y),
+            },
+            Op::Relabel { id, label } => Edit::RelabelNode { id, label },
+            Op::Configure { id, key, json } => Edit::ConfigureNode {
+                id,
+                key,
+                value: serde_json::from_str(&json).context("config value is not JSON")?,
+            },
+            Op::DeleteNode { id } => Edit::DeleteNode { id },
+            Op::Connect {
+                src,
+                dst,
+                source_port,
+                target_port,
+                id,
+            } => Edit::Connect {
+                id,
+                source: Endpoint::new(src, source_port),
+                target: Endpoint::new(dst, target_port),
+            },
+            Op::Disconnect { id } => Edit::Disconnect { id },
+            Op::SetName { name } => Edit::SetName { name },
+        })
+    }
+
     /// Applies the edit; returns the id of the node or edge it concerns (none for
     /// `set-name`).
     fn apply(self, doc: &mut FlowDoc) -> Result<Option<String>, CrdtError> {
@@ -201,8 +259,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Edit { flow, op } => edit(&cli.url, &token, &flow, op).await,
-        Command::Watch { flow, pretty } => watch(&cli.url, &token, &flow, pretty).await,
+        Command::Edit {
+            flow,
+            http: true,
+            key,
+            op,
+        } => edit_http(&cli.url, &token, &flow, key.as_deref(), op).await,
+        Command::Edit { flow, op, .. } => edit(&cli.url, &token, &flow, op).await,
+        Command::Watch {
+            flow,
+            pretty,
+            sse: true,
+        } => watch_sse(&cli.url, &token, &flow, pretty).await,
+        Command::Watch { flow, pretty, .. } => watch(&cli.url, &token, &flow, pretty).await,
     }
 }
 
@@ -251,6 +320,74 @@ async fn edit(url: &str, token: &str, flow_id: &str, op: Op) -> anyhow::Result<E
             eprintln!("error: {e}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// `edit --http`: prints `{"ok":true,"change":…,"heads":[…],"replayed":…}`, or the
+/// hub's typed error as `edit` does.
+async fn edit_http(
+    url: &str,
+    token: &str,
+    flow_id: &str,
+    key: Option<&str>,
+    op: Op,
+) -> anyhow::Result<ExitCode> {
+    let api = FlowApi::new(url, flow_id, token)?;
+    match api.edit(&[op.into_edit()?], key).await {
+        Ok(applied) => {
+            println!(
+                "{}",
+                json!({"ok": true, "change": applied.change, "heads": applied.heads, "replayed": applied.replayed})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let (code, message) = match &e {
+                ClientError::Server { code, message } => {
+                    (code.as_str().to_owned(), message.clone())
+                }
+                other => (
+                    other
+                        .code()
+                        .map(|c| c.as_str().to_owned())
+                        .unwrap_or_else(|| "error".to_owned()),
+                    other.to_string(),
+                ),
+            };
+            println!(
+                "{}",
+                json!({"ok": false, "error": {"code": code, "message": message}})
+            );
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `watch --sse`: the flow as JSON patches over Server-Sent Events, resuming from the
+/// last heads when the hub ends the stream (a node draining).
+async fn watch_sse(
+    url: &str,
+    token: &str,
+    flow_id: &str,
+    pretty: bool,
+) -> anyhow::Result<ExitCode> {
+    let api = FlowApi::new(url, flow_id, token)?;
+    let mut resume = None;
+    loop {
+        let mut stream = api
+            .watch_json(resume)
+            .await
+            .context("opening the flow stream")?;
+        while let Some(flow) = stream.next().await? {
+            if pretty {
+                println!("{}", serde_json::to_string_pretty(flow)?);
+            } else {
+                println!("{flow}");
+            }
+        }
+        resume = stream.into_resume();
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
