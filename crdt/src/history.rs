@@ -37,6 +37,13 @@ impl StoredChange {
 }
 
 impl FlowDoc {
+    /// The message of an applied change, if it has one.
+    pub fn change_message(&mut self, hash: &ChangeHash) -> Option<String> {
+        self.doc
+            .get_change_by_hash(hash)
+            .and_then(|c| c.message().map(str::to_owned))
+    }
+
     /// The Automerge actor (hex) that made an applied change, if this document has it.
     pub fn change_actor(&mut self, hash: &ChangeHash) -> Option<String> {
         self.doc

@@ -606,9 +606,10 @@ pub async fn get_stream(
                     from_heads,
                     heads,
                     patch,
+                    authors,
                     ..
                 }) => Event::default().id(heads.join(",")).event("patch").data(
-                    serde_json::json!({"from_heads": from_heads, "heads": heads, "patch": patch})
+                    serde_json::json!({"from_heads": from_heads, "heads": heads, "patch": patch, "authors": authors})
                         .to_string(),
                 ),
                 // Access revoked: say so and end the stream.

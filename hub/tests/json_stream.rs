@@ -103,6 +103,8 @@ struct JsonSubscriber {
     doc: Value,
     heads: Vec<String>,
     patches: usize,
+    /// Every author the patches named (the live history feed).
+    authors: std::collections::BTreeSet<String>,
 }
 
 impl JsonSubscriber {
@@ -122,6 +124,7 @@ impl JsonSubscriber {
             doc,
             heads: since,
             patches: 0,
+            authors: Default::default(),
         };
         // flow_state first, then the flow or a patch from `since`.
         loop {
@@ -145,12 +148,14 @@ impl JsonSubscriber {
                 from_heads,
                 heads,
                 patch,
+                authors,
                 ..
             } => {
                 assert_eq!(from_heads, self.heads, "patches chain without a gap");
                 json_patch::apply(&mut self.doc, &patch).expect("the patch applies");
                 self.heads = heads;
                 self.patches += 1;
+                self.authors.extend(authors);
             }
             _ => {}
         }
@@ -214,6 +219,12 @@ async fn a_json_subscriber_matches_the_flow_after_1000_random_edits_and_resumes(
         .unwrap();
     sub.until_at(&ann_flow.heads_hex()).await;
     assert_ne!(sub.heads, subscribed_heads);
+    let named: Vec<&str> = sub.authors.iter().map(String::as_str).collect();
+    assert_eq!(
+        named,
+        ["ann", "bob"],
+        "the patches name who made the changes"
+    );
     assert_eq!(sub.doc, get_flow(hub.addr(), &viewer).await);
 
     // Disconnect mid-way; edits go on; resume from the heads it had.

@@ -322,6 +322,12 @@ pub enum ServerMessage {
         from_heads: Vec<String>,
         heads: Vec<String>,
         patch: Vec<crate::json_patch::PatchOp>,
+        /// The live history feed: the verified users (ids) whose changes this patch
+        /// covers, in no particular order (`flowhub` for the hub's own changes;
+        /// changes made through another node may be missing until this node has read
+        /// their bindings). `GET /v1/flows/{id}/history` has the details.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        authors: Vec<String>,
     },
     /// A typed error. `id` echoes the failed request; `flow_id` names the flow when the
     /// error concerns a binary sync frame (which has no request id).

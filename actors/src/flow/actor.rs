@@ -1656,6 +1656,7 @@ impl FlowState {
                 from_heads: from.iter().map(ToString::to_string).collect(),
                 heads: heads_hex,
                 patch: json_patch::diff(&self.json_body(then), &now),
+                authors: self.authors_since(&from),
             },
             None => ServerMessage::FlowJson {
                 flow_id: self.flow_id.clone(),
@@ -1677,6 +1678,43 @@ impl FlowState {
         self.empty_since = None;
     }
 
+    /// The verified users whose changes took the flow from `from` to now (as far as
+    /// this node attributed them: changes that came over the bus from another node
+    /// are attributed there, and show here once the bindings are re-read).
+    fn authors_since(&mut self, from: &[ChangeHash]) -> Vec<String> {
+        let own = self.doc.actor_hex();
+        let changes = self.doc.changes_since(from);
+        let mut authors: Vec<String> = Vec::new();
+        for change in &changes {
+            let Some(actor) = self.doc.change_actor(&change.hash) else {
+                continue;
+            };
+            let user = match self.owners.as_ref().and_then(|o| o.get(&actor)) {
+                Some(user) if user != HUB_USER => user.clone(),
+                Some(_) => self.hub_change_author(&change.hash),
+                None if actor == own => self.hub_change_author(&change.hash),
+                None => continue,
+            };
+            if !authors.contains(&user) {
+                authors.push(user);
+            }
+        }
+        authors
+    }
+
+    /// Who a change of the hub's own is for: the verified caller a JSON edit names in
+    /// its message (the hub wrote it), else the hub (a repair).
+    fn hub_change_author(&mut self, hash: &ChangeHash) -> String {
+        self.doc
+            .change_message(hash)
+            .and_then(|m| {
+                m.strip_prefix(EDITS_MESSAGE_PREFIX)
+                    .and_then(|rest| rest.split(' ').next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| HUB_USER.to_owned())
+    }
+
     /// Sends JSON subscribers one patch for everything since their last message:
     /// computed once per tick for all of them (a whole-flow read, so at most once per
     /// tick however fast the flow changes). A subscriber whose queue is full gets the
@@ -1692,11 +1730,13 @@ impl FlowState {
             let json = self.doc.to_json();
             let now = self.json_body(json);
             if let Some((from, then)) = self.json_view.take() {
+                let authors = self.authors_since(&from);
                 let patch = ServerMessage::FlowPatch {
                     flow_id: self.flow_id.clone(),
                     from_heads: from.iter().map(ToString::to_string).collect(),
                     heads: heads.iter().map(ToString::to_string).collect(),
                     patch: json_patch::diff(&then, &now),
+                    authors,
                 };
                 let encoded: Arc<str> = flowhub_protocol::encode(&patch).into();
                 let mut closed = Vec::new();

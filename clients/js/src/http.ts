@@ -218,6 +218,66 @@ export class FlowhubHttp {
     await this.request<void>(flowId, "DELETE", this.flowPath(flowId, `/versions/${encodeURIComponent(name)}`))
   }
 
+  /**
+   * `GET /v1/flows/{id}/stream`: the flow as JSON, then a new version each time it
+   * changed (the hub's JSON Patches applied here), with the users whose changes each
+   * version brought. Pass the last `heads` as `since` (and its `flow` as `flow`) to
+   * resume after a disconnect with one patch. Ends when `signal` aborts or the hub
+   * ends the stream (a node draining: resume elsewhere).
+   */
+  async *watchJson(
+    flowId: string,
+    opts: { since?: readonly string[]; flow?: FlowJson; signal?: AbortSignal } = {},
+  ): AsyncGenerator<FlowVersion> {
+    const headers: Record<string, string> = { authorization: `Bearer ${await this.tokenOf()}` }
+    if (opts.since && opts.since.length > 0) headers["last-event-id"] = opts.since.join(",")
+    const path = this.flowPath(flowId, "/stream")
+    const r = await this.fetchFn(`${this.baseUrl}${path}`, { headers, signal: opts.signal })
+    if (!r.ok || !r.body) {
+      const code = STATUS_CODES[r.status] ?? "internal"
+      throw new FlowhubHttpError(code, `GET ${path}: HTTP ${r.status}`, r.status, undefined, flowId)
+    }
+    let flow: FlowJson | undefined = opts.flow ? structuredClone(opts.flow) : undefined
+    const reader = r.body.getReader()
+    const decoder = new TextDecoder()
+    let buf = ""
+    try {
+      for (;;) {
+        const end = buf.indexOf("\n\n")
+        if (end < 0) {
+          const { value, done } = await reader.read()
+          if (done) return
+          buf += decoder.decode(value, { stream: true })
+          continue
+        }
+        const block = buf.slice(0, end)
+        buf = buf.slice(end + 2)
+        let event = ""
+        let id = ""
+        let data = ""
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim()
+          else if (line.startsWith("id:")) id = line.slice(3).trim()
+          else if (line.startsWith("data:")) data += line.slice(5).replace(/^ /, "")
+        }
+        if (event === "flow") {
+          flow = JSON.parse(data) as FlowJson
+          yield { heads: id.split(","), flow, authors: [] }
+        } else if (event === "patch") {
+          const p = JSON.parse(data) as { heads: string[]; patch: JsonPatchOp[]; authors?: string[] }
+          if (!flow) throw new FlowhubHttpError("bad_request", "a patch arrived before the flow", 0, undefined, flowId)
+          applyJsonPatch(flow as unknown as Record<string, unknown>, p.patch)
+          yield { heads: p.heads, flow, authors: p.authors ?? [] }
+        } else if (event === "error") {
+          const e = JSON.parse(data) as { code: ErrorCode; message: string }
+          throw new FlowhubHttpError(e.code, e.message, 0, undefined, flowId)
+        }
+      }
+    } finally {
+      reader.releaseLock()
+    }
+  }
+
   private flowPath(flowId: string, rest: string, query: Record<string, string> = {}): string {
     const q = new URLSearchParams(query).toString()
     return `/v1/flows/${encodeURIComponent(flowId)}${rest}${q ? `?${q}` : ""}`
@@ -243,5 +303,41 @@ export class FlowhubHttp {
       throw new FlowhubHttpError(code, err?.message ?? `${method} ${path}: HTTP ${r.status}`, r.status, err?.field, flowId)
     }
     return (text ? JSON.parse(text) : undefined) as T
+  }
+}
+
+/** One version of a flow from {@link FlowhubHttp.watchJson}. */
+export interface FlowVersion {
+  /** The flow's heads: pass as `since` to resume. */
+  heads: string[]
+  /** The flow (the same object, patched in place, across versions). */
+  flow: FlowJson
+  /** Verified user ids whose changes this version brought (empty for the first). */
+  authors: string[]
+}
+
+/** One JSON Patch (RFC 6902) operation, as the hub sends them. */
+export type JsonPatchOp =
+  | { op: "add"; path: string; value: unknown }
+  | { op: "replace"; path: string; value: unknown }
+  | { op: "remove"; path: string }
+
+/** Applies `ops` to `doc` in place (object paths; the hub replaces arrays whole). */
+export function applyJsonPatch(doc: Record<string, unknown>, ops: readonly JsonPatchOp[]): void {
+  for (const op of ops) {
+    const keys = op.path
+      .split("/")
+      .slice(1)
+      .map((k) => k.replace(/~1/g, "/").replace(/~0/g, "~"))
+    const last = keys.pop()
+    if (last === undefined) throw new Error("a patch on the whole document")
+    let parent: Record<string, unknown> = doc
+    for (const k of keys) {
+      const next = parent[k]
+      if (typeof next !== "object" || next === null) throw new Error(`${op.path}: no such path`)
+      parent = next as Record<string, unknown>
+    }
+    if (op.op === "remove") delete parent[last]
+    else parent[last] = structuredClone(op.value)
   }
 }

@@ -28,11 +28,13 @@ export {
 } from "./undo.js"
 export type { Changed, ConfigChange, FlowDiff, NodeChange, SkipReason, Skipped, Undone, UndoEntry, UndoTarget } from "./undo.js"
 export * from "./protocol.js"
-export { FlowhubHttp, FlowhubHttpError, versionRef, runRef } from "./http.js"
+export { FlowhubHttp, FlowhubHttpError, versionRef, runRef, applyJsonPatch } from "./http.js"
 export type {
   ConfigKey,
   EditSummary,
   EditsResult,
+  FlowVersion,
+  JsonPatchOp,
   FlowJson,
   HistoryOptions,
   HistoryPage,

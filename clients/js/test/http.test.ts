@@ -57,6 +57,36 @@ describe("FlowhubHttp", () => {
     expect(json.nodes).toEqual(snap.nodes)
   })
 
+  it("follows a flow as JSON over SSE, with the authors of each version, and resumes", async () => {
+    const ws = await connect(hub, token("maker", { watched: "editor" }))
+    open.push(ws)
+    const flow = await ws.subscribe("watched")
+    await flow.addNode({ id: "a", kind: "trigger", label: "Start", position: { x: 0, y: 0 } })
+    const viewer = http("dash", "watched", "viewer")
+    const abort = new AbortController()
+    const versions = viewer.watchJson("watched", { signal: abort.signal })
+    const first = (await versions.next()).value!
+    expect(first.flow.nodes.a.label).toBe("Start")
+
+    await flow.relabelNode("a", "Begin")
+    let v = (await versions.next()).value!
+    while (v.flow.nodes.a.label !== "Begin") v = (await versions.next()).value!
+    expect(v.authors).toEqual(["maker"])
+    const at = { heads: v.heads, flow: structuredClone(v.flow) }
+    abort.abort()
+    await versions.return(undefined)
+
+    // Missed while away: one patch from the heads it had.
+    await http("script", "watched").applyEdits("watched", [{ op: "move_node", id: "a", to: { x: 5, y: 6 } }])
+    const again = viewer.watchJson("watched", { since: at.heads, flow: at.flow })
+    const resumed = (await again.next()).value!
+    expect(resumed.flow.nodes.a.position).toEqual({ x: 5, y: 6 })
+    expect(resumed.authors).toEqual(["script"])
+    const json = await viewer.getFlow("watched")
+    expect(resumed.heads).toEqual(json.heads)
+    await again.return(undefined)
+  })
+
   it("applies an idempotent retry once", async () => {
     const api = http("ci", "idem")
     const edits = [{ op: "add_node" as const, kind: "action", label: "Deploy", position: { x: 0, y: 0 } }]
