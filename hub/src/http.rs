@@ -313,11 +313,10 @@ pub async fn put_member(
             json,
         };
         let channel = flowhub_actors::bus::channel::flow(&flow_id);
-        let _ = state
-            .registry
-            .deps()
+        let deps = state.registry.deps();
+        let _ = deps
             .bus
-            .publish(&channel, msg.encode())
+            .publish(&channel, msg.encode_as(deps.config.bus_format))
             .await;
     }
     Ok(Json(

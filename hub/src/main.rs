@@ -110,6 +110,10 @@ struct ServeArgs {
     /// new ones get 503.
     #[arg(long, env = "FLOWHUB_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
+    /// The bus format this node writes: 2 (current), or 1 while nodes of the release
+    /// before still run (a rolling upgrade from it; every node reads both).
+    #[arg(long, env = "FLOWHUB_BUS_FORMAT", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    bus_format: u8,
     /// Turn on the demo's development endpoints (`/v1/dev/token` mints anonymous
     /// editor tokens): for trying flowhub on your own machine, never a deployment.
     #[arg(long, env = "FLOWHUB_DEMO", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -188,6 +192,10 @@ fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
         demo: args.demo,
         demo_allow_remote: args.demo_allow_remote,
         ..defaults
+    };
+    config.flow.bus_format = match args.bus_format {
+        1 => flowhub_actors::bus::BusFormat::V1,
+        _ => flowhub_actors::bus::BusFormat::V2,
     };
     config.session.max_frame_bytes = args.max_frame_bytes;
     config.session.max_subscriptions = args.max_subscriptions;

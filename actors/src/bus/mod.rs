@@ -10,7 +10,7 @@
 mod envelope;
 mod memory;
 
-pub use envelope::{FlowBusMessage, MemberUpdate, PresenceUpdate};
+pub use envelope::{BusFormat, FlowBusMessage, MemberUpdate, PresenceUpdate, BUS_FORMAT_VERSION};
 
 pub use memory::MemoryBus;
 

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
 use super::presence::{PresenceBook, PresenceChanges, FLUSH_INTERVAL};
-use crate::bus::{channel, Bus, FlowBusMessage, PresenceUpdate};
+use crate::bus::{channel, Bus, BusFormat, FlowBusMessage, PresenceUpdate};
 use crate::directory::ActorDirectory;
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
@@ -53,6 +53,9 @@ pub struct FlowConfig {
     pub heads_interval: Duration,
     /// How many times heads are published again after a change (see `heads_interval`).
     pub heads_repeats: u32,
+    /// The bus format this node writes (it reads every known one): the previous
+    /// release's during a rolling upgrade from it, and in mixed-version tests.
+    pub bus_format: BusFormat,
     /// How often the node polls the store for the versions of its open flows
     /// ([`FlowRegistry::spawn_store_watch`](crate::flow::FlowRegistry::spawn_store_watch)): the bound on how long a replica stays
     /// behind the store, or a revoked user keeps access, when bus messages are lost.
@@ -72,6 +75,7 @@ impl Default for FlowConfig {
             tick: Duration::from_millis(250),
             heads_interval: Duration::from_secs(1),
             heads_repeats: 2,
+            bus_format: BusFormat::default(),
             store_watch_interval: Duration::from_secs(1),
             max_change_bytes: 1 << 20,
             max_doc_bytes: 64 << 20,
@@ -1337,7 +1341,12 @@ impl FlowState {
 
     async fn publish(&mut self, msg: FlowBusMessage) {
         let channel = channel::flow(&self.flow_id);
-        match self.deps.bus.publish(&channel, msg.encode()).await {
+        match self
+            .deps
+            .bus
+            .publish(&channel, msg.encode_as(self.deps.config.bus_format))
+            .await
+        {
             Ok(()) => Metrics::inc(&self.deps.metrics.bus_published),
             // At most once: other nodes catch up from the store via heads.
             Err(e) => debug!(error = %e, "bus publish failed"),

@@ -225,10 +225,21 @@ pub struct RunState {
 }
 
 /// What run actors on different nodes tell each other: events `origin` has stored.
+/// JSON; `v` is the format version (absent in the first release's messages, which
+/// read as version 1 and are otherwise the same).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct RunBusMessage {
+    #[serde(default = "run_bus_v1")]
+    v: u32,
     origin: String,
     events: Vec<RunEvent>,
+}
+
+/// The run bus format this release writes.
+const RUN_BUS_VERSION: u32 = 2;
+
+fn run_bus_v1() -> u32 {
+    1
 }
 
 fn run_channel(run_id: &str) -> String {
@@ -404,7 +415,9 @@ impl Actor for RunActor {
                 }
                 RunMsg::Bus(bytes) => {
                     if let Ok(msg) = serde_json::from_slice::<RunBusMessage>(&bytes) {
-                        if msg.origin != state.node_id() {
+                        // A later format may mean something else: dropped like a lost
+                        // message (the store catch-up repairs it).
+                        if msg.origin != state.node_id() && msg.v <= RUN_BUS_VERSION {
                             state.last_activity = Instant::now();
                             state.absorb(msg.events).await;
                             state.arm_pump_if_needed(&myself);
@@ -502,6 +515,7 @@ impl RunState {
 
     async fn publish(&self, events: &[RunEvent]) {
         let msg = RunBusMessage {
+            v: RUN_BUS_VERSION,
             origin: self.node_id().to_owned(),
             events: events.to_vec(),
         };

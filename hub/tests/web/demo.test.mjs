@@ -231,10 +231,12 @@ test("two users co-edit the demo flow in two browsers", { timeout: 240_000 }, as
   })
   await b.screenshot({ path: join(shots, "02-bob-sees-alice.png") })
 
-  // A simulated run colours the nodes in both pages, live.
+  // A simulated run colours the nodes in both pages, live. A step can be running for
+  // less time than a loaded machine takes to paint it, so either colour counts here;
+  // the end state is checked exactly below.
   await a.click("#simulate-run")
   for (const page of [a, b]) {
-    await page.waitForSelector("g.node.run-running", { timeout: 10_000 })
+    await page.waitForSelector("g.node.run-running, g.node.run-succeeded", { timeout: 20_000 })
   }
   await b.screenshot({ path: join(shots, "03-bob-run-in-progress.png") })
   for (const page of [a, b]) {
