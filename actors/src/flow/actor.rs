@@ -672,6 +672,17 @@ impl Actor for FlowActor {
     }
 }
 
+/// The store's form of changes the document holds.
+fn change_records(changes: &[StoredChange]) -> Vec<ChangeRecord> {
+    changes
+        .iter()
+        .map(|c| ChangeRecord {
+            hash: c.hash.to_string(),
+            bytes: c.bytes.clone(),
+        })
+        .collect()
+}
+
 fn arm_eviction(myself: &ActorRef<FlowMsg>, state: &FlowState) {
     // Slightly after the grace period, so the check in EvictIfIdle sees it elapsed.
     myself.send_after(
@@ -1011,13 +1022,7 @@ impl FlowState {
                 format!("the change would be {bytes} bytes, beyond the flow's limits"),
             ));
         }
-        let records: Vec<ChangeRecord> = changes
-            .iter()
-            .map(|c| ChangeRecord {
-                hash: c.hash.to_string(),
-                bytes: c.bytes.clone(),
-            })
-            .collect();
+        let records = change_records(&changes);
         if let Err(e) = self.persist(&records).await {
             warn!(error = %e, "store append failed; rolling the document back");
             self.reload()
@@ -1028,15 +1033,8 @@ impl FlowState {
                 "the store is unavailable; retry",
             ));
         }
-        Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
         info!(user_id = %request.user_id, change = %hash, edits = edits.len(), "typed edits applied");
-        self.fan_out(&before, &changes, None);
-        self.publish(FlowBusMessage::Changes {
-            origin: self.deps.node_id.clone(),
-            changes: records.into_iter().map(|r| r.bytes).collect(),
-        })
-        .await;
-        self.maybe_compact().await;
+        self.share_stored(&before, &changes, records, None).await;
         Ok(EditsApplied {
             change: hash.to_string(),
             heads: self.doc.heads_hex(),
@@ -1212,13 +1210,7 @@ impl FlowState {
                 }
             }
         }
-        let records: Vec<ChangeRecord> = changes
-            .iter()
-            .map(|c| ChangeRecord {
-                hash: c.hash.to_string(),
-                bytes: c.bytes.clone(),
-            })
-            .collect();
+        let records = change_records(&changes);
         if let Err(e) = self.persist(&records).await {
             warn!(error = %e, "store append failed; rolling the document back");
             self.refuse(
@@ -1229,7 +1221,6 @@ impl FlowState {
             self.reload().await?;
             return Ok(());
         }
-        Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
         if let Some(peer) = self.peers.get(session_id) {
             peer.out.send_control(&ServerMessage::Ack {
                 id: None,
@@ -1237,15 +1228,28 @@ impl FlowState {
                 changes: records.iter().map(|r| r.hash.clone()).collect(),
             });
         }
-        // Local peers first: they should not wait for a round trip to Redis.
-        self.fan_out(&before, &changes, author);
+        self.share_stored(&before, &changes, records, author).await;
+        Ok(())
+    }
+
+    /// Changes now in the store (which took the document from `before`): counted,
+    /// handed to the local peers (first: they should not wait for a round trip to
+    /// Redis), published on the bus, and counted towards the next compaction.
+    async fn share_stored(
+        &mut self,
+        before: &[ChangeHash],
+        changes: &[StoredChange],
+        records: Vec<ChangeRecord>,
+        author: Option<&str>,
+    ) {
+        Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
+        self.fan_out(before, changes, author);
         self.publish(FlowBusMessage::Changes {
             origin: self.deps.node_id.clone(),
             changes: records.into_iter().map(|r| r.bytes).collect(),
         })
         .await;
         self.maybe_compact().await;
-        Ok(())
     }
 
     /// Records who made `changes` before they are stored: each change's Automerge
