@@ -5,7 +5,7 @@
 //! of growing a mailbox. Replies and errors go out through the session's bounded
 //! [`Outbound`] queue, never directly to the socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -18,42 +18,25 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
 
 use super::limiter::SessionLimiter;
-use super::runs::RunSubscriptions;
+use super::limiter::SessionLimits;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
+use crate::run::RunMsg;
 use crate::run::RunRegistry;
 
 /// Behaviour of a session actor (the state is [`SessionState`]).
 pub struct SessionActor;
 
-#[derive(Debug, Clone)]
-pub struct SessionLimits {
-    /// Frames above this get `too_large` (the socket's hard limit, above which the
-    /// connection is closed, is set higher by the hub).
-    pub max_frame_bytes: usize,
-    pub max_subscriptions: usize,
-    /// Refused frames tolerated before the session is closed for abuse.
-    pub max_bad_frames: u32,
-    /// Sustained control messages per second (presence is exempt: it is coalesced;
-    /// sync frames are slowed down rather than refused, so no edit is dropped).
-    pub messages_per_second: u32,
-    /// Short bursts above the rate that are still accepted.
-    pub burst: u32,
-}
-
-impl Default for SessionLimits {
-    fn default() -> Self {
-        SessionLimits {
-            max_frame_bytes: 1 << 20,
-            max_subscriptions: 64,
-            max_bad_frames: 100,
-            messages_per_second: 100,
-            burst: 200,
-        }
-    }
+/// What a session watches of runs (`session/runs.rs` handles the messages).
+#[derive(Default)]
+pub struct RunSubscriptions {
+    /// Run id -> the actor that serves it (at subscribe time).
+    pub(super) runs: HashMap<String, ActorRef<RunMsg>>,
+    /// Flows whose runs feed this session receives.
+    pub(super) flows: HashSet<String>,
 }
 
 pub struct SessionArgs {
@@ -134,7 +117,7 @@ impl Actor for SessionActor {
             registry: args.registry,
             limits: args.limits,
             runs: args.runs,
-            run_subs: RunSubscriptions::new(),
+            run_subs: RunSubscriptions::default(),
             metrics: args.metrics,
             subscriptions: HashMap::new(),
             ended: HashMap::new(),

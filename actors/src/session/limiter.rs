@@ -10,8 +10,34 @@ use std::num::NonZeroU32;
 use flowhub_protocol::{close, ErrorCode};
 use tracing::info;
 
-use super::actor::SessionLimits;
 use crate::outbound::Outbound;
+
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Frames above this get `too_large` (the socket's hard limit, above which the
+    /// connection is closed, is set higher by the hub).
+    pub max_frame_bytes: usize,
+    pub max_subscriptions: usize,
+    /// Refused frames tolerated before the session is closed for abuse.
+    pub max_bad_frames: u32,
+    /// Sustained control messages per second (presence is exempt: it is coalesced;
+    /// sync frames are slowed down rather than refused, so no edit is dropped).
+    pub messages_per_second: u32,
+    /// Short bursts above the rate that are still accepted.
+    pub burst: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_frame_bytes: 1 << 20,
+            max_subscriptions: 64,
+            max_bad_frames: 100,
+            messages_per_second: 100,
+            burst: 200,
+        }
+    }
+}
 
 /// Rate limiter and bad-frame count of one session (see the module doc).
 pub struct SessionLimiter {

@@ -7,5 +7,5 @@ mod limiter;
 mod runs;
 
 pub use crate::outbound::{Delivery, OutFrame, Outbound, OutboundRx};
-pub use actor::{session_span, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionState};
-pub use limiter::SessionLimiter;
+pub use actor::{session_span, SessionActor, SessionArgs, SessionMsg, SessionState};
+pub use limiter::{SessionLimiter, SessionLimits};

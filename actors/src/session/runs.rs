@@ -7,29 +7,12 @@
 //! actor does the sending; the session only remembers what it watches, so it can
 //! leave everything when it stops.
 
-use std::collections::{HashMap, HashSet};
-
 use flowhub_protocol::{validate_flow_id, ErrorCode, RequestId, Role, ServerMessage};
 use ractor::ActorRef;
 use tracing::{debug, warn};
 
 use super::actor::SessionState;
 use crate::run::{validate_run_id, RunMsg, WatchOutcome, WatchRequest};
-
-/// What a session watches.
-#[derive(Default)]
-pub struct RunSubscriptions {
-    /// Run id -> the actor that serves it (at subscribe time).
-    runs: HashMap<String, ActorRef<RunMsg>>,
-    /// Flows whose runs feed this session receives.
-    flows: HashSet<String>,
-}
-
-impl RunSubscriptions {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
 
 impl SessionState {
     pub(super) async fn subscribe_run(
