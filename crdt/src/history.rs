@@ -34,21 +34,21 @@ impl StoredChange {
     pub fn hash_hex(&self) -> String {
         self.hash.to_string()
     }
-}
 
-impl FlowDoc {
-    /// The message of an applied change, if it has one.
-    pub fn change_message(&mut self, hash: &ChangeHash) -> Option<String> {
-        self.doc
-            .get_change_by_hash(hash)
-            .and_then(|c| c.message().map(str::to_owned))
+    /// The Automerge actor (hex) that made the change, read from its bytes: a
+    /// header parse, where asking the document would rebuild the change from its op
+    /// set. `None` for bytes that are not a change.
+    pub fn actor_hex(&self) -> Option<String> {
+        Change::try_from(self.bytes.as_slice())
+            .ok()
+            .map(|c| c.actor_id().to_hex_string())
     }
 
-    /// The Automerge actor (hex) that made an applied change, if this document has it.
-    pub fn change_actor(&mut self, hash: &ChangeHash) -> Option<String> {
-        self.doc
-            .get_change_by_hash(hash)
-            .map(|c| c.actor_id().to_hex_string())
+    /// The change's message, if it has one (read from its bytes).
+    pub fn message(&self) -> Option<String> {
+        Change::try_from(self.bytes.as_slice())
+            .ok()
+            .and_then(|c| c.message().map(str::to_owned))
     }
 }
 

@@ -672,6 +672,19 @@ impl Actor for FlowActor {
     }
 }
 
+/// Who a change of the hub's own is for: the verified caller a JSON edit names in its
+/// message (the hub wrote it), else the hub (a repair).
+fn hub_change_author(change: &StoredChange) -> String {
+    change
+        .message()
+        .and_then(|m| {
+            m.strip_prefix(EDITS_MESSAGE_PREFIX)
+                .and_then(|rest| rest.split(' ').next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| HUB_USER.to_owned())
+}
+
 /// The store's form of changes the document holds.
 fn change_records(changes: &[StoredChange]) -> Vec<ChangeRecord> {
     changes
@@ -1000,7 +1013,7 @@ impl FlowState {
         self.doc.set_edit_time(None);
         let hash = applied?;
         let changes = self.doc.changes_since(&before);
-        let refused = match self.attribute(&[hash], HUB_USER, HUB_USER).await {
+        let refused = match self.attribute(&changes, HUB_USER, HUB_USER).await {
             Ok(Ok(())) => None,
             Ok(Err(reason)) => Some(EditsRefused::new(ErrorCode::Forbidden, reason)),
             Err(e) => Some(EditsRefused::new(ErrorCode::Internal, e.to_string())),
@@ -1189,8 +1202,7 @@ impl FlowState {
             .get(session_id)
             .map(|p| (p.user_id.clone(), p.name.clone()));
         if let Some((user_id, name)) = user {
-            let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
-            match self.attribute(&hashes, &user_id, &name).await {
+            match self.attribute(&changes, &user_id, &name).await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => {
                     // Reload first: the refusal syncs the peer from the document.
@@ -1260,7 +1272,7 @@ impl FlowState {
     /// (a client replica), not per change.
     async fn attribute(
         &mut self,
-        changes: &[ChangeHash],
+        changes: &[StoredChange],
         user_id: &str,
         name: &str,
     ) -> Result<std::result::Result<(), String>> {
@@ -1270,8 +1282,10 @@ impl FlowState {
         }
         let own = self.doc.actor_hex();
         let mut new: Vec<ActorBinding> = Vec::new();
-        for hash in changes {
-            let Some(actor) = self.doc.change_actor(hash) else {
+        for change in changes {
+            // From the change's bytes: asking the document would rebuild the change
+            // from its op set, on every edit.
+            let Some(actor) = change.actor_hex() else {
                 continue;
             };
             let (user, user_name) = if actor == own {
@@ -1699,13 +1713,13 @@ impl FlowState {
         let changes = self.doc.changes_since(from);
         let mut authors: Vec<String> = Vec::new();
         for change in &changes {
-            let Some(actor) = self.doc.change_actor(&change.hash) else {
+            let Some(actor) = change.actor_hex() else {
                 continue;
             };
             let user = match self.owners.as_ref().and_then(|o| o.get(&actor)) {
                 Some(user) if user != HUB_USER => user.clone(),
-                Some(_) => self.hub_change_author(&change.hash),
-                None if actor == own => self.hub_change_author(&change.hash),
+                Some(_) => hub_change_author(change),
+                None if actor == own => hub_change_author(change),
                 None => continue,
             };
             if !authors.contains(&user) {
@@ -1713,19 +1727,6 @@ impl FlowState {
             }
         }
         authors
-    }
-
-    /// Who a change of the hub's own is for: the verified caller a JSON edit names in
-    /// its message (the hub wrote it), else the hub (a repair).
-    fn hub_change_author(&mut self, hash: &ChangeHash) -> String {
-        self.doc
-            .change_message(hash)
-            .and_then(|m| {
-                m.strip_prefix(EDITS_MESSAGE_PREFIX)
-                    .and_then(|rest| rest.split(' ').next())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| HUB_USER.to_owned())
     }
 
     /// Sends JSON subscribers one patch for everything since their last message:
