@@ -7,6 +7,8 @@
 //! message is dropped, node b still converges, through the heads announcements or
 //! the store watch, within the bound `docs/ARCHITECTURE.md` states.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +17,10 @@ use async_trait::async_trait;
 use flowhub_actors::bus::{Bus, BusError, BusSubscription, FlowBusMessage, MemoryBus};
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry, OnInvalid};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::outbound::{OutFrame, Outbound};
 use flowhub_actors::store::{MemoryStore, Store};
-use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
-use flowhub_protocol::{Role, SyncFrame};
+use flowhub_crdt::{NewNode, Position};
+use flowhub_protocol::Role;
+use support::SyncPeer;
 
 /// The shared bus, counting publishes and able to drop the next changes message.
 #[derive(Clone, Default)]
@@ -111,44 +113,14 @@ async fn a_dropped_changes_message_is_repaired_within_the_bound() {
     let flow_a = a.get_or_spawn("lossy").await.unwrap();
     let flow_b = b.get_or_spawn("lossy").await.unwrap();
 
-    // An editor on node a.
-    let (out, mut rx) = Outbound::new(64, Arc::new(Metrics::default()));
-    ractor::call!(flow_a, |reply| FlowMsg::Join {
-        session_id: "ed".into(),
-        user_id: "ed".into(),
-        name: "ed".into(),
-        token_role: Some(Role::Editor),
-        role: Role::Editor,
-        out,
-        request_id: None,
-        pending: Vec::new(),
-        stream: false,
-        on_invalid: OnInvalid::Refuse,
-        reply
-    })
-    .unwrap();
-    let mut doc = FlowDoc::new();
-    let mut sync = SyncState::new();
-    doc.add_node(NewNode::new("http", "Fetch", Position::new(1.0, 2.0)))
+    // An editor on node a; its first edit's changes message is lost on the bus.
+    let mut editor = SyncPeer::join(&flow_a, "ed", Role::Editor, OnInvalid::Refuse).await;
+    editor
+        .doc
+        .add_node(NewNode::new("http", "Fetch", Position::new(1.0, 2.0)))
         .unwrap();
     bus.drop_next_changes.store(true, Ordering::SeqCst);
-    for _ in 0..10 {
-        if let Some(msg) = doc.generate_sync_message(&mut sync) {
-            ractor::call!(flow_a, |reply| FlowMsg::Sync {
-                session_id: "ed".into(),
-                payload: msg,
-                reply,
-            })
-            .unwrap();
-        }
-        while let Ok(frame) = rx.frames.try_recv() {
-            if let OutFrame::Binary(bytes) = frame {
-                let frame = SyncFrame::decode(&bytes).unwrap();
-                doc.receive_sync_message(&mut sync, &frame.payload).unwrap();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    editor.exchange().await;
     assert!(
         !bus.drop_next_changes.load(Ordering::SeqCst),
         "the changes message was dropped"

@@ -3,6 +3,8 @@
 //! co-edit and converge through bus messages alone (no store watch runs here, so a
 //! message one node could not read would leave the replicas apart).
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,11 +13,10 @@ use async_trait::async_trait;
 use flowhub_actors::bus::{Bus, BusError, BusFormat, BusSubscription, FlowBusMessage, MemoryBus};
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry, OnInvalid};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::outbound::{OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::MemoryStore;
-use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
-use flowhub_protocol::{Role, SyncFrame};
-use ractor::ActorRef;
+use flowhub_crdt::{NewNode, Position};
+use flowhub_protocol::Role;
+use support::SyncPeer;
 
 /// The shared bus, recording the format version of every message published.
 #[derive(Clone, Default)]
@@ -56,79 +57,26 @@ fn node(
     }))
 }
 
-struct Editor {
-    id: String,
-    doc: FlowDoc,
-    sync: SyncState,
-    rx: OutboundRx,
-    actor: ActorRef<FlowMsg>,
-}
-
-impl Editor {
-    async fn join(actor: ActorRef<FlowMsg>, id: &str) -> Editor {
-        let (out, rx) = Outbound::new(256, Arc::new(Metrics::default()));
-        ractor::call!(actor, |reply| FlowMsg::Join {
-            session_id: id.into(),
-            user_id: id.into(),
-            name: id.into(),
-            token_role: Some(Role::Editor),
-            role: Role::Editor,
-            out,
-            request_id: None,
-            pending: Vec::new(),
-            stream: false,
-            on_invalid: OnInvalid::Refuse,
-            reply
-        })
-        .unwrap();
-        let mut editor = Editor {
-            id: id.into(),
-            doc: FlowDoc::new(),
-            sync: SyncState::new(),
-            rx,
-            actor,
-        };
-        editor.exchange().await;
-        editor
-    }
-
-    async fn exchange(&mut self) {
-        for _ in 0..20 {
-            if let Some(msg) = self.doc.generate_sync_message(&mut self.sync) {
-                ractor::call!(self.actor, |reply| FlowMsg::Sync {
-                    session_id: self.id.clone(),
-                    payload: msg,
-                    reply,
-                })
-                .unwrap();
-            }
-            let mut got = 0;
-            while let Ok(Some(frame)) =
-                tokio::time::timeout(Duration::from_millis(50), self.rx.frames.recv()).await
-            {
-                if let OutFrame::Binary(bytes) = frame {
-                    let frame = SyncFrame::decode(&bytes).unwrap();
-                    self.doc
-                        .receive_sync_message(&mut self.sync, &frame.payload)
-                        .unwrap();
-                    got += 1;
-                }
-            }
-            if got == 0 && self.doc.generate_sync_message(&mut self.sync).is_none() {
-                break;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_of_the_previous_and_the_current_bus_format_co_edit() {
     let bus = RecordingBus::default();
     let store = Arc::new(MemoryStore::default());
     let old = node("old", BusFormat::V1, &bus, &store);
     let new = node("new", BusFormat::V2, &bus, &store);
-    let mut on_old = Editor::join(old.get_or_spawn("mixed").await.unwrap(), "ann").await;
-    let mut on_new = Editor::join(new.get_or_spawn("mixed").await.unwrap(), "bob").await;
+    let mut on_old = SyncPeer::join(
+        &old.get_or_spawn("mixed").await.unwrap(),
+        "ann",
+        Role::Editor,
+        OnInvalid::Refuse,
+    )
+    .await;
+    let mut on_new = SyncPeer::join(
+        &new.get_or_spawn("mixed").await.unwrap(),
+        "bob",
+        Role::Editor,
+        OnInvalid::Refuse,
+    )
+    .await;
 
     for i in 0..10 {
         on_old

@@ -8,139 +8,20 @@
 //! the repair policy is refused without a resync round (which would make a stock peer
 //! send the refused change again, forever).
 
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use automerge::transaction::Transactable;
-use automerge::{ObjType, ReadDoc};
+use std::sync::Arc;
+
 use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry, OnInvalid};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::{MemoryStore, Store};
-use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
-use flowhub_protocol::{ErrorCode, Role, ServerMessage, SyncFrame};
+use flowhub_crdt::{FlowDoc, NewNode, Position};
+use flowhub_protocol::{ErrorCode, Role};
 use ractor::ActorRef;
+use support::SyncPeer;
 
 const FLOW: &str = "repaired";
-
-/// A simulated sync-protocol peer (what the bridge does for a stock `Repo`).
-struct Peer {
-    id: String,
-    doc: FlowDoc,
-    sync: SyncState,
-    rx: OutboundRx,
-    messages: Vec<ServerMessage>,
-}
-
-async fn join(actor: &ActorRef<FlowMsg>, id: &str, role: Role, on_invalid: OnInvalid) -> Peer {
-    let (out, rx) = Outbound::new(256, Arc::new(Metrics::default()));
-    ractor::call!(actor, |reply| FlowMsg::Join {
-        session_id: id.into(),
-        user_id: id.into(),
-        name: id.into(),
-        token_role: Some(role),
-        role,
-        out,
-        request_id: None,
-        pending: Vec::new(),
-        stream: false,
-        on_invalid,
-        reply
-    })
-    .unwrap();
-    let mut peer = Peer {
-        id: id.into(),
-        doc: FlowDoc::new(),
-        sync: SyncState::new(),
-        rx,
-        messages: Vec::new(),
-    };
-    peer.exchange(actor).await;
-    peer
-}
-
-impl Peer {
-    /// Sends what the sync protocol has to say and applies what comes back, until
-    /// neither side has anything more; returns how many sync frames arrived.
-    async fn exchange(&mut self, actor: &ActorRef<FlowMsg>) -> usize {
-        let mut received = 0;
-        for _ in 0..20 {
-            if let Some(msg) = self.doc.generate_sync_message(&mut self.sync) {
-                let ok = ractor::call!(actor, |reply| FlowMsg::Sync {
-                    session_id: self.id.clone(),
-                    payload: msg,
-                    reply,
-                })
-                .unwrap();
-                assert!(ok, "{} is still a peer", self.id);
-            }
-            let mut got = 0;
-            while let Ok(Some(frame)) =
-                tokio::time::timeout(Duration::from_millis(100), self.rx.frames.recv()).await
-            {
-                match frame {
-                    OutFrame::Binary(bytes) => {
-                        let frame = SyncFrame::decode(&bytes).unwrap();
-                        self.doc
-                            .receive_sync_message(&mut self.sync, &frame.payload)
-                            .unwrap();
-                        got += 1;
-                    }
-                    OutFrame::Text(text) => {
-                        self.messages.push(serde_json::from_str(&text).unwrap());
-                    }
-                    OutFrame::SharedBinary(_) => panic!("no change frames without stream"),
-                }
-            }
-            received += got;
-            if got == 0 && self.doc.generate_sync_message(&mut self.sync).is_none() {
-                break;
-            }
-        }
-        received
-    }
-
-    /// What stock automerge-repo code does with `d.nodes[id].label = "..."`:
-    /// Automerge 3 writes a JS string as a text object, which the schema refuses.
-    fn write_text_label(&mut self, node: &str, label: &str) {
-        let raw = self.doc.doc_mut();
-        let nodes = match raw.get(automerge::ROOT, "nodes").unwrap() {
-            Some((_, id)) => id,
-            None => panic!("nodes map"),
-        };
-        let node = raw.get(&nodes, node).unwrap().expect("node").1;
-        let text = raw.put_object(&node, "label", ObjType::Text).unwrap();
-        raw.splice_text(&text, 0, 0, label).unwrap();
-        raw.commit();
-    }
-
-    fn json(&mut self) -> serde_json::Value {
-        self.doc.to_json()
-    }
-
-    fn errors(&self) -> Vec<ErrorCode> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m {
-                ServerMessage::Error { code, .. } => Some(*code),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn repairs(&self) -> Vec<(String, Vec<String>)> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m {
-                ServerMessage::Repaired {
-                    change, problems, ..
-                } => Some((change.clone(), problems.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-}
 
 struct World {
     store: Arc<MemoryStore>,
@@ -186,17 +67,17 @@ fn strip_heads(mut json: serde_json::Value) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_breaking_change_from_a_repair_peer_is_stored_with_its_repair() {
     let w = world().await;
-    let mut stock = join(&w.actor, "stock", Role::Editor, OnInvalid::Repair).await;
-    let mut native = join(&w.actor, "native", Role::Editor, OnInvalid::Refuse).await;
+    let mut stock = SyncPeer::join(&w.actor, "stock", Role::Editor, OnInvalid::Repair).await;
+    let mut native = SyncPeer::join(&w.actor, "native", Role::Editor, OnInvalid::Refuse).await;
 
     // A valid node first, then the stock way of relabelling it.
     let (node, _) = stock
         .doc
         .add_node(NewNode::new("http", "Fetch", Position::new(1.0, 2.0)))
         .unwrap();
-    stock.exchange(&w.actor).await;
+    stock.exchange().await;
     stock.write_text_label(&node, "Typed in JS");
-    stock.exchange(&w.actor).await;
+    stock.exchange().await;
 
     let repairs = stock.repairs();
     assert_eq!(repairs.len(), 1, "the peer is told: {:?}", stock.messages);
@@ -215,12 +96,12 @@ async fn a_schema_breaking_change_from_a_repair_peer_is_stored_with_its_repair()
     stored.validate().unwrap();
     let repair = repairs[0].0.parse().unwrap();
     assert!(stored.has_change(&repair), "the repair is durable");
-    native.exchange(&w.actor).await;
+    native.exchange().await;
     let hub = strip_heads(w.hub_json().await);
     assert_eq!(hub["nodes"][&node]["label"], "Typed in JS");
     assert_eq!(strip_heads(stored.to_json()), hub);
-    assert_eq!(strip_heads(stock.json()), hub);
-    assert_eq!(strip_heads(native.json()), hub);
+    assert_eq!(strip_heads(stock.doc.to_json()), hub);
+    assert_eq!(strip_heads(native.doc.to_json()), hub);
     stock.doc.validate().unwrap();
 
     // Its later valid edits land.
@@ -228,27 +109,27 @@ async fn a_schema_breaking_change_from_a_repair_peer_is_stored_with_its_repair()
         .doc
         .move_node(&node, Position::new(50.0, 60.0))
         .unwrap();
-    stock.exchange(&w.actor).await;
-    native.exchange(&w.actor).await;
+    stock.exchange().await;
+    native.exchange().await;
     let hub = strip_heads(w.hub_json().await);
     assert_eq!(hub["nodes"][&node]["position"]["x"], 50.0);
     assert_eq!(strip_heads(w.stored().await.to_json()), hub);
-    assert_eq!(strip_heads(native.json()), hub);
+    assert_eq!(strip_heads(native.doc.to_json()), hub);
     assert_eq!(stock.repairs().len(), 1, "nothing more to repair");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refuse_peer_is_still_refused_and_nothing_is_stored() {
     let w = world().await;
-    let mut native = join(&w.actor, "native", Role::Editor, OnInvalid::Refuse).await;
+    let mut native = SyncPeer::join(&w.actor, "native", Role::Editor, OnInvalid::Refuse).await;
     let (node, _) = native
         .doc
         .add_node(NewNode::new("http", "Fetch", Position::new(1.0, 2.0)))
         .unwrap();
-    native.exchange(&w.actor).await;
+    native.exchange().await;
     let before = w.stored().await.heads_hex();
     native.write_text_label(&node, "bad");
-    native.exchange(&w.actor).await;
+    native.exchange().await;
     assert_eq!(native.errors(), vec![ErrorCode::SchemaViolation]);
     assert!(native.repairs().is_empty());
     assert_eq!(w.stored().await.heads_hex(), before, "nothing stored");
@@ -257,17 +138,17 @@ async fn a_refuse_peer_is_still_refused_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_with_the_repair_policy_is_refused_without_a_resync_loop() {
     let w = world().await;
-    let mut editor = join(&w.actor, "editor", Role::Editor, OnInvalid::Refuse).await;
+    let mut editor = SyncPeer::join(&w.actor, "editor", Role::Editor, OnInvalid::Refuse).await;
     editor
         .doc
         .add_node(NewNode::new("http", "Fetch", Position::new(1.0, 2.0)))
         .unwrap();
-    editor.exchange(&w.actor).await;
-    let mut viewer = join(&w.actor, "viewer", Role::Viewer, OnInvalid::Repair).await;
+    editor.exchange().await;
+    let mut viewer = SyncPeer::join(&w.actor, "viewer", Role::Viewer, OnInvalid::Repair).await;
     let before = w.stored().await.heads_hex();
 
     viewer.doc.set_name("mine now").unwrap();
-    let frames = viewer.exchange(&w.actor).await;
+    let frames = viewer.exchange().await;
     assert_eq!(viewer.errors(), vec![ErrorCode::Forbidden]);
     assert!(
         frames <= 1,
@@ -278,8 +159,8 @@ async fn a_viewer_with_the_repair_policy_is_refused_without_a_resync_loop() {
 
     // Others' edits still reach it.
     editor.doc.set_name("from the editor").unwrap();
-    editor.exchange(&w.actor).await;
-    viewer.exchange(&w.actor).await;
+    editor.exchange().await;
+    viewer.exchange().await;
     let mut hub = w.stored().await;
     let editor_change = hub.heads();
     for h in &editor_change {

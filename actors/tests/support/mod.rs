@@ -1,0 +1,140 @@
+//! A sync-protocol peer of a real `FlowActor`, as a session (or the automerge-repo
+//! bridge) would be: it joins, then exchanges Automerge sync messages through the
+//! actor's real outbound queue. Shared by the tests that need one.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ReadDoc};
+use flowhub_actors::flow::{FlowMsg, OnInvalid};
+use flowhub_actors::metrics::Metrics;
+use flowhub_actors::outbound::{OutFrame, Outbound, OutboundRx};
+use flowhub_crdt::{FlowDoc, SyncState};
+use flowhub_protocol::{ErrorCode, Role, ServerMessage, SyncFrame};
+use ractor::ActorRef;
+
+pub struct SyncPeer {
+    pub id: String,
+    pub doc: FlowDoc,
+    pub sync: SyncState,
+    pub rx: OutboundRx,
+    pub actor: ActorRef<FlowMsg>,
+    /// Every control message the actor queued for this peer.
+    pub messages: Vec<ServerMessage>,
+}
+
+impl SyncPeer {
+    /// Joins `actor` as session `id` (also its user id and name) and syncs.
+    pub async fn join(
+        actor: &ActorRef<FlowMsg>,
+        id: &str,
+        role: Role,
+        on_invalid: OnInvalid,
+    ) -> SyncPeer {
+        let (out, rx) = Outbound::new(256, Arc::new(Metrics::default()));
+        ractor::call!(actor, |reply| FlowMsg::Join {
+            session_id: id.into(),
+            user_id: id.into(),
+            name: id.into(),
+            token_role: Some(role),
+            role,
+            out,
+            request_id: None,
+            pending: Vec::new(),
+            stream: false,
+            on_invalid,
+            reply
+        })
+        .unwrap();
+        let mut peer = SyncPeer {
+            id: id.into(),
+            doc: FlowDoc::new(),
+            sync: SyncState::new(),
+            rx,
+            actor: actor.clone(),
+            messages: Vec::new(),
+        };
+        peer.exchange().await;
+        peer
+    }
+
+    /// Sends what the sync protocol has to say and applies what comes back, until
+    /// neither side has anything more; returns how many sync frames arrived.
+    pub async fn exchange(&mut self) -> usize {
+        let mut received = 0;
+        for _ in 0..20 {
+            if let Some(msg) = self.doc.generate_sync_message(&mut self.sync) {
+                let ok = ractor::call!(self.actor, |reply| FlowMsg::Sync {
+                    session_id: self.id.clone(),
+                    payload: msg,
+                    reply,
+                })
+                .unwrap();
+                assert!(ok, "{} is still a peer", self.id);
+            }
+            let mut got = 0;
+            while let Ok(Some(frame)) =
+                tokio::time::timeout(Duration::from_millis(100), self.rx.frames.recv()).await
+            {
+                match frame {
+                    OutFrame::Binary(bytes) => {
+                        let frame = SyncFrame::decode(&bytes).unwrap();
+                        self.doc
+                            .receive_sync_message(&mut self.sync, &frame.payload)
+                            .unwrap();
+                        got += 1;
+                    }
+                    OutFrame::Text(text) => {
+                        self.messages.push(serde_json::from_str(&text).unwrap());
+                    }
+                    OutFrame::SharedBinary(_) => panic!("no change frames without stream"),
+                }
+            }
+            received += got;
+            if got == 0 && self.doc.generate_sync_message(&mut self.sync).is_none() {
+                break;
+            }
+        }
+        received
+    }
+
+    /// What stock automerge-repo code does with `d.nodes[id].label = "..."`:
+    /// Automerge 3 writes a JS string as a text object, which the schema refuses.
+    pub fn write_text_label(&mut self, node: &str, label: &str) {
+        let raw = self.doc.doc_mut();
+        let nodes = match raw.get(automerge::ROOT, "nodes").unwrap() {
+            Some((_, id)) => id,
+            None => panic!("nodes map"),
+        };
+        let node = raw.get(&nodes, node).unwrap().expect("node").1;
+        let text = raw.put_object(&node, "label", ObjType::Text).unwrap();
+        raw.splice_text(&text, 0, 0, label).unwrap();
+        raw.commit();
+    }
+
+    pub fn errors(&self) -> Vec<ErrorCode> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Error { code, .. } => Some(*code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `(change, problems)` of every `repaired` message.
+    pub fn repairs(&self) -> Vec<(String, Vec<String>)> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Repaired {
+                    change, problems, ..
+                } => Some((change.clone(), problems.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
