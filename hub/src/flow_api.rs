@@ -84,6 +84,7 @@ pub async fn post_edits(
         ));
     }
     let key = idempotency_key(body.idempotency_key, &headers)?;
+    authorize(&state, &claims, &flow_id, Needs::Edit).await?;
     apply(
         &state,
         &flow_id,
@@ -103,8 +104,8 @@ pub async fn post_restore(
     body: Result<Json<RestoreBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<EditsApplied>, AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
-    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
     let key = idempotency_key(body.idempotency_key, &headers)?;
+    authorize(&state, &claims, &flow_id, Needs::Edit).await?;
     let to = version(&state, &flow_id, &body.to).await?;
     apply(&state, &flow_id, &claims, EditSource::RestoreTo(to), key).await
 }
@@ -116,10 +117,7 @@ pub async fn get_diff(
     Authenticated(claims): Authenticated,
     Query(query): Query<DiffQuery>,
 ) -> Result<Json<FlowDiff>, AppError> {
-    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    if effective_role(&state, &claims, &flow_id).await?.is_none() {
-        return Err(AppError::forbidden("no role on this flow"));
-    }
+    authorize(&state, &claims, &flow_id, Needs::Read).await?;
     let from = version(&state, &flow_id, &query.from).await?;
     let to = match query.to.as_deref().filter(|t| !t.is_empty()) {
         Some(to) => Some(version(&state, &flow_id, to).await?),
@@ -136,6 +134,32 @@ pub async fn get_diff(
     }
 }
 
+/// What a request needs on a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Read,
+    Edit,
+}
+
+/// Checks the flow id (400) and the caller's effective role (403), by the rule every
+/// transport uses ([`effective_role`]); returns the role.
+async fn authorize(
+    state: &AppState,
+    claims: &Claims,
+    flow_id: &str,
+    needs: Needs,
+) -> Result<flowhub_protocol::Role, AppError> {
+    validate_flow_id(flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    match effective_role(state, claims, flow_id).await? {
+        None => Err(AppError::forbidden("no role on this flow")),
+        Some(role) if needs == Needs::Edit && !role.can_edit() => Err(AppError::forbidden(
+            format!("role {role:?} cannot edit this flow").to_lowercase(),
+        )),
+        Some(role) => Ok(role),
+    }
+}
+
+/// Applies edits for a caller [`authorize`]d to edit them.
 async fn apply(
     state: &AppState,
     flow_id: &str,
@@ -143,16 +167,6 @@ async fn apply(
     edits: EditSource,
     idempotency_key: Option<String>,
 ) -> Result<Json<EditsApplied>, AppError> {
-    validate_flow_id(flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    match effective_role(state, claims, flow_id).await? {
-        Some(role) if role.can_edit() => {}
-        Some(role) => {
-            return Err(AppError::forbidden(
-                format!("role {role:?} cannot edit this flow").to_lowercase(),
-            ))
-        }
-        None => return Err(AppError::forbidden("no role on this flow")),
-    }
     let request = EditRequest {
         user_id: claims.sub.clone(),
         edits,
@@ -295,10 +309,7 @@ pub async fn get_history(
     Authenticated(claims): Authenticated,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, AppError> {
-    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    if effective_role(&state, &claims, &flow_id).await?.is_none() {
-        return Err(AppError::forbidden("no role on this flow"));
-    }
+    authorize(&state, &claims, &flow_id, Needs::Read).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
     let before = match query.before.as_deref().filter(|b| !b.is_empty()) {
         Some(hex) => Some(
@@ -390,7 +401,6 @@ pub async fn post_version(
     body: Result<Json<NewVersion>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<NamedVersion>), AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
-    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(
@@ -398,14 +408,7 @@ pub async fn post_version(
                 .with_field("name"),
         );
     }
-    match effective_role(&state, &claims, &flow_id).await? {
-        Some(role) if role.can_edit() => {}
-        _ => {
-            return Err(AppError::forbidden(
-                "naming a version needs the editor role",
-            ))
-        }
-    }
+    authorize(&state, &claims, &flow_id, Needs::Edit).await?;
     let flow = open(&state, &flow_id).await?;
     let heads = ractor::call!(flow, FlowMsg::Heads)
         .map_err(|_| AppError::internal("the flow actor stopped; retry"))?;
@@ -438,10 +441,7 @@ pub async fn get_versions(
     Path(flow_id): Path<String>,
     Authenticated(claims): Authenticated,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    if effective_role(&state, &claims, &flow_id).await?.is_none() {
-        return Err(AppError::forbidden("no role on this flow"));
-    }
+    authorize(&state, &claims, &flow_id, Needs::Read).await?;
     let versions = state
         .store
         .named_versions(&flow_id)
@@ -456,15 +456,7 @@ pub async fn delete_version(
     Path((flow_id, name)): Path<(String, String)>,
     Authenticated(claims): Authenticated,
 ) -> Result<StatusCode, AppError> {
-    validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    match effective_role(&state, &claims, &flow_id).await? {
-        Some(role) if role.can_edit() => {}
-        _ => {
-            return Err(AppError::forbidden(
-                "deleting a version needs the editor role",
-            ))
-        }
-    }
+    authorize(&state, &claims, &flow_id, Needs::Edit).await?;
     let deleted = state
         .store
         .delete_named_version(&flow_id, &name)
