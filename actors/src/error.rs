@@ -8,6 +8,8 @@ pub enum ActorsError {
     Spawn(String),
     #[error("the actor stopped before answering")]
     ActorGone,
+    #[error("the store append ended without a result")]
+    AppendLost,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored flow cannot be loaded: {0}")]

@@ -6,7 +6,9 @@
 //! change that was streamed to it.
 //!
 //! Clients are simulated with the same sans-IO [`HubLink`] the Rust client uses; the
-//! frames go through the actor's real outbound queues.
+//! frames go through the actor's real outbound queues. Some cases use a store whose
+//! appends take a millisecond, so edits pile up behind an append in flight (the flow
+//! actor's pipelined persistence) while peers join, reconnect and lag.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -17,7 +19,10 @@ use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
-use flowhub_actors::store::{MemoryStore, Store};
+use flowhub_actors::store::{
+    ActorBinding, ChangeRecord, FlowVersions, MemberAccess, MemoryStore, Snapshot, Store,
+    StoreError, StoredFlow,
+};
 use flowhub_crdt::{
     change_frame_hashes, parse_heads, sync_message_hashes, ChangeHash, FlowDoc, HubLink, NewNode,
     Outgoing, Position,
@@ -63,6 +68,52 @@ struct Counts {
     acks: usize,
 }
 
+/// A `MemoryStore` whose appends take `delay`.
+struct SlowStore {
+    inner: Arc<MemoryStore>,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowStore {
+    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
+        self.inner.load_flow(flow_id).await
+    }
+    async fn append_changes(&self, flow_id: &str, c: &[ChangeRecord]) -> Result<(), StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.append_changes(flow_id, c).await
+    }
+    async fn compact(&self, f: &str, s: Snapshot, c: &[String]) -> Result<(), StoreError> {
+        self.inner.compact(f, s, c).await
+    }
+    async fn member_access(&self, f: &str, u: &str) -> Result<Option<MemberAccess>, StoreError> {
+        self.inner.member_access(f, u).await
+    }
+    async fn set_member_access(
+        &self,
+        f: &str,
+        u: &str,
+        a: Option<MemberAccess>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_member_access(f, u, a).await
+    }
+    async fn flow_versions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
+        self.inner.flow_versions(ids).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn flow_actors(&self, flow_id: &str) -> Result<Vec<ActorBinding>, StoreError> {
+        self.inner.flow_actors(flow_id).await
+    }
+    async fn bind_actors(&self, f: &str, b: &[ActorBinding]) -> Result<(), StoreError> {
+        self.inner.bind_actors(f, b).await
+    }
+}
+
 struct World {
     actor: ActorRef<FlowMsg>,
     store: Arc<MemoryStore>,
@@ -75,10 +126,17 @@ struct World {
 }
 
 async fn world(queue: usize, stream: bool) -> World {
+    world_with_store_delay(queue, stream, Duration::ZERO).await
+}
+
+async fn world_with_store_delay(queue: usize, stream: bool, append_delay: Duration) -> World {
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(MemoryStore::new());
     let registry = FlowRegistry::new(Arc::new(FlowDeps {
-        store: store.clone(),
+        store: Arc::new(SlowStore {
+            inner: store.clone(),
+            delay: append_delay,
+        }),
         bus: Arc::new(MemoryBus::new()),
         node_id: "prop-node".into(),
         metrics: metrics.clone(),
@@ -402,8 +460,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-async fn run(ops: Vec<Op>, queue: usize, stream: bool) {
-    let mut w = world(queue, stream).await;
+async fn run(ops: Vec<Op>, queue: usize, stream: bool, append_delay: Duration) {
+    let mut w = world_with_store_delay(queue, stream, append_delay).await;
     w.join().await;
     w.join().await;
     for op in ops {
@@ -429,12 +487,14 @@ proptest! {
     fn streamed_peers_converge_without_duplicates(
         ops in prop::collection::vec(op(), 1..80),
         queue in prop_oneof![Just(3usize), Just(8), Just(256)],
+        slow_store in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(run(ops, queue, true));
+        let delay = if slow_store { Duration::from_millis(1) } else { Duration::ZERO };
+        runtime.block_on(run(ops, queue, true, delay));
     }
 
     /// The same with clients that never stream: the fallback path on its own.
@@ -442,12 +502,14 @@ proptest! {
     fn sync_only_peers_converge(
         ops in prop::collection::vec(op(), 1..60),
         queue in prop_oneof![Just(3usize), Just(256)],
+        slow_store in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(run(ops, queue, false));
+        let delay = if slow_store { Duration::from_millis(1) } else { Duration::ZERO };
+        runtime.block_on(run(ops, queue, false, delay));
     }
 }
 

@@ -1,11 +1,28 @@
 //! The flow actor: owns one flow's Automerge document on this node.
 //!
-//! Every edit from a local peer goes through [`FlowMsg::Sync`]: the actor refuses it
-//! if the peer may not edit or the result breaks the schema (the document is left
-//! exactly as it was), otherwise persists the new changes, and only then acknowledges
-//! them to their author, syncs every other local peer and publishes the changes on the
-//! bus. Messages are handled one at a time, so the document in memory never runs ahead
-//! of the store by more than the message being handled.
+//! Every edit from a local peer goes through [`FlowMsg::Sync`] (or
+//! [`FlowMsg::Changes`]): the actor refuses it if the peer may not edit or the result
+//! breaks the schema (the document is left exactly as it was), otherwise hands the
+//! new changes to the store, and only once they are stored acknowledges them to their
+//! author, hands them to every other local peer and publishes them on the bus.
+//!
+//! # Pipelined persistence
+//!
+//! The store append runs beside the actor: while one append is in flight, the next
+//! peer messages are validated and applied, and their changes queue up for the next
+//! append (one append, so one commit, for all of them). Appends complete in order,
+//! and each completion acknowledges and fans out its changes in the order they were
+//! applied. So the document may hold changes the store does not have yet, and nothing
+//! that reads it may show them to anybody before they are stored:
+//! - sync rounds for peers wait until no append is pending (`sync_due`): a sync
+//!   message is generated from the whole document;
+//! - every other message that reads the document or replaces it (a join, a JSON read,
+//!   typed edits, the bus, the store watch, a reload) first waits for the pending
+//!   appends (`drain`), which gives it exactly the old one-message-at-a-time view;
+//! - heads announcements, JSON patches and compaction skip a tick with appends pending.
+//!
+//! A failed append rolls the document back to the store and refuses every change it
+//! or the queue behind it held: none of them was acknowledged or forwarded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,10 +179,11 @@ pub enum FlowMsg {
     PresenceFlush,
     /// The hub nodes currently alive: presence of sessions on any other node goes.
     LiveNodes(Arc<std::collections::HashSet<String>>),
-    /// An Automerge sync message from a subscribed session. The reply comes after the
-    /// message was fully handled (persisted, acknowledged), which gives the session's
-    /// reader natural backpressure; it is `false` when the session is not (or no
-    /// longer, after a revocation) a peer of this flow.
+    /// An Automerge sync message from a subscribed session. The reply comes once the
+    /// message was validated and applied (its changes may still be on their way to the
+    /// store: the ack follows separately), or, when too much waits for the store,
+    /// once that is stored; either way the session's reader gets backpressure. It is
+    /// `false` when the session is not (or no longer, after a revocation) a peer.
     Sync {
         session_id: String,
         payload: Vec<u8>,
@@ -178,6 +196,12 @@ pub enum FlowMsg {
         payload: Vec<u8>,
         reply: RpcReplyPort<bool>,
     },
+    /// The store append with this id finished (see "Pipelined persistence" above).
+    Appended(u64),
+    /// Waits until every change this actor applied is stored, acknowledged and fanned
+    /// out (a session that sent edits calls it before it closes, so a draining node
+    /// acknowledges every edit it stored).
+    Flush(RpcReplyPort<()>),
     /// A message from another node, via the bus.
     Bus(Vec<u8>),
     Tick,
@@ -365,9 +389,49 @@ pub struct FlowState {
     /// version of exactly `seen + own_appends` means no other node wrote.
     own_appends: u64,
     empty_since: Option<Instant>,
+    /// The store append in flight, if any.
+    appending: Option<Append>,
+    /// Applied changes waiting for the next append (the one in flight holds others).
+    queued: Vec<PendingCommit>,
+    /// Bytes of the changes in `appending` and `queued`.
+    storing_bytes: usize,
+    next_append_id: u64,
+    /// Peers owed a sync round once no append is pending.
+    sync_due: std::collections::HashSet<String>,
     tasks: Vec<JoinHandle<()>>,
     span: tracing::Span,
 }
+
+/// Changes one message brought, applied to the document and on their way to the
+/// store; acknowledged and fanned out once stored.
+struct PendingCommit {
+    /// The peer that sent them (it gets the ack).
+    session_id: String,
+    /// The document's heads before and after them.
+    before: Vec<ChangeHash>,
+    after: Vec<ChangeHash>,
+    changes: Vec<StoredChange>,
+    /// The peer that made every one of `changes` (`None` when the hub added a repair,
+    /// so the fan-out reaches the sender too).
+    author: Option<String>,
+    /// Sent to the peer after its ack (a repair notice).
+    notice: Option<ServerMessage>,
+}
+
+/// One store append in flight: the commits it stores, and where its result arrives.
+struct Append {
+    id: u64,
+    commits: Vec<PendingCommit>,
+    result: tokio::sync::oneshot::Receiver<AppendResult>,
+}
+
+/// The records an append stored (handed back for the bus), and how it went.
+type AppendResult = (Vec<ChangeRecord>, Duration, Result<()>);
+
+/// With this many commits or bytes waiting for the store, a peer's message is
+/// answered only once they are stored: the bound on what an actor holds unstored.
+const MAX_QUEUED_COMMITS: usize = 256;
+const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 impl Actor for FlowActor {
     type Msg = FlowMsg;
@@ -437,6 +501,11 @@ impl Actor for FlowActor {
             versions_seen,
             own_appends: 0,
             empty_since: Some(Instant::now()),
+            appending: None,
+            queued: Vec::new(),
+            storing_bytes: 0,
+            next_append_id: 0,
+            sync_due: Default::default(),
             tasks,
             span,
         })
@@ -483,6 +552,10 @@ impl Actor for FlowActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
         let outcome = async {
+            if reads_the_document(&msg) {
+                // Shows or replaces the document: only once it holds nothing unstored.
+                state.drain(&myself).await?;
+            }
             match msg {
                 FlowMsg::Join {
                     session_id,
@@ -567,7 +640,11 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
-                    let result = state.on_sync(&session_id, &payload).await;
+                    let result = state.on_sync(&session_id, &payload, &myself).await;
+                    let result = match result {
+                        Ok(()) => state.hold_back(&myself).await,
+                        Err(e) => Err(e),
+                    };
                     let _ = reply.send(true);
                     result?;
                 }
@@ -576,9 +653,18 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
-                    let result = state.on_changes(&session_id, &payload).await;
+                    let result = state.on_changes(&session_id, &payload, &myself).await;
+                    let result = match result {
+                        Ok(()) => state.hold_back(&myself).await,
+                        Err(e) => Err(e),
+                    };
                     let _ = reply.send(true);
                     result?;
+                }
+                FlowMsg::Appended(id) => state.on_appended(id, &myself).await?,
+                FlowMsg::Flush(reply) => {
+                    // Drained above.
+                    let _ = reply.send(());
                 }
                 FlowMsg::Bus(bytes) => state.on_bus(bytes, &myself).await?,
                 FlowMsg::LiveNodes(live) => {
@@ -645,6 +731,7 @@ impl Actor for FlowActor {
                     let _ = reply.send(state.doc.heads_hex());
                 }
             }
+            state.when_stored().await;
             Ok::<(), ActorsError>(())
         }
         .instrument(span.clone())
@@ -670,6 +757,25 @@ impl Actor for FlowActor {
         }
         Ok(())
     }
+}
+
+/// Whether a message shows the document to somebody or replaces it, so the actor
+/// first waits for its pending appends (see "Pipelined persistence" above). Bus
+/// messages decide for themselves (`on_bus`): presence needs no wait.
+fn reads_the_document(msg: &FlowMsg) -> bool {
+    matches!(
+        msg,
+        FlowMsg::Join { .. }
+            | FlowMsg::JoinJson { .. }
+            | FlowMsg::ToJson(_)
+            | FlowMsg::Heads(_)
+            | FlowMsg::ApplyEdits { .. }
+            | FlowMsg::History { .. }
+            | FlowMsg::Diff { .. }
+            | FlowMsg::StoreVersions(_)
+            | FlowMsg::EvictIfIdle
+            | FlowMsg::Flush(_)
+    )
 }
 
 /// Who a change of the hub's own is for: the verified caller a JSON edit names in its
@@ -892,7 +998,12 @@ impl FlowState {
         }
     }
 
-    async fn on_sync(&mut self, session_id: &str, payload: &[u8]) -> Result<()> {
+    async fn on_sync(
+        &mut self,
+        session_id: &str,
+        payload: &[u8],
+        myself: &ActorRef<FlowMsg>,
+    ) -> Result<()> {
         if !self.admit(session_id, payload, |doc| {
             doc.sync_message_has_new_changes(payload)
         }) {
@@ -918,7 +1029,7 @@ impl FlowState {
             Ok(received) => received,
             Err(e) => {
                 // Reload first: the refusal syncs the peer from the document.
-                self.reload_if_poisoned().await?;
+                self.reload_if_poisoned(myself).await?;
                 self.refuse_invalid(session_id, e);
                 return Ok(());
             }
@@ -929,9 +1040,12 @@ impl FlowState {
             return Ok(());
         }
         match repair {
-            None => self.commit(session_id, before, applied.changes).await,
+            None => {
+                self.commit(session_id, before, applied.changes, myself)
+                    .await
+            }
             Some(repair) => {
-                self.commit_repaired(session_id, before, applied.changes, repair)
+                self.commit_repaired(session_id, before, applied.changes, repair, myself)
                     .await
             }
         }
@@ -948,6 +1062,7 @@ impl FlowState {
         before: Vec<ChangeHash>,
         mut changes: Vec<StoredChange>,
         repair: Repair,
+        myself: &ActorRef<FlowMsg>,
     ) -> Result<()> {
         let authored: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
         let problems: Vec<String> = repair.problems.iter().map(ToString::to_string).collect();
@@ -964,15 +1079,13 @@ impl FlowState {
             // Its own changes never go back to it; the repair does.
             peer.link.authored(&authored);
         }
-        self.commit_inner(session_id, before, changes, None).await?;
-        if let Some(peer) = self.peers.get(session_id) {
-            peer.out.send_control(&ServerMessage::Repaired {
-                flow_id: self.flow_id.clone(),
-                change: repair_hash,
-                problems,
-            });
-        }
-        Ok(())
+        let notice = ServerMessage::Repaired {
+            flow_id: self.flow_id.clone(),
+            change: repair_hash,
+            problems,
+        };
+        self.commit_inner(session_id, before, changes, None, Some(notice), myself)
+            .await
     }
 
     /// [`FlowMsg::ApplyEdits`]: typed edits become one change of the hub's, checked
@@ -1047,7 +1160,9 @@ impl FlowState {
             ));
         }
         info!(user_id = %request.user_id, change = %hash, edits = edits.len(), "typed edits applied");
-        self.share_stored(&before, &changes, records, None).await;
+        let after = self.doc.heads();
+        self.share_stored(&before, &after, &changes, records, None)
+            .await;
         Ok(EditsApplied {
             change: hash.to_string(),
             heads: self.doc.heads_hex(),
@@ -1058,7 +1173,12 @@ impl FlowState {
     /// A change frame: the peer's new changes, validated and committed like those of
     /// a sync message. Changes that depend on something the hub lacks put the peer
     /// back on the sync protocol, which finds and sends what is missing.
-    async fn on_changes(&mut self, session_id: &str, payload: &[u8]) -> Result<()> {
+    async fn on_changes(
+        &mut self,
+        session_id: &str,
+        payload: &[u8],
+        myself: &ActorRef<FlowMsg>,
+    ) -> Result<()> {
         if !self.admit(session_id, payload, |doc| {
             doc.change_frame_has_new_changes(payload)
         }) {
@@ -1068,7 +1188,8 @@ impl FlowState {
         match self.doc.receive_changes_validated(payload) {
             Ok(ChangesOutcome::Applied(applied)) if applied.changes.is_empty() => Ok(()),
             Ok(ChangesOutcome::Applied(applied)) => {
-                self.commit(session_id, before, applied.changes).await
+                self.commit(session_id, before, applied.changes, myself)
+                    .await
             }
             Ok(ChangesOutcome::MissingDeps(missing)) => {
                 debug!(
@@ -1084,7 +1205,7 @@ impl FlowState {
                 Ok(())
             }
             Err(e) => {
-                self.reload_if_poisoned().await?;
+                self.reload_if_poisoned(myself).await?;
                 self.refuse_invalid(session_id, e);
                 Ok(())
             }
@@ -1092,10 +1213,11 @@ impl FlowState {
     }
 
     /// Automerge failed part-way through an in-place apply: rebuild the document from
-    /// the store, which holds every change it had.
-    async fn reload_if_poisoned(&mut self) -> Result<()> {
+    /// the store, which holds every change it had (once the pending appends are in).
+    async fn reload_if_poisoned(&mut self, myself: &ActorRef<FlowMsg>) -> Result<()> {
         if self.doc.is_poisoned() {
             warn!("document left unusable by a failed apply; reloading it from the store");
+            self.drain(myself).await?;
             self.reload().await?;
         }
         Ok(())
@@ -1130,7 +1252,7 @@ impl FlowState {
         let role = peer.role;
         let limits = &self.deps.config;
         if payload.len() > limits.max_change_bytes
-            || (self.doc_bytes + payload.len() > limits.max_doc_bytes
+            || (self.doc_bytes + self.storing_bytes + payload.len() > limits.max_doc_bytes
                 && has_new(&mut self.doc).unwrap_or(true))
         {
             let message = if payload.len() > limits.max_change_bytes {
@@ -1174,94 +1296,232 @@ impl FlowState {
         }
     }
 
-    /// A peer's validated changes, now in the document: persist them, and only then
-    /// acknowledge them to their author, hand them to every other local peer and
-    /// publish them on the bus. On a store failure the document is reloaded from the
-    /// store, so it never holds what the store does not.
+    /// A peer's validated changes, now in the document: on to the store, and only once
+    /// they are stored acknowledged to their author, handed to every other local peer
+    /// and published on the bus (see "Pipelined persistence" above).
     async fn commit(
         &mut self,
         session_id: &str,
         before: Vec<ChangeHash>,
         changes: Vec<StoredChange>,
+        myself: &ActorRef<FlowMsg>,
     ) -> Result<()> {
-        self.commit_inner(session_id, before, changes, Some(session_id))
+        self.commit_inner(session_id, before, changes, Some(session_id), None, myself)
             .await
     }
 
     /// [`FlowState::commit`]; `author`: the peer that made every one of `changes`
-    /// (`None` when some were made by the hub, so the fan-out reaches the sender too).
+    /// (`None` when some were made by the hub, so the fan-out reaches the sender too);
+    /// `notice`: sent to the peer after its ack.
     async fn commit_inner(
         &mut self,
         session_id: &str,
         before: Vec<ChangeHash>,
         changes: Vec<StoredChange>,
         author: Option<&str>,
+        notice: Option<ServerMessage>,
+        myself: &ActorRef<FlowMsg>,
     ) -> Result<()> {
         let user = self
             .peers
             .get(session_id)
             .map(|p| (p.user_id.clone(), p.name.clone()));
         if let Some((user_id, name)) = user {
-            match self.attribute(&changes, &user_id, &name).await {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => {
-                    // Reload first: the refusal syncs the peer from the document.
-                    self.reload().await?;
-                    self.refuse(session_id, ErrorCode::Forbidden, message);
-                    return Ok(());
-                }
+            let refusal = match self.attribute(&changes, &user_id, &name).await {
+                Ok(Ok(())) => None,
+                Ok(Err(message)) => Some((ErrorCode::Forbidden, message)),
                 Err(e) => {
                     warn!(error = %e, "recording who made the changes failed; rolling back");
-                    self.reload().await?;
-                    self.refuse(
-                        session_id,
+                    Some((
                         ErrorCode::Internal,
                         "the store is unavailable; retry".into(),
-                    );
-                    return Ok(());
+                    ))
                 }
+            };
+            if let Some((code, message)) = refusal {
+                // Back to the store's document (the earlier, pending changes stored
+                // first); then the refusal syncs the peer from it.
+                self.drain(myself).await?;
+                self.reload().await?;
+                self.refuse(session_id, code, message);
+                return Ok(());
             }
         }
-        let records = change_records(&changes);
-        if let Err(e) = self.persist(&records).await {
-            warn!(error = %e, "store append failed; rolling the document back");
-            self.refuse(
-                session_id,
-                ErrorCode::Internal,
-                "the store is unavailable; retry".into(),
-            );
-            self.reload().await?;
-            return Ok(());
+        self.storing_bytes += changes.iter().map(|c| c.bytes.len()).sum::<usize>();
+        self.queued.push(PendingCommit {
+            session_id: session_id.to_owned(),
+            before,
+            after: self.doc.heads(),
+            changes,
+            author: author.map(str::to_owned),
+            notice,
+        });
+        if self.appending.is_none() {
+            self.start_append(myself);
         }
-        if let Some(peer) = self.peers.get(session_id) {
-            peer.out.send_control(&ServerMessage::Ack {
-                id: None,
-                flow_id: Some(self.flow_id.clone()),
-                changes: records.iter().map(|r| r.hash.clone()).collect(),
-            });
-        }
-        self.share_stored(&before, &changes, records, author).await;
         Ok(())
     }
 
-    /// Changes now in the store (which took the document from `before`): counted,
-    /// handed to the local peers (first: they should not wait for a round trip to
-    /// Redis), published on the bus, and counted towards the next compaction.
-    async fn share_stored(
-        &mut self,
-        before: &[ChangeHash],
-        changes: &[StoredChange],
-        records: Vec<ChangeRecord>,
-        author: Option<&str>,
-    ) {
+    /// Hands every queued commit to the store as one append, beside the actor; its
+    /// result comes back as [`FlowMsg::Appended`] (or is awaited by `drain`).
+    fn start_append(&mut self, myself: &ActorRef<FlowMsg>) {
+        let commits = std::mem::take(&mut self.queued);
+        let records: Vec<ChangeRecord> = commits
+            .iter()
+            .flat_map(|c| change_records(&c.changes))
+            .collect();
+        let id = self.next_append_id;
+        self.next_append_id += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let store = self.deps.store.clone();
+        let flow_id = self.flow_id.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = store.append_changes(&flow_id, &records).await;
+            let _ = tx.send((records, started.elapsed(), result.map_err(Into::into)));
+            // Nobody listens when `drain` took the result already, or the actor stopped.
+            let _ = me.cast(FlowMsg::Appended(id));
+        });
+        self.appending = Some(Append {
+            id,
+            commits,
+            result: rx,
+        });
+    }
+
+    /// [`FlowMsg::Appended`]: the append in flight finished (unless `drain` already
+    /// took its result).
+    async fn on_appended(&mut self, id: u64, myself: &ActorRef<FlowMsg>) -> Result<()> {
+        if self.appending.as_ref().is_some_and(|a| a.id == id) {
+            if let Some(append) = self.appending.take() {
+                self.finish_append(append, myself).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every applied change is stored, acknowledged and fanned out (or
+    /// refused, if the store failed).
+    async fn drain(&mut self, myself: &ActorRef<FlowMsg>) -> Result<()> {
+        if self.appending.is_none() && !self.queued.is_empty() {
+            self.start_append(myself);
+        }
+        while let Some(append) = self.appending.take() {
+            self.finish_append(append, myself).await?;
+        }
+        Ok(())
+    }
+
+    /// A peer's message was applied: when too much waits for the store, answer it
+    /// only once that is stored, so a flooding peer's reader slows to the store's pace.
+    async fn hold_back(&mut self, myself: &ActorRef<FlowMsg>) -> Result<()> {
+        if self.queued.len() >= MAX_QUEUED_COMMITS || self.storing_bytes >= MAX_QUEUED_BYTES {
+            self.drain(myself).await?;
+        }
+        Ok(())
+    }
+
+    /// An append's result: on success its commits are acknowledged, fanned out and
+    /// published in order, and the queue behind it goes to the store next. On failure
+    /// the document goes back to the store's, and every commit of the append and of
+    /// the queue is refused (none was acknowledged or forwarded): the peers resend.
+    async fn finish_append(&mut self, append: Append, myself: &ActorRef<FlowMsg>) -> Result<()> {
+        let Append {
+            commits, result, ..
+        } = append;
+        let (records, took, result) = result
+            .await
+            .unwrap_or_else(|_| (Vec::new(), Duration::ZERO, Err(ActorsError::AppendLost)));
+        let m = &self.deps.metrics;
+        Metrics::inc(&m.store_appends);
+        Metrics::add(&m.store_append_micros, took.as_micros() as u64);
+        let stored_bytes: usize = records.iter().map(|r| r.bytes.len()).sum();
+        self.storing_bytes = self.storing_bytes.saturating_sub(stored_bytes);
+        if let Err(e) = result {
+            Metrics::inc(&m.store_errors);
+            warn!(error = %e, "store append failed; rolling the document back");
+            let refused: Vec<String> = commits
+                .into_iter()
+                .chain(std::mem::take(&mut self.queued))
+                .map(|c| c.session_id)
+                .collect();
+            self.storing_bytes = 0;
+            self.reload().await?;
+            for session_id in refused {
+                self.refuse(
+                    &session_id,
+                    ErrorCode::Internal,
+                    "the store is unavailable; retry".into(),
+                );
+            }
+            return Ok(());
+        }
+        self.own_appends += 1;
+        self.uncompacted
+            .extend(records.iter().map(|r| r.hash.clone()));
+        self.doc_bytes += stored_bytes;
         Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
-        self.fan_out(before, changes, author);
+        for commit in commits {
+            if let Some(peer) = self.peers.get(&commit.session_id) {
+                peer.out.send_control(&ServerMessage::Ack {
+                    id: None,
+                    flow_id: Some(self.flow_id.clone()),
+                    changes: commit.changes.iter().map(|c| c.hash.to_string()).collect(),
+                });
+                if let Some(notice) = &commit.notice {
+                    peer.out.send_control(notice);
+                }
+            }
+            self.fan_out(
+                &commit.before,
+                &commit.after,
+                &commit.changes,
+                commit.author.as_deref(),
+            );
+        }
+        if !self.queued.is_empty() {
+            // Before publishing: the store works on the next append meanwhile.
+            self.start_append(myself);
+        }
         self.publish(FlowBusMessage::Changes {
             origin: self.deps.node_id.clone(),
             changes: records.into_iter().map(|r| r.bytes).collect(),
         })
         .await;
+        Ok(())
+    }
+
+    /// After each message: with nothing waiting for the store, the sync rounds held
+    /// back meanwhile go out, and the change log is compacted when due.
+    async fn when_stored(&mut self) {
+        if self.appending.is_some() || !self.queued.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.sync_due) {
+            self.sync_peer(&id);
+        }
         self.maybe_compact().await;
+    }
+
+    /// Changes now in the store (which took the document from `before` to `after`):
+    /// counted, handed to the local peers (first: they should not wait for a round
+    /// trip to Redis) and published on the bus.
+    async fn share_stored(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+        changes: &[StoredChange],
+        records: Vec<ChangeRecord>,
+        author: Option<&str>,
+    ) {
+        Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
+        self.fan_out(before, after, changes, author);
+        self.publish(FlowBusMessage::Changes {
+            origin: self.deps.node_id.clone(),
+            changes: records.into_iter().map(|r| r.bytes).collect(),
+        })
+        .await;
     }
 
     /// Records who made `changes` before they are stored: each change's Automerge
@@ -1371,15 +1631,20 @@ impl FlowState {
         }
     }
 
-    /// Hands new changes (which took the document from `before` to its current
-    /// heads) to every local peer: the change frame, encoded once, to streaming peers
-    /// that were current; a sync round to the others; nothing to an author that was
-    /// current (see `flowhub_crdt::PeerLink::route`).
-    fn fan_out(&mut self, before: &[ChangeHash], changes: &[StoredChange], author: Option<&str>) {
+    /// Hands new changes (which took the document from `before` to `after`) to every
+    /// local peer: the change frame, encoded once, to streaming peers that were
+    /// current; a sync round to the others; nothing to an author that was current (see
+    /// `flowhub_crdt::PeerLink::route`).
+    fn fan_out(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+        changes: &[StoredChange],
+        author: Option<&str>,
+    ) {
         if changes.is_empty() {
             return;
         }
-        let after = self.doc.heads();
         let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
         let mut frame: Option<Arc<[u8]>> = None;
         let mut to_sync = Vec::new();
@@ -1394,8 +1659,17 @@ impl FlowState {
                 }
                 continue;
             }
-            match peer.link.route(before, &after, &hashes, authored) {
+            match peer.link.route(before, after, &hashes, authored) {
                 Route::Nothing => {}
+                Route::Sync if authored => {
+                    // The author must hear our heads now that its changes are stored,
+                    // even if it said meanwhile that it has them (while they were
+                    // being stored, its sync messages found the document at its heads,
+                    // and Automerge would then have nothing to say): otherwise a peer
+                    // that goes quiet never learns that the hub has its edits.
+                    peer.link.request_sync();
+                    to_sync.push(id.clone());
+                }
                 Route::Sync => to_sync.push(id.clone()),
                 Route::Stream => {
                     let frame = frame.get_or_insert_with(|| {
@@ -1425,6 +1699,12 @@ impl FlowState {
     }
 
     fn sync_peer(&mut self, session_id: &str) {
+        if self.appending.is_some() || !self.queued.is_empty() {
+            // A sync message is made from the whole document, which holds changes
+            // the store does not have yet: later (`when_stored`).
+            self.sync_due.insert(session_id.to_owned());
+            return;
+        }
         let Some(peer) = self.peers.get_mut(session_id) else {
             return;
         };
@@ -1487,15 +1767,17 @@ impl FlowState {
         Metrics::inc(&self.deps.metrics.bus_received);
         match FlowBusMessage::decode(&bytes) {
             Some(FlowBusMessage::Changes { origin, changes }) if origin != self.deps.node_id => {
+                self.drain(myself).await?;
                 let before = self.doc.heads();
                 let new = self.doc.apply_changes(&changes)?;
+                let after = self.doc.heads();
                 // The origin persisted these before publishing; they count for our
                 // next compaction too.
                 self.uncompacted
                     .extend(new.iter().map(|c| c.hash.to_string()));
                 // Before any catch-up: a change frame holds exactly what took the
                 // document from `before` to the heads `fan_out` reads.
-                self.fan_out(&before, &new, None);
+                self.fan_out(&before, &after, &new, None);
                 if !self.doc.missing_deps().is_empty() {
                     self.catch_up_from_store().await?;
                 }
@@ -1521,6 +1803,7 @@ impl FlowState {
                 self.publish_presence(true, own, Vec::new()).await;
             }
             Some(FlowBusMessage::Heads { origin, heads }) if origin != self.deps.node_id => {
+                self.drain(myself).await?;
                 let unknown = heads
                     .iter()
                     .any(|h| match ChangeHash::try_from(h.as_slice()) {
@@ -1564,7 +1847,8 @@ impl FlowState {
         if !new.is_empty() {
             Metrics::add(&self.deps.metrics.antientropy_repairs, new.len() as u64);
             info!(repaired = new.len(), "caught up from the store");
-            self.fan_out(&before, &new, None);
+            let after = self.doc.heads();
+            self.fan_out(&before, &after, &new, None);
         }
         Ok(snapshot_heads)
     }
@@ -1789,7 +2073,12 @@ impl FlowState {
     }
 
     async fn on_tick(&mut self) {
-        self.send_json_patches();
+        // The document holds changes on their way to the store: the JSON patches and
+        // the heads announcement wait for the next tick.
+        let storing = self.appending.is_some() || !self.queued.is_empty();
+        if !storing {
+            self.send_json_patches();
+        }
         let ids: Vec<String> = self
             .peers
             .iter()
@@ -1825,7 +2114,9 @@ impl FlowState {
                 }
             }
         }
-        self.announce_heads().await;
+        if !storing {
+            self.announce_heads().await;
+        }
     }
 
     /// Publishes the heads after they changed, then `heads_repeats` more times, then

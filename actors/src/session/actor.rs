@@ -73,6 +73,9 @@ pub enum SessionMsg {
 
 struct Subscription {
     flow: ActorRef<FlowMsg>,
+    /// The session sent changes: before it closes, it waits until the flow stored and
+    /// acknowledged them (the flow actor stores beside its mailbox).
+    edited: bool,
 }
 
 pub struct SessionState {
@@ -135,6 +138,14 @@ impl Actor for SessionActor {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         for (_, sub) in state.subscriptions.drain() {
+            if sub.edited {
+                // The acks of edits still on their way to the store go out before the
+                // connection closes (a draining node acknowledges what it stored).
+                let _ = sub
+                    .flow
+                    .call(FlowMsg::Flush, Some(std::time::Duration::from_secs(5)))
+                    .await;
+            }
             let _ = sub.flow.cast(FlowMsg::Leave {
                 session_id: state.session_id.clone(),
             });
@@ -291,6 +302,13 @@ impl SessionState {
             }
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
                 if let Some(sub) = self.subscriptions.remove(&flow_id) {
+                    if sub.edited {
+                        // Its edits' acks before the unsubscribe's.
+                        let _ = sub
+                            .flow
+                            .call(FlowMsg::Flush, Some(std::time::Duration::from_secs(5)))
+                            .await;
+                    }
                     let _ = sub.flow.cast(FlowMsg::Leave {
                         session_id: self.session_id.clone(),
                     });
@@ -456,7 +474,13 @@ impl SessionState {
             if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
                 debug!(flow_id, ?role, attempt, "subscribed");
                 self.ended.remove(&flow_id);
-                self.subscriptions.insert(flow_id, Subscription { flow });
+                self.subscriptions.insert(
+                    flow_id,
+                    Subscription {
+                        flow,
+                        edited: false,
+                    },
+                );
                 return;
             }
         }
@@ -475,7 +499,7 @@ impl SessionState {
             Ok(frame) => frame,
             Err(e) => return self.fail(None, None, e.code(), e.to_string()),
         };
-        let Some(sub) = self.subscriptions.get(&frame.flow_id) else {
+        let Some(sub) = self.subscriptions.get_mut(&frame.flow_id) else {
             if let Some(&code) = self.ended.get(&frame.flow_id) {
                 let message = match code {
                     ErrorCode::Forbidden => "no access to this flow",
@@ -492,6 +516,7 @@ impl SessionState {
         };
         let session_id = self.session_id.clone();
         let payload = frame.payload;
+        sub.edited = true;
         let result = sub
             .flow
             .call(
