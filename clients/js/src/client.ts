@@ -38,7 +38,7 @@ import {
   type ServerMessage,
 } from "./protocol.js"
 import { applyRunEvent } from "./runs.js"
-import { diffSnapshots, UndoStack, type Skipped, type Undone } from "./undo.js"
+import { UndoStack, type Skipped, type Undone } from "./undo.js"
 
 /** The subset of the WHATWG WebSocket the client uses (browsers, `ws` in Node). */
 export interface WebSocketLike {
@@ -690,43 +690,43 @@ export class Flow extends Emitter<FlowEvents> {
   // that is invalid locally throws a FlowEditError synchronously.
 
   setName(name: string): PendingEdit {
-    return this.#apply((d) => d.setName(name))
+    return this.#edits([{ op: "set_name", name }], (o) => ({ hash: o.hash }))
   }
 
   addNode(node: NewNode): PendingEdit {
-    return this.#apply((d) => d.addNode(node))
+    return this.#edits([{ op: "add_node", ...node }], (o) => ({ id: o.ids[0], hash: o.hash }))
   }
 
   moveNode(id: string, to: Position): PendingEdit {
-    return this.#apply((d) => d.moveNode(id, to))
+    return this.#edits([{ op: "move_node", id, to }], (o) => ({ id, hash: o.hash }))
   }
 
   relabelNode(id: string, label: string): PendingEdit {
-    return this.#apply((d) => d.relabelNode(id, label))
+    return this.#edits([{ op: "relabel_node", id, label }], (o) => ({ id, hash: o.hash }))
   }
 
   setNodeKind(id: string, kind: string): PendingEdit {
-    return this.#apply((d) => d.setNodeKind(id, kind))
+    return this.#edits([{ op: "set_node_kind", id, kind }], (o) => ({ id, hash: o.hash }))
   }
 
   configureNode(id: string, key: string, value: JsonValue): PendingEdit {
-    return this.#apply((d) => d.configureNode(id, key, value))
+    return this.#edits([{ op: "configure_node", id, key, value }], (o) => ({ id, hash: o.hash }))
   }
 
   unconfigureNode(id: string, key: string): PendingEdit {
-    return this.#apply((d) => d.unconfigureNode(id, key))
+    return this.#edits([{ op: "unconfigure_node", id, key }], (o) => ({ id, hash: o.hash }))
   }
 
   deleteNode(id: string): PendingEdit {
-    return this.#apply((d) => d.deleteNode(id))
+    return this.#edits([{ op: "delete_node", id }], (o) => ({ id, hash: o.hash }))
   }
 
   connect(source: Endpoint, target: Endpoint, id?: string): PendingEdit {
-    return this.#apply((d) => d.connect(source, target, id))
+    return this.#edits([{ op: "connect", id, source, target }], (o) => ({ id: o.ids[0], hash: o.hash }))
   }
 
   disconnect(edgeId: string): PendingEdit {
-    return this.#apply((d) => d.disconnect(edgeId))
+    return this.#edits([{ op: "disconnect", id: edgeId }], (o) => ({ id: edgeId, hash: o.hash }))
   }
 
   /**
@@ -735,7 +735,7 @@ export class Flow extends Emitter<FlowEvents> {
    * one undo step. `ids[i]`: the id an `add_node`/`connect` used.
    */
   applyEdits(edits: Edit[]): PendingEdit<EditsOutcome> {
-    return this.#apply((d) => d.applyEdits(edits))
+    return this.#edits(edits, (o) => o)
   }
 
   // ---- undo / redo (crdt/src/undo.rs semantics) ---------------------------------------
@@ -786,7 +786,7 @@ export class Flow extends Emitter<FlowEvents> {
 
   #undoTarget = {
     snapshot: () => this.document.snapshot(),
-    applyEdits: (edits: Edit[]) => this.#apply((d) => d.applyEdits(edits), false),
+    applyEdits: (edits: Edit[]) => this.#edits(edits, (o) => o, false),
   }
 
   /**
@@ -801,13 +801,25 @@ export class Flow extends Emitter<FlowEvents> {
       const hash = A.getHeads(d.doc).find((h) => !before.has(h))
       if (!hash) throw new Error("the change made no ops")
       return { hash }
-    }, false)
+    })
   }
 
-  #apply<T extends EditOutcome>(edit: (d: FlowDocument) => T, record = true): PendingEdit<T> {
-    const before = record ? this.document.snapshot() : undefined
-    const outcome = edit(this.document)
-    if (before) this.undoStack.push(diffSnapshots(before, this.document.snapshot()), [outcome.hash])
+  /**
+   * A typed edit (`edits` as one change). Recorded for undo from what the edits
+   * touched (`FlowDocument.applyEditsRecorded`), not from two whole snapshots.
+   */
+  #edits<T extends EditOutcome>(edits: readonly Edit[], shape: (o: EditsOutcome) => T, record = true): PendingEdit<T> {
+    const { diff, ...outcome } = this.document.applyEditsRecorded(edits, record)
+    if (diff) this.undoStack.push(diff, [outcome.hash])
+    return this.#track(shape(outcome))
+  }
+
+  #apply<T extends EditOutcome>(edit: (d: FlowDocument) => T): PendingEdit<T> {
+    return this.#track(edit(this.document))
+  }
+
+  /** Sends a local change and returns its pending edit (settled by the hub's verdict). */
+  #track<T extends EditOutcome>(outcome: T): PendingEdit<T> {
     let entry!: PendingChange
     const p = new Promise<T>((resolve, reject) => {
       entry = { outcome, resolve, reject }
@@ -816,8 +828,9 @@ export class Flow extends Emitter<FlowEvents> {
     // promise must not cause an unhandled rejection.
     p.catch(() => {})
     this.#pending.set(outcome.hash, entry)
-    this.emit("change", { local: true })
     this.#sendEdit(outcome.hash)
+    this.#armRefresh()
+    this.emit("change", { local: true })
     return Object.assign(p, outcome)
   }
 
