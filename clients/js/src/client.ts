@@ -160,6 +160,9 @@ export class FlowhubClient extends Emitter<ClientEvents> {
   #welcome: Welcome | undefined
   #connected = false
   #connecting: Promise<void> | undefined
+  /** Change frames' contents not sent yet, per flow, in order (see `queueChanges`). */
+  #outbox = new Map<string, { flow: Flow; changes: Uint8Array[]; bytes: number }>()
+  #outboxScheduled = false
 
   private constructor(options: ConnectOptions) {
     super()
@@ -298,6 +301,7 @@ export class FlowhubClient extends Emitter<ClientEvents> {
         reject(new FlowhubError("timeout", `no reply to ${msg.type} within ${this.options.requestTimeoutMs} ms`))
       }, this.options.requestTimeoutMs)
       this.#requests.set(id, { resolve, reject, timer })
+      this.flushChanges()
       this.#ws.send(JSON.stringify(withId))
     })
   }
@@ -305,14 +309,59 @@ export class FlowhubClient extends Emitter<ClientEvents> {
   /** Sends a message that has no reply (presence). Dropped while disconnected. */
   sendMessage(msg: ClientMessage): boolean {
     if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    this.flushChanges()
     this.#ws.send(JSON.stringify(msg))
     return true
   }
 
   sendBinary(bytes: Uint8Array): boolean {
     if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    this.flushChanges()
     this.#ws.send(bytes)
     return true
+  }
+
+  /**
+   * Queues one local change of a flow for a change frame. The changes queued in one
+   * task go out together, in order, as one frame per flow (at most the hub's frame
+   * limit) at the end of the task, or before anything else this client sends, so the
+   * socket's order is the order of the calls: a burst of edits costs the hub one
+   * frame, one apply and one store write instead of one each. False while
+   * disconnected (the change stays pending; the next subscribe resends it).
+   */
+  queueChanges(flow: Flow, change: Uint8Array): boolean {
+    if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    let box = this.#outbox.get(flow.flowId)
+    // Room for the frame header (2 bytes + the flow id) under the hub's limit.
+    const limit = (this.#welcome?.limits.max_frame_bytes ?? 1 << 20) - 2 - flow.flowId.length
+    if (box && box.bytes + change.length > limit) {
+      this.flushChanges()
+      box = undefined
+    }
+    if (!box) {
+      box = { flow, changes: [], bytes: 0 }
+      this.#outbox.set(flow.flowId, box)
+    }
+    box.changes.push(change)
+    box.bytes += change.length
+    if (!this.#outboxScheduled) {
+      this.#outboxScheduled = true
+      queueMicrotask(() => this.flushChanges())
+    }
+    return true
+  }
+
+  /** Sends the queued changes now (see `queueChanges`). */
+  flushChanges(): void {
+    this.#outboxScheduled = false
+    if (this.#outbox.size === 0) return
+    const boxes = [...this.#outbox.values()]
+    this.#outbox.clear()
+    if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return
+    for (const box of boxes) {
+      this.#ws.send(encodeChangesFrame(box.flow.flowId, box.changes))
+      box.flow.countChangesSent(box.changes.length)
+    }
   }
 
   forgetFlow(flowId: string) {
@@ -454,6 +503,8 @@ export class FlowhubClient extends Emitter<ClientEvents> {
   #teardown(code: number, reason: string) {
     const was = this.#connected
     this.#connected = false
+    // Unsent changes stay pending: the next subscribe reports them and resyncs.
+    this.#outbox.clear()
     for (const [, req] of this.#requests) {
       clearTimeout(req.timer)
       req.reject(new FlowhubError("closed", `connection closed (${code} ${reason})`))
@@ -583,8 +634,10 @@ export interface FlowFrameStats {
   changesIn: number
   /** Sync frames (0x01) sent. */
   syncOut: number
-  /** Change frames (0x02) sent (one per local edit while streaming). */
+  /** Change frames (0x02) sent (the local edits of one task share one frame). */
   changesOut: number
+  /** Local changes sent in change frames (one per local edit while streaming). */
+  changesSent: number
   /** Change frames whose changes lacked dependencies: the flow fell back to a sync round. */
   fallbacks: number
 }
@@ -608,7 +661,7 @@ export class Flow extends Emitter<FlowEvents> {
   /** The replica holds every head `flow_state` named: from then on everything it has
    *  was either sent to the hub already or is the hub's, so edits may be streamed. */
   #caughtUp = false
-  #stats: FlowFrameStats = { syncIn: 0, changesIn: 0, syncOut: 0, changesOut: 0, fallbacks: 0 }
+  #stats: FlowFrameStats = { syncIn: 0, changesIn: 0, syncOut: 0, changesOut: 0, changesSent: 0, fallbacks: 0 }
   #refreshTimer: ReturnType<typeof setTimeout> | undefined
   #pending = new Map<string, PendingChange>()
   #presence = new Map<string, PresenceEntry>()
@@ -951,6 +1004,12 @@ export class Flow extends Emitter<FlowEvents> {
     }
   }
 
+  /** A change frame of `n` local changes left (see `FlowhubClient.queueChanges`). */
+  countChangesSent(n: number) {
+    this.#stats.changesOut++
+    this.#stats.changesSent += n
+  }
+
   onAck(hashes: string[]) {
     const done: string[] = []
     for (const h of hashes) {
@@ -1029,7 +1088,7 @@ export class Flow extends Emitter<FlowEvents> {
     if (this.#streaming && this.#caughtUp) {
       const change = this.document.changeBytes(hash)
       if (change) {
-        if (this.client.sendBinary(encodeChangesFrame(this.flowId, change))) this.#stats.changesOut++
+        this.client.queueChanges(this, change)
         return
       }
     }

@@ -376,6 +376,16 @@ function backendNode(backend: Backend, id: string): FlowNode | undefined {
   return { id, kind: kind[1] as string, label: label[1] as string, position: { x, y }, config: readMap(configObj, 1) }
 }
 
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+  let off = 0
+  for (const p of parts) {
+    out.set(p, off)
+    off += p.length
+  }
+  return out
+}
+
 function sameHeads(a: string[], b: string[]): boolean {
   return a.length === b.length && a.every((h, i) => h === b[i])
 }
@@ -481,12 +491,15 @@ export interface EditsOutcome extends EditOutcome {
  */
 export class FlowDocument {
   #doc: A.Doc<unknown>
-  /** The backend holds changes (from `receiveChanges`) that `#doc`'s JS view lacks. */
+  /** The backend holds changes (received, or local edits) that `#doc`'s JS view lacks. */
   #stale = false
+  /** `#doc`'s JS view was never brought up to date (a replica that started empty). */
+  #viewEmpty: boolean
   #nextId = 0
 
   constructor(doc?: A.Doc<unknown>) {
     this.#doc = doc ?? A.init()
+    this.#viewEmpty = doc === undefined
   }
 
   /** The Automerge document, its JS view brought up to date first if it lags. */
@@ -498,6 +511,7 @@ export class FlowDocument {
   set doc(doc: A.Doc<unknown>) {
     this.#doc = doc
     this.#stale = false
+    this.#viewEmpty = false
   }
 
   /** Whether the JS view lags behind the changes applied (until the next read). */
@@ -511,9 +525,17 @@ export class FlowDocument {
    */
   refresh(): void {
     if (!this.#stale) return
-    // No new changes: Automerge just patches the view up to the backend's state.
-    ;[this.#doc] = A.applyChanges(this.#doc, [])
+    if (this.#viewEmpty && A.getMissingDeps(this.#doc, []).length === 0) {
+      // The first view of a replica that started empty (the whole flow arrived at
+      // once): loading the saved document builds it in one pass, several times
+      // faster than patching an empty view op by op. Same actor, same changes.
+      this.#doc = A.load(A.getBackend(this.#doc).save(), { actor: A.getActorId(this.#doc) })
+    } else {
+      // No new changes: Automerge just patches the view up to the backend's state.
+      ;[this.#doc] = A.applyChanges(this.#doc, [])
+    }
     this.#stale = false
+    this.#viewEmpty = false
   }
 
   heads(): string[] {
@@ -554,11 +576,33 @@ export class FlowDocument {
     return A.getBackend(this.#doc).getChangeByHash(hash) ?? undefined
   }
 
-  /** Applies an Automerge sync message; returns the new sync state. */
+  /**
+   * Applies an Automerge sync message; returns the new sync state.
+   *
+   * A replica that holds nothing yet (a new client opening a flow) gets the whole
+   * flow in the hub's first message with changes (the saved document, or all its
+   * changes). Those go to the backend only, like a change frame, and the JS view is
+   * built on the first read: `A.receiveSyncMessage` would patch the view op by op
+   * first, which on a 1,000-node flow costs several times the load. The sync state
+   * then starts over, so the next message tells the hub exactly what this replica has.
+   */
   receiveSyncMessage(sync: A.SyncState, message: Uint8Array): A.SyncState {
+    if (this.#viewEmpty && !this.#stale && A.getHeads(this.#doc).length === 0) {
+      const { changes } = A.decodeSyncMessage(message)
+      if (changes.length > 0) {
+        const backend = A.getBackend(this.#doc)
+        backend.loadIncremental(changes.length === 1 ? changes[0] : concat(changes))
+        if (backend.getHeads().length > 0) {
+          this.#stale = true
+          return A.initSyncState()
+        }
+      }
+    }
     // On the possibly stale document: Automerge patches the view once for both.
     const [doc, next] = A.receiveSyncMessage(this.#doc, sync, message)
-    this.doc = doc
+    this.#doc = doc
+    this.#stale = false
+    if (A.getHeads(doc).length > 0) this.#viewEmpty = false
     return next
   }
 
