@@ -413,9 +413,16 @@ export class FlowhubClient extends Emitter<ClientEvents> {
       }
     })
     this.#attempt = 0
-    // The hub welcomes unprompted; `hello` checks the protocol version explicitly.
-    const reply = await this.request({ type: "hello", protocol: PROTOCOL_VERSION, client: this.options.client ?? "flowhub-js/0.1" })
-    if (reply.type === "welcome") this.#welcome = reply
+    // The hub welcomes unprompted; `hello` checks the protocol version explicitly. When
+    // the unprompted welcome already names our version, the check cannot fail: send
+    // hello (it names this client) without waiting a round trip for its answer.
+    const hello = this.request({ type: "hello", protocol: PROTOCOL_VERSION, client: this.options.client ?? "flowhub-js/0.1" })
+    if (this.#welcome?.protocol === PROTOCOL_VERSION) {
+      hello.then((reply) => reply.type === "welcome" && (this.#welcome = reply)).catch(() => {})
+    } else {
+      const reply = await hello
+      if (reply.type === "welcome") this.#welcome = reply
+    }
     this.emit("welcome", this.welcome)
     await this.#resubscribeAll()
   }
@@ -689,6 +696,11 @@ export class Flow extends Emitter<FlowEvents> {
   /** The flow as plain data (dangling edges omitted). */
   snapshot(): FlowSnapshot {
     return this.document.snapshot()
+  }
+
+  /** The ids of the flow's nodes (`FlowDocument.nodeIds`: no view needed). */
+  nodeIds(): string[] {
+    return this.document.nodeIds()
   }
 
   /** The Automerge document (read-only: edit through the typed methods). */

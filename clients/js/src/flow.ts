@@ -625,6 +625,20 @@ export class FlowDocument {
     return snapshotOf(this.doc)
   }
 
+  /**
+   * The ids of the flow's nodes, sorted (those `snapshot()` shows, and any malformed
+   * ones it skips). Read from the backend while the view lags: one call, not a view.
+   */
+  nodeIds(): string[] {
+    if (this.#stale) {
+      const backend = A.getBackend(this.#doc)
+      const nodes = backend.getWithType("_root", "nodes")
+      return nodes?.[0] === "map" ? backend.keys(nodes[1] as ObjId) : []
+    }
+    const d = this.#doc as AnyDoc
+    return isMap(d.nodes) ? Object.keys(d.nodes).sort() : []
+  }
+
   /** One node (read from the backend while the view lags: O(node), not O(flow)). */
   node(id: string): FlowNode | undefined {
     if (this.#stale) return backendNode(A.getBackend(this.#doc), id)
