@@ -999,7 +999,7 @@ export class Flow extends Emitter<FlowEvents> {
     let fallBack = false
     try {
       changed = this.document.receiveChanges(payload)
-      fallBack = this.document.missingDeps().length > 0
+      fallBack = this.document.queued
     } catch {
       fallBack = true
     }

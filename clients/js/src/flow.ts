@@ -319,26 +319,29 @@ const MAX_BACKEND_DEPTH = MAX_CONFIG_DEPTH + 4
  * while the view lags: unlike `materialize`, these reads leave the patches the view
  * still has to apply alone.
  */
-function valueOf(backend: Backend, full: FullValue, depth: number): unknown {
+function valueOf(backend: Backend, full: FullValue, depth: number, objs?: ObjId[]): unknown {
   if (!full) return undefined
   const [type, value] = full as [string, unknown]
   switch (type) {
     case "map": {
       if (depth >= MAX_BACKEND_DEPTH) return undefined
       const obj = value as string
+      objs?.push(obj)
       const out: Record<string, unknown> = {}
-      for (const key of backend.keys(obj)) out[key] = valueOf(backend, backend.getWithType(obj, key), depth + 1)
+      for (const key of backend.keys(obj)) out[key] = valueOf(backend, backend.getWithType(obj, key), depth + 1, objs)
       return out
     }
     case "list": {
       if (depth >= MAX_BACKEND_DEPTH) return undefined
       const obj = value as string
+      objs?.push(obj)
       const n = backend.length(obj)
       const out: unknown[] = []
-      for (let i = 0; i < n; i++) out.push(valueOf(backend, backend.getWithType(obj, i), depth + 1))
+      for (let i = 0; i < n; i++) out.push(valueOf(backend, backend.getWithType(obj, i), depth + 1, objs))
       return out
     }
     case "text":
+      objs?.push(value as string)
       return backend.text(value as string)
     case "str":
       return new A.ImmutableString(value as string)
@@ -357,23 +360,146 @@ function backendNumber(full: FullValue): number | undefined {
   return numberOf(full[1])
 }
 
-/** `readNode` on the backend (what `node(id)` gives while the view lags). */
-function backendNode(backend: Backend, id: string): FlowNode | undefined {
-  const nodes = backend.getWithType("_root", "nodes")
-  if (nodes?.[0] !== "map") return undefined
-  const node = backend.getWithType(nodes[1] as string, id)
+/**
+ * `readNode` on the backend (what `node(id)` gives while the view lags). `objs`
+ * collects the objects the read looked into (the node's map, its position, its config
+ * and everything nested), `nodes` is the root's nodes map if known.
+ */
+function backendNode(backend: Backend, id: string, objs?: ObjId[], nodes?: ObjId): FlowNode | undefined {
+  if (nodes === undefined) {
+    const n = backend.getWithType("_root", "nodes")
+    if (n?.[0] !== "map") return undefined
+    nodes = n[1] as ObjId
+  }
+  const node = backend.getWithType(nodes, id)
   if (node?.[0] !== "map") return undefined
   const obj = node[1] as string
+  objs?.push(obj)
   const kind = backend.getWithType(obj, "kind")
   const label = backend.getWithType(obj, "label")
   const pos = backend.getWithType(obj, "position")
   const config = backend.getWithType(obj, "config")
+  if (pos?.[0] === "map") objs?.push(pos[1] as string)
   if (kind?.[0] !== "str" || label?.[0] !== "str" || pos?.[0] !== "map" || config?.[0] !== "map") return undefined
   const x = backendNumber(backend.getWithType(pos[1] as string, "x"))
   const y = backendNumber(backend.getWithType(pos[1] as string, "y"))
   if (x === undefined || y === undefined) return undefined
-  const configObj = valueOf(backend, config, 1) as Record<string, unknown>
+  const configObj = valueOf(backend, config, 1, objs) as Record<string, unknown>
   return { id, kind: kind[1] as string, label: label[1] as string, position: { x, y }, config: readMap(configObj, 1) }
+}
+
+function copyJson(v: JsonValue): JsonValue {
+  if (Array.isArray(v)) return v.map(copyJson)
+  if (v !== null && typeof v === "object") {
+    const out: JsonObject = {}
+    for (const k in v) out[k] = copyJson(v[k])
+    return out
+  }
+  return v
+}
+
+function copyNode(n: FlowNode): FlowNode {
+  return { id: n.id, kind: n.kind, label: n.label, position: { x: n.position.x, y: n.position.y }, config: copyJson(n.config) as JsonObject }
+}
+
+/** Automerge's binary chunk header: magic bytes, then a checksum, a type and a length. */
+const MAGIC = [0x85, 0x6f, 0x4a, 0x83]
+
+/** The chunks of concatenated Automerge data (undefined if it does not parse). */
+function splitChunks(bytes: Uint8Array): Uint8Array[] | undefined {
+  const out: Uint8Array[] = []
+  let off = 0
+  while (off < bytes.length) {
+    if (bytes.length < off + 9 || MAGIC.some((m, i) => bytes[off + i] !== m)) return undefined
+    let len = 0
+    let shift = 0
+    let p = off + 9
+    for (;;) {
+      if (p >= bytes.length || shift > 35) return undefined
+      const byte = bytes[p++]
+      len += (byte & 0x7f) * 2 ** shift
+      shift += 7
+      if ((byte & 0x80) === 0) break
+    }
+    const end = p + len
+    if (end > bytes.length) return undefined
+    // Only changes (1) and compressed changes (2) say which objects they touch.
+    if (bytes[off + 8] !== 1 && bytes[off + 8] !== 2) return undefined
+    out.push(bytes.subarray(off, end))
+    off = end
+  }
+  return out
+}
+
+/**
+ * Nodes read from the backend while the view lags, kept until a change touches one of
+ * the objects the read looked into (or the nodes map's entry for the id). A change
+ * frame says which objects its ops touch, so a remote move costs one decode and the
+ * next read of the other nodes costs nothing; reading a node from the backend is
+ * some ten Automerge calls.
+ */
+class NodeCache {
+  #nodes = new Map<string, FlowNode | undefined>()
+  /** Object → the cached node whose read looked into it. */
+  #owner = new Map<ObjId, string>()
+  #objs = new Map<string, ObjId[]>()
+  #nodesObj: ObjId | undefined
+
+  read(b: Backend, id: string): FlowNode | undefined {
+    if (this.#nodes.has(id)) return this.#nodes.get(id)
+    if (this.#nodesObj === undefined) {
+      const n = b.getWithType("_root", "nodes")
+      if (n?.[0] !== "map") return undefined // not loaded: nothing to cache
+      this.#nodesObj = n[1] as ObjId
+    }
+    const objs: ObjId[] = []
+    const node = backendNode(b, id, objs, this.#nodesObj)
+    this.#nodes.set(id, node)
+    this.#objs.set(id, objs)
+    for (const o of objs) this.#owner.set(o, id)
+    return node
+  }
+
+  forget(id: string) {
+    if (!this.#nodes.delete(id)) return
+    for (const o of this.#objs.get(id) ?? []) if (this.#owner.get(o) === id) this.#owner.delete(o)
+    this.#objs.delete(id)
+  }
+
+  clear() {
+    this.#nodes.clear()
+    this.#owner.clear()
+    this.#objs.clear()
+    this.#nodesObj = undefined
+  }
+
+  /** Forgets what the changes in `bytes` (change chunks) may have changed. */
+  changed(bytes: Uint8Array) {
+    if (this.#nodes.size === 0) {
+      this.#nodesObj = undefined
+      return
+    }
+    const chunks = splitChunks(bytes)
+    if (!chunks) return this.clear()
+    for (const chunk of chunks) {
+      let ops
+      try {
+        ops = A.decodeChange(chunk).ops
+      } catch {
+        return this.clear()
+      }
+      for (const op of ops) {
+        if (op.obj === "_root") {
+          if (op.key === "nodes") return this.clear()
+        } else if (op.obj === this.#nodesObj) {
+          if (typeof op.key === "string") this.forget(op.key)
+        } else {
+          const owner = this.#owner.get(op.obj)
+          if (owner !== undefined) this.forget(owner)
+        }
+      }
+    }
+  }
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -495,6 +621,10 @@ export class FlowDocument {
   #stale = false
   /** `#doc`'s JS view was never brought up to date (a replica that started empty). */
   #viewEmpty: boolean
+  /** Nodes read from the backend (see `NodeCache`). */
+  #cache = new NodeCache()
+  /** The backend may hold changes waiting for dependencies (applied later, unseen). */
+  #queued = false
   #nextId = 0
 
   constructor(doc?: A.Doc<unknown>) {
@@ -512,6 +642,7 @@ export class FlowDocument {
     this.#doc = doc
     this.#stale = false
     this.#viewEmpty = false
+    this.#cache.clear()
   }
 
   /** Whether the JS view lags behind the changes applied (until the next read). */
@@ -563,7 +694,17 @@ export class FlowDocument {
     backend.loadIncremental(bytes)
     const changed = !sameHeads(before, backend.getHeads())
     if (changed) this.#stale = true
+    const wasQueued = this.#queued
+    this.#queued = A.getMissingDeps(this.#doc, []).length > 0
+    // Changes that waited for dependencies apply unseen by the cache: forget it all.
+    if (wasQueued || this.#queued) this.#cache.clear()
+    else if (changed) this.#cache.changed(bytes)
     return changed
+  }
+
+  /** Whether changes received so far wait for dependencies (see `missingDeps`). */
+  get queued(): boolean {
+    return this.#queued
   }
 
   /** Hashes of changes that queued changes depend on and the document lacks. */
@@ -592,6 +733,7 @@ export class FlowDocument {
       if (changes.length > 0) {
         const backend = A.getBackend(this.#doc)
         backend.loadIncremental(changes.length === 1 ? changes[0] : concat(changes))
+        this.#cache.clear()
         if (backend.getHeads().length > 0) {
           this.#stale = true
           return A.initSyncState()
@@ -602,6 +744,7 @@ export class FlowDocument {
     const [doc, next] = A.receiveSyncMessage(this.#doc, sync, message)
     this.#doc = doc
     this.#stale = false
+    this.#cache.clear()
     if (A.getHeads(doc).length > 0) this.#viewEmpty = false
     return next
   }
@@ -641,7 +784,10 @@ export class FlowDocument {
 
   /** One node (read from the backend while the view lags: O(node), not O(flow)). */
   node(id: string): FlowNode | undefined {
-    if (this.#stale) return backendNode(A.getBackend(this.#doc), id)
+    if (this.#stale) {
+      const node = this.#cache.read(A.getBackend(this.#doc), id)
+      return node && copyNode(node)
+    }
     const d = this.#doc as AnyDoc
     const obj = isMap(d.nodes) ? d.nodes[id] : undefined
     return isMap(obj) ? readNode(id, obj) : undefined
@@ -712,13 +858,21 @@ export class FlowDocument {
   applyEditsRecorded(edits: readonly Edit[], record: boolean): EditsOutcome & { diff?: FlowDiff } {
     if (!Array.isArray(edits)) throw new FlowEditError("invalid_edit", "edits must be a list")
     const b = A.getBackend(this.#doc)
-    const scope = record ? scopeBefore(b, edits) : undefined
+    const read = (id: string) => this.#cache.read(b, id)
+    const scope = record ? scopeBefore(b, edits, read) : undefined
     let ids: (string | undefined)[] = []
     const hash = this.#edit((bk) => {
       ids = edits.map((edit) => this.#applyOne(bk, edit))
     })
+    // The nodes these edits wrote (the others' reads stay valid).
+    edits.forEach((e, i) => {
+      if (e.op === "add_node" || e.op === "move_node" || e.op === "relabel_node" || e.op === "set_node_kind" ||
+        e.op === "configure_node" || e.op === "unconfigure_node" || e.op === "delete_node") {
+        this.#cache.forget(ids[i] ?? e.id!)
+      }
+    })
     if (!scope) return { hash, ids }
-    return { hash, ids, diff: scopedDiff(b, scope, edits, ids) }
+    return { hash, ids, diff: scopedDiff(b, scope, edits, ids, read) }
   }
 
   #one(edit: Edit & { id: string }): EditOutcome {
@@ -904,7 +1058,7 @@ interface Scope {
   edges: Map<string, FlowEdge | undefined>
 }
 
-function scopeBefore(b: Backend, edits: readonly Edit[]): Scope {
+function scopeBefore(b: Backend, edits: readonly Edit[], read: (id: string) => FlowNode | undefined): Scope {
   const scope: Scope = { nodes: new Map(), edges: new Map() }
   const root = (k: string) => {
     const v = b.getWithType("_root", k)
@@ -913,7 +1067,7 @@ function scopeBefore(b: Backend, edits: readonly Edit[]): Scope {
   const nodes = root("nodes")
   const edges = root("edges")
   const node = (id: unknown) => {
-    if (typeof id === "string" && !scope.nodes.has(id)) scope.nodes.set(id, backendNode(b, id))
+    if (typeof id === "string" && !scope.nodes.has(id)) scope.nodes.set(id, read(id))
   }
   const edge = (id: unknown) => {
     if (typeof id === "string" && !scope.edges.has(id)) scope.edges.set(id, edges === undefined ? undefined : backendEdge(b, edges, id))
@@ -952,7 +1106,13 @@ function scopeBefore(b: Backend, edits: readonly Edit[]): Scope {
  * both its endpoints are valid nodes), so the edges of every node that appeared or
  * disappeared join the scope.
  */
-function scopedDiff(b: Backend, scope: Scope, edits: readonly Edit[], ids: (string | undefined)[]): FlowDiff {
+function scopedDiff(
+  b: Backend,
+  scope: Scope,
+  edits: readonly Edit[],
+  ids: (string | undefined)[],
+  read: (id: string) => FlowNode | undefined,
+): FlowDiff {
   const nodesAfter = new Map<string, FlowNode | undefined>()
   const edgesAfter = new Map<string, FlowEdge | undefined>()
   const nodes = b.getWithType("_root", "nodes")
@@ -965,7 +1125,7 @@ function scopedDiff(b: Backend, scope: Scope, edits: readonly Edit[], ids: (stri
     if (e.op === "add_node" && !scope.nodes.has(id)) scope.nodes.set(id, undefined)
     if (e.op === "connect" && !scope.edges.has(id)) scope.edges.set(id, undefined)
   })
-  for (const id of scope.nodes.keys()) nodesAfter.set(id, backendNode(b, id))
+  for (const id of scope.nodes.keys()) nodesAfter.set(id, read(id))
   for (const id of scope.edges.keys()) edgesAfter.set(id, edgesObj === undefined ? undefined : backendEdge(b, edgesObj, id))
   // Nodes that appeared or disappeared: their edges may show or hide.
   if (edgesObj !== undefined && nodes?.[0] === "map") {
@@ -986,7 +1146,7 @@ function scopedDiff(b: Backend, scope: Scope, edits: readonly Edit[], ids: (stri
     if (side.has(id)) return side.get(id) !== undefined
     let v = outside.get(id)
     if (v === undefined) {
-      v = backendNode(b, id) !== undefined
+      v = read(id) !== undefined
       outside.set(id, v)
     }
     return v

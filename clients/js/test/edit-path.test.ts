@@ -6,7 +6,7 @@
 import * as A from "@automerge/automerge"
 import { describe, expect, it } from "vitest"
 
-import { FlowDocument, FlowEditError, diffSnapshots, type Edit, type JsonValue } from "../src/index.js"
+import { FlowDocument, FlowEditError, diffSnapshots, snapshotOf, type Edit, type JsonValue } from "../src/index.js"
 import { FlowDocument as ProxyFlowDocument } from "./fixtures/flow-proxy.js"
 
 const ACTOR = "0123456789abcdef0123456789abcdef"
@@ -179,5 +179,46 @@ describe("backend-direct typed edits", () => {
     doc.relabelNode("a", "C")
     expect(doc.snapshot().nodes.a.label).toBe("C")
     expect(A.getAllChanges(doc.doc).length).toBe(5)
+  })
+
+  it("read nodes from the backend while the view lags, cached exactly (local edits, change frames, concurrency)", () => {
+    for (let seed = 200; seed < 215; seed++) {
+      const base = genesis()
+      const doc = new FlowDocument(A.clone(base, { actor: ACTOR }))
+      const remote = new FlowDocument(A.clone(base, { actor: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" }))
+      const { r, edit, ids } = gen(seed)
+      const truth = () => snapshotOf(A.load(A.getBackend(doc.doc).save()))
+      let synced = A.getHeads(base)
+      for (let step = 0; step < 80; step++) {
+        const what = r()
+        try {
+          if (what < 0.35) doc.applyEditsRecorded([edit()], r() < 0.5)
+          else if (what < 0.75) remote.applyEdits([edit(), edit()].slice(0, 1 + Math.floor(r() * 2)))
+        } catch (e) {
+          if (!(e instanceof FlowEditError)) throw e
+        }
+        if (r() < 0.5) {
+          // The remote's new changes as one change frame (one or several chunks).
+          const frame = A.getBackend(remote.doc).getChanges(synced)
+          if (frame.length > 0) {
+            const bytes = new Uint8Array(frame.reduce((n, c) => n + c.length, 0))
+            let off = 0
+            for (const c of frame) {
+              bytes.set(c, off)
+              off += c.length
+            }
+            doc.receiveChanges(bytes)
+          }
+          // And ours to the remote (concurrent edits meet).
+          remote.receiveChanges(A.save(doc.doc))
+          synced = remote.heads()
+        }
+        // Read while the view lags (the cache's case), then the truth (which reads the
+        // view: the next change makes it lag again, the cache lives on).
+        const got = ids.map((id) => doc.node(id))
+        const t = truth()
+        ids.forEach((id, i) => expect(got[i], `seed ${seed} step ${step} node ${id}`).toEqual(t.nodes[id]))
+      }
+    }
   })
 })
