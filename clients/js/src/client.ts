@@ -120,7 +120,7 @@ const FATAL_CLOSE = new Set([1008, 1009, 4002])
 const MAX_SYNC_MESSAGES_PER_ROUND = 64
 /** How long the JS view of a flow may lag behind change frames nobody read (it is
  *  brought up to date on every read anyway; this bounds what piles up unread). */
-const VIEW_REFRESH_MS = 1000
+const VIEW_REFRESH_MS = 5000
 /** Most hashes one `subscribe_flow` may report in `pending` (the hub's limit). */
 const MAX_PENDING_HASHES = 10_000
 

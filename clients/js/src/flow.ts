@@ -238,13 +238,14 @@ function insertItem(b: Backend, list: ObjId, index: number, value: JsonValue) {
   }
 }
 
-function putPosition(b: Backend, node: ObjId, p: Position) {
+function putPosition(b: Backend, node: ObjId, p: Position): ObjId {
   // A fresh map per move: concurrent moves conflict on the one `position` key and
   // every replica settles on one writer's whole (x, y) pair.
   const pos = b.putObject(node, "position", {})
   // `|| 0` as `new A.Float64(v)` does (-0 is written as 0, as it always was here).
   b.put(pos, "x", p.x || 0, "f64")
   b.put(pos, "y", p.y || 0, "f64")
+  return pos
 }
 
 // ---- reading -------------------------------------------------------------------
@@ -460,6 +461,21 @@ class NodeCache {
     return node
   }
 
+  /**
+   * A local `move_node` of a node read before as `before` wrote a new position map
+   * `pos`: the node is `before` at the new position (nothing else of it changed, and
+   * the local put superseded every value the key had), so it stays cached.
+   */
+  moved(id: string, before: FlowNode, to: Position, pos: ObjId) {
+    const objs = this.#objs.get(id)
+    if (this.#nodes.get(id) !== before || !objs || objs.length < 2) return this.forget(id)
+    // objs[0] is the node's map, objs[1] its position map (see `backendNode`).
+    this.#owner.delete(objs[1])
+    objs[1] = pos
+    this.#owner.set(pos, id)
+    this.#nodes.set(id, { ...before, position: { x: to.x || 0, y: to.y || 0 } })
+  }
+
   forget(id: string) {
     if (!this.#nodes.delete(id)) return
     for (const o of this.#objs.get(id) ?? []) if (this.#owner.get(o) === id) this.#owner.delete(o)
@@ -625,6 +641,8 @@ export class FlowDocument {
   #cache = new NodeCache()
   /** The backend may hold changes waiting for dependencies (applied later, unseen). */
   #queued = false
+  /** The position map the last `move_node` wrote. */
+  #movedTo: ObjId | undefined
   #nextId = 0
 
   constructor(doc?: A.Doc<unknown>) {
@@ -860,12 +878,17 @@ export class FlowDocument {
     const b = A.getBackend(this.#doc)
     const read = (id: string) => this.#cache.read(b, id)
     const scope = record ? scopeBefore(b, edits, read) : undefined
+    this.#movedTo = undefined
     let ids: (string | undefined)[] = []
     const hash = this.#edit((bk) => {
       ids = edits.map((edit) => this.#applyOne(bk, edit))
     })
-    // The nodes these edits wrote (the others' reads stay valid).
-    edits.forEach((e, i) => {
+    // The nodes these edits wrote (the others' reads stay valid). A lone move of a node
+    // read before keeps its cached read, at the new position.
+    const move = edits.length === 1 && edits[0].op === "move_node" ? edits[0] : undefined
+    const before = move && scope?.nodes.get(move.id)
+    if (move && before && this.#movedTo !== undefined) this.#cache.moved(move.id, before, move.to, this.#movedTo)
+    else edits.forEach((e, i) => {
       if (e.op === "add_node" || e.op === "move_node" || e.op === "relabel_node" || e.op === "set_node_kind" ||
         e.op === "configure_node" || e.op === "unconfigure_node" || e.op === "delete_node") {
         this.#cache.forget(ids[i] ?? e.id!)
@@ -917,7 +940,7 @@ export class FlowDocument {
       case "move_node": {
         const node = requireNode(b, edit.id)
         checkPosition(join("nodes", edit.id), edit.to)
-        putPosition(b, node, edit.to)
+        this.#movedTo = putPosition(b, node, edit.to)
         return undefined
       }
       case "relabel_node": {

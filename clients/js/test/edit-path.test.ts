@@ -193,7 +193,14 @@ describe("backend-direct typed edits", () => {
         const what = r()
         try {
           if (what < 0.35) doc.applyEditsRecorded([edit()], r() < 0.5)
-          else if (what < 0.75) remote.applyEdits([edit(), edit()].slice(0, 1 + Math.floor(r() * 2)))
+          else if (what < 0.7) remote.applyEdits([edit(), edit()].slice(0, 1 + Math.floor(r() * 2)))
+          else if (what < 0.8) {
+            // A raw remote write inside a node's existing position map (no typed edit does that).
+            const id = ids[Math.floor(r() * ids.length)]
+            remote.doc = A.change(remote.doc, (d: any) => {
+              if (d.nodes[id]?.position) d.nodes[id].position.x = new A.Float64(r() * 100)
+            })
+          }
         } catch (e) {
           if (!(e instanceof FlowEditError)) throw e
         }
@@ -220,5 +227,23 @@ describe("backend-direct typed edits", () => {
         ids.forEach((id, i) => expect(got[i], `seed ${seed} step ${step} node ${id}`).toEqual(t.nodes[id]))
       }
     }
+  })
+
+  it("keeps a moved node cached at its new position, and forgets it when its new position map is written", () => {
+    const base = genesis()
+    const doc = new FlowDocument(A.clone(base, { actor: ACTOR }))
+    const remote = new FlowDocument(A.clone(base, { actor: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" }))
+    doc.addNode({ id: "a", kind: "action", label: "A", position: { x: 0, y: 0 }, config: { k: [1, { l: "m" }] } })
+    doc.node("a") // cached
+    doc.applyEditsRecorded([{ op: "move_node", id: "a", to: { x: 5, y: -0 } }], true)
+    expect(doc.node("a")).toEqual({ id: "a", kind: "action", label: "A", position: { x: 5, y: 0 }, config: { k: [1, { l: "m" }] } })
+    remote.receiveChanges(A.save(doc.doc))
+    remote.doc = A.change(remote.doc, (d: any) => {
+      d.nodes.a.position.x = new A.Float64(7)
+    })
+    doc.receiveChanges(A.getBackend(remote.doc).getLastLocalChange()!)
+    expect(doc.stale).toBe(true)
+    expect(doc.node("a")?.position).toEqual({ x: 7, y: 0 })
+    expect(doc.snapshot().nodes.a.position).toEqual({ x: 7, y: 0 })
   })
 })
