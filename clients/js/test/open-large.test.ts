@@ -6,7 +6,7 @@
 import { WebSocket } from "ws"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
-import { FlowhubClient, type WebSocketCtor } from "../src/index.js"
+import { FlowhubClient, snapshotOf, type WebSocketCtor } from "../src/index.js"
 import { eventually, startHub, token, type HubProcess } from "./support.js"
 
 const N = 1000
@@ -73,10 +73,12 @@ describe("a large flow against a real hub", () => {
     expect(fr.document.node("n7")).toEqual({ id: "n7", kind: "action", label: "node 7", position: { x: 7, y: 7 }, config: { k: 7 } })
     // The whole flow came in the hub's sync messages (the saved document), not change by change.
     expect(fr.frameStats().syncIn).toBeLessThanOrEqual(3)
+    // The first snapshot reads the backend as plain data; the view is built on demand.
     const snap = fr.snapshot()
-    expect(fr.document.stale).toBe(false)
     expect(Object.keys(snap.nodes).length).toBe(N)
     expect(JSON.parse(JSON.stringify(snap))).toEqual({ name: json.name, nodes: json.nodes, edges: json.edges })
+    expect(snapshotOf(fr.doc)).toEqual(snap)
+    expect(fr.document.stale).toBe(false)
     expect([...fr.heads()].sort()).toEqual([...json.heads].sort())
   })
 
