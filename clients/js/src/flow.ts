@@ -761,6 +761,9 @@ export class FlowDocument {
         }
       }
     }
+    // A view never built cannot be patched (loading into an empty document, and
+    // `materialize` in `snapshot`, move Automerge's patch cursor): build it first.
+    if (this.#viewEmpty && this.#stale) this.refresh()
     // On the possibly stale document: Automerge patches the view once for both.
     const [doc, next] = A.receiveSyncMessage(this.#doc, sync, message)
     this.#doc = doc

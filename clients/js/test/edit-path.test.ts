@@ -246,4 +246,30 @@ describe("backend-direct typed edits", () => {
     expect(doc.node("a")?.position).toEqual({ x: 7, y: 0 })
     expect(doc.snapshot().nodes.a.position).toEqual({ x: 7, y: 0 })
   })
+
+  it("a replica that loaded the whole flow and read a plain snapshot still takes sync messages into its view", () => {
+    const hub = new FlowDocument(A.clone(genesis(), { actor: ACTOR }))
+    for (let k = 0; k < 5; k++) hub.addNode({ id: `n${k}`, kind: "action", label: `${k}`, position: { x: k, y: k } })
+    let hs = A.initSyncState()
+    let cs = A.initSyncState()
+    const c = new FlowDocument()
+    const pump = () => {
+      for (let i = 0; i < 6; i++) {
+        let m
+        ;[hs, m] = hub.generateSyncMessage(hs)
+        if (m) cs = c.receiveSyncMessage(cs, m)
+        let m2
+        ;[cs, m2] = c.generateSyncMessage(cs)
+        if (m2) hs = hub.receiveSyncMessage(hs, m2)
+      }
+    }
+    pump()
+    expect(c.stale).toBe(true)
+    expect(Object.keys(c.snapshot().nodes)).toHaveLength(5)
+    hub.moveNode("n1", { x: 200, y: 1 })
+    pump()
+    expect(c.node("n1")?.position).toEqual({ x: 200, y: 1 })
+    expect(c.snapshot()).toEqual(hub.snapshot())
+    expect(snapshotOf(c.doc)).toEqual(hub.snapshot())
+  })
 })
