@@ -2,7 +2,9 @@
 // separate edits (flowhub: N typed `addNode`s, each its own Automerge change, all
 // acked by the hub; Hocuspocus: N Yjs transactions, all confirmed by SyncStatus), then
 // K times (default 20) a brand-new client connects and we time connect → the client
-// holds the whole flow (all N nodes visible). The writer stays connected, so the
+// holds the whole flow (all N nodes in the replica: flowhub `flow.nodeIds()`, Yjs
+// `Y.Map.size`), and connect → a plain JS snapshot of all N nodes (flowhub
+// `flow.snapshot()`, Yjs `toJSON()`) for an app that renders every node at once. The writer stays connected, so the
 // document stays loaded on the server (Hocuspocus unloads a document without
 // connections). Server CPU (utime + stime of --server-pid) is measured over the opens.
 //
@@ -57,12 +59,16 @@ if (args.backend === "flowhub") {
     const c = await flowhubConnect(args.url, secret, `${prefix}-reader${n}`, { [flowId]: "viewer" })
     // subscribe() resolves once the replica holds the heads the hub announced.
     const f = await c.subscribe(flowId)
-    const ok = await until(() => Object.keys(f.doc.nodes ?? {}).length >= args.nodes, TIMEOUT_MS, 1)
-    if (!ok) throw new Error(`open ${n}: only ${Object.keys(f.doc.nodes ?? {}).length} nodes after ${TIMEOUT_MS} ms`)
-    return () => {
-      const seen = Object.keys(f.snapshot().nodes).length
-      if (seen !== args.nodes) throw new Error(`open ${n}: snapshot has ${seen} nodes`)
-      c.close()
+    // (Clients before nodeIds() built their JS view on receipt: its keys, then.)
+    const count = () => (f.nodeIds ? f.nodeIds().length : Object.keys(f.doc.nodes ?? {}).length)
+    const ok = await until(() => count() >= args.nodes, TIMEOUT_MS, 1)
+    if (!ok) throw new Error(`open ${n}: only ${count()} nodes after ${TIMEOUT_MS} ms`)
+    return {
+      snapshot: () => {
+        const seen = Object.keys(f.snapshot().nodes).length
+        if (seen !== args.nodes) throw new Error(`open ${n}: snapshot has ${seen} nodes`)
+      },
+      close: () => c.close(),
     }
   }
 } else {
@@ -87,7 +93,13 @@ if (args.backend === "flowhub") {
     const m = r.doc.getMap("nodes")
     const ok = await until(() => m.size >= args.nodes, TIMEOUT_MS, 1)
     if (!ok) throw new Error(`only ${m.size} nodes after ${TIMEOUT_MS} ms`)
-    return () => r.close()
+    return {
+      snapshot: () => {
+        const seen = Object.keys(m.toJSON()).length
+        if (seen !== args.nodes) throw new Error(`snapshot has ${seen} nodes`)
+      },
+      close: () => r.close(),
+    }
   }
 }
 const buildMs = performance.now() - t0
@@ -97,17 +109,22 @@ await sleep(500)
 // ---- opens -----------------------------------------------------------------------------------
 
 for (let k = 0; k < args.warmup; k++) {
-  ;(await open())()
+  const o = await open()
+  o.snapshot()
+  o.close()
   await sleep(50)
 }
 const times = []
+const snapshotTimes = []
 const server0 = procCpuSeconds(args.serverPid)
 const self0 = selfCpuSeconds()
 for (let k = 0; k < args.opens; k++) {
   const start = performance.now()
-  const done = await open()
+  const o = await open()
   times.push(performance.now() - start)
-  done()
+  o.snapshot()
+  snapshotTimes.push(performance.now() - start)
+  o.close()
   await sleep(50)
 }
 const serverCpu = procCpuSeconds(args.serverPid) - server0
@@ -125,6 +142,7 @@ const result = {
   opens: args.opens,
   warmup_opens: args.warmup,
   open_ms: summarize(times),
+  open_snapshot_ms: summarize(snapshotTimes),
   server_cpu_seconds_opens: args.serverPid ? round(serverCpu) : null,
   server_cpu_ms_per_open: args.serverPid ? round((serverCpu * 1000) / args.opens, 1) : null,
   client_cpu_ms_per_open: round((clientCpu * 1000) / args.opens, 1),
@@ -134,7 +152,7 @@ writeJson(args.out, result)
 const s = result.open_ms
 console.log(
   `${args.backend} open ${args.nodes}-node flow ×${args.opens}: p50 ${s.p50_ms.toFixed(1)} ms, p99 ${s.p99_ms.toFixed(1)} ms, ` +
-    `mean ${s.mean_ms.toFixed(1)} ms` +
+    `mean ${s.mean_ms.toFixed(1)} ms; with a full JS snapshot p50 ${result.open_snapshot_ms.p50_ms.toFixed(1)} ms, p99 ${result.open_snapshot_ms.p99_ms.toFixed(1)} ms` +
     (args.serverPid ? `, server CPU ${result.server_cpu_ms_per_open} ms/open` : "") +
     `, client CPU ${result.client_cpu_ms_per_open} ms/open (build: ${result.build_ms} ms)` +
     (args.out ? ` → ${args.out}` : ""),

@@ -59,7 +59,8 @@ await build({
   format: "esm",
   platform: "node",
   target: "es2022",
-  external: ["@automerge/automerge"],
+  // bs58check (via @noble/hashes) requires node:crypto, which an ESM bundle cannot.
+  external: ["@automerge/automerge", "bs58check"],
   logLevel: "warning",
 })
 const { FlowhubClient, FlowDocument } = await import(pathToFileURL(outfile).href)

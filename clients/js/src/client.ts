@@ -38,7 +38,7 @@ import {
   type ServerMessage,
 } from "./protocol.js"
 import { applyRunEvent } from "./runs.js"
-import { diffSnapshots, UndoStack, type Skipped, type Undone } from "./undo.js"
+import { UndoStack, type Skipped, type Undone } from "./undo.js"
 
 /** The subset of the WHATWG WebSocket the client uses (browsers, `ws` in Node). */
 export interface WebSocketLike {
@@ -120,7 +120,7 @@ const FATAL_CLOSE = new Set([1008, 1009, 4002])
 const MAX_SYNC_MESSAGES_PER_ROUND = 64
 /** How long the JS view of a flow may lag behind change frames nobody read (it is
  *  brought up to date on every read anyway; this bounds what piles up unread). */
-const VIEW_REFRESH_MS = 1000
+const VIEW_REFRESH_MS = 5000
 /** Most hashes one `subscribe_flow` may report in `pending` (the hub's limit). */
 const MAX_PENDING_HASHES = 10_000
 
@@ -160,6 +160,9 @@ export class FlowhubClient extends Emitter<ClientEvents> {
   #welcome: Welcome | undefined
   #connected = false
   #connecting: Promise<void> | undefined
+  /** Change frames' contents not sent yet, per flow, in order (see `queueChanges`). */
+  #outbox = new Map<string, { flow: Flow; changes: Uint8Array[]; bytes: number }>()
+  #outboxScheduled = false
 
   private constructor(options: ConnectOptions) {
     super()
@@ -298,6 +301,7 @@ export class FlowhubClient extends Emitter<ClientEvents> {
         reject(new FlowhubError("timeout", `no reply to ${msg.type} within ${this.options.requestTimeoutMs} ms`))
       }, this.options.requestTimeoutMs)
       this.#requests.set(id, { resolve, reject, timer })
+      this.flushChanges()
       this.#ws.send(JSON.stringify(withId))
     })
   }
@@ -305,14 +309,59 @@ export class FlowhubClient extends Emitter<ClientEvents> {
   /** Sends a message that has no reply (presence). Dropped while disconnected. */
   sendMessage(msg: ClientMessage): boolean {
     if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    this.flushChanges()
     this.#ws.send(JSON.stringify(msg))
     return true
   }
 
   sendBinary(bytes: Uint8Array): boolean {
     if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    this.flushChanges()
     this.#ws.send(bytes)
     return true
+  }
+
+  /**
+   * Queues one local change of a flow for a change frame. The changes queued in one
+   * task go out together, in order, as one frame per flow (at most the hub's frame
+   * limit) at the end of the task, or before anything else this client sends, so the
+   * socket's order is the order of the calls: a burst of edits costs the hub one
+   * frame, one apply and one store write instead of one each. False while
+   * disconnected (the change stays pending; the next subscribe resends it).
+   */
+  queueChanges(flow: Flow, change: Uint8Array): boolean {
+    if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return false
+    let box = this.#outbox.get(flow.flowId)
+    // Room for the frame header (2 bytes + the flow id) under the hub's limit.
+    const limit = (this.#welcome?.limits.max_frame_bytes ?? 1 << 20) - 2 - flow.flowId.length
+    if (box && box.bytes + change.length > limit) {
+      this.flushChanges()
+      box = undefined
+    }
+    if (!box) {
+      box = { flow, changes: [], bytes: 0 }
+      this.#outbox.set(flow.flowId, box)
+    }
+    box.changes.push(change)
+    box.bytes += change.length
+    if (!this.#outboxScheduled) {
+      this.#outboxScheduled = true
+      queueMicrotask(() => this.flushChanges())
+    }
+    return true
+  }
+
+  /** Sends the queued changes now (see `queueChanges`). */
+  flushChanges(): void {
+    this.#outboxScheduled = false
+    if (this.#outbox.size === 0) return
+    const boxes = [...this.#outbox.values()]
+    this.#outbox.clear()
+    if (!this.#connected || !this.#ws || this.#ws.readyState !== OPEN) return
+    for (const box of boxes) {
+      this.#ws.send(encodeChangesFrame(box.flow.flowId, box.changes))
+      box.flow.countChangesSent(box.changes.length)
+    }
   }
 
   forgetFlow(flowId: string) {
@@ -364,9 +413,16 @@ export class FlowhubClient extends Emitter<ClientEvents> {
       }
     })
     this.#attempt = 0
-    // The hub welcomes unprompted; `hello` checks the protocol version explicitly.
-    const reply = await this.request({ type: "hello", protocol: PROTOCOL_VERSION, client: this.options.client ?? "flowhub-js/0.1" })
-    if (reply.type === "welcome") this.#welcome = reply
+    // The hub welcomes unprompted; `hello` checks the protocol version explicitly. When
+    // the unprompted welcome already names our version, the check cannot fail: send
+    // hello (it names this client) without waiting a round trip for its answer.
+    const hello = this.request({ type: "hello", protocol: PROTOCOL_VERSION, client: this.options.client ?? "flowhub-js/0.1" })
+    if (this.#welcome?.protocol === PROTOCOL_VERSION) {
+      hello.then((reply) => reply.type === "welcome" && (this.#welcome = reply)).catch(() => {})
+    } else {
+      const reply = await hello
+      if (reply.type === "welcome") this.#welcome = reply
+    }
     this.emit("welcome", this.welcome)
     await this.#resubscribeAll()
   }
@@ -454,6 +510,8 @@ export class FlowhubClient extends Emitter<ClientEvents> {
   #teardown(code: number, reason: string) {
     const was = this.#connected
     this.#connected = false
+    // Unsent changes stay pending: the next subscribe reports them and resyncs.
+    this.#outbox.clear()
     for (const [, req] of this.#requests) {
       clearTimeout(req.timer)
       req.reject(new FlowhubError("closed", `connection closed (${code} ${reason})`))
@@ -583,8 +641,10 @@ export interface FlowFrameStats {
   changesIn: number
   /** Sync frames (0x01) sent. */
   syncOut: number
-  /** Change frames (0x02) sent (one per local edit while streaming). */
+  /** Change frames (0x02) sent (the local edits of one task share one frame). */
   changesOut: number
+  /** Local changes sent in change frames (one per local edit while streaming). */
+  changesSent: number
   /** Change frames whose changes lacked dependencies: the flow fell back to a sync round. */
   fallbacks: number
 }
@@ -608,7 +668,7 @@ export class Flow extends Emitter<FlowEvents> {
   /** The replica holds every head `flow_state` named: from then on everything it has
    *  was either sent to the hub already or is the hub's, so edits may be streamed. */
   #caughtUp = false
-  #stats: FlowFrameStats = { syncIn: 0, changesIn: 0, syncOut: 0, changesOut: 0, fallbacks: 0 }
+  #stats: FlowFrameStats = { syncIn: 0, changesIn: 0, syncOut: 0, changesOut: 0, changesSent: 0, fallbacks: 0 }
   #refreshTimer: ReturnType<typeof setTimeout> | undefined
   #pending = new Map<string, PendingChange>()
   #presence = new Map<string, PresenceEntry>()
@@ -636,6 +696,11 @@ export class Flow extends Emitter<FlowEvents> {
   /** The flow as plain data (dangling edges omitted). */
   snapshot(): FlowSnapshot {
     return this.document.snapshot()
+  }
+
+  /** The ids of the flow's nodes (`FlowDocument.nodeIds`: no view needed). */
+  nodeIds(): string[] {
+    return this.document.nodeIds()
   }
 
   /** The Automerge document (read-only: edit through the typed methods). */
@@ -690,43 +755,43 @@ export class Flow extends Emitter<FlowEvents> {
   // that is invalid locally throws a FlowEditError synchronously.
 
   setName(name: string): PendingEdit {
-    return this.#apply((d) => d.setName(name))
+    return this.#edits([{ op: "set_name", name }], (o) => ({ hash: o.hash }))
   }
 
   addNode(node: NewNode): PendingEdit {
-    return this.#apply((d) => d.addNode(node))
+    return this.#edits([{ op: "add_node", ...node }], (o) => ({ id: o.ids[0], hash: o.hash }))
   }
 
   moveNode(id: string, to: Position): PendingEdit {
-    return this.#apply((d) => d.moveNode(id, to))
+    return this.#edits([{ op: "move_node", id, to }], (o) => ({ id, hash: o.hash }))
   }
 
   relabelNode(id: string, label: string): PendingEdit {
-    return this.#apply((d) => d.relabelNode(id, label))
+    return this.#edits([{ op: "relabel_node", id, label }], (o) => ({ id, hash: o.hash }))
   }
 
   setNodeKind(id: string, kind: string): PendingEdit {
-    return this.#apply((d) => d.setNodeKind(id, kind))
+    return this.#edits([{ op: "set_node_kind", id, kind }], (o) => ({ id, hash: o.hash }))
   }
 
   configureNode(id: string, key: string, value: JsonValue): PendingEdit {
-    return this.#apply((d) => d.configureNode(id, key, value))
+    return this.#edits([{ op: "configure_node", id, key, value }], (o) => ({ id, hash: o.hash }))
   }
 
   unconfigureNode(id: string, key: string): PendingEdit {
-    return this.#apply((d) => d.unconfigureNode(id, key))
+    return this.#edits([{ op: "unconfigure_node", id, key }], (o) => ({ id, hash: o.hash }))
   }
 
   deleteNode(id: string): PendingEdit {
-    return this.#apply((d) => d.deleteNode(id))
+    return this.#edits([{ op: "delete_node", id }], (o) => ({ id, hash: o.hash }))
   }
 
   connect(source: Endpoint, target: Endpoint, id?: string): PendingEdit {
-    return this.#apply((d) => d.connect(source, target, id))
+    return this.#edits([{ op: "connect", id, source, target }], (o) => ({ id: o.ids[0], hash: o.hash }))
   }
 
   disconnect(edgeId: string): PendingEdit {
-    return this.#apply((d) => d.disconnect(edgeId))
+    return this.#edits([{ op: "disconnect", id: edgeId }], (o) => ({ id: edgeId, hash: o.hash }))
   }
 
   /**
@@ -735,7 +800,7 @@ export class Flow extends Emitter<FlowEvents> {
    * one undo step. `ids[i]`: the id an `add_node`/`connect` used.
    */
   applyEdits(edits: Edit[]): PendingEdit<EditsOutcome> {
-    return this.#apply((d) => d.applyEdits(edits))
+    return this.#edits(edits, (o) => o)
   }
 
   // ---- undo / redo (crdt/src/undo.rs semantics) ---------------------------------------
@@ -786,7 +851,7 @@ export class Flow extends Emitter<FlowEvents> {
 
   #undoTarget = {
     snapshot: () => this.document.snapshot(),
-    applyEdits: (edits: Edit[]) => this.#apply((d) => d.applyEdits(edits), false),
+    applyEdits: (edits: Edit[]) => this.#edits(edits, (o) => o, false),
   }
 
   /**
@@ -801,13 +866,25 @@ export class Flow extends Emitter<FlowEvents> {
       const hash = A.getHeads(d.doc).find((h) => !before.has(h))
       if (!hash) throw new Error("the change made no ops")
       return { hash }
-    }, false)
+    })
   }
 
-  #apply<T extends EditOutcome>(edit: (d: FlowDocument) => T, record = true): PendingEdit<T> {
-    const before = record ? this.document.snapshot() : undefined
-    const outcome = edit(this.document)
-    if (before) this.undoStack.push(diffSnapshots(before, this.document.snapshot()), [outcome.hash])
+  /**
+   * A typed edit (`edits` as one change). Recorded for undo from what the edits
+   * touched (`FlowDocument.applyEditsRecorded`), not from two whole snapshots.
+   */
+  #edits<T extends EditOutcome>(edits: readonly Edit[], shape: (o: EditsOutcome) => T, record = true): PendingEdit<T> {
+    const { diff, ...outcome } = this.document.applyEditsRecorded(edits, record)
+    if (diff) this.undoStack.push(diff, [outcome.hash])
+    return this.#track(shape(outcome))
+  }
+
+  #apply<T extends EditOutcome>(edit: (d: FlowDocument) => T): PendingEdit<T> {
+    return this.#track(edit(this.document))
+  }
+
+  /** Sends a local change and returns its pending edit (settled by the hub's verdict). */
+  #track<T extends EditOutcome>(outcome: T): PendingEdit<T> {
     let entry!: PendingChange
     const p = new Promise<T>((resolve, reject) => {
       entry = { outcome, resolve, reject }
@@ -816,8 +893,9 @@ export class Flow extends Emitter<FlowEvents> {
     // promise must not cause an unhandled rejection.
     p.catch(() => {})
     this.#pending.set(outcome.hash, entry)
-    this.emit("change", { local: true })
     this.#sendEdit(outcome.hash)
+    this.#armRefresh()
+    this.emit("change", { local: true })
     return Object.assign(p, outcome)
   }
 
@@ -921,7 +999,7 @@ export class Flow extends Emitter<FlowEvents> {
     let fallBack = false
     try {
       changed = this.document.receiveChanges(payload)
-      fallBack = this.document.missingDeps().length > 0
+      fallBack = this.document.queued
     } catch {
       fallBack = true
     }
@@ -936,6 +1014,12 @@ export class Flow extends Emitter<FlowEvents> {
       this.emit("change", { local: false })
       this.#checkReady()
     }
+  }
+
+  /** A change frame of `n` local changes left (see `FlowhubClient.queueChanges`). */
+  countChangesSent(n: number) {
+    this.#stats.changesOut++
+    this.#stats.changesSent += n
   }
 
   onAck(hashes: string[]) {
@@ -1016,7 +1100,7 @@ export class Flow extends Emitter<FlowEvents> {
     if (this.#streaming && this.#caughtUp) {
       const change = this.document.changeBytes(hash)
       if (change) {
-        if (this.client.sendBinary(encodeChangesFrame(this.flowId, change))) this.#stats.changesOut++
+        this.client.queueChanges(this, change)
         return
       }
     }
