@@ -18,6 +18,7 @@ use tracing::info;
 use crate::auth::{AuthSetupError, JwtKeys, Verifier};
 use crate::config::{resolve_secret, HubConfig};
 use crate::membership::Membership;
+use crate::metrics::HubMetrics;
 use crate::redis_bus::RedisBus;
 use crate::sql_store::SqlStore;
 use crate::state::AppState;
@@ -106,14 +107,7 @@ impl Hub {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let metrics = Arc::new(Metrics {
-            // The Redis bus counts what its publish queue drops; `/metrics` shows it.
-            bus_publish_dropped: redis
-                .as_ref()
-                .map(|r| r.stats().publish_dropped.clone())
-                .unwrap_or_default(),
-            ..Metrics::default()
-        });
+        let metrics = Arc::new(Metrics::default());
         let registry = FlowRegistry::new(Arc::new(FlowDeps {
             store: store.clone(),
             bus,
@@ -179,6 +173,7 @@ impl Hub {
             );
         }
         let max_connections = config.max_connections.max(1);
+        let hub_metrics = Arc::new(HubMetrics::new(runs.clone(), redis.as_ref(), sql.clone()));
         let state = AppState {
             redis,
             membership,
@@ -189,6 +184,7 @@ impl Hub {
             store,
             sql,
             metrics,
+            hub_metrics,
             node_id: node_id.clone(),
             shutdown: shutdown.clone(),
             connection_tasks: TaskTracker::new(),

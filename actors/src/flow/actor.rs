@@ -365,6 +365,8 @@ pub struct FlowState {
     /// version of exactly `seen + own_appends` means no other node wrote.
     own_appends: u64,
     empty_since: Option<Instant>,
+    /// When the peer message in hand was taken (for `flowhub_edit_ack_seconds`).
+    edit_taken_at: Option<Instant>,
     tasks: Vec<JoinHandle<()>>,
     span: tracing::Span,
 }
@@ -412,10 +414,7 @@ impl Actor for FlowActor {
             }
         }));
         tasks.push(myself.send_interval(args.deps.config.tick, || FlowMsg::Tick));
-        args.deps
-            .metrics
-            .flows_open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        args.deps.metrics.flows_open.inc();
         span.in_scope(|| info!(changes = uncompacted.len(), "flow opened"));
         Ok(FlowState {
             flow_id: args.flow_id,
@@ -437,6 +436,7 @@ impl Actor for FlowActor {
             versions_seen,
             own_appends: 0,
             empty_since: Some(Instant::now()),
+            edit_taken_at: None,
             tasks,
             span,
         })
@@ -466,11 +466,7 @@ impl Actor for FlowActor {
             t.abort();
         }
         state.directory.forget(&state.flow_id, myself.get_id());
-        state
-            .deps
-            .metrics
-            .flows_open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        state.deps.metrics.flows_open.dec();
         state.span.in_scope(|| info!("flow closed"));
         Ok(())
     }
@@ -567,6 +563,7 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
+                    state.edit_taken_at = Some(Instant::now());
                     let result = state.on_sync(&session_id, &payload).await;
                     let _ = reply.send(true);
                     result?;
@@ -576,6 +573,7 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
+                    state.edit_taken_at = Some(Instant::now());
                     let result = state.on_changes(&session_id, &payload).await;
                     let _ = reply.send(true);
                     result?;
@@ -1240,6 +1238,9 @@ impl FlowState {
                 changes: records.iter().map(|r| r.hash.clone()).collect(),
             });
         }
+        self.deps
+            .metrics
+            .observe_edit_ack(self.edit_taken_at.take());
         self.share_stored(&before, &changes, records, author).await;
         Ok(())
     }
@@ -1343,12 +1344,9 @@ impl FlowState {
     async fn persist(&mut self, records: &[ChangeRecord]) -> Result<()> {
         let started = Instant::now();
         let result = self.deps.store.append_changes(&self.flow_id, records).await;
-        let m = &self.deps.metrics;
-        Metrics::inc(&m.store_appends);
-        Metrics::add(&m.store_append_micros, started.elapsed().as_micros() as u64);
-        if result.is_err() {
-            Metrics::inc(&m.store_errors);
-        }
+        self.deps
+            .metrics
+            .observe_store_append(started.elapsed(), result.is_err());
         result?;
         self.own_appends += 1;
         self.uncompacted
@@ -1416,6 +1414,9 @@ impl FlowState {
             }
         }
         Metrics::add(&self.deps.metrics.frames_streamed, streamed);
+        self.deps
+            .metrics
+            .observe_fan_out(streamed as usize + to_sync.len());
         for id in closed {
             self.peers.remove(&id);
         }

@@ -6,7 +6,6 @@
 //! [`Outbound`] queue, never directly to the socket.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowhub_protocol::{
@@ -22,7 +21,7 @@ use super::limiter::SessionLimits;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::outbound::Outbound;
 use crate::run::RunMsg;
 use crate::run::RunRegistry;
@@ -123,7 +122,7 @@ impl Actor for SessionActor {
             ended: HashMap::new(),
             span,
         };
-        state.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+        state.metrics.session_opened(Transport::Ws);
         state.out.send_control(&state.welcome(None));
         state.span.in_scope(|| info!("session opened"));
         Ok(state)
@@ -140,7 +139,7 @@ impl Actor for SessionActor {
             });
         }
         state.leave_runs();
-        state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        state.metrics.session_closed(Transport::Ws);
         state.span.in_scope(|| info!("session closed"));
         Ok(())
     }
