@@ -39,5 +39,6 @@ pub mod state;
 pub mod ws;
 
 pub use config::HubConfig;
+pub use flowhub_actors::EDIT_PATH_TARGET;
 pub use server::Hub;
 pub use state::AppState;

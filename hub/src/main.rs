@@ -13,6 +13,8 @@ use flowhub::sql_store::SqlStore;
 use flowhub::{Hub, HubConfig};
 use flowhub_protocol::Role;
 
+mod telemetry;
+
 #[derive(Parser)]
 #[command(
     name = "flowhub",
@@ -304,24 +306,21 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // automerge's INFO spans are per operation (see vendor/README.md); ractor's add an
-    // `Actor{id}` span per actor: both cost per edit or per session and say nothing
-    // our own spans do not.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,automerge=warn,ractor=warn")
-    });
-    // Colour only for a person at a terminal: a log file or a shipper gets plain text
-    // (or JSON lines with FLOWHUB_LOG_FORMAT=json), never escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match std::env::var("FLOWHUB_LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().init(),
-        _ => logs.init(),
-    }
+fn main() -> anyhow::Result<()> {
+    // Before the runtime: the OTLP exporter (feature `otlp`) uses a blocking HTTP
+    // client, which must be neither created nor dropped inside it.
+    let telemetry = telemetry::init()?;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run());
+    // Flushes the spans still queued (after the runtime is gone).
+    drop(telemetry);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),

@@ -48,7 +48,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// Messages that may wait for one local subscriber before newer ones are dropped.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -382,7 +382,12 @@ async fn publish_queued(
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        match publish_batch(&conn, &batch).await {
+        let span = tracing::trace_span!(
+            target: flowhub_actors::EDIT_PATH_TARGET,
+            "bus.publish",
+            messages = batch.len(),
+        );
+        match publish_batch(&conn, &batch).instrument(span).await {
             Ok(()) => {
                 stats
                     .published

@@ -491,6 +491,14 @@ impl SessionState {
         };
         let session_id = self.session_id.clone();
         let payload = frame.payload;
+        // Until the flow actor handled the frame: apply, store append, ack, fan-out.
+        let span = tracing::trace_span!(
+            target: crate::EDIT_PATH_TARGET,
+            "edit.frame",
+            flow_id = %frame.flow_id,
+            session_id = %session_id,
+            bytes = payload.len(),
+        );
         let result = sub
             .flow
             .call(
@@ -508,6 +516,7 @@ impl SessionState {
                 },
                 None,
             )
+            .instrument(span)
             .await;
         match result {
             Ok(ractor::rpc::CallResult::Success(true)) => {}

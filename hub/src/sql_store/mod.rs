@@ -83,7 +83,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use error::db_error;
 pub use migrate::{known_version, ConnectError, MigrationInfo, MigrationReport};
@@ -523,7 +523,15 @@ impl Store for SqlStore {
         };
         // On timeout the reply is dropped: the writer then skips the request if it has
         // not started on it, and a commit already under way is harmless (idempotent).
-        bounded(APPEND_TIMEOUT, "append_changes", append).await
+        let span = tracing::trace_span!(
+            target: flowhub_actors::EDIT_PATH_TARGET,
+            "store.append",
+            flow_id,
+            changes = changes.len(),
+        );
+        bounded(APPEND_TIMEOUT, "append_changes", append)
+            .instrument(span)
+            .await
     }
 
     async fn compact(
