@@ -112,6 +112,10 @@ struct ServeArgs {
     /// new ones get 503.
     #[arg(long, env = "FLOWHUB_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
+    /// PostgreSQL connections this node opens at most: every node holds up to this
+    /// many, and the server's `max_connections` is shared by all of them.
+    #[arg(long, env = "FLOWHUB_DATABASE_POOL", default_value_t = flowhub::sql_store::PG_MAX_CONNECTIONS)]
+    database_pool: u32,
     /// The bus format this node writes: 2 (current), or 1 while nodes of the release
     /// before still run (a rolling upgrade from it; every node reads both).
     #[arg(long, env = "FLOWHUB_BUS_FORMAT", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -191,6 +195,7 @@ fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
         write_stall_timeout: Duration::from_secs(args.write_stall_timeout.max(1)),
         socket_send_buffer: args.socket_send_buffer,
         max_connections: args.max_connections,
+        database_pool: args.database_pool,
         demo: args.demo,
         demo_allow_remote: args.demo_allow_remote,
         ..defaults

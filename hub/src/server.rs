@@ -75,7 +75,9 @@ impl Hub {
         if config.database_url.is_none() {
             std::fs::create_dir_all(&config.data_dir).map_err(StartError::Secret)?;
         }
-        let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
+        let sql = Arc::new(
+            SqlStore::connect_with_pool(&config.database_url(), config.database_pool).await?,
+        );
         let store: Arc<dyn Store> = crate::failpoint::wrap(sql.clone());
         let redis = match &config.redis_url {
             Some(url) => Some(RedisBus::connect(url).await?),
