@@ -140,8 +140,9 @@ fn assert_histogram(s: &Scrape, name: &str) -> f64 {
     count
 }
 
-/// `flowhub_*` names in a text (dashboards, alerts, runbook, harness sources).
-fn names_in(text: &str) -> BTreeSet<String> {
+/// `flowhub_*` names in a text (dashboards, alerts, docs); in Rust sources
+/// (`quoted_only`) only those that open a string literal, not crate paths.
+fn names_in(text: &str, quoted_only: bool) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -151,7 +152,11 @@ fn names_in(text: &str) -> BTreeSet<String> {
             + text[start..]
                 .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
                 .unwrap_or(text.len() - start);
-        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric());
+        let before_ok = if quoted_only {
+            start > 0 && bytes[start - 1] == b'"'
+        } else {
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric())
+        };
         let name = text[start..end].trim_end_matches('_');
         if before_ok && name.len() > "flowhub_".len() {
             out.insert(name.to_owned());
@@ -259,18 +264,26 @@ async fn metrics_parse_and_histograms_fill_after_an_edit() {
     // metric would otherwise leave a dashboard panel or an alert silently empty).
     let exported = sa.names();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    // Names that are not metrics: a table, a cookie, the edit path's tracing target.
-    let not_metrics = ["flowhub_migrations", "flowhub_demo_id", "flowhub_edit"];
+    // Names that are not metrics: a table, a cookie, the edit path's tracing target,
+    // the simulation's database names.
+    let not_metrics = [
+        "flowhub_migrations",
+        "flowhub_demo_id",
+        "flowhub_edit",
+        "flowhub_sim",
+    ];
     let mut missing = Vec::new();
     for file in [
         "ops/grafana/flowhub.json",
         "ops/prometheus/flowhub-alerts.yaml",
         "ops/OPERATIONS.md",
+        "docs/SCALING.md",
         "loadtest/src/metrics.rs",
+        "loadtest/src/scenario/cluster.rs",
     ] {
         let text = std::fs::read_to_string(format!("{root}/{file}"))
             .unwrap_or_else(|e| panic!("{file}: {e}"));
-        for name in names_in(&text) {
+        for name in names_in(&text, file.ends_with(".rs")) {
             if !exported.contains(&name) && !not_metrics.contains(&name.as_str()) {
                 missing.push(format!("{file}: {name}"));
             }
