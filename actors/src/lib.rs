@@ -18,7 +18,7 @@
 //! - [`store`]: the `Store` trait, its guarantees, and `MemoryStore`.
 //! - [`bus`]: the `Bus` trait (at most once), `MemoryBus`, and the bus message format.
 //! - [`identity`]: who a session is and its role per flow, from a verified token.
-//! - [`metrics`]: counters exposed by the hub on `/metrics`.
+//! - [`metrics`]: counters, gauges and histograms exposed by the hub on `/metrics`.
 //! - [`error`]: this crate's error type.
 
 pub mod bus;
@@ -33,3 +33,9 @@ pub mod session;
 pub mod store;
 
 pub use error::{ActorsError, Result};
+
+/// The `tracing` target of the edit path's spans (`edit.frame`, `store.append`,
+/// `store.commit`, `bus.publish`). They are at TRACE level and only the hub's optional
+/// OpenTelemetry exporter (cargo feature `otlp`) enables them, so without it each costs
+/// a disabled-callsite check and never reaches the logs.
+pub const EDIT_PATH_TARGET: &str = "flowhub_edit";

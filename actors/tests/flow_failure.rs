@@ -134,7 +134,7 @@ async fn a_store_outage_closes_the_flow_visibly_and_it_reopens_after() {
     let mut editor = join(&reg, "ed", Role::Editor).await;
     let mut viewer = join(&reg, "vi", Role::Viewer).await;
     let actor = reg.get("f").unwrap();
-    assert_eq!(metrics.flows_open.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.flows_open.get(), 1);
 
     // The store goes down; the editor's edit cannot be stored, nor rolled back.
     store.down.store(true, Ordering::SeqCst);
@@ -175,7 +175,7 @@ async fn a_store_outage_closes_the_flow_visibly_and_it_reopens_after() {
     assert_eq!(code, ErrorCode::Internal);
     assert!(message.contains("subscribe again"), "{message}");
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while reg.get("f").is_some() || metrics.flows_open.load(Ordering::Relaxed) != 0 {
+        while reg.get("f").is_some() || metrics.flows_open.get() != 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -184,12 +184,12 @@ async fn a_store_outage_closes_the_flow_visibly_and_it_reopens_after() {
         closed.is_ok(),
         "the failed flow stays registered or counted open"
     );
-    assert_eq!(metrics.flow_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.flow_failures.get(), 1);
 
     // The store heals: subscribing again opens a fresh flow actor.
     store.down.store(false, Ordering::SeqCst);
     let _again = join(&reg, "vi", Role::Viewer).await;
-    assert_eq!(metrics.flows_open.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.flows_open.get(), 1);
     reg.stop_all().await;
 }
 
@@ -230,6 +230,6 @@ async fn the_store_watch_brings_changes_no_bus_message_announced() {
     .await
     .expect("the replica catches up from the store");
     assert_eq!(arrived["nodes"][&node]["label"], "elsewhere");
-    assert!(metrics.antientropy_repairs.load(Ordering::Relaxed) >= 1);
+    assert!(metrics.antientropy_repairs.get() >= 1);
     reg.stop_all().await;
 }

@@ -11,7 +11,6 @@
 //! actor's pipelined persistence) while peers join, reconnect and lag.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -527,7 +526,7 @@ async fn a_current_peers_edit_costs_one_frame_per_peer_and_no_replies() {
     w.settle().await;
     assert_converged(&mut w).await;
     let before: Vec<Counts> = w.clients.iter().map(|c| c.frames).collect();
-    let streamed_before = w.metrics.frames_streamed.load(Ordering::Relaxed);
+    let streamed_before = w.metrics.frames_streamed.get();
 
     for round in 0..10u8 {
         w.edit(usize::from(round) % 3, round + 2).await;
@@ -562,7 +561,7 @@ async fn a_current_peers_edit_costs_one_frame_per_peer_and_no_replies() {
         );
     }
     assert_eq!(
-        w.metrics.frames_streamed.load(Ordering::Relaxed) - streamed_before,
+        w.metrics.frames_streamed.get() - streamed_before,
         20,
         "two peers per edit"
     );
@@ -594,7 +593,7 @@ async fn a_change_frame_with_missing_dependencies_falls_back_to_sync() {
         .flat_map(|ch| ch.bytes)
         .collect();
     send_all(&w.actor, c, vec![Outgoing::Changes(second)]).await;
-    assert_eq!(w.metrics.stream_fallbacks.load(Ordering::Relaxed), 1);
+    assert_eq!(w.metrics.stream_fallbacks.get(), 1);
     w.settle().await;
     assert_converged(&mut w).await;
     assert_eq!(

@@ -46,7 +46,7 @@
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ use axum::routing::get;
 use axum::Router;
 use flowhub_actors::flow::{FlowMsg, OnInvalid};
 use flowhub_actors::identity::Identity;
+use flowhub_actors::metrics::Transport;
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx, SessionLimiter};
 use flowhub_protocol::{close, validate_flow_id, ErrorCode, ServerMessage, SyncFrame};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -165,7 +166,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
     let session_id = format!("am-{}", uuid::Uuid::new_v4().simple());
     let span = tracing::info_span!("automerge_repo", session_id = %session_id, user_id = %identity.user_id);
     async move {
-        state.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+        state.metrics.session_opened(Transport::AutomergeRepo);
         let (out, out_rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
         let (direct, direct_rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Mutex::new(Peers::default()));
@@ -246,7 +247,7 @@ async fn run(socket: WebSocket, state: AppState, identity: Identity) {
             // than leave a task (and its socket) behind the closed session.
             writer_abort.abort();
         }
-        state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        state.metrics.session_closed(Transport::AutomergeRepo);
         info!("automerge-repo connection closed");
     }
     .instrument(span)

@@ -69,6 +69,8 @@ pub struct HubConfig {
     /// node accepts at once; beyond it an upgrade gets 503 at once, before any work,
     /// instead of the node running out of file descriptors or memory.
     pub max_connections: usize,
+    /// PostgreSQL connections this node's pool opens at most (ignored for SQLite).
+    pub database_pool: u32,
     /// The demo's development endpoints (`/v1/dev/token`, `/v1/dev/simulate-run`):
     /// anonymous editor tokens. Only when the operator asks (`--demo`), never inferred.
     pub demo: bool,
@@ -103,6 +105,7 @@ impl Default for HubConfig {
             write_stall_timeout: Duration::from_secs(5),
             socket_send_buffer: 64 * 1024,
             max_connections: 50_000,
+            database_pool: crate::sql_store::PG_MAX_CONNECTIONS,
             demo: false,
             demo_allow_remote: false,
         }

@@ -556,6 +556,8 @@ pub async fn get_stream(
         shutdown: tokio_util::sync::CancellationToken,
         _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
         _permit: tokio::sync::OwnedSemaphorePermit,
+        /// Counted in `flowhub_sessions_by_transport{transport="sse"}` while it lives.
+        _counted: flowhub_actors::metrics::SessionGuard,
         /// An `error` event was sent (access revoked): the stream ends.
         ended: bool,
     }
@@ -574,6 +576,9 @@ pub async fn get_stream(
         shutdown: state.shutdown.clone(),
         _tracked: state.connection_tasks.token(),
         _permit: permit,
+        _counted: state
+            .metrics
+            .session_guard(flowhub_actors::metrics::Transport::Sse),
         ended: false,
     };
     let events = futures_util::stream::unfold(feed, |mut feed| async move {

@@ -79,14 +79,8 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<serde_json::Val
         None => vec![crate::membership::NodeInfo {
             node_id: state.node_id.clone(),
             addr: String::new(),
-            connections: state
-                .metrics
-                .sessions_open
-                .load(std::sync::atomic::Ordering::Relaxed),
-            open_flows: state
-                .metrics
-                .flows_open
-                .load(std::sync::atomic::Ordering::Relaxed),
+            connections: state.metrics.sessions_open.get(),
+            open_flows: state.metrics.flows_open.get(),
             heartbeat_at: 0,
         }],
     };
@@ -155,103 +149,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut body = state.metrics.render();
-    body.push_str(&format!(
-        "# HELP flowhub_process_resident_bytes Resident set size of the hub process.\n# TYPE flowhub_process_resident_bytes gauge\nflowhub_process_resident_bytes {}\n",
-        resident_bytes()
-    ));
-    let r = state.runs.stats();
-    for (name, kind, help, v) in [
-        (
-            "runs_open",
-            "gauge",
-            "Run actors alive on this node.",
-            r.runs_open,
-        ),
-        (
-            "run_events_accepted_total",
-            "counter",
-            "Run events stored and broadcast.",
-            r.events_accepted,
-        ),
-        (
-            "run_events_duplicate_total",
-            "counter",
-            "Re-posted run events ignored.",
-            r.events_duplicate,
-        ),
-        (
-            "run_resumes_total",
-            "counter",
-            "resume_from sent to run watchers that fell behind.",
-            r.resumes,
-        ),
-    ] {
-        body.push_str(&format!(
-            "# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} {kind}\nflowhub_{name} {v}\n"
-        ));
-    }
-    if let Some(redis) = &state.redis {
-        let s = redis.stats();
-        let c = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
-        for (name, help, v) in [
-            (
-                "redis_published_total",
-                "Messages published to Redis.",
-                c(&s.published),
-            ),
-            (
-                "redis_publish_errors_total",
-                "Failed publishes (Redis unreachable).",
-                c(&s.publish_errors),
-            ),
-            (
-                "redis_received_total",
-                "Messages received from Redis.",
-                c(&s.received),
-            ),
-            (
-                "redis_dropped_total",
-                "Received messages dropped: a local subscriber lagged.",
-                c(&s.dropped),
-            ),
-            (
-                "redis_disconnects_total",
-                "Redis connection losses.",
-                c(&s.disconnects),
-            ),
-        ] {
-            body.push_str(&format!(
-                "# HELP flowhub_{name} {help}\n# TYPE flowhub_{name} counter\nflowhub_{name} {v}\n"
-            ));
-        }
-        let lag_sum = c(&s.lag_micros_total) as f64 / 1e6;
-        let lag_count = c(&s.lag_samples);
-        body.push_str(&format!(
-            "# HELP flowhub_bus_lag_seconds Publish to receive delay of bus messages.\n# TYPE flowhub_bus_lag_seconds summary\nflowhub_bus_lag_seconds_sum {lag_sum:.6}\nflowhub_bus_lag_seconds_count {lag_count}\n"
-        ));
-    }
-    if let Some(sql) = &state.sql {
-        let s = sql.stats();
-        body.push_str(&format!(
-            "# HELP flowhub_store_batches_total Group-commit transactions.\n# TYPE flowhub_store_batches_total counter\nflowhub_store_batches_total {}\n",
-            s.batches
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-}
-
-/// RSS from /proc (Linux); 0 elsewhere.
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
+    let body = state.hub_metrics.render(&state.metrics);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 
 #[derive(Debug, Deserialize)]

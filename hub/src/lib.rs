@@ -14,6 +14,7 @@
 //! - [`demo`]: the demo page at `/` (embedded assets) and, on the embedded default, dev endpoints.
 //! - [`auth`]: HS256 JWTs: claims, signing, verification.
 //! - [`config`]: [`HubConfig`](config::HubConfig) and the embedded default's secret.
+//! - [`metrics`]: `/metrics`, the actors' metrics plus the bus, store, runs and process.
 //! - [`membership`]: node heartbeats in Redis, `GET /v1/nodes`, presence cleanup of dead nodes.
 //! - [`redis_bus`]: the `Bus` on Redis pub/sub (sharded on a Redis Cluster).
 //! - [`sql_store`]: the `Store` on PostgreSQL or SQLite through sqlx, with group commit.
@@ -29,6 +30,7 @@ pub mod failpoint;
 pub mod flow_api;
 pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod redis_bus;
 pub mod runs;
 pub mod server;
@@ -37,5 +39,6 @@ pub mod state;
 pub mod ws;
 
 pub use config::HubConfig;
+pub use flowhub_actors::EDIT_PATH_TARGET;
 pub use server::Hub;
 pub use state::AppState;

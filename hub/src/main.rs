@@ -13,6 +13,8 @@ use flowhub::sql_store::SqlStore;
 use flowhub::{Hub, HubConfig};
 use flowhub_protocol::Role;
 
+mod telemetry;
+
 #[derive(Parser)]
 #[command(
     name = "flowhub",
@@ -110,6 +112,10 @@ struct ServeArgs {
     /// new ones get 503.
     #[arg(long, env = "FLOWHUB_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
+    /// PostgreSQL connections this node opens at most: every node holds up to this
+    /// many, and the server's `max_connections` is shared by all of them.
+    #[arg(long, env = "FLOWHUB_DATABASE_POOL", default_value_t = flowhub::sql_store::PG_MAX_CONNECTIONS)]
+    database_pool: u32,
     /// The bus format this node writes: 2 (current), or 1 while nodes of the release
     /// before still run (a rolling upgrade from it; every node reads both).
     #[arg(long, env = "FLOWHUB_BUS_FORMAT", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -189,6 +195,7 @@ fn config_from(args: ServeArgs) -> anyhow::Result<HubConfig> {
         write_stall_timeout: Duration::from_secs(args.write_stall_timeout.max(1)),
         socket_send_buffer: args.socket_send_buffer,
         max_connections: args.max_connections,
+        database_pool: args.database_pool,
         demo: args.demo,
         demo_allow_remote: args.demo_allow_remote,
         ..defaults
@@ -304,24 +311,21 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // automerge's INFO spans are per operation (see vendor/README.md); ractor's add an
-    // `Actor{id}` span per actor: both cost per edit or per session and say nothing
-    // our own spans do not.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,automerge=warn,ractor=warn")
-    });
-    // Colour only for a person at a terminal: a log file or a shipper gets plain text
-    // (or JSON lines with FLOWHUB_LOG_FORMAT=json), never escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match std::env::var("FLOWHUB_LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().init(),
-        _ => logs.init(),
-    }
+fn main() -> anyhow::Result<()> {
+    // Before the runtime: the OTLP exporter (feature `otlp`) uses a blocking HTTP
+    // client, which must be neither created nor dropped inside it.
+    let telemetry = telemetry::init()?;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run());
+    // Flushes the spans still queued (after the runtime is gone).
+    drop(telemetry);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),

@@ -9,7 +9,7 @@
 //! so a node that died disappears from everyone's presence within `ttl` + `interval`.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,8 +60,8 @@ impl Membership {
         let info = NodeInfo {
             node_id: self.node_id.clone(),
             addr: self.addr.clone(),
-            connections: metrics.sessions_open.load(Ordering::Relaxed),
-            open_flows: metrics.flows_open.load(Ordering::Relaxed),
+            connections: metrics.sessions_open.get(),
+            open_flows: metrics.flows_open.get(),
             heartbeat_at: now_ms(),
         };
         let json = serde_json::to_string(&info).unwrap_or_default();

@@ -41,12 +41,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use flowhub_actors::bus::{Bus, BusError, BusSubscription, FlowBusMessage};
+use flowhub_actors::metrics::latency_histogram;
+use prometheus_client::metrics::histogram::Histogram;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// Messages that may wait for one local subscriber before newer ones are dropped.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -78,21 +80,48 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
+/// Counters and histograms for `/metrics` (`hub/src/metrics.rs` exports them).
+#[derive(Debug)]
 pub struct RedisBusStats {
     pub published: AtomicU64,
     /// Messages lost in a failed publish round trip (Redis unreachable or too slow).
     pub publish_errors: AtomicU64,
-    /// Messages never sent because the publish queue was full. Shared with
-    /// [`flowhub_actors::metrics::Metrics::bus_publish_dropped`], which renders it.
-    pub publish_dropped: Arc<AtomicU64>,
+    /// Messages never sent because the publish queue was full.
+    pub publish_dropped: AtomicU64,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
     pub disconnects: AtomicU64,
-    /// Sum and count of publish → receive delays, in microseconds.
-    pub lag_micros_total: AtomicU64,
-    pub lag_samples: AtomicU64,
+    /// `Bus::publish` → Redis answered the PUBLISH, per message (seconds): the time in
+    /// the node's publish queue plus the pipelined round trip.
+    pub publish: Histogram,
+    /// Publish → receive delay of received messages (seconds; the sender's stamp, so
+    /// across machines it includes their clock offset).
+    pub lag: Histogram,
+}
+
+impl Default for RedisBusStats {
+    fn default() -> Self {
+        RedisBusStats {
+            published: AtomicU64::default(),
+            publish_errors: AtomicU64::default(),
+            publish_dropped: AtomicU64::default(),
+            received: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            disconnects: AtomicU64::default(),
+            publish: latency_histogram(),
+            lag: latency_histogram(),
+        }
+    }
+}
+
+/// Seconds from a stamp (µs since the epoch, [`stamp`]) to `now` (µs).
+fn since_stamp(now: u64, sent: u64) -> f64 {
+    now.saturating_sub(sent) as f64 / 1e6
+}
+
+/// The send stamp of a stamped payload.
+fn stamp_of(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
 }
 
 fn now_micros() -> u64 {
@@ -243,6 +272,11 @@ impl RedisBus {
         &self.stats
     }
 
+    /// [`RedisBus::stats`], shared (for `/metrics`).
+    pub fn stats_arc(&self) -> Arc<RedisBusStats> {
+        self.stats.clone()
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
@@ -348,11 +382,22 @@ async fn publish_queued(
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        match publish_batch(&conn, &batch).await {
+        let span = tracing::trace_span!(
+            target: flowhub_actors::EDIT_PATH_TARGET,
+            "bus.publish",
+            messages = batch.len(),
+        );
+        match publish_batch(&conn, &batch).instrument(span).await {
             Ok(()) => {
                 stats
                     .published
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let now = now_micros();
+                for m in &batch {
+                    if let Some(sent) = stamp_of(&m.payload) {
+                        stats.publish.observe(since_stamp(now, sent));
+                    }
+                }
             }
             Err((lost, error)) => {
                 stats
@@ -436,10 +481,7 @@ async fn dispatch(mut rx: mpsc::UnboundedReceiver<PushInfo>, bus: RedisBus) {
                     continue;
                 };
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .lag_micros_total
-                    .fetch_add(now_micros().saturating_sub(sent), Ordering::Relaxed);
-                stats.lag_samples.fetch_add(1, Ordering::Relaxed);
+                stats.lag.observe(since_stamp(now_micros(), sent));
                 if let Some(subs) = subscribers.get(&channel) {
                     for (_, tx) in subs.iter() {
                         if tx.try_send(payload.clone()).is_err() {

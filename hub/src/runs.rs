@@ -29,6 +29,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use flowhub_actors::metrics::{SessionGuard, Transport};
 use flowhub_actors::run::{
     validate_run_id, IngestOutcome, InvalidEvent, RunError, WatchOutcome, WatchRequest,
 };
@@ -253,6 +254,7 @@ pub async fn stream(
         shutdown: state.shutdown.clone(),
         _tracked: state.connection_tasks.token(),
         _permit: permit,
+        _counted: state.metrics.session_guard(Transport::Sse),
         position: since,
         final_seq: None,
         ended: false,
@@ -284,6 +286,8 @@ struct SseFeed {
     _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
     /// This stream's place under the node's connection limit.
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Counted in `flowhub_sessions_by_transport{transport="sse"}` while it lives.
+    _counted: SessionGuard,
     /// The last sequence number this stream delivered (or the client had).
     position: u64,
     /// The last sequence of a finished run: once delivered, the stream ends instead

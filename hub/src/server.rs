@@ -18,6 +18,7 @@ use tracing::info;
 use crate::auth::{AuthSetupError, JwtKeys, Verifier};
 use crate::config::{resolve_secret, HubConfig};
 use crate::membership::Membership;
+use crate::metrics::HubMetrics;
 use crate::redis_bus::RedisBus;
 use crate::sql_store::SqlStore;
 use crate::state::AppState;
@@ -74,7 +75,9 @@ impl Hub {
         if config.database_url.is_none() {
             std::fs::create_dir_all(&config.data_dir).map_err(StartError::Secret)?;
         }
-        let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
+        let sql = Arc::new(
+            SqlStore::connect_with_pool(&config.database_url(), config.database_pool).await?,
+        );
         let store: Arc<dyn Store> = crate::failpoint::wrap(sql.clone());
         let redis = match &config.redis_url {
             Some(url) => Some(RedisBus::connect(url).await?),
@@ -106,14 +109,7 @@ impl Hub {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let metrics = Arc::new(Metrics {
-            // The Redis bus counts what its publish queue drops; `/metrics` shows it.
-            bus_publish_dropped: redis
-                .as_ref()
-                .map(|r| r.stats().publish_dropped.clone())
-                .unwrap_or_default(),
-            ..Metrics::default()
-        });
+        let metrics = Arc::new(Metrics::default());
         let registry = FlowRegistry::new(Arc::new(FlowDeps {
             store: store.clone(),
             bus,
@@ -179,6 +175,7 @@ impl Hub {
             );
         }
         let max_connections = config.max_connections.max(1);
+        let hub_metrics = Arc::new(HubMetrics::new(runs.clone(), redis.as_ref(), sql.clone()));
         let state = AppState {
             redis,
             membership,
@@ -189,6 +186,7 @@ impl Hub {
             store,
             sql,
             metrics,
+            hub_metrics,
             node_id: node_id.clone(),
             shutdown: shutdown.clone(),
             connection_tasks: TaskTracker::new(),

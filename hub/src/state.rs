@@ -33,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub sql: Option<Arc<SqlStore>>,
     pub metrics: Arc<Metrics>,
+    /// `/metrics` beyond the actors' (bus, store, runs, process).
+    pub hub_metrics: Arc<crate::metrics::HubMetrics>,
     pub node_id: String,
     /// The Redis bus and node membership, when `redis_url` is configured.
     pub redis: Option<RedisBus>,

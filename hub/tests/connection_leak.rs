@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flowhub_protocol::Role;
@@ -55,13 +54,9 @@ async fn closed_automerge_repo_connections_leave_no_task_and_burn_no_cpu() {
 
     let metrics = hub.state().metrics.clone();
     assert!(
-        eventually(Duration::from_secs(10), || metrics
-            .sessions_open
-            .load(Ordering::Relaxed)
-            == 0)
-        .await,
+        eventually(Duration::from_secs(10), || metrics.sessions_open.get() == 0).await,
         "every automerge-repo session ends, {} still open",
-        metrics.sessions_open.load(Ordering::Relaxed)
+        metrics.sessions_open.get()
     );
 
     // With the leak, each closed connection's writer spun a core until the session

@@ -48,6 +48,15 @@ pub enum Command {
         #[command(flatten)]
         watch: WatchArgs,
     },
+    /// A cluster's cost to Redis and PostgreSQL: thousands of flows with idle
+    /// subscribed sessions spread over the targets, an idle window, then editors
+    /// (`scripts/cluster-sim.sh` starts the nodes and services).
+    Cluster {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// edit + presence + watch at once.
     Mixed {
         #[command(flatten)]
@@ -76,6 +85,7 @@ impl Command {
             Command::Idle { .. } => "idle",
             Command::Watch { .. } => "watch",
             Command::Mixed { .. } => "mixed",
+            Command::Cluster { .. } => "cluster",
             Command::Proxy(_) => "proxy",
             Command::BaselineServer(_) => "baseline-server",
         }
@@ -88,7 +98,8 @@ impl Command {
             | Command::Presence { common, .. }
             | Command::Idle { common, .. }
             | Command::Watch { common, .. }
-            | Command::Mixed { common, .. } => Some(common),
+            | Command::Mixed { common, .. }
+            | Command::Cluster { common, .. } => Some(common),
             Command::Proxy(_) | Command::BaselineServer(_) => None,
         }
     }
@@ -214,6 +225,37 @@ pub struct IdleArgs {
     /// Subscribe each session to one of this many flows (0: sessions only).
     #[arg(long, default_value_t = 0)]
     pub subscribe_flows: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Flows opened (each by `--sessions-per-flow` idle sessions).
+    #[arg(long, default_value_t = 5000)]
+    pub flows: usize,
+    /// Idle subscribed sessions per flow, each on another target (where there are
+    /// enough), so a flow is open on that many nodes.
+    #[arg(long, default_value_t = 2)]
+    pub sessions_per_flow: usize,
+    /// Editing sessions, one per flow (distinct flows), each on one more node.
+    #[arg(long, default_value_t = 100)]
+    pub editors: usize,
+    /// Typed edits per second per editor, during the edit window (`--duration`).
+    #[arg(long, default_value_t = 2.0)]
+    pub edit_rate: f64,
+    /// The idle window: everyone connected, nobody edits.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub idle_duration: Duration,
+    /// Redis servers to read `INFO` from (`host:port`, comma-separated: every shard of
+    /// a Redis Cluster). Empty: no Redis figures.
+    #[arg(long, value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// The nodes' PostgreSQL database, to read its statistics. Unset: only the nodes'
+    /// store counters.
+    #[arg(long)]
+    pub database_url: Option<String>,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,

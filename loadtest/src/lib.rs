@@ -13,8 +13,9 @@
 //! - [`scenario`]: the scenarios and their shared context:
 //!   [`edit`](scenario::edit) (with the [`convergence`](scenario::convergence)
 //!   check), [`presence`](scenario::presence), [`idle`](scenario::idle),
-//!   [`watch`](scenario::watch) (one [`watcher`](scenario::watcher) per session) and
-//!   [`mixed`](scenario::mixed).
+//!   [`watch`](scenario::watch) (one [`watcher`](scenario::watcher) per session),
+//!   [`mixed`](scenario::mixed) and [`cluster`](scenario::cluster) (a cluster's cost
+//!   to Redis and PostgreSQL, idle and under edits).
 //! - [`baseline`]: a bare tokio-tungstenite broadcast server, the fan-out yardstick.
 //! - [`proxy`]: a WebSocket proxy that can drop one client's edits (chaos testing).
 //! - [`report`]: the report model, its terminal table and JSON; [`html`]: the HTML

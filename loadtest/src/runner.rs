@@ -10,7 +10,7 @@ use crate::cli::{Command, Common};
 use crate::error::{Error, Result};
 use crate::machine::{load_average, process_cpu_seconds, Machine};
 use crate::report::{write_file, Report};
-use crate::scenario::{edit, idle, mixed, presence, watch, Ctx, Outcome};
+use crate::scenario::{cluster, edit, idle, mixed, presence, watch, Ctx, Outcome};
 use crate::{baseline, html, proxy};
 
 /// How a command ended (errors aside).
@@ -78,6 +78,7 @@ pub async fn run_report(command: &Command) -> Result<Report> {
             watch: w,
             ..
         } => mixed::run(ctx.clone(), e, p, w).await?,
+        Command::Cluster { cluster: args, .. } => cluster::run(ctx.clone(), args).await?,
         Command::Proxy(_) | Command::BaselineServer(_) => unreachable!("no common options"),
     };
     let passed = outcome.checks.iter().all(|c| c.passed);
@@ -144,6 +145,13 @@ fn parameters(command: &Command, common: &Common) -> serde_json::Value {
             "presence_rate": presence.presence_rate,
             "watchers": watch.watchers, "event_rate": watch.event_rate,
             "batch": watch.batch, "baseline": watch.baseline,
+        }),
+        Command::Cluster { cluster, .. } => json!({
+            "flows": cluster.flows, "sessions_per_flow": cluster.sessions_per_flow,
+            "editors": cluster.editors, "edit_rate": cluster.edit_rate,
+            "idle_duration_s": cluster.idle_duration.as_secs_f64(),
+            "redis_servers": cluster.redis.len(),
+            "postgres_statistics": cluster.database_url.is_some(),
         }),
         Command::Proxy(_) | Command::BaselineServer(_) => json!({}),
     };

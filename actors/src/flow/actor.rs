@@ -398,6 +398,8 @@ pub struct FlowState {
     next_append_id: u64,
     /// Peers owed a sync round once no append is pending.
     sync_due: std::collections::HashSet<String>,
+    /// When the peer message in hand was taken (for `flowhub_edit_ack_seconds`).
+    edit_taken_at: Option<Instant>,
     tasks: Vec<JoinHandle<()>>,
     span: tracing::Span,
 }
@@ -416,6 +418,8 @@ struct PendingCommit {
     author: Option<String>,
     /// Sent to the peer after its ack (a repair notice).
     notice: Option<ServerMessage>,
+    /// When the actor took the peer's message (for `flowhub_edit_ack_seconds`).
+    taken_at: Option<Instant>,
 }
 
 /// One store append in flight: the commits it stores, and where its result arrives.
@@ -476,10 +480,7 @@ impl Actor for FlowActor {
             }
         }));
         tasks.push(myself.send_interval(args.deps.config.tick, || FlowMsg::Tick));
-        args.deps
-            .metrics
-            .flows_open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        args.deps.metrics.flows_open.inc();
         span.in_scope(|| info!(changes = uncompacted.len(), "flow opened"));
         Ok(FlowState {
             flow_id: args.flow_id,
@@ -506,6 +507,7 @@ impl Actor for FlowActor {
             storing_bytes: 0,
             next_append_id: 0,
             sync_due: Default::default(),
+            edit_taken_at: None,
             tasks,
             span,
         })
@@ -535,11 +537,7 @@ impl Actor for FlowActor {
             t.abort();
         }
         state.directory.forget(&state.flow_id, myself.get_id());
-        state
-            .deps
-            .metrics
-            .flows_open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        state.deps.metrics.flows_open.dec();
         state.span.in_scope(|| info!("flow closed"));
         Ok(())
     }
@@ -640,6 +638,7 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
+                    state.edit_taken_at = Some(Instant::now());
                     let result = state.on_sync(&session_id, &payload, &myself).await;
                     let result = match result {
                         Ok(()) => state.hold_back(&myself).await,
@@ -653,6 +652,7 @@ impl Actor for FlowActor {
                     payload,
                     reply,
                 } => {
+                    state.edit_taken_at = Some(Instant::now());
                     let result = state.on_changes(&session_id, &payload, &myself).await;
                     let result = match result {
                         Ok(()) => state.hold_back(&myself).await,
@@ -1355,6 +1355,7 @@ impl FlowState {
             changes,
             author: author.map(str::to_owned),
             notice,
+            taken_at: self.edit_taken_at.take(),
         });
         if self.appending.is_none() {
             self.start_append(myself);
@@ -1433,13 +1434,12 @@ impl FlowState {
         let (records, took, result) = result
             .await
             .unwrap_or_else(|_| (Vec::new(), Duration::ZERO, Err(ActorsError::AppendLost)));
-        let m = &self.deps.metrics;
-        Metrics::inc(&m.store_appends);
-        Metrics::add(&m.store_append_micros, took.as_micros() as u64);
+        self.deps
+            .metrics
+            .observe_store_append(took, result.is_err());
         let stored_bytes: usize = records.iter().map(|r| r.bytes.len()).sum();
         self.storing_bytes = self.storing_bytes.saturating_sub(stored_bytes);
         if let Err(e) = result {
-            Metrics::inc(&m.store_errors);
             warn!(error = %e, "store append failed; rolling the document back");
             let refused: Vec<String> = commits
                 .into_iter()
@@ -1473,6 +1473,7 @@ impl FlowState {
                     peer.out.send_control(notice);
                 }
             }
+            self.deps.metrics.observe_edit_ack(commit.taken_at);
             self.fan_out(
                 &commit.before,
                 &commit.after,
@@ -1603,12 +1604,9 @@ impl FlowState {
     async fn persist(&mut self, records: &[ChangeRecord]) -> Result<()> {
         let started = Instant::now();
         let result = self.deps.store.append_changes(&self.flow_id, records).await;
-        let m = &self.deps.metrics;
-        Metrics::inc(&m.store_appends);
-        Metrics::add(&m.store_append_micros, started.elapsed().as_micros() as u64);
-        if result.is_err() {
-            Metrics::inc(&m.store_errors);
-        }
+        self.deps
+            .metrics
+            .observe_store_append(started.elapsed(), result.is_err());
         result?;
         self.own_appends += 1;
         self.uncompacted
@@ -1690,6 +1688,9 @@ impl FlowState {
             }
         }
         Metrics::add(&self.deps.metrics.frames_streamed, streamed);
+        self.deps
+            .metrics
+            .observe_fan_out(streamed as usize + to_sync.len());
         for id in closed {
             self.peers.remove(&id);
         }

@@ -38,7 +38,6 @@
 //! resume), so the next request reloads whatever the store really holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +55,7 @@ use crate::directory::ActorDirectory;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::metrics::Metrics;
 use crate::outbound::{Delivery, Outbound};
+use prometheus_client::metrics::counter::Counter;
 
 /// How long an actor spawned for a new run waits for its first batch to be stored.
 const UNSTORED_GRACE: Duration = Duration::from_secs(5);
@@ -131,9 +131,9 @@ pub(crate) struct RunNode {
 /// Counters of a node's run actors (for `/metrics`).
 #[derive(Debug, Default)]
 pub(crate) struct RunCounters {
-    pub(crate) events_accepted: AtomicU64,
-    pub(crate) events_duplicate: AtomicU64,
-    pub(crate) resumes: AtomicU64,
+    pub(crate) events_accepted: Counter,
+    pub(crate) events_duplicate: Counter,
+    pub(crate) resumes: Counter,
 }
 
 /// The answer to an ingest.

@@ -7,7 +7,6 @@
 //! caller that obtained it just before gets an error from its next call and retries,
 //! which spawns a fresh actor that reloads from the store.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,9 +286,9 @@ impl RunRegistry {
         RunStats {
             runs_open: self.open_runs().len() as u64,
             spawned: self.spawned(),
-            events_accepted: c.events_accepted.load(Ordering::Relaxed),
-            events_duplicate: c.events_duplicate.load(Ordering::Relaxed),
-            resumes: c.resumes.load(Ordering::Relaxed),
+            events_accepted: c.events_accepted.get(),
+            events_duplicate: c.events_duplicate.get(),
+            resumes: c.resumes.get(),
         }
     }
 

@@ -6,7 +6,6 @@
 //! [`Outbound`] queue, never directly to the socket.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowhub_protocol::{
@@ -22,7 +21,7 @@ use super::limiter::SessionLimits;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::outbound::Outbound;
 use crate::run::RunMsg;
 use crate::run::RunRegistry;
@@ -126,7 +125,7 @@ impl Actor for SessionActor {
             ended: HashMap::new(),
             span,
         };
-        state.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+        state.metrics.session_opened(Transport::Ws);
         state.out.send_control(&state.welcome(None));
         state.span.in_scope(|| info!("session opened"));
         Ok(state)
@@ -151,7 +150,7 @@ impl Actor for SessionActor {
             });
         }
         state.leave_runs();
-        state.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        state.metrics.session_closed(Transport::Ws);
         state.span.in_scope(|| info!("session closed"));
         Ok(())
     }
@@ -517,6 +516,14 @@ impl SessionState {
         let session_id = self.session_id.clone();
         let payload = frame.payload;
         sub.edited = true;
+        // Until the flow actor handled the frame: apply, store append, ack, fan-out.
+        let span = tracing::trace_span!(
+            target: crate::EDIT_PATH_TARGET,
+            "edit.frame",
+            flow_id = %frame.flow_id,
+            session_id = %session_id,
+            bytes = payload.len(),
+        );
         let result = sub
             .flow
             .call(
@@ -534,6 +541,7 @@ impl SessionState {
                 },
                 None,
             )
+            .instrument(span)
             .await;
         match result {
             Ok(ractor::rpc::CallResult::Success(true)) => {}

@@ -83,7 +83,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use error::db_error;
 pub use migrate::{known_version, ConnectError, MigrationInfo, MigrationReport};
@@ -94,7 +94,9 @@ pub use writer::StoreStats;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite serialises writers anyway; more connections only help concurrent readers.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
-const PG_MAX_CONNECTIONS: u32 = 16;
+/// The default PostgreSQL pool size per node ([`SqlStore::connect_with_pool`] sets
+/// another): a fleet needs nodes × this many server connections.
+pub const PG_MAX_CONNECTIONS: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Appends waiting for the writer; beyond this, `append_changes` waits (backpressure).
 const WRITER_QUEUE: usize = 4096;
@@ -216,7 +218,17 @@ impl SqlStore {
     /// schema this binary cannot serve (newer, or migrated by a different build) is
     /// refused with a [`ConnectError`] naming the problem; see the `migrate` module.
     pub async fn connect(url: &str) -> Result<SqlStore, ConnectError> {
-        let (pool, report) = Self::open_and_migrate(url).await?;
+        Self::connect_with_pool(url, PG_MAX_CONNECTIONS).await
+    }
+
+    /// [`SqlStore::connect`] with at most `pg_connections` PostgreSQL connections
+    /// (ignored for SQLite). Many nodes on one server need a smaller pool each (the
+    /// server's `max_connections` is shared by all of them), or a pooler in front.
+    pub async fn connect_with_pool(
+        url: &str,
+        pg_connections: u32,
+    ) -> Result<SqlStore, ConnectError> {
+        let (pool, report) = Self::open_and_migrate(url, pg_connections.max(2)).await?;
         let counters = Arc::new(writer::Counters::default());
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         tokio::spawn(writer::run(pool.clone(), rx, counters.clone()));
@@ -236,7 +248,7 @@ impl SqlStore {
     /// [`SqlStore::connect`] does), and closes again: `flowhub migrate`, run once before
     /// the nodes of a new release start.
     pub async fn migrate(url: &str) -> Result<MigrationReport, ConnectError> {
-        let (pool, report) = Self::open_and_migrate(url).await?;
+        let (pool, report) = Self::open_and_migrate(url, 2).await?;
         pool.close().await;
         Ok(report)
     }
@@ -247,10 +259,13 @@ impl SqlStore {
     /// answers "database is locked" at once (no busy wait) when another process is
     /// migrating the same file: two nodes starting together on one file must wait their
     /// turn rather than fail.
-    async fn open_and_migrate(url: &str) -> Result<(DbPool, MigrationReport), ConnectError> {
+    async fn open_and_migrate(
+        url: &str,
+        pg_connections: u32,
+    ) -> Result<(DbPool, MigrationReport), ConnectError> {
         let mut delay = Duration::from_millis(50);
         for _ in 0..12 {
-            match Self::open_and_migrate_once(url).await {
+            match Self::open_and_migrate_once(url, pg_connections).await {
                 Err(ConnectError::Store(StoreError::Unavailable(m)))
                     if url.starts_with("sqlite:")
                         && (m.contains("locked") || m.contains("busy")) =>
@@ -262,11 +277,14 @@ impl SqlStore {
                 other => return other,
             }
         }
-        Self::open_and_migrate_once(url).await
+        Self::open_and_migrate_once(url, pg_connections).await
     }
 
-    async fn open_and_migrate_once(url: &str) -> Result<(DbPool, MigrationReport), ConnectError> {
-        let pool = open_pool(url).await?;
+    async fn open_and_migrate_once(
+        url: &str,
+        pg_connections: u32,
+    ) -> Result<(DbPool, MigrationReport), ConnectError> {
+        let pool = open_pool(url, pg_connections).await?;
         match migrate::run(&pool).await {
             Ok(report) => Ok((pool, report)),
             Err(e) => {
@@ -523,7 +541,15 @@ impl Store for SqlStore {
         };
         // On timeout the reply is dropped: the writer then skips the request if it has
         // not started on it, and a commit already under way is harmless (idempotent).
-        bounded(APPEND_TIMEOUT, "append_changes", append).await
+        let span = tracing::trace_span!(
+            target: flowhub_actors::EDIT_PATH_TARGET,
+            "store.append",
+            flow_id,
+            changes = changes.len(),
+        );
+        bounded(APPEND_TIMEOUT, "append_changes", append)
+            .instrument(span)
+            .await
     }
 
     async fn compact(
@@ -770,7 +796,7 @@ impl Store for SqlStore {
 }
 
 /// Opens the pool for `url` with the options of its backend (see the module doc).
-async fn open_pool(url: &str) -> Result<DbPool, StoreError> {
+async fn open_pool(url: &str, pg_connections: u32) -> Result<DbPool, StoreError> {
     if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(db_error)?
@@ -789,7 +815,7 @@ async fn open_pool(url: &str) -> Result<DbPool, StoreError> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgConnectOptions::from_str(url).map_err(db_error)?;
         let pool = PgPoolOptions::new()
-            .max_connections(PG_MAX_CONNECTIONS)
+            .max_connections(pg_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await

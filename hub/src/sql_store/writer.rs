@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use flowhub_actors::store::{ChangeRecord, StoreError};
 use sqlx::AssertSqlSafe;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use super::error::{db_error, is_transient};
 use super::{now_ms, timed_out, DbPool, APPEND_TIMEOUT};
@@ -159,7 +159,12 @@ async fn commit(pool: &DbPool, mut batch: Vec<AppendRequest>, counters: &Counter
         return;
     }
     let started = Instant::now();
-    match write_with_retry(pool, &batch).await {
+    let span = tracing::trace_span!(
+        target: flowhub_actors::EDIT_PATH_TARGET,
+        "store.commit",
+        appends = batch.len(),
+    );
+    match write_with_retry(pool, &batch).instrument(span).await {
         Ok(()) => {
             counters.record(&batch);
             debug!(

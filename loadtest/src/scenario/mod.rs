@@ -1,6 +1,7 @@
 //! The scenarios and what they share: [`Ctx`] (targets, tokens, clock, progress,
 //! phase lengths) and [`Outcome`] (report sections and checks).
 
+pub mod cluster;
 pub mod convergence;
 pub mod edit;
 pub mod idle;
