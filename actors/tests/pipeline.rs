@@ -419,13 +419,33 @@ async fn a_sync_peer_hears_the_hubs_heads_once_its_change_is_stored() {
         .add_node(NewNode::new("action", "late", Position::new(1.0, 1.0)).with_id("late"))
         .unwrap();
     let mine = peer.doc.heads();
-    let msg = peer.doc.generate_sync_message(&mut peer.sync).unwrap();
-    ractor::call!(actor, |reply| FlowMsg::Sync {
-        session_id: "repo".into(),
-        payload: msg,
-        reply
+    // Sync until the hub has the change (its append then starts and waits at the
+    // gate): the first message may carry only heads, if the hub's last one is still
+    // unanswered.
+    let applied = tokio::time::timeout(Duration::from_secs(5), async {
+        while store.appends.load(Ordering::SeqCst) == 0 {
+            if let Some(msg) = peer.doc.generate_sync_message(&mut peer.sync) {
+                ractor::call!(actor, |reply| FlowMsg::Sync {
+                    session_id: "repo".into(),
+                    payload: msg,
+                    reply
+                })
+                .unwrap();
+            }
+            while let Ok(Some(frame)) =
+                tokio::time::timeout(Duration::from_millis(20), peer.rx.frames.recv()).await
+            {
+                if let OutFrame::Binary(b) = frame {
+                    let f = SyncFrame::decode(&b).unwrap();
+                    peer.doc
+                        .receive_sync_message(&mut peer.sync, &f.payload)
+                        .unwrap();
+                }
+            }
+        }
     })
-    .unwrap();
+    .await;
+    assert!(applied.is_ok(), "the hub never applied the change");
     // The peer says where it is, without changes (as a Repo does on its own schedule).
     let mut fresh = SyncState::new();
     let hello = peer.doc.generate_sync_message(&mut fresh).unwrap();
