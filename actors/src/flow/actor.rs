@@ -398,6 +398,9 @@ pub struct FlowState {
     next_append_id: u64,
     /// Peers owed a sync round once no append is pending.
     sync_due: std::collections::HashSet<String>,
+    /// An append's commits are being fanned out: sync rounds wait until all are (see
+    /// `finish_append`).
+    fanning_out: bool,
     /// When the peer message in hand was taken (for `flowhub_edit_ack_seconds`).
     edit_taken_at: Option<Instant>,
     tasks: Vec<JoinHandle<()>>,
@@ -507,6 +510,7 @@ impl Actor for FlowActor {
             storing_bytes: 0,
             next_append_id: 0,
             sync_due: Default::default(),
+            fanning_out: false,
             edit_taken_at: None,
             tasks,
             span,
@@ -1462,6 +1466,11 @@ impl FlowState {
             .extend(records.iter().map(|r| r.hash.clone()));
         self.doc_bytes += stored_bytes;
         Metrics::add(&self.deps.metrics.edits_applied, records.len() as u64);
+        // The document already holds every commit of the append: a sync round made
+        // while an earlier one is fanned out would send the later ones too, and then a
+        // peer current at a later one's `before` would be streamed them again. Sync
+        // rounds wait until every commit was routed (`when_stored`).
+        self.fanning_out = true;
         for commit in commits {
             if let Some(peer) = self.peers.get(&commit.session_id) {
                 peer.out.send_control(&ServerMessage::Ack {
@@ -1481,6 +1490,7 @@ impl FlowState {
                 commit.author.as_deref(),
             );
         }
+        self.fanning_out = false;
         if !self.queued.is_empty() {
             // Before publishing: the store works on the next append meanwhile.
             self.start_append(myself);
@@ -1700,9 +1710,10 @@ impl FlowState {
     }
 
     fn sync_peer(&mut self, session_id: &str) {
-        if self.appending.is_some() || !self.queued.is_empty() {
+        if self.fanning_out || self.appending.is_some() || !self.queued.is_empty() {
             // A sync message is made from the whole document, which holds changes
-            // the store does not have yet: later (`when_stored`).
+            // the store does not have yet, or that are still being routed: later
+            // (`when_stored`).
             self.sync_due.insert(session_id.to_owned());
             return;
         }
