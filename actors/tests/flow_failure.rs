@@ -7,25 +7,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
-use flowhub_actors::store::{
-    ChangeRecord, FlowVersions, MemberAccess, MemoryStore, Snapshot, Store, StoreError, StoredFlow,
-};
+use flowhub_actors::store::{ChangeRecord, MemoryStore, Store, StoreError};
 use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
 use flowhub_protocol::{ErrorCode, Role, ServerMessage};
+use support::{HookedStore, StoreHooks};
 
-/// A `MemoryStore` whose every call fails while `down` is set.
+mod support;
+
+/// Every call of a [`HookedStore`] with these hooks fails while `down` is set.
 #[derive(Default)]
-struct FlakyStore {
-    inner: MemoryStore,
+struct Outage {
     down: AtomicBool,
 }
 
-impl FlakyStore {
+impl StoreHooks for Outage {
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable("test: store down".into()))
@@ -35,44 +34,7 @@ impl FlakyStore {
     }
 }
 
-#[async_trait]
-impl Store for FlakyStore {
-    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
-        self.check()?;
-        self.inner.load_flow(flow_id).await
-    }
-    async fn append_changes(&self, flow_id: &str, c: &[ChangeRecord]) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.append_changes(flow_id, c).await
-    }
-    async fn compact(&self, f: &str, s: Snapshot, c: &[String]) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.compact(f, s, c).await
-    }
-    async fn member_access(&self, f: &str, u: &str) -> Result<Option<MemberAccess>, StoreError> {
-        self.check()?;
-        self.inner.member_access(f, u).await
-    }
-    async fn set_member_access(
-        &self,
-        f: &str,
-        u: &str,
-        a: Option<MemberAccess>,
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.set_member_access(f, u, a).await
-    }
-    async fn flow_versions(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
-        self.check()?;
-        self.inner.flow_versions(ids).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.check()
-    }
-}
+type FlakyStore = HookedStore<Outage>;
 
 fn registry(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> FlowRegistry {
     FlowRegistry::new(Arc::new(FlowDeps {
@@ -128,7 +90,7 @@ async fn next_error(rx: &mut OutboundRx) -> (ErrorCode, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_closes_the_flow_visibly_and_it_reopens_after() {
-    let store = Arc::new(FlakyStore::default());
+    let store = Arc::new(FlakyStore::new(Outage::default()));
     let metrics = Arc::new(Metrics::default());
     let reg = registry(store.clone(), metrics.clone());
     let mut editor = join(&reg, "ed", Role::Editor).await;

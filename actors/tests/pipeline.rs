@@ -17,77 +17,51 @@ use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry, OnInvalid};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::outbound::{OutFrame, Outbound, OutboundRx};
-use flowhub_actors::store::{
-    ChangeRecord, FlowVersions, MemberAccess, MemoryStore, Snapshot, Store, StoreError, StoredFlow,
-};
+use flowhub_actors::store::{Store, StoreError};
 use flowhub_crdt::{ChangeHash, FlowDoc, NewNode, Position, SyncState};
 use flowhub_protocol::{ErrorCode, Role, ServerMessage, SyncFrame};
 use ractor::ActorRef;
-use support::SyncPeer;
+use support::{HookedStore, StoreHooks, SyncPeer};
 use tokio::sync::watch;
 
 const FLOW: &str = "piped";
 
-/// A `MemoryStore` whose appends wait while the gate is closed, and fail while `fail`
-/// is set.
-struct GatedStore {
-    inner: MemoryStore,
+/// Appends of a [`HookedStore`] with these hooks wait while the gate is closed, and
+/// fail while `fail` is set.
+struct Gate {
     open: watch::Sender<bool>,
     fail: AtomicBool,
     appends: AtomicUsize,
 }
 
-impl GatedStore {
-    fn new() -> Self {
-        GatedStore {
-            inner: MemoryStore::new(),
-            open: watch::channel(true).0,
-            fail: AtomicBool::new(false),
-            appends: AtomicUsize::new(0),
-        }
-    }
-
+impl Gate {
     fn set_open(&self, open: bool) {
         self.open.send_replace(open);
     }
 }
 
 #[async_trait]
-impl Store for GatedStore {
-    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
-        self.inner.load_flow(flow_id).await
-    }
-    async fn append_changes(&self, flow_id: &str, c: &[ChangeRecord]) -> Result<(), StoreError> {
+impl StoreHooks for Gate {
+    async fn before_append(&self) -> Result<(), StoreError> {
         self.appends.fetch_add(1, Ordering::SeqCst);
         let mut open = self.open.subscribe();
         let _ = open.wait_for(|open| *open).await;
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("test: append fails".into()));
         }
-        self.inner.append_changes(flow_id, c).await
-    }
-    async fn compact(&self, f: &str, s: Snapshot, c: &[String]) -> Result<(), StoreError> {
-        self.inner.compact(f, s, c).await
-    }
-    async fn member_access(&self, f: &str, u: &str) -> Result<Option<MemberAccess>, StoreError> {
-        self.inner.member_access(f, u).await
-    }
-    async fn set_member_access(
-        &self,
-        f: &str,
-        u: &str,
-        a: Option<MemberAccess>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_member_access(f, u, a).await
-    }
-    async fn flow_versions(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
-        self.inner.flow_versions(ids).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+type GatedStore = HookedStore<Gate>;
+
+impl GatedStore {
+    fn gated() -> Self {
+        HookedStore::new(Gate {
+            open: watch::channel(true).0,
+            fail: AtomicBool::new(false),
+            appends: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -231,7 +205,7 @@ fn nodes(json: &serde_json::Value) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_go_on_while_the_store_appends_and_nothing_shows_before_it_is_stored() {
-    let store = Arc::new(GatedStore::new());
+    let store = Arc::new(GatedStore::gated());
     let (registry, actor) = flow(store.clone()).await;
     let mut watcher = SyncPeer::join(&actor, "wa", Role::Viewer, OnInvalid::Refuse).await;
     let mut editor = Streamer::join(&actor).await;
@@ -290,7 +264,7 @@ async fn edits_go_on_while_the_store_appends_and_nothing_shows_before_it_is_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_refuses_its_edits_and_those_queued_behind_it() {
-    let store = Arc::new(GatedStore::new());
+    let store = Arc::new(GatedStore::gated());
     let (registry, actor) = flow(store.clone()).await;
     let mut watcher = SyncPeer::join(&actor, "wa", Role::Viewer, OnInvalid::Refuse).await;
     let mut editor = Streamer::join(&actor).await;
@@ -376,7 +350,7 @@ async fn a_failed_append_refuses_its_edits_and_those_queued_behind_it() {
 /// closing connection waits for, so a draining node acknowledges what it stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_waits_for_the_store_and_the_acks() {
-    let store = Arc::new(GatedStore::new());
+    let store = Arc::new(GatedStore::gated());
     let (registry, actor) = flow(store.clone()).await;
     let mut editor = Streamer::join(&actor).await;
     editor.messages();
@@ -411,7 +385,7 @@ async fn flush_waits_for_the_store_and_the_acks() {
 /// peer claimed to be current.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_peer_hears_the_hubs_heads_once_its_change_is_stored() {
-    let store = Arc::new(GatedStore::new());
+    let store = Arc::new(GatedStore::gated());
     let (registry, actor) = flow(store.clone()).await;
     let mut peer = SyncPeer::join(&actor, "repo", Role::Editor, OnInvalid::Repair).await;
     store.set_open(false);

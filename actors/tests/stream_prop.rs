@@ -18,10 +18,7 @@ use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
-use flowhub_actors::store::{
-    ActorBinding, ChangeRecord, FlowVersions, MemberAccess, MemoryStore, Snapshot, Store,
-    StoreError, StoredFlow,
-};
+use flowhub_actors::store::{MemoryStore, Store, StoreError};
 use flowhub_crdt::{
     change_frame_hashes, parse_heads, sync_message_hashes, ChangeHash, FlowDoc, HubLink, NewNode,
     Outgoing, Position,
@@ -29,10 +26,12 @@ use flowhub_crdt::{
 use flowhub_protocol::{FrameKind, Role, ServerMessage, SyncFrame};
 use proptest::prelude::*;
 use ractor::ActorRef;
+use support::{HookedStore, StoreHooks};
 
 // The crdt tests' hostile-change builders (a change automerge panics on).
 #[path = "../../crdt/tests/common/mod.rs"]
 mod crdt_common;
+mod support;
 
 const FLOW: &str = "streamed";
 const MAX_CLIENTS: usize = 4;
@@ -67,49 +66,14 @@ struct Counts {
     acks: usize,
 }
 
-/// A `MemoryStore` whose appends take `delay`.
-struct SlowStore {
-    inner: Arc<MemoryStore>,
-    delay: Duration,
-}
+/// Appends of a [`HookedStore`] with these hooks take this long.
+struct AppendDelay(Duration);
 
 #[async_trait::async_trait]
-impl Store for SlowStore {
-    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
-        self.inner.load_flow(flow_id).await
-    }
-    async fn append_changes(&self, flow_id: &str, c: &[ChangeRecord]) -> Result<(), StoreError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.append_changes(flow_id, c).await
-    }
-    async fn compact(&self, f: &str, s: Snapshot, c: &[String]) -> Result<(), StoreError> {
-        self.inner.compact(f, s, c).await
-    }
-    async fn member_access(&self, f: &str, u: &str) -> Result<Option<MemberAccess>, StoreError> {
-        self.inner.member_access(f, u).await
-    }
-    async fn set_member_access(
-        &self,
-        f: &str,
-        u: &str,
-        a: Option<MemberAccess>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_member_access(f, u, a).await
-    }
-    async fn flow_versions(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
-        self.inner.flow_versions(ids).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
+impl StoreHooks for AppendDelay {
+    async fn before_append(&self) -> Result<(), StoreError> {
+        tokio::time::sleep(self.0).await;
         Ok(())
-    }
-    async fn flow_actors(&self, flow_id: &str) -> Result<Vec<ActorBinding>, StoreError> {
-        self.inner.flow_actors(flow_id).await
-    }
-    async fn bind_actors(&self, f: &str, b: &[ActorBinding]) -> Result<(), StoreError> {
-        self.inner.bind_actors(f, b).await
     }
 }
 
@@ -132,9 +96,9 @@ async fn world_with_store_delay(queue: usize, stream: bool, append_delay: Durati
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(MemoryStore::new());
     let registry = FlowRegistry::new(Arc::new(FlowDeps {
-        store: Arc::new(SlowStore {
+        store: Arc::new(HookedStore {
             inner: store.clone(),
-            delay: append_delay,
+            hooks: AppendDelay(append_delay),
         }),
         bus: Arc::new(MemoryBus::new()),
         node_id: "prop-node".into(),

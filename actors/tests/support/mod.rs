@@ -12,6 +12,10 @@ use automerge::{ObjType, ReadDoc};
 use flowhub_actors::flow::{FlowMsg, OnInvalid};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::outbound::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::store::{
+    ActorBinding, ChangeRecord, FlowVersions, MemberAccess, MemoryStore, Snapshot, Store,
+    StoreError, StoredFlow,
+};
 use flowhub_crdt::{FlowDoc, SyncState};
 use flowhub_protocol::{ErrorCode, Role, ServerMessage, SyncFrame};
 use ractor::ActorRef;
@@ -136,5 +140,89 @@ impl SyncPeer {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// What a test store does around the [`MemoryStore`] it wraps (see [`HookedStore`]).
+#[async_trait::async_trait]
+pub trait StoreHooks: Send + Sync + 'static {
+    /// Before every call; an error fails the call.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Before every append, after `check`: wait, count, or fail it.
+    async fn before_append(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A `MemoryStore` with test behaviour around it (a store that is down, slow, or
+/// held at a gate). Derefs to its hooks, so a test reaches their switches directly.
+pub struct HookedStore<H> {
+    pub inner: Arc<MemoryStore>,
+    pub hooks: H,
+}
+
+impl<H> HookedStore<H> {
+    pub fn new(hooks: H) -> Self {
+        HookedStore {
+            inner: Arc::new(MemoryStore::new()),
+            hooks,
+        }
+    }
+}
+
+impl<H> std::ops::Deref for HookedStore<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hooks
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: StoreHooks> Store for HookedStore<H> {
+    async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
+        self.hooks.check()?;
+        self.inner.load_flow(flow_id).await
+    }
+    async fn append_changes(&self, flow_id: &str, c: &[ChangeRecord]) -> Result<(), StoreError> {
+        self.hooks.check()?;
+        self.hooks.before_append().await?;
+        self.inner.append_changes(flow_id, c).await
+    }
+    async fn compact(&self, f: &str, s: Snapshot, c: &[String]) -> Result<(), StoreError> {
+        self.hooks.check()?;
+        self.inner.compact(f, s, c).await
+    }
+    async fn member_access(&self, f: &str, u: &str) -> Result<Option<MemberAccess>, StoreError> {
+        self.hooks.check()?;
+        self.inner.member_access(f, u).await
+    }
+    async fn set_member_access(
+        &self,
+        f: &str,
+        u: &str,
+        a: Option<MemberAccess>,
+    ) -> Result<(), StoreError> {
+        self.hooks.check()?;
+        self.inner.set_member_access(f, u, a).await
+    }
+    async fn flow_versions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, FlowVersions)>, StoreError> {
+        self.hooks.check()?;
+        self.inner.flow_versions(ids).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.hooks.check()
+    }
+    async fn flow_actors(&self, flow_id: &str) -> Result<Vec<ActorBinding>, StoreError> {
+        self.hooks.check()?;
+        self.inner.flow_actors(flow_id).await
+    }
+    async fn bind_actors(&self, f: &str, b: &[ActorBinding]) -> Result<(), StoreError> {
+        self.hooks.check()?;
+        self.inner.bind_actors(f, b).await
     }
 }
