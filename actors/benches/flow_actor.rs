@@ -21,7 +21,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::session::{NativeFrame, OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::MemoryStore;
 use flowhub_crdt::{FlowDoc, HubLink, NewNode, Outgoing, Position};
 use flowhub_protocol::{FrameKind, Role, SyncFrame};
@@ -83,10 +83,10 @@ async fn join(
 
 /// Applies one frame from the actor; returns the replies.
 fn apply(peer: &mut Peer, frame: OutFrame) -> Vec<Outgoing> {
-    let bytes: Vec<u8> = match frame {
-        OutFrame::Binary(bytes) => bytes,
-        OutFrame::SharedBinary(bytes) => bytes.to_vec(),
-        OutFrame::Text(_) => return Vec::new(),
+    let bytes: Vec<u8> = match frame.into_native() {
+        NativeFrame::Binary(bytes) => bytes,
+        NativeFrame::SharedBinary(bytes) => bytes.to_vec(),
+        NativeFrame::Text(_) => return Vec::new(),
     };
     let frame = SyncFrame::decode(&bytes).expect("binary frame");
     let (_, replies) = match frame.kind {
@@ -208,7 +208,7 @@ async fn one_edit(b: &mut Bench) -> Duration {
     for p in &mut b.peers {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), p.rx.frames.recv()).await {
-                Ok(Some(OutFrame::Text(_))) => {}
+                Ok(Some(OutFrame::Message(_))) => {}
                 Ok(Some(frame)) => {
                     received.push(frame);
                     break;

@@ -15,6 +15,9 @@ pub struct Identity {
     pub flows: HashMap<String, Role>,
     /// Expiry in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// A service token (an execution engine, a dashboard's back end): reads every
+    /// run, whatever its flow. It grants no role on flows.
+    pub service: bool,
 }
 
 impl Identity {
@@ -35,6 +38,7 @@ impl From<&flowhub_protocol::Claims> for Identity {
             name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
             flows: claims.flows.clone(),
             expires_at: Some(claims.exp),
+            service: claims.svc,
         }
     }
 }
@@ -90,6 +94,7 @@ mod tests {
             ]
             .into(),
             expires_at: None,
+            service: false,
         };
         assert_eq!(id.role_for("demo"), Some(Role::Editor));
         assert_eq!(id.role_for("other"), Some(Role::Viewer));

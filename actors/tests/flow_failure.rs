@@ -10,7 +10,7 @@ use std::time::Duration;
 use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::session::{NativeFrame, Outbound, OutboundRx};
 use flowhub_actors::store::{ChangeRecord, MemoryStore, Store, StoreError};
 use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
 use flowhub_protocol::{ErrorCode, Role, ServerMessage};
@@ -73,7 +73,7 @@ async fn next_error(rx: &mut OutboundRx) -> (ErrorCode, String) {
             .await
             .expect("an error arrives")
             .expect("queue open");
-        if let OutFrame::Text(t) = frame {
+        if let NativeFrame::Text(t) = frame.into_native() {
             if let Ok(ServerMessage::Error {
                 code,
                 message,
@@ -118,17 +118,17 @@ async fn a_store_outage_closes_the_flow_visibly_and_it_reopens_after() {
             .await
             .expect("the hub answers")
             .expect("queue open");
-        match frame {
-            OutFrame::Binary(b) => {
+        match frame.into_native() {
+            NativeFrame::Binary(b) => {
                 let f = flowhub_protocol::SyncFrame::decode(&b).unwrap();
                 doc.receive_sync_message(&mut sync, &f.payload).unwrap();
             }
-            OutFrame::Text(t) => {
+            NativeFrame::Text(t) => {
                 if let Ok(ServerMessage::Error { code, .. }) = serde_json::from_str(&t) {
                     break code;
                 }
             }
-            OutFrame::SharedBinary(_) => unreachable!("joined without stream"),
+            NativeFrame::SharedBinary(_) => unreachable!("joined without stream"),
         }
     };
     assert_eq!(code, ErrorCode::Internal);

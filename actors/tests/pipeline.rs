@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry, OnInvalid};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::outbound::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::outbound::{NativeFrame, OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::{Store, StoreError};
 use flowhub_crdt::{ChangeHash, FlowDoc, NewNode, Position, SyncState};
 use flowhub_protocol::{ErrorCode, Role, ServerMessage, SyncFrame};
@@ -149,7 +149,7 @@ impl Streamer {
     fn messages(&mut self) -> Vec<ServerMessage> {
         let mut out = Vec::new();
         while let Ok(frame) = self.rx.frames.try_recv() {
-            if let OutFrame::Text(t) = frame {
+            if let NativeFrame::Text(t) = frame.into_native() {
                 out.push(serde_json::from_str(&t).expect("a server message"));
             }
         }
@@ -176,10 +176,10 @@ fn acked(messages: &[ServerMessage]) -> Vec<String> {
 fn changes_in_sync_frames(peer: &mut SyncPeer) -> usize {
     let mut n = 0;
     while let Ok(frame) = peer.rx.frames.try_recv() {
-        let bytes = match frame {
-            OutFrame::Binary(b) => b.to_vec(),
-            OutFrame::SharedBinary(b) => b.to_vec(),
-            OutFrame::Text(_) => continue,
+        let bytes = match frame.into_native() {
+            NativeFrame::Binary(b) => b.to_vec(),
+            NativeFrame::SharedBinary(b) => b.to_vec(),
+            NativeFrame::Text(_) => continue,
         };
         let f = SyncFrame::decode(&bytes).unwrap();
         let applied = peer
@@ -239,7 +239,9 @@ async fn edits_go_on_while_the_store_appends_and_nothing_shows_before_it_is_stor
     let mut acks = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), async {
         while acks.len() < expected.len() {
-            if let Some(OutFrame::Text(t)) = editor.rx.frames.recv().await {
+            if let Some(NativeFrame::Text(t)) =
+                editor.rx.frames.recv().await.map(OutFrame::into_native)
+            {
                 let m: ServerMessage = serde_json::from_str(&t).unwrap();
                 acks.extend(acked(&[m]));
             }
@@ -280,7 +282,9 @@ async fn a_failed_append_refuses_its_edits_and_those_queued_behind_it() {
     let mut refused = 0;
     tokio::time::timeout(Duration::from_secs(5), async {
         while refused < 3 {
-            if let Some(OutFrame::Text(t)) = editor.rx.frames.recv().await {
+            if let Some(NativeFrame::Text(t)) =
+                editor.rx.frames.recv().await.map(OutFrame::into_native)
+            {
                 match serde_json::from_str::<ServerMessage>(&t).unwrap() {
                     ServerMessage::Error { code, .. } => {
                         assert_eq!(code, ErrorCode::Internal);
@@ -318,19 +322,19 @@ async fn a_failed_append_refuses_its_edits_and_those_queued_behind_it() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
         while let Ok(frame) = editor.rx.frames.try_recv() {
-            match frame {
-                OutFrame::Binary(b) => {
+            match frame.into_native() {
+                NativeFrame::Binary(b) => {
                     let f = SyncFrame::decode(&b).unwrap();
                     editor
                         .doc
                         .receive_sync_message(&mut sync, &f.payload)
                         .unwrap();
                 }
-                OutFrame::Text(t) => {
+                NativeFrame::Text(t) => {
                     let m: ServerMessage = serde_json::from_str(&t).unwrap();
                     ack_seen |= !acked(&[m]).is_empty();
                 }
-                OutFrame::SharedBinary(_) => {}
+                NativeFrame::SharedBinary(_) => {}
             }
         }
         if ack_seen {
@@ -409,7 +413,7 @@ async fn a_sync_peer_hears_the_hubs_heads_once_its_change_is_stored() {
             while let Ok(Some(frame)) =
                 tokio::time::timeout(Duration::from_millis(20), peer.rx.frames.recv()).await
             {
-                if let OutFrame::Binary(b) = frame {
+                if let NativeFrame::Binary(b) = frame.into_native() {
                     let f = SyncFrame::decode(&b).unwrap();
                     peer.doc
                         .receive_sync_message(&mut peer.sync, &f.payload)
@@ -433,10 +437,10 @@ async fn a_sync_peer_hears_the_hubs_heads_once_its_change_is_stored() {
     let heads_heard = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let frame = peer.rx.frames.recv().await.expect("queue open");
-            let bytes = match frame {
-                OutFrame::Binary(b) => b.to_vec(),
-                OutFrame::SharedBinary(b) => b.to_vec(),
-                OutFrame::Text(_) => continue,
+            let bytes = match frame.into_native() {
+                NativeFrame::Binary(b) => b.to_vec(),
+                NativeFrame::SharedBinary(b) => b.to_vec(),
+                NativeFrame::Text(_) => continue,
             };
             let f = SyncFrame::decode(&bytes).unwrap();
             let m = automerge::sync::Message::decode(&f.payload).unwrap();

@@ -84,18 +84,18 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
             .await
             .expect("hub answers")
             .unwrap();
-        match frame {
-            flowhub_actors::session::OutFrame::Binary(b) => {
+        match frame.into_native() {
+            flowhub_actors::session::NativeFrame::Binary(b) => {
                 let f = SyncFrame::decode(&b).unwrap();
                 doc.receive_sync_message(&mut sync, &f.payload).unwrap();
             }
-            flowhub_actors::session::OutFrame::Text(t)
+            flowhub_actors::session::NativeFrame::Text(t)
                 if t.contains(r#""type":"ack""#) && t.contains("changes") =>
             {
                 break
             }
-            flowhub_actors::session::OutFrame::Text(_) => {}
-            flowhub_actors::session::OutFrame::SharedBinary(_) => {
+            flowhub_actors::session::NativeFrame::Text(_) => {}
+            flowhub_actors::session::NativeFrame::SharedBinary(_) => {
                 unreachable!("joined without stream")
             }
         }

@@ -14,7 +14,7 @@ use flowhub_actors::run::{
     MemoryRunStore, RunConfig, RunDeps, RunError, RunRegistry, RunStore, StoredRun, WatchOutcome,
     WatchRequest,
 };
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::session::{NativeFrame, OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::{ChangeRecord, MemoryStore, Store, StoreError};
 use flowhub_crdt::{FlowDoc, NewNode, Position};
 use flowhub_protocol::{
@@ -82,9 +82,9 @@ fn logs(range: std::ops::RangeInclusive<u64>) -> Vec<RunEventInput> {
 }
 
 fn decode(frame: OutFrame) -> ServerMessage {
-    match frame {
-        OutFrame::Text(t) => serde_json::from_str(&t).expect("server message"),
-        OutFrame::Binary(_) | OutFrame::SharedBinary(_) => panic!("unexpected binary frame"),
+    match frame.into_native() {
+        NativeFrame::Text(t) => serde_json::from_str(&t).expect("server message"),
+        NativeFrame::Binary(_) | NativeFrame::SharedBinary(_) => panic!("unexpected binary frame"),
     }
 }
 

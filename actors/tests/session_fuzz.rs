@@ -10,7 +10,8 @@ use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowRegistry};
 use flowhub_actors::identity::{Identity, TokenVerifier};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{
-    OutFrame, Outbound, SessionActor, SessionArgs, SessionLimits, SessionMsg,
+    Inbound, NativeFrame, Outbound, SessionActor, SessionArgs, SessionLimits, SessionMsg,
+    TransportProfile,
 };
 use flowhub_actors::store::MemoryStore;
 use flowhub_protocol::{Role, ServerMessage};
@@ -69,7 +70,7 @@ proptest! {
             let (out, mut rx) = Outbound::new(100_000, metrics.clone());
             let args = SessionArgs {
                 session_id: "s".into(),
-                identity: Identity { user_id: "u".into(), name: "U".into(), flows: [("*".to_string(), Role::Editor)].into(), expires_at: None },
+                identity: Identity { user_id: "u".into(), name: "U".into(), flows: [("*".to_string(), Role::Editor)].into(), expires_at: None, service: false },
                 out,
                 registry: registry.clone(),
                 limits: SessionLimits { max_bad_frames: u32::MAX, ..SessionLimits::default() },
@@ -82,20 +83,21 @@ proptest! {
                     config: flowhub_actors::run::RunConfig::default(),
                 })),
                 span: tracing::Span::none(),
+                profile: TransportProfile::NATIVE,
             };
             let (session, _) = Actor::spawn(None, SessionActor, args).await.unwrap();
             for f in frames {
                 let handled = match f {
-                    Frame::Text(t) => session.call(|r| SessionMsg::Text(t, r), Some(Duration::from_secs(10))).await,
-                    Frame::Binary(b) => session.call(|r| SessionMsg::Binary(b, r), Some(Duration::from_secs(10))).await,
+                    Frame::Text(t) => session.call(|r| SessionMsg::Frame(Inbound::from_native_text(&t), r), Some(Duration::from_secs(10))).await,
+                    Frame::Binary(b) => session.call(|r| SessionMsg::Frame(Inbound::from_native_binary(&b), r), Some(Duration::from_secs(10))).await,
                 };
                 assert!(matches!(handled, Ok(ractor::rpc::CallResult::Success(()))), "session stopped answering: {handled:?}");
             }
             // Still alive and serving.
-            session.call(|r| SessionMsg::Text(r#"{"type":"ping","id":"last"}"#.into(), r), None).await.unwrap();
+            session.call(|r| SessionMsg::Frame(Inbound::from_native_text(r#"{"type":"ping","id":"last"}"#), r), None).await.unwrap();
             let mut saw_pong = false;
             while let Ok(frame) = rx.frames.try_recv() {
-                if let OutFrame::Text(t) = frame {
+                if let NativeFrame::Text(t) = frame.into_native() {
                     let msg: ServerMessage = serde_json::from_str(&t).expect("every frame the hub sends is a valid message");
                     saw_pong |= matches!(msg, ServerMessage::Pong { .. });
                 }

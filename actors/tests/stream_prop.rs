@@ -17,7 +17,7 @@ use std::time::Duration;
 use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::session::{NativeFrame, OutFrame, Outbound, OutboundRx};
 use flowhub_actors::store::{MemoryStore, Store, StoreError};
 use flowhub_crdt::{
     change_frame_hashes, parse_heads, sync_message_hashes, ChangeHash, FlowDoc, HubLink, NewNode,
@@ -294,8 +294,8 @@ async fn send_all(actor: &ActorRef<FlowMsg>, c: &mut Sim, outs: Vec<Outgoing>) {
 
 impl Sim {
     fn receive(&mut self, frame: OutFrame) -> Vec<Outgoing> {
-        let bytes: Vec<u8> = match frame {
-            OutFrame::Text(text) => {
+        let bytes: Vec<u8> = match frame.into_native() {
+            NativeFrame::Text(text) => {
                 match serde_json::from_str::<ServerMessage>(&text).expect("server message") {
                     ServerMessage::FlowState { heads, stream, .. } => {
                         assert_eq!(stream, self.stream, "the hub agrees to stream");
@@ -309,8 +309,8 @@ impl Sim {
                 self.check_caught_up();
                 return Vec::new();
             }
-            OutFrame::Binary(bytes) => bytes,
-            OutFrame::SharedBinary(bytes) => bytes.to_vec(),
+            NativeFrame::Binary(bytes) => bytes,
+            NativeFrame::SharedBinary(bytes) => bytes.to_vec(),
         };
         let frame = SyncFrame::decode(&bytes).expect("binary frame");
         let (_, replies) = match frame.kind {

@@ -503,17 +503,9 @@ pub async fn get_stream(
 ) -> Result<axum::response::Response, AppError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::IntoResponse;
-    use flowhub_actors::outbound::{OutFrame, Outbound};
-    use flowhub_protocol::ServerMessage;
+    use flowhub_protocol::{ClientMessage, FlowFormat, ServerMessage};
 
     validate_flow_id(&flow_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    let access = flowhub_actors::identity::Identity::from(&claims)
-        .flow_access(&*state.store, &flow_id)
-        .await
-        .map_err(AppError::internal)?;
-    let Some(role) = access.role else {
-        return Err(AppError::forbidden("no role on this flow"));
-    };
     let since = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -527,58 +519,28 @@ pub async fn get_stream(
         .collect();
     flowhub_crdt::parse_heads(&since_heads)
         .map_err(|e| AppError::bad_request(format!("since: {e}")).with_field("since"))?;
-    let permit = state.admit_connection()?;
-    let (out, rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
-    let session_id = format!("sse-flow-{}", uuid::Uuid::new_v4().simple());
-    let flow = open(&state, &flow_id).await?;
-    let joined = flow
-        .call(
-            |reply| FlowMsg::JoinJson {
-                session_id: session_id.clone(),
-                user_id: claims.sub.clone(),
-                token_role: access.token_role,
-                role,
-                request_id: None,
-                since_heads,
-                out: out.clone(),
-                reply,
-            },
-            None,
-        )
-        .await;
-    if !matches!(joined, Ok(CallResult::Success(()))) {
-        return Err(AppError::internal("the flow actor stopped; retry"));
-    }
+    let subscribe = ClientMessage::SubscribeFlow {
+        id: None,
+        flow_id,
+        pending: Vec::new(),
+        stream: false,
+        format: FlowFormat::Json,
+        since_heads,
+    };
+    // The session checks the caller's role on the flow.
+    let session = crate::sse::SseSession::open(
+        &state,
+        flowhub_actors::identity::Identity::from(&claims),
+        subscribe,
+    )
+    .await?;
     struct Feed {
-        rx: flowhub_actors::outbound::OutboundRx,
-        flow: ractor::ActorRef<FlowMsg>,
-        session_id: String,
-        shutdown: tokio_util::sync::CancellationToken,
-        _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
-        _permit: tokio::sync::OwnedSemaphorePermit,
-        /// Counted in `flowhub_sessions_by_transport{transport="sse"}` while it lives.
-        _counted: flowhub_actors::metrics::SessionGuard,
+        session: crate::sse::SseSession,
         /// An `error` event was sent (access revoked): the stream ends.
         ended: bool,
     }
-    impl Drop for Feed {
-        fn drop(&mut self) {
-            // The client went away: stop feeding this queue.
-            let _ = self.flow.cast(FlowMsg::Leave {
-                session_id: self.session_id.clone(),
-            });
-        }
-    }
     let feed = Feed {
-        rx,
-        flow,
-        session_id,
-        shutdown: state.shutdown.clone(),
-        _tracked: state.connection_tasks.token(),
-        _permit: permit,
-        _counted: state
-            .metrics
-            .session_guard(flowhub_actors::metrics::Transport::Sse),
+        session,
         ended: false,
     };
     let events = futures_util::stream::unfold(feed, |mut feed| async move {
@@ -586,31 +548,23 @@ pub async fn get_stream(
             return None;
         }
         loop {
-            let frame = tokio::select! {
-                frame = feed.rx.frames.recv() => frame?,
-                _ = feed.rx.close.changed() => return None,
-                _ = feed.shutdown.cancelled() => return None,
-            };
-            let OutFrame::Text(text) = frame else {
-                continue;
-            };
-            let event = match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::FlowJson { heads, flow, .. }) => Event::default()
+            let event = match feed.session.next().await? {
+                ServerMessage::FlowJson { heads, flow, .. } => Event::default()
                     .id(heads.join(","))
                     .event("flow")
                     .data(flow.to_string()),
-                Ok(ServerMessage::FlowPatch {
+                ServerMessage::FlowPatch {
                     from_heads,
                     heads,
                     patch,
                     authors,
                     ..
-                }) => Event::default().id(heads.join(",")).event("patch").data(
+                } => Event::default().id(heads.join(",")).event("patch").data(
                     serde_json::json!({"from_heads": from_heads, "heads": heads, "patch": patch, "authors": authors})
                         .to_string(),
                 ),
                 // Access revoked: say so and end the stream.
-                Ok(ServerMessage::Error { code, message, .. }) => {
+                ServerMessage::Error { code, message, .. } => {
                     feed.ended = true;
                     Event::default()
                         .event("error")

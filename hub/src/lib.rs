@@ -6,10 +6,12 @@
 //! # Layout
 //! - [`server`]: [`Hub`](server::Hub) start/shutdown (drain) and the router.
 //! - [`state`]: the shared [`AppState`](state::AppState) and the [`Authenticated`](state::Authenticated) extractor (token from the `Authorization` header or `?token=`).
-//! - [`ws`]: `GET /v1/ws`: authenticate, upgrade, the socket reader and writer of a session.
+//! - [`connection`]: one WebSocket connection around a session actor: the reader, the writer, limits and close, shared by every WebSocket transport, each a codec ([`connection::FrameDecoder`], [`connection::FrameEncoder`]).
+//! - [`ws`]: `GET /v1/ws`: flowhub's own protocol, the native codec (JSON text, binary sync frames).
 //! - [`http`]: `GET /v1/flows/{id}`, `/healthz`, `/readyz`, `/metrics`.
 //! - [`flow_api`]: flows without Automerge: typed edits as JSON (`POST /v1/flows/{id}/edits`), `GET …/diff`, `POST …/restore`.
 //! - [`runs`]: run ingest by engines, `GET /v1/runs/{id}` (+ `/events`, SSE `/stream`), a flow's runs.
+//! - [`sse`]: Server-Sent Events over the session core (the run and flow streams).
 //! - [`automerge_repo`]: `GET /v1/automerge-repo`: the automerge-repo WebSocket protocol over the same actors; its messages as serde types in [`automerge_repo::wire`].
 //! - [`demo`]: the demo page at `/` (embedded assets) and, on the embedded default, dev endpoints.
 //! - [`auth`]: HS256 JWTs: claims, signing, verification.
@@ -24,6 +26,7 @@
 pub mod auth;
 pub mod automerge_repo;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod failpoint;
@@ -35,6 +38,7 @@ pub mod redis_bus;
 pub mod runs;
 pub mod server;
 pub mod sql_store;
+pub mod sse;
 pub mod state;
 pub mod ws;
 

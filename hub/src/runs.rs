@@ -29,21 +29,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flowhub_actors::metrics::{SessionGuard, Transport};
-use flowhub_actors::run::{
-    validate_run_id, IngestOutcome, InvalidEvent, RunError, WatchOutcome, WatchRequest,
-};
-use flowhub_actors::session::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::identity::Identity;
+use flowhub_actors::run::{validate_run_id, IngestOutcome, InvalidEvent, RunError};
 use flowhub_actors::store::StoreError;
 use flowhub_protocol::run::LogLevel;
 use flowhub_protocol::{
-    RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, ServerMessage,
+    ClientMessage, RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunStatus, ServerMessage,
 };
 use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use crate::auth::Claims;
 use crate::error::AppError;
+use crate::sse::SseSession;
 use crate::state::{AppState, Authenticated};
 
 /// Largest ingest body (a batch of up to 10,000 events).
@@ -240,29 +238,22 @@ pub async fn stream(
             })?,
         None => param(&params, "since_seq")?.unwrap_or(0),
     };
-    let flow_id = readable_run(&state, &claims, &run_id).await?.flow_id;
-    let permit = state.admit_connection()?;
-    let (out, rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
-    let watcher_id = format!("sse-{}", uuid::Uuid::new_v4().simple());
-    let mut feed = SseFeed {
-        rx,
-        out,
-        runs: state.runs.clone(),
+    check_run_id(&run_id)?;
+    let subscribe = ClientMessage::SubscribeRun {
+        id: None,
+        run_id: run_id.clone(),
+        since_seq: Some(since),
+    };
+    // The session checks the run and the caller's role on its flow.
+    let session = SseSession::open(&state, Identity::from(&claims), subscribe).await?;
+    debug!(run_id, since, "SSE watcher joined");
+    let feed = RunFeed {
+        session,
         run_id,
-        flow_id,
-        watcher_id,
-        shutdown: state.shutdown.clone(),
-        _tracked: state.connection_tasks.token(),
-        _permit: permit,
-        _counted: state.metrics.session_guard(Transport::Sse),
         position: since,
         final_seq: None,
         ended: false,
     };
-    if !feed.watch(since).await? {
-        return Err(AppError::not_found(format!("no run `{}`", feed.run_id)));
-    }
-    debug!(run_id = %feed.run_id, since, "SSE watcher joined");
     let events = futures_util::stream::unfold(feed, |mut feed| async move {
         let event = feed.next_event().await?;
         Some((Ok::<Event, Infallible>(event), feed))
@@ -272,22 +263,10 @@ pub async fn stream(
         .into_response())
 }
 
-/// One SSE watcher: its own bounded queue, fed by the run actor like a session's.
-struct SseFeed {
-    rx: OutboundRx,
-    out: Outbound,
-    runs: flowhub_actors::run::RunRegistry,
+/// One run's SSE stream: its session's run messages as events.
+struct RunFeed {
+    session: SseSession,
     run_id: String,
-    flow_id: String,
-    watcher_id: String,
-    /// Cancelled when the node drains: the stream ends.
-    shutdown: tokio_util::sync::CancellationToken,
-    /// Counts this stream among the connections draining waits for.
-    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
-    /// This stream's place under the node's connection limit.
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    /// Counted in `flowhub_sessions_by_transport{transport="sse"}` while it lives.
-    _counted: SessionGuard,
     /// The last sequence number this stream delivered (or the client had).
     position: u64,
     /// The last sequence of a finished run: once delivered, the stream ends instead
@@ -296,48 +275,23 @@ struct SseFeed {
     ended: bool,
 }
 
-impl SseFeed {
-    /// (Re)subscribes after `since`; `false` if the run is gone or unreadable.
-    async fn watch(&mut self, since: u64) -> Result<bool, AppError> {
-        let request = WatchRequest {
-            watcher_id: self.watcher_id.clone(),
-            out: self.out.clone(),
-            since_seq: since,
-            request_id: None,
-        };
-        let flow_id = self.flow_id.clone();
-        let outcome = self
-            .runs
-            .watch(&self.run_id, request, |f| f == flow_id)
-            .await
-            .map_err(run_error)?;
-        Ok(matches!(outcome, WatchOutcome::Watching(_)))
-    }
-
-    /// The next SSE event; `None` ends the stream (the node drains, or the queue was
+impl RunFeed {
+    /// The next SSE event; `None` ends the stream (the node drains, or the session
     /// closed).
     async fn next_event(&mut self) -> Option<Event> {
         if self.ended {
             return None;
         }
         loop {
-            let frame = tokio::select! {
-                frame = self.rx.frames.recv() => frame?,
-                _ = self.rx.close.changed() => return None,
-                _ = self.shutdown.cancelled() => return None,
-            };
-            let OutFrame::Text(text) = frame else {
-                continue;
-            };
-            match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::RunState { run, .. }) => {
+            match self.session.next().await? {
+                ServerMessage::RunState { run, .. } => {
                     if run.status.is_final() {
                         self.final_seq = Some(run.last_seq);
                         self.ended = self.position >= run.last_seq;
                     }
                     return Some(Event::default().event("run_state").data(to_json(&run)));
                 }
-                Ok(ServerMessage::RunEvent { event, .. }) => {
+                ServerMessage::RunEvent { event, .. } => {
                     self.position = self.position.max(event.seq);
                     self.ended = event.event.kind == RunEventKind::RunFinished
                         || self.final_seq.is_some_and(|last| self.position >= last);
@@ -348,23 +302,21 @@ impl SseFeed {
                             .data(to_json(&event)),
                     );
                 }
-                Ok(ServerMessage::ResumeFrom { seq, .. }) => {
+                ServerMessage::ResumeFrom { seq, .. } => {
                     // This stream fell behind: pick up where it is, transparently.
                     debug!(run_id = %self.run_id, seq, "SSE watcher resumes");
-                    if !matches!(self.watch(seq).await, Ok(true)) {
+                    let again = ClientMessage::SubscribeRun {
+                        id: None,
+                        run_id: self.run_id.clone(),
+                        since_seq: Some(seq),
+                    };
+                    if self.session.request(again).await.is_err() {
                         return None;
                     }
                 }
                 _ => {}
             }
         }
-    }
-}
-
-impl Drop for SseFeed {
-    fn drop(&mut self) {
-        // The client went away (or the stream ended): stop feeding this queue.
-        self.runs.unwatch(&self.run_id, &self.watcher_id);
     }
 }
 

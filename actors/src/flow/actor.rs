@@ -44,7 +44,7 @@ use crate::bus::{channel, Bus, BusFormat, FlowBusMessage, PresenceUpdate};
 use crate::directory::ActorDirectory;
 use crate::error::{ActorsError, Result};
 use crate::metrics::Metrics;
-use crate::outbound::{Delivery, Outbound};
+use crate::outbound::{Delivery, Outbound, SharedMessage};
 use crate::store::{ActorBinding, ChangeRecord, FlowVersions, MemberAccess, Snapshot, Store};
 
 /// Behaviour of a flow actor (the state is [`FlowState`]).
@@ -356,6 +356,8 @@ struct Peer {
 
 pub struct FlowState {
     flow_id: String,
+    /// The flow id every sync message queued to a session carries (one allocation).
+    sync_flow_id: Arc<str>,
     doc: FlowDoc,
     peers: HashMap<String, Peer>,
     deps: Arc<FlowDeps>,
@@ -486,6 +488,7 @@ impl Actor for FlowActor {
         args.deps.metrics.flows_open.inc();
         span.in_scope(|| info!(changes = uncompacted.len(), "flow opened"));
         Ok(FlowState {
+            sync_flow_id: Arc::from(args.flow_id.as_str()),
             flow_id: args.flow_id,
             doc,
             peers: HashMap::new(),
@@ -709,7 +712,7 @@ impl Actor for FlowActor {
                     out,
                     reply,
                 } => {
-                    out.send_control(&ServerMessage::FlowState {
+                    out.send_control(ServerMessage::FlowState {
                         id: request_id,
                         flow_id: state.flow_id.clone(),
                         role,
@@ -852,7 +855,7 @@ impl FlowState {
         on_invalid: OnInvalid,
     ) {
         let heads = self.doc.heads_hex();
-        out.send_control(&ServerMessage::FlowState {
+        out.send_control(ServerMessage::FlowState {
             id: request_id,
             flow_id: self.flow_id.clone(),
             role,
@@ -875,7 +878,7 @@ impl FlowState {
                 reported = pending.len(),
                 "acking pending edits already stored"
             );
-            out.send_control(&ServerMessage::Ack {
+            out.send_control(ServerMessage::Ack {
                 id: None,
                 flow_id: Some(self.flow_id.clone()),
                 changes: stored,
@@ -888,7 +891,7 @@ impl FlowState {
             &name,
             &self.deps.node_id,
         ));
-        out.send_control(&ServerMessage::PresenceState {
+        out.send_control(ServerMessage::PresenceState {
             flow_id: self.flow_id.clone(),
             peers: self.presence.state_for_peer(),
         });
@@ -996,7 +999,7 @@ impl FlowState {
                     continue;
                 }
             }
-            if peer.out.try_send_text(&diff) == Delivery::Full {
+            if peer.out.try_send_message(diff) == Delivery::Full {
                 peer.presence_stale = true;
             }
         }
@@ -1473,7 +1476,7 @@ impl FlowState {
         self.fanning_out = true;
         for commit in commits {
             if let Some(peer) = self.peers.get(&commit.session_id) {
-                peer.out.send_control(&ServerMessage::Ack {
+                peer.out.send_control(ServerMessage::Ack {
                     id: None,
                     flow_id: Some(self.flow_id.clone()),
                     changes: commit.changes.iter().map(|c| c.hash.to_string()).collect(),
@@ -1599,7 +1602,7 @@ impl FlowState {
         debug!(session_id, %code, message, "sync message refused");
         if let Some(peer) = self.peers.get_mut(session_id) {
             peer.out
-                .send_control(&ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
+                .send_control(ServerMessage::error(code, message).with_flow(self.flow_id.clone()));
             if peer.on_invalid == OnInvalid::Repair && code != ErrorCode::Internal {
                 // A peer that cannot roll back answers a fresh sync round by sending
                 // the refused change again, and again: no round for it. Others'
@@ -1736,7 +1739,7 @@ impl FlowState {
             let Some(msg) = peer.link.sync_message(&mut self.doc) else {
                 break;
             };
-            match peer.out.try_send_sync(&self.flow_id, &msg) {
+            match peer.out.try_send_sync(&self.sync_flow_id, msg) {
                 Delivery::Queued => {}
                 Delivery::Full => {
                     // Filled up since the check (a control frame raced us). Never
@@ -2048,10 +2051,10 @@ impl FlowState {
                     patch: json_patch::diff(&then, &now),
                     authors,
                 };
-                let encoded: Arc<str> = flowhub_protocol::encode(&patch).into();
+                let patch = SharedMessage::new(patch);
                 let mut closed = Vec::new();
                 for (id, w) in self.json_watchers.iter_mut().filter(|(_, w)| !w.stale) {
-                    match w.out.try_send_encoded(&encoded) {
+                    match w.out.try_send_message(patch.clone()) {
                         Delivery::Queued => {}
                         Delivery::Full => w.stale = true,
                         Delivery::Closed => closed.push(id.clone()),
@@ -2066,18 +2069,17 @@ impl FlowState {
         let Some((heads, now)) = &self.json_view else {
             return;
         };
-        let mut full: Option<Arc<str>> = None;
+        let mut full: Option<SharedMessage> = None;
         for w in self.json_watchers.values_mut() {
             if w.stale && w.out.capacity() * 2 >= w.out.max_capacity() {
-                let text = full.get_or_insert_with(|| {
-                    flowhub_protocol::encode(&ServerMessage::FlowJson {
+                let msg = full.get_or_insert_with(|| {
+                    SharedMessage::new(ServerMessage::FlowJson {
                         flow_id: self.flow_id.clone(),
                         heads: heads.iter().map(ToString::to_string).collect(),
                         flow: now.clone(),
                     })
-                    .into()
                 });
-                if w.out.try_send_encoded(text) == Delivery::Queued {
+                if w.out.try_send_message(msg.clone()) == Delivery::Queued {
                     w.stale = false;
                 }
             }
@@ -2121,7 +2123,7 @@ impl FlowState {
                     flow_id: self.flow_id.clone(),
                     peers: entries.clone(),
                 };
-                if p.out.try_send_text(&state) == Delivery::Queued {
+                if p.out.try_send_message(state) == Delivery::Queued {
                     p.presence_stale = false;
                 }
             }

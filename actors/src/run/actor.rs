@@ -42,8 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowhub_protocol::{
-    close, encode, RequestId, RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunSummary,
-    ServerMessage,
+    close, RequestId, RunEvent, RunEventInput, RunEventKind, RunSnapshot, RunSummary, ServerMessage,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn, Instrument};
@@ -54,7 +53,7 @@ use super::{apply, summary, validate_batch, RunError};
 use crate::directory::ActorDirectory;
 use crate::flow::{FlowMsg, FlowRegistry};
 use crate::metrics::Metrics;
-use crate::outbound::{Delivery, Outbound};
+use crate::outbound::{Delivery, Outbound, SharedMessage};
 use prometheus_client::metrics::counter::Counter;
 
 /// How long an actor spawned for a new run waits for its first batch to be stored.
@@ -337,7 +336,7 @@ impl Actor for RunActor {
                 seq: w.delivered,
             };
             Metrics::inc(&state.node.counters.resumes);
-            if w.out.try_send_text(&resume) == Delivery::Full {
+            if w.out.try_send_message(&resume) == Delivery::Full {
                 // Not even room to say so: close, the client reconnects and resumes.
                 w.out.close(
                     close::TOO_SLOW,
@@ -760,14 +759,14 @@ impl RunState {
             return;
         }
         // Encoded once for every watcher.
-        let encoded: Vec<(u64, Arc<str>)> = events
+        let encoded: Vec<(u64, SharedMessage)> = events
             .iter()
             .map(|e| {
                 let msg = ServerMessage::RunEvent {
                     run_id: self.run_id.clone(),
                     event: e.clone(),
                 };
-                (e.seq, Arc::from(encode(&msg)))
+                (e.seq, SharedMessage::new(msg))
             })
             .collect();
         self.watchers.retain(|id, w| {
@@ -782,7 +781,7 @@ impl RunState {
                     w.mode = Mode::Lagging;
                     return true;
                 }
-                match w.out.try_send_encoded(text) {
+                match w.out.try_send_message(text.clone()) {
                     Delivery::Queued => w.delivered = *seq,
                     Delivery::Full => {
                         debug!(watcher_id = %id, delivered = w.delivered, "watcher lagging");
@@ -807,7 +806,7 @@ impl RunState {
         // Events already queued to this watcher still arrive: continue after them.
         let already = self.watchers.get(&watcher_id).map_or(0, |w| w.delivered);
         let delivered = since_seq.max(already).min(last);
-        out.send_control(&ServerMessage::RunState {
+        out.send_control(ServerMessage::RunState {
             id: request_id,
             run: self.run.clone(),
         });
@@ -904,7 +903,7 @@ impl RunState {
                     run_id: self.run_id.clone(),
                     event: e,
                 };
-                match w.out.try_send_text(&msg) {
+                match w.out.try_send_message(&msg) {
                     Delivery::Queued => w.delivered = seq,
                     // Another actor filled the queue meanwhile: continue later.
                     Delivery::Full => return,
@@ -948,7 +947,7 @@ impl RunState {
             run_id: self.run_id.clone(),
             seq: w.delivered,
         };
-        match w.out.try_send_text(&resume) {
+        match w.out.try_send_message(&resume) {
             Delivery::Full => {}
             Delivery::Queued | Delivery::Closed => {
                 debug!(

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use flowhub_protocol::{close, RunSummary, ServerMessage};
 use tracing::debug;
 
-use crate::outbound::{Delivery, Outbound};
+use crate::outbound::{Delivery, Outbound, SharedMessage};
 
 /// How often backlogs are retried.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -92,7 +92,7 @@ impl FlowRunsFeed {
             run: summary.clone(),
         };
         // Encoded once, shared by every subscriber's queue.
-        let text: Arc<str> = flowhub_protocol::encode(&msg).into();
+        let text = SharedMessage::new(msg);
         let mut backlogged = false;
         subs.retain(|_, sub| {
             if !sub.backlog.is_empty() {
@@ -100,7 +100,7 @@ impl FlowRunsFeed {
                 backlogged = true;
                 return push_backlog(sub, summary);
             }
-            match sub.out.try_send_encoded(&text) {
+            match sub.out.try_send_message(text.clone()) {
                 Delivery::Queued => true,
                 Delivery::Closed => false,
                 Delivery::Full => {
@@ -127,7 +127,7 @@ impl FlowRunsFeed {
                         flow_id: flow_id.clone(),
                         run: summary.clone(),
                     };
-                    match sub.out.try_send_text(&msg) {
+                    match sub.out.try_send_message(msg) {
                         Delivery::Queued => sent += 1,
                         Delivery::Full => break,
                         Delivery::Closed => return false,
@@ -209,10 +209,10 @@ mod tests {
     }
 
     fn decode(frame: OutFrame) -> RunSummary {
-        let OutFrame::Text(t) = frame else {
+        let OutFrame::Message(m) = frame else {
             panic!("binary frame")
         };
-        match serde_json::from_str::<ServerMessage>(&t).unwrap() {
+        match m.message().clone() {
             ServerMessage::FlowRun { run, .. } => run,
             other => panic!("{other:?}"),
         }

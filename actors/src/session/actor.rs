@@ -1,13 +1,20 @@
-//! The session actor: one authenticated WebSocket connection.
+//! The session actor: the core of one authenticated connection, whatever its
+//! transport.
 //!
-//! The socket reader (in the hub) hands every frame to this actor with a `call`, so a
-//! client that floods is slowed to the pace at which its frames are handled instead
-//! of growing a mailbox. Replies and errors go out through the session's bounded
-//! [`Outbound`] queue, never directly to the socket.
+//! A transport (the hub's `/v1/ws`, `/v1/automerge-repo` and SSE run streams) is a
+//! codec around this actor: it decodes each frame into an [`Inbound`] and hands it
+//! over with a `call`, so a client that floods is slowed to the pace at which its
+//! frames are handled instead of growing a mailbox; and it encodes what the session's
+//! bounded [`Outbound`] queue carries ([`crate::outbound::OutFrame`], typed) in its
+//! own wire format. Everything else lives here, once: identity, subscriptions and
+//! their role checks, the limits (rate, size, bad input), expiry and reauth, and the
+//! flush of pending acks before a close. What differs per transport is stated in its
+//! [`TransportProfile`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use flowhub_crdt::ChangeHash;
 use flowhub_protocol::{
     close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FlowFormat, FrameKind,
     Limits, RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
@@ -18,11 +25,11 @@ use tracing::{debug, info, Instrument};
 
 use super::limiter::SessionLimiter;
 use super::limiter::SessionLimits;
-use crate::flow::{FlowMsg, FlowRegistry};
+use crate::flow::{FlowMsg, FlowRegistry, OnInvalid};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
 use crate::metrics::{Metrics, Transport};
-use crate::outbound::Outbound;
+use crate::outbound::{OutFrame, Outbound};
 use crate::run::RunMsg;
 use crate::run::RunRegistry;
 
@@ -51,6 +58,45 @@ pub struct SessionArgs {
     /// The session's span (`session_id`, `user_id`), shared with the socket tasks
     /// serving it: one span per connection, not one per task (see [`session_span`]).
     pub span: tracing::Span,
+    /// What the session's transport needs of it.
+    pub profile: TransportProfile,
+}
+
+/// What differs between transports, beyond their wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportProfile {
+    /// Counted under this transport in the metrics.
+    pub transport: Transport,
+    /// A sync message for a flow the session has not subscribed to subscribes it
+    /// (automerge-repo has no subscribe message: a `Repo` opens a document by syncing
+    /// it). A flow that cannot be opened is told with `OutFrame::Unavailable`, and a
+    /// subscription the hub ended is joined again by the next sync message.
+    pub join_on_sync: bool,
+    /// What the flow does with a schema-breaking change from this session.
+    pub on_invalid: OnInvalid,
+}
+
+impl TransportProfile {
+    /// flowhub's own protocol: explicit subscriptions; a schema-breaking change is
+    /// refused and the client rolls back.
+    pub const NATIVE: TransportProfile = TransportProfile {
+        transport: Transport::Ws,
+        join_on_sync: false,
+        on_invalid: OnInvalid::Refuse,
+    };
+    /// A stock automerge-repo peer: it cannot roll back, so its schema-breaking
+    /// changes are repaired, never refused (docs/ARCHITECTURE.md, "Refusal or repair").
+    pub const AUTOMERGE_REPO: TransportProfile = TransportProfile {
+        transport: Transport::AutomergeRepo,
+        join_on_sync: true,
+        on_invalid: OnInvalid::Repair,
+    };
+    /// A Server-Sent Events stream: it only watches (runs), never edits.
+    pub const SSE: TransportProfile = TransportProfile {
+        transport: Transport::Sse,
+        join_on_sync: false,
+        on_invalid: OnInvalid::Refuse,
+    };
 }
 
 /// The span for one session; the socket side creates it and passes it in
@@ -60,14 +106,69 @@ pub fn session_span(session_id: &str, identity: &Identity) -> tracing::Span {
 }
 
 pub enum SessionMsg {
-    /// A text frame from the socket; the reply says it was handled.
-    Text(String, RpcReplyPort<()>),
-    /// A binary frame from the socket; the reply says it was handled.
-    Binary(Vec<u8>, RpcReplyPort<()>),
-    /// A frame above the soft size limit (its bytes were not kept).
-    Oversize(usize),
+    /// One frame from the transport, decoded; the reply says it was handled.
+    Frame(Inbound, RpcReplyPort<()>),
     /// Closes the session if its token has expired by now.
     CheckExpiry,
+}
+
+/// One frame from a client, as its transport decoded it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A request (`hello`, `subscribe_flow`, `presence`, …).
+    Request(ClientMessage),
+    /// Automerge sync bytes (or a change frame) for one flow.
+    Sync(SyncFrame),
+    /// A frame the transport could not decode or accept: refused with this error,
+    /// and counted toward the abuse limit.
+    Invalid {
+        id: Option<RequestId>,
+        flow_id: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
+    /// A frame above the soft size limit (its bytes were not kept).
+    Oversize(usize),
+    /// A frame the transport has no use for (an automerge-repo message type the hub
+    /// does not act on): still counted by the rate limit, so a flood of them is one.
+    Ignored,
+}
+
+impl Inbound {
+    /// A text frame of the native protocol: one JSON [`ClientMessage`].
+    pub fn from_native_text(text: &str) -> Inbound {
+        match decode_client_text(text) {
+            Ok(msg) => Inbound::Request(msg),
+            Err(f) => Inbound::Invalid {
+                id: f.id,
+                flow_id: None,
+                code: f.error.code(),
+                message: f.error.to_string(),
+            },
+        }
+    }
+
+    /// A binary frame of the native protocol (`flowhub_protocol::frame`).
+    pub fn from_native_binary(bytes: &[u8]) -> Inbound {
+        match SyncFrame::decode(bytes) {
+            Ok(frame) => Inbound::Sync(frame),
+            Err(e) => Inbound::Invalid {
+                id: None,
+                flow_id: None,
+                code: e.code(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// How a flow is joined (see [`SessionState::join_flow`]).
+struct JoinOptions {
+    id: Option<RequestId>,
+    pending: Vec<ChangeHash>,
+    stream: bool,
+    /// `Some(since_heads)`: the flow as JSON and patches (`format: json`).
+    json: Option<Vec<String>>,
 }
 
 struct Subscription {
@@ -95,6 +196,7 @@ pub struct SessionState {
     limiter: SessionLimiter,
     verifier: Arc<dyn TokenVerifier>,
     span: tracing::Span,
+    profile: TransportProfile,
 }
 
 impl Actor for SessionActor {
@@ -124,9 +226,10 @@ impl Actor for SessionActor {
             subscriptions: HashMap::new(),
             ended: HashMap::new(),
             span,
+            profile: args.profile,
         };
-        state.metrics.session_opened(Transport::Ws);
-        state.out.send_control(&state.welcome(None));
+        state.metrics.session_opened(state.profile.transport);
+        state.out.send_control(state.welcome(None));
         state.span.in_scope(|| info!("session opened"));
         Ok(state)
     }
@@ -150,7 +253,7 @@ impl Actor for SessionActor {
             });
         }
         state.leave_runs();
-        state.metrics.session_closed(Transport::Ws);
+        state.metrics.session_closed(state.profile.transport);
         state.span.in_scope(|| info!("session closed"));
         Ok(())
     }
@@ -170,12 +273,8 @@ impl Actor for SessionActor {
         Box::pin(
             async {
                 match msg {
-                    SessionMsg::Text(text, reply) => {
-                        state.on_text(&text, &myself).await;
-                        let _ = reply.send(());
-                    }
-                    SessionMsg::Binary(bytes, reply) => {
-                        state.on_binary(bytes).await;
+                    SessionMsg::Frame(inbound, reply) => {
+                        state.on_frame(inbound, &myself).await;
                         let _ = reply.send(());
                     }
                     SessionMsg::CheckExpiry => {
@@ -185,7 +284,7 @@ impl Actor for SessionActor {
                             .is_some_and(|exp| exp <= now_secs());
                         if expired {
                             info!("token expired; closing");
-                            state.out.send_control(&ServerMessage::error(
+                            state.out.send_control(ServerMessage::error(
                                 ErrorCode::Unauthorized,
                                 "token expired",
                             ));
@@ -193,15 +292,6 @@ impl Actor for SessionActor {
                         } else {
                             schedule_expiry_check(&myself, state.identity.expires_at);
                         }
-                    }
-                    SessionMsg::Oversize(size) => {
-                        let max = state.limits.max_frame_bytes;
-                        state.fail(
-                            None,
-                            None,
-                            ErrorCode::TooLarge,
-                            format!("frame of {size} bytes exceeds the limit of {max}"),
-                        );
                     }
                 }
             }
@@ -263,11 +353,34 @@ impl SessionState {
         self.tell(None, Some(flow_id), code, message.into());
     }
 
-    async fn on_text(&mut self, text: &str, myself: &ActorRef<SessionMsg>) {
-        let msg = match decode_client_text(text) {
-            Ok(msg) => msg,
-            Err(f) => return self.fail(f.id, None, f.error.code(), f.error.to_string()),
-        };
+    async fn on_frame(&mut self, inbound: Inbound, myself: &ActorRef<SessionMsg>) {
+        match inbound {
+            Inbound::Request(msg) => self.on_request(msg, myself).await,
+            Inbound::Sync(frame) => self.on_sync(frame).await,
+            Inbound::Invalid {
+                id,
+                flow_id,
+                code,
+                message,
+            } => self.fail(id, flow_id.as_deref(), code, message),
+            Inbound::Oversize(size) => {
+                let max = self.limits.max_frame_bytes;
+                self.fail(
+                    None,
+                    None,
+                    ErrorCode::TooLarge,
+                    format!("frame of {size} bytes exceeds the limit of {max}"),
+                );
+            }
+            Inbound::Ignored => {
+                if let Err(message) = self.limiter.check() {
+                    self.fail(None, None, ErrorCode::RateLimited, message);
+                }
+            }
+        }
+    }
+
+    async fn on_request(&mut self, msg: ClientMessage, myself: &ActorRef<SessionMsg>) {
         if !matches!(msg, ClientMessage::Presence { .. }) {
             if let Err(message) = self.limiter.check() {
                 return self.fail(msg.id().cloned(), None, ErrorCode::RateLimited, message);
@@ -276,7 +389,7 @@ impl SessionState {
         match msg {
             ClientMessage::Hello { id, protocol, .. } => {
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
-                    self.out.send_control(&self.welcome(id));
+                    self.out.send_control(self.welcome(id));
                 } else {
                     self.fail(
                         id,
@@ -311,7 +424,7 @@ impl SessionState {
                     let _ = sub.flow.cast(FlowMsg::Leave {
                         session_id: self.session_id.clone(),
                     });
-                    self.out.send_control(&ServerMessage::Ack {
+                    self.out.send_control(ServerMessage::Ack {
                         id,
                         flow_id: Some(flow_id),
                         changes: vec![],
@@ -326,7 +439,7 @@ impl SessionState {
                 }
             }
             ClientMessage::Ping { id } => {
-                self.out.send_control(&ServerMessage::Pong { id });
+                self.out.send_control(ServerMessage::Pong { id });
             }
             ClientMessage::Presence {
                 flow_id,
@@ -382,55 +495,65 @@ impl SessionState {
                 )
             }
         };
+        let options = JoinOptions {
+            id: id.clone(),
+            pending,
+            stream,
+            json,
+        };
+        if let Err((code, message)) = self.join_flow(&flow_id, options).await {
+            self.fail(id, Some(&flow_id), code, message);
+        }
+    }
+
+    /// Joins the flow actor of `flow_id` if the session's role allows it, and records
+    /// the subscription; on failure, the error to tell (nothing was sent yet).
+    async fn join_flow(
+        &mut self,
+        flow_id: &str,
+        options: JoinOptions,
+    ) -> Result<(), (ErrorCode, String)> {
         let access = match self
             .identity
-            .flow_access(&*self.registry.deps().store, &flow_id)
+            .flow_access(&*self.registry.deps().store, flow_id)
             .await
         {
             Ok(access) => access,
             Err(e) => {
                 tracing::warn!(flow_id, error = %e, "cannot read flow members");
-                return self.fail(
-                    id,
-                    Some(&flow_id),
+                return Err((
                     ErrorCode::Internal,
                     "the store is unavailable; retry".into(),
-                );
+                ));
             }
         };
         let token_role = access.token_role;
         let Some(role) = access.role else {
-            return self.fail(
-                id,
-                Some(&flow_id),
-                ErrorCode::Forbidden,
-                "no role on this flow".into(),
-            );
+            return Err((ErrorCode::Forbidden, "no role on this flow".into()));
         };
-        if !self.subscriptions.contains_key(&flow_id)
+        if !self.subscriptions.contains_key(flow_id)
             && self.subscriptions.len() >= self.limits.max_subscriptions
         {
             let max = self.limits.max_subscriptions;
-            return self.fail(
-                id,
-                Some(&flow_id),
+            return Err((
                 ErrorCode::TooLarge,
                 format!("subscription limit of {max} reached"),
-            );
+            ));
         }
+        let JoinOptions {
+            id,
+            pending,
+            stream,
+            json,
+        } = options;
         // An actor may retire between lookup and join; the registry then spawns a
         // fresh one, so a second attempt succeeds.
         for attempt in 0..3 {
-            let flow = match self.registry.get_or_spawn(&flow_id).await {
+            let flow = match self.registry.get_or_spawn(flow_id).await {
                 Ok(flow) => flow,
                 Err(e) => {
                     tracing::warn!(flow_id, error = %e, "cannot open flow");
-                    return self.fail(
-                        id,
-                        Some(&flow_id),
-                        ErrorCode::Internal,
-                        "the flow could not be opened".into(),
-                    );
+                    return Err((ErrorCode::Internal, "the flow could not be opened".into()));
                 }
             };
             let joined = match &json {
@@ -462,7 +585,7 @@ impl SessionState {
                             request_id: id.clone(),
                             pending: pending.clone(),
                             stream,
-                            on_invalid: crate::flow::OnInvalid::Refuse,
+                            on_invalid: self.profile.on_invalid,
                             reply,
                         },
                         None,
@@ -472,32 +595,47 @@ impl SessionState {
             };
             if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
                 debug!(flow_id, ?role, attempt, "subscribed");
-                self.ended.remove(&flow_id);
+                self.ended.remove(flow_id);
                 self.subscriptions.insert(
-                    flow_id,
+                    flow_id.to_owned(),
                     Subscription {
                         flow,
                         edited: false,
                     },
                 );
+                return Ok(());
+            }
+        }
+        Err((ErrorCode::Internal, "the flow could not be opened".into()))
+    }
+
+    async fn on_sync(&mut self, frame: SyncFrame) {
+        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
+        self.limiter.until_ready().await;
+        let max = self.limits.max_frame_bytes;
+        if frame.payload.len() > max {
+            let message = format!(
+                "sync message of {} bytes exceeds the limit of {max}",
+                frame.payload.len()
+            );
+            return self.fail(None, Some(&frame.flow_id), ErrorCode::TooLarge, message);
+        }
+        if self.profile.join_on_sync && !self.subscriptions.contains_key(&frame.flow_id) {
+            let options = JoinOptions {
+                id: None,
+                pending: Vec::new(),
+                stream: false,
+                json: None,
+            };
+            if let Err((code, message)) = self.join_flow(&frame.flow_id, options).await {
+                debug!(flow_id = %frame.flow_id, %code, message, "flow unavailable");
+                self.out.send_reliable(OutFrame::Unavailable {
+                    flow_id: Arc::from(frame.flow_id.as_str()),
+                    code,
+                });
                 return;
             }
         }
-        self.fail(
-            id,
-            Some(&flow_id),
-            ErrorCode::Internal,
-            "the flow could not be opened".into(),
-        );
-    }
-
-    async fn on_binary(&mut self, bytes: Vec<u8>) {
-        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
-        self.limiter.until_ready().await;
-        let frame = match SyncFrame::decode(&bytes) {
-            Ok(frame) => frame,
-            Err(e) => return self.fail(None, None, e.code(), e.to_string()),
-        };
         let Some(sub) = self.subscriptions.get_mut(&frame.flow_id) else {
             if let Some(&code) = self.ended.get(&frame.flow_id) {
                 let message = match code {
@@ -543,26 +681,31 @@ impl SessionState {
             )
             .instrument(span)
             .await;
-        match result {
-            Ok(ractor::rpc::CallResult::Success(true)) => {}
-            Ok(ractor::rpc::CallResult::Success(false)) => {
-                // Access was revoked while subscribed.
-                self.end_subscription(
-                    &frame.flow_id,
-                    ErrorCode::Forbidden,
-                    "no access to this flow",
-                );
+        let ended = match result {
+            Ok(ractor::rpc::CallResult::Success(true)) => return,
+            // Access was revoked while subscribed.
+            Ok(ractor::rpc::CallResult::Success(false)) => ErrorCode::Forbidden,
+            // The flow actor died (store failure): drop the subscription so the client
+            // can subscribe again, which reloads the flow from the store.
+            _ => ErrorCode::Internal,
+        };
+        if self.profile.join_on_sync {
+            // No subscribe to answer with: the next sync message joins afresh (and a
+            // revoked peer hears that the flow is unavailable to it).
+            self.subscriptions.remove(&frame.flow_id);
+            if ended == ErrorCode::Forbidden {
+                self.out.send_reliable(OutFrame::Unavailable {
+                    flow_id: Arc::from(frame.flow_id.as_str()),
+                    code: ended,
+                });
             }
-            _ => {
-                // The flow actor died (store failure): drop the subscription so the client
-                // can subscribe again, which reloads the flow from the store.
-                self.end_subscription(
-                    &frame.flow_id,
-                    ErrorCode::Internal,
-                    "the flow was closed; subscribe again",
-                );
-            }
+            return;
         }
+        let message = match ended {
+            ErrorCode::Forbidden => "no access to this flow",
+            _ => "the flow was closed; subscribe again",
+        };
+        self.end_subscription(&frame.flow_id, ended, message);
     }
 }
 
@@ -575,6 +718,10 @@ impl SessionState {
         color: Option<String>,
     ) {
         let Some(sub) = self.subscriptions.get(&flow_id) else {
+            if self.profile.join_on_sync {
+                // Presence may come before the first sync message opens the flow.
+                return;
+            }
             return self.fail(
                 None,
                 Some(&flow_id),
@@ -643,7 +790,7 @@ impl SessionState {
             }
         }
         info!("token refreshed");
-        self.out.send_control(&ServerMessage::Ack {
+        self.out.send_control(ServerMessage::Ack {
             id,
             flow_id: None,
             changes: vec![],

@@ -6,6 +6,8 @@ mod actor;
 mod limiter;
 mod runs;
 
-pub use crate::outbound::{Delivery, OutFrame, Outbound, OutboundRx};
-pub use actor::{session_span, SessionActor, SessionArgs, SessionMsg, SessionState};
+pub use crate::outbound::{Delivery, NativeFrame, OutFrame, Outbound, OutboundRx, SharedMessage};
+pub use actor::{
+    session_span, Inbound, SessionActor, SessionArgs, SessionMsg, SessionState, TransportProfile,
+};
 pub use limiter::{SessionLimiter, SessionLimits};

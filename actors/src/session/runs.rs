@@ -52,6 +52,7 @@ impl SessionState {
             }
         };
         match self.flow_role(&flow_id).await {
+            _ if self.identity.service => {}
             Ok(Some(_)) => {}
             Ok(None) => {
                 return self.fail(
@@ -105,7 +106,7 @@ impl SessionState {
     pub(super) async fn unsubscribe_run(&mut self, id: Option<RequestId>, run_id: String) {
         if let Some(actor) = self.run_subs.runs.remove(&run_id) {
             self.unwatch(&run_id, &actor);
-            self.out.send_control(&ServerMessage::Ack {
+            self.out.send_control(ServerMessage::Ack {
                 id,
                 flow_id: None,
                 changes: vec![],
@@ -155,7 +156,7 @@ impl SessionState {
             );
         }
         // Ack first: every `flow_run` after it is news to the subscriber.
-        self.out.send_control(&ServerMessage::Ack {
+        self.out.send_control(ServerMessage::Ack {
             id,
             flow_id: None,
             changes: vec![],
@@ -169,7 +170,7 @@ impl SessionState {
     pub(super) async fn unsubscribe_flow_runs(&mut self, id: Option<RequestId>, flow_id: String) {
         if self.run_subs.flows.remove(&flow_id) {
             self.runs.feed().unsubscribe(&flow_id, &self.session_id);
-            self.out.send_control(&ServerMessage::Ack {
+            self.out.send_control(ServerMessage::Ack {
                 id,
                 flow_id: None,
                 changes: vec![],

@@ -11,7 +11,7 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ReadDoc};
 use flowhub_actors::flow::{FlowMsg, OnInvalid};
 use flowhub_actors::metrics::Metrics;
-use flowhub_actors::outbound::{OutFrame, Outbound, OutboundRx};
+use flowhub_actors::outbound::{NativeFrame, Outbound, OutboundRx};
 use flowhub_actors::store::{
     ActorBinding, ChangeRecord, FlowVersions, MemberAccess, MemoryStore, Snapshot, Store,
     StoreError, StoredFlow,
@@ -83,18 +83,18 @@ impl SyncPeer {
             while let Ok(Some(frame)) =
                 tokio::time::timeout(Duration::from_millis(100), self.rx.frames.recv()).await
             {
-                match frame {
-                    OutFrame::Binary(bytes) => {
+                match frame.into_native() {
+                    NativeFrame::Binary(bytes) => {
                         let frame = SyncFrame::decode(&bytes).unwrap();
                         self.doc
                             .receive_sync_message(&mut self.sync, &frame.payload)
                             .unwrap();
                         got += 1;
                     }
-                    OutFrame::Text(text) => {
+                    NativeFrame::Text(text) => {
                         self.messages.push(serde_json::from_str(&text).unwrap());
                     }
-                    OutFrame::SharedBinary(_) => panic!("no change frames without stream"),
+                    NativeFrame::SharedBinary(_) => panic!("no change frames without stream"),
                 }
             }
             received += got;
