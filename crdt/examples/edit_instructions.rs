@@ -13,6 +13,7 @@
 
 use std::hint::black_box;
 
+use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ReadDoc, ROOT};
 use flowhub_crdt::{Endpoint, FlowDoc, NewNode, Position};
@@ -42,6 +43,20 @@ fn big_flow(n: usize) -> FlowDoc {
         prev = Some(id);
     }
     doc
+}
+
+/// A 100-node flow and `n` moves made on a fork of it, one change each.
+fn peer_moves(n: u64) -> (FlowDoc, Vec<automerge::Change>) {
+    let mut hub = big_flow(100);
+    let mut peer = hub.fork();
+    let changes = (1..=n)
+        .map(|i| {
+            peer.move_node("n50", Position::new(i as f64, 2.0))
+                .expect("move");
+            peer.doc_mut().get_last_local_change().expect("change")
+        })
+        .collect();
+    (hub, changes)
 }
 
 #[inline(never)]
@@ -96,6 +111,53 @@ fn main() {
                 black_box(doc.commit());
             });
         }
+        "floor_move_as_one_scalar" => {
+            // A hypothetical one-scalar position (16 bytes, x then y as LE f64).
+            let mut flow = big_flow(100);
+            let doc = flow.doc_mut();
+            let nodes = doc.get(ROOT, "nodes").expect("get").expect("nodes").1;
+            let node = doc.get(&nodes, "n50").expect("get").expect("n50").1;
+            measured(n, |i| {
+                let mut xy = Vec::with_capacity(16);
+                xy.extend_from_slice(&(i as f64).to_le_bytes());
+                xy.extend_from_slice(&1.0f64.to_le_bytes());
+                doc.put(&node, "position", automerge::ScalarValue::Bytes(xy))
+                    .expect("put");
+                black_box(doc.commit());
+            });
+        }
+        "add_node" => {
+            let mut doc = big_flow(100);
+            measured(n, |_| {
+                black_box(
+                    doc.add_node(NewNode::new("action", "a", Position::new(1.0, 2.0)))
+                        .expect("add"),
+                );
+            });
+        }
+        "floor_add_node_batch" => {
+            // A whole node in one `batch_create_object` (two splices); the ops
+            // come out in another order than FlowDoc's add writes them.
+            use automerge::hydrate::Value as H;
+            let mut flow = big_flow(100);
+            let doc = flow.doc_mut();
+            let nodes = doc.get(ROOT, "nodes").expect("get").expect("nodes").1;
+            measured(n, |i| {
+                let position = H::from(std::collections::HashMap::from([
+                    ("x", H::from(1.0)),
+                    ("y", H::from(2.0)),
+                ]));
+                let node = H::from(std::collections::HashMap::from([
+                    ("kind", H::from("action")),
+                    ("label", H::from("a")),
+                    ("position", position),
+                    ("config", H::map()),
+                ]));
+                doc.batch_create_object(&nodes, format!("x{i}"), &node, false)
+                    .expect("put");
+                black_box(doc.commit());
+            });
+        }
         "floor_put_commit" => {
             let mut doc = AutoCommit::new();
             measured(n, |i| {
@@ -121,6 +183,52 @@ fn main() {
                     doc.relabel_node("n50", if i & 1 == 0 { "even" } else { "odd" })
                         .expect("relabel"),
                 );
+            });
+        }
+        // Applying one received change (a peer's move) with patches recorded,
+        // n times in a row, the ways the hub could.
+        "apply_sync_message" | "apply_load_incremental" | "apply_changes_diff" => {
+            let (mut hub, changes) = peer_moves(n);
+            let doc = hub.doc_mut();
+            let mut i = 0;
+            measured(n, |_| {
+                let change = changes[i].clone();
+                i += 1;
+                let patches = match case.as_str() {
+                    "apply_sync_message" => {
+                        // What `receive_changes_validated` does today.
+                        let message = automerge::sync::Message {
+                            heads: Vec::new(),
+                            need: Vec::new(),
+                            have: Vec::new(),
+                            changes: vec![change.raw_bytes().to_vec()].into(),
+                            flags: None,
+                            version: automerge::sync::MessageVersion::V1,
+                        };
+                        let mut log = automerge::PatchLog::active();
+                        let mut state = automerge::sync::State::new();
+                        doc.sync()
+                            .receive_sync_message_log_patches(&mut state, message, &mut log)
+                            .expect("apply");
+                        doc.make_patches(&mut log)
+                    }
+                    "apply_load_incremental" => {
+                        doc.update_diff_cursor();
+                        doc.load_incremental(change.raw_bytes()).expect("apply");
+                        let patches = doc.diff_incremental();
+                        doc.reset_diff_cursor();
+                        patches
+                    }
+                    _ => {
+                        doc.update_diff_cursor();
+                        doc.apply_changes([change]).expect("apply");
+                        let patches = doc.diff_incremental();
+                        doc.reset_diff_cursor();
+                        patches
+                    }
+                };
+                assert!(!patches.is_empty(), "no patches");
+                black_box(patches);
             });
         }
         other => {
