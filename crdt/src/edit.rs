@@ -9,9 +9,9 @@
 //! ops into the columnar op set (one splice across every column per call,
 //! which is why a move's new position map is written with one
 //! `batch_create_object`, see `put_position`) and committing. The checks add
-//! no document reads beyond the existence lookups that the error cases need, and those go through the edit cache (see
-//! `flow_doc::EditCache`). The `typed_edits` and `floor` benchmarks compare the
-//! two.
+//! no document reads beyond the existence lookups that the error cases need,
+//! and those go through the edit cache (see `flow_doc::EditCache`). The
+//! `typed_edits` and `floor` benchmarks compare the two.
 
 use std::collections::{BTreeSet, HashMap};
 
