@@ -6,12 +6,24 @@
 //!
 //! `floor/*` does the very same Automerge ops as the typed edit of the same
 //! name with no lookups or checks at all, so `typed_edits/X ÷ floor/X` is the
-//! overhead FlowDoc adds. `batch/*` reports throughput per typed edit.
+//! overhead FlowDoc adds. `floor/move_node_unbatched` is a move as three
+//! plain calls (what FlowDoc did before batching the position map) and
+//! `floor/move_as_one_scalar` what a move would cost if a position were one
+//! scalar (not the document format). `batch/*` reports throughput per typed
+//! edit; `apply/*` compares ways to apply one received change.
+//!
+//! Wall times here swing with machine load; for repeatable numbers count
+//! instructions with `examples/edit_instructions.rs` under callgrind.
 
 use std::hint::black_box;
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjType, ReadDoc, ROOT};
+use std::collections::HashMap;
+
+use automerge::sync::SyncDoc;
+use automerge::{
+    hydrate, AutoCommit, Change, ObjId, ObjType, PatchLog, ReadDoc, ScalarValue, ROOT,
+};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use flowhub_crdt::{Endpoint, FlowDoc, NewNode, Position, SyncState};
 
@@ -40,6 +52,20 @@ fn big_flow(n: usize) -> FlowDoc {
         prev = Some(id);
     }
     doc
+}
+
+/// The map node `id` of a flow's `nodes`.
+fn node_obj(doc: &AutoCommit, id: &str) -> ObjId {
+    let nodes = doc.get(ROOT, "nodes").expect("get").expect("nodes").1;
+    doc.get(&nodes, id).expect("get").expect("node").1
+}
+
+/// A `position` map `{x, y}` for `batch_create_object`.
+fn position_value(x: f64, y: f64) -> hydrate::Value {
+    hydrate::Value::from(HashMap::from([
+        ("x", hydrate::Value::from(x)),
+        ("y", hydrate::Value::from(y)),
+    ]))
 }
 
 /// Run the sync protocol between two docs until neither has anything to say.
@@ -128,10 +154,25 @@ fn floor(c: &mut Criterion) {
         })
     });
     group.bench_function("move_node", |b| {
+        // The calls FlowDoc makes: the new position map and its two entries
+        // via `batch_create_object` (two op-set splices).
         let mut flow = big_flow(100);
         let doc = flow.doc_mut();
-        let nodes = doc.get(ROOT, "nodes").expect("get").expect("nodes").1;
-        let node = doc.get(&nodes, "n50").expect("get").expect("n50").1;
+        let node = node_obj(doc, "n50");
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            doc.batch_create_object(&node, "position", &position_value(i as f64, 1.0), false)
+                .expect("put");
+            doc.commit()
+        })
+    });
+    group.bench_function("move_node_unbatched", |b| {
+        // The same three ops as three calls (three splices): what a move cost
+        // before FlowDoc batched it, and what a plain Automerge client pays.
+        let mut flow = big_flow(100);
+        let doc = flow.doc_mut();
+        let node = node_obj(doc, "n50");
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
@@ -140,6 +181,24 @@ fn floor(c: &mut Criterion) {
                 .expect("put");
             doc.put(&pos, "x", i as f64).expect("put");
             doc.put(&pos, "y", 1.0).expect("put");
+            doc.commit()
+        })
+    });
+    group.bench_function("move_as_one_scalar", |b| {
+        // A hypothetical format that stores a position as one scalar (16
+        // bytes: x then y as little-endian f64), so that a move is one put.
+        // Not the document format: the cost such a format would have.
+        let mut flow = big_flow(100);
+        let doc = flow.doc_mut();
+        let node = node_obj(doc, "n50");
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let mut xy = Vec::with_capacity(16);
+            xy.extend_from_slice(&(i as f64).to_le_bytes());
+            xy.extend_from_slice(&1.0f64.to_le_bytes());
+            doc.put(&node, "position", ScalarValue::Bytes(xy))
+                .expect("put");
             doc.commit()
         })
     });
@@ -197,10 +256,10 @@ fn batched_edits(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
+            let value = position_value(i as f64, 1.0);
             for node in &objs {
-                let pos = doc.put_object(node, "position", ObjType::Map).expect("put");
-                doc.put(&pos, "x", i as f64).expect("put");
-                doc.put(&pos, "y", 1.0).expect("put");
+                doc.batch_create_object(node, "position", &value, false)
+                    .expect("put");
             }
             doc.commit()
         })
@@ -216,6 +275,73 @@ fn batched_edits(c: &mut Criterion) {
             })
             .expect("batch")
         })
+    });
+    group.finish();
+}
+
+/// The hub applying one received change (a peer's move) with patches
+/// recorded, as its validated receives need them, three ways: through a sync
+/// message (what `receive_changes_validated` does), `load_incremental` of the
+/// change's bytes, and `apply_changes` of the already parsed change (the last
+/// two record patches through the diff cursor, the only way `AutoCommit`
+/// offers to record them for those calls).
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply");
+    let mut hub = big_flow(100);
+    let mut peer = hub.fork();
+    peer.move_node("n50", Position::new(5.0, 5.0))
+        .expect("move");
+    let change: Change = peer.doc_mut().get_last_local_change().expect("change");
+    let base = hub.doc_mut().clone();
+    let setup = || (base.clone(), change.clone());
+    group.bench_function("one_change_sync_message", |b| {
+        b.iter_batched(
+            setup,
+            |(mut doc, change)| {
+                let message = automerge::sync::Message {
+                    heads: Vec::new(),
+                    need: Vec::new(),
+                    have: Vec::new(),
+                    changes: vec![change.raw_bytes().to_vec()].into(),
+                    flags: None,
+                    version: automerge::sync::MessageVersion::V1,
+                };
+                let mut log = PatchLog::active();
+                let mut state = automerge::sync::State::new();
+                doc.sync()
+                    .receive_sync_message_log_patches(&mut state, message, &mut log)
+                    .expect("apply");
+                black_box(doc.make_patches(&mut log));
+                doc
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("one_change_load_incremental", |b| {
+        b.iter_batched(
+            setup,
+            |(mut doc, change)| {
+                doc.update_diff_cursor();
+                doc.load_incremental(change.raw_bytes()).expect("apply");
+                black_box(doc.diff_incremental());
+                doc.reset_diff_cursor();
+                doc
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("one_change_apply_changes", |b| {
+        b.iter_batched(
+            setup,
+            |(mut doc, change)| {
+                doc.update_diff_cursor();
+                doc.apply_changes([change]).expect("apply");
+                black_box(doc.diff_incremental());
+                doc.reset_diff_cursor();
+                doc
+            },
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }
@@ -336,6 +462,7 @@ criterion_group!(
     typed_edits,
     floor,
     batched_edits,
+    apply,
     merge,
     persistence
 );

@@ -55,12 +55,16 @@
 //!   instead of opening each object separately (~3 µs per object): a
 //!   1,000-node flow reads in ~6–8 ms instead of ~16 ms. The iterator itself
 //!   is ~5 ms of that, the floor for a full read through automerge's API.
-//! * Typed edits cost what their Automerge ops cost: inserting one op into
-//!   the columnar op set takes ~5–15 µs (growing with the document) and a
-//!   commit a few µs more, so a move (3 ops) runs at ~25k/s and an add (7
-//!   ops) at ~13k/s. FlowDoc's own share (checks, cached lookups, id
-//!   generation) is a few percent; the `floor` benchmarks measure the bare
-//!   Automerge cost of each edit for comparison.
+//! * Typed edits cost what their Automerge ops cost: each insertion into the
+//!   columnar op set is one splice across all of its columns (~130–250k
+//!   instructions on a 100-node flow, growing with the document), a commit
+//!   ~40k more. A move writes its 3 ops in two splices (the new position
+//!   map's `x` and `y` go in together, see `edit::put_position`): ~430k
+//!   instructions, against ~110k for one put and commit into an empty
+//!   document. FlowDoc's own share (checks, cached lookups, id generation)
+//!   is under 1%; the `floor` benchmarks and `examples/edit_instructions`
+//!   (instruction counts under callgrind) measure the bare Automerge cost of
+//!   each edit for comparison.
 //!
 //! # Layout
 //!
