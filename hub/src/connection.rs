@@ -21,8 +21,8 @@ use bytes::Bytes;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{
-    session_span, Inbound, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
-    TransportProfile,
+    session_span, Forwarded, Inbound, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs,
+    SessionMsg, SyncRoutes, TransportProfile,
 };
 use flowhub_protocol::close;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -139,7 +139,9 @@ where
         session_id: &session_id,
         out: &out,
     });
+    let routes = SyncRoutes::new(&session_id, &state.config.session);
     let args = SessionArgs {
+        routes: routes.clone(),
         session_id,
         identity,
         out: out.clone(),
@@ -170,7 +172,7 @@ where
                 return;
             }
         };
-        serve(sink, stream, session, out, out_rx, codec, link).await
+        serve(sink, stream, (session, routes), out, out_rx, codec, link).await
     }
     .instrument(span)
 }
@@ -189,7 +191,7 @@ struct Link {
 async fn serve<D: FrameDecoder, E: FrameEncoder>(
     sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
-    session: ActorRef<SessionMsg>,
+    (session, routes): (ActorRef<SessionMsg>, SyncRoutes),
     out: Outbound,
     out_rx: OutboundRx,
     codec: Codec<D, E>,
@@ -222,7 +224,7 @@ async fn serve<D: FrameDecoder, E: FrameEncoder>(
     let mut writer_done = false;
     let mut drained = false;
     tokio::select! {
-        _ = read_loop(&mut stream, &session, &out, &mut decoder, soft_limit, idle_timeout) => {}
+        _ = read_loop(&mut stream, (&session, &routes), &out, &mut decoder, soft_limit, idle_timeout) => {}
         _ = shutdown.cancelled() => drained = true,
         _ = &mut writer => writer_done = true,
     }
@@ -265,7 +267,7 @@ async fn serve<D: FrameDecoder, E: FrameEncoder>(
 
 async fn read_loop<D: FrameDecoder>(
     stream: &mut SplitStream<WebSocket>,
-    session: &ActorRef<SessionMsg>,
+    (session, routes): (&ActorRef<SessionMsg>, &SyncRoutes),
     out: &Outbound,
     decoder: &mut D,
     soft_limit: usize,
@@ -302,6 +304,15 @@ async fn read_loop<D: FrameDecoder>(
             decoder.decode_oversize(frame)
         } else {
             decoder.decode(frame)
+        };
+        let inbound = match inbound {
+            // Straight to the flow actor when the session is subscribed (one hop less
+            // per edit, see `SyncRoutes`); the session handles everything else.
+            Some(Inbound::Sync(frame)) => match Box::pin(routes.forward(frame)).await {
+                Forwarded::Done => None,
+                Forwarded::ToSession(inbound) => Some(inbound),
+            },
+            other => other,
         };
         if let Some(inbound) = inbound {
             let handled = Box::pin(session.call(|r| SessionMsg::Frame(inbound, r), None)).await;

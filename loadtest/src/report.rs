@@ -231,8 +231,18 @@ mod tests {
     fn text_summary_names_sections_values_and_checks() {
         let mut s = Section::new("edit");
         s.value("edits sent", 10.0, "");
-        s.latencies
-            .push(crate::stats::Latency::new().summary("edit → applied"));
+        s.latencies.push(LatencySummary {
+            name: "edit → applied".into(),
+            count: 0,
+            min_us: 0,
+            mean_us: 0.0,
+            p50_us: 0,
+            p90_us: 0,
+            p99_us: 0,
+            p999_us: 0,
+            max_us: 0,
+            curve: vec![],
+        });
         let r = Report {
             name: "n".into(),
             scenario: "edit".into(),

@@ -12,12 +12,13 @@
 //! [`TransportProfile`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use flowhub_crdt::ChangeHash;
 use flowhub_protocol::{
-    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FlowFormat, FrameKind,
-    Limits, RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
+    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FlowFormat, Limits,
+    RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -25,6 +26,7 @@ use tracing::{debug, info, Instrument};
 
 use super::limiter::SessionLimiter;
 use super::limiter::SessionLimits;
+use super::routes::{Forwarded, Route, SyncRoutes};
 use crate::flow::{FlowMsg, FlowRegistry, OnInvalid};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
@@ -60,6 +62,9 @@ pub struct SessionArgs {
     pub span: tracing::Span,
     /// What the session's transport needs of it.
     pub profile: TransportProfile,
+    /// The session's subscriptions, shared with its transport's reader, which hands
+    /// sync frames for them straight to the flow actor.
+    pub routes: SyncRoutes,
 }
 
 /// What differs between transports, beyond their wire format.
@@ -132,6 +137,9 @@ pub enum Inbound {
     /// A frame the transport has no use for (an automerge-repo message type the hub
     /// does not act on): still counted by the rate limit, so a flood of them is one.
     Ignored,
+    /// A flow refused a sync frame the reader handed it directly (`forbidden`: access
+    /// revoked) or stopped (`internal`); see [`SyncRoutes`].
+    FlowEnded { flow_id: String, code: ErrorCode },
 }
 
 impl Inbound {
@@ -171,13 +179,6 @@ struct JoinOptions {
     json: Option<Vec<String>>,
 }
 
-struct Subscription {
-    flow: ActorRef<FlowMsg>,
-    /// The session sent changes: before it closes, it waits until the flow stored and
-    /// acknowledged them (the flow actor stores beside its mailbox).
-    edited: bool,
-}
-
 pub struct SessionState {
     pub(super) session_id: String,
     pub(super) identity: Identity,
@@ -188,7 +189,8 @@ pub struct SessionState {
     /// Runs and runs feeds this session watches (see `runs.rs`).
     pub(super) run_subs: RunSubscriptions,
     metrics: Arc<Metrics>,
-    subscriptions: HashMap<String, Subscription>,
+    /// The flows subscribed to (see [`SyncRoutes`]).
+    routes: SyncRoutes,
     /// Flows whose subscription the hub ended (access revoked, the flow actor
     /// stopped), with the code to answer frames the client sent before it heard: such
     /// frames are not the client's fault and never count toward the abuse limit.
@@ -210,7 +212,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let span = args.span.clone();
-        let limiter = SessionLimiter::new(&args.limits);
+        let limiter = SessionLimiter::sharing(&args.limits, args.routes.bucket());
         schedule_expiry_check(&myself, args.identity.expires_at);
         let state = SessionState {
             limiter,
@@ -223,7 +225,7 @@ impl Actor for SessionActor {
             runs: args.runs,
             run_subs: RunSubscriptions::default(),
             metrics: args.metrics,
-            subscriptions: HashMap::new(),
+            routes: args.routes,
             ended: HashMap::new(),
             span,
             profile: args.profile,
@@ -239,8 +241,8 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, sub) in state.subscriptions.drain() {
-            if sub.edited {
+        for (_, sub) in state.routes.drain() {
+            if sub.edited.load(Ordering::Relaxed) {
                 // The acks of edits still on their way to the store go out before the
                 // connection closes (a draining node acknowledges what it stored).
                 let _ = sub
@@ -344,7 +346,7 @@ impl SessionState {
     /// The hub ended this session's subscription to `flow_id`: tells the client, and
     /// answers its frames already in flight with the same code, uncounted.
     fn end_subscription(&mut self, flow_id: &str, code: ErrorCode, message: &str) {
-        self.subscriptions.remove(flow_id);
+        self.routes.remove(flow_id);
         // Bounded: each entry needs a subscription the hub ended first.
         if self.ended.len() >= 4 * self.limits.max_subscriptions.max(16) {
             self.ended.clear();
@@ -372,6 +374,7 @@ impl SessionState {
                     format!("frame of {size} bytes exceeds the limit of {max}"),
                 );
             }
+            Inbound::FlowEnded { flow_id, code } => self.flow_ended(&flow_id, code),
             Inbound::Ignored => {
                 if let Err(message) = self.limiter.check() {
                     self.fail(None, None, ErrorCode::RateLimited, message);
@@ -413,8 +416,8 @@ impl SessionState {
                 self.subscribe(id, flow_id, pending, stream, json).await
             }
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
-                if let Some(sub) = self.subscriptions.remove(&flow_id) {
-                    if sub.edited {
+                if let Some(sub) = self.routes.remove(&flow_id) {
+                    if sub.edited.load(Ordering::Relaxed) {
                         // Its edits' acks before the unsubscribe's.
                         let _ = sub
                             .flow
@@ -531,8 +534,7 @@ impl SessionState {
         let Some(role) = access.role else {
             return Err((ErrorCode::Forbidden, "no role on this flow".into()));
         };
-        if !self.subscriptions.contains_key(flow_id)
-            && self.subscriptions.len() >= self.limits.max_subscriptions
+        if self.routes.get(flow_id).is_none() && self.routes.len() >= self.limits.max_subscriptions
         {
             let max = self.limits.max_subscriptions;
             return Err((
@@ -596,11 +598,11 @@ impl SessionState {
             if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
                 debug!(flow_id, ?role, attempt, "subscribed");
                 self.ended.remove(flow_id);
-                self.subscriptions.insert(
-                    flow_id.to_owned(),
-                    Subscription {
+                self.routes.insert(
+                    flow_id,
+                    Route {
                         flow,
-                        edited: false,
+                        edited: Arc::new(AtomicBool::new(false)),
                     },
                 );
                 return Ok(());
@@ -609,18 +611,14 @@ impl SessionState {
         Err((ErrorCode::Internal, "the flow could not be opened".into()))
     }
 
+    /// A sync frame the reader could not route to a flow itself (see [`SyncRoutes`]):
+    /// for a flow not subscribed, or over the size limit.
     async fn on_sync(&mut self, frame: SyncFrame) {
-        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
-        self.limiter.until_ready().await;
         let max = self.limits.max_frame_bytes;
-        if frame.payload.len() > max {
-            let message = format!(
-                "sync message of {} bytes exceeds the limit of {max}",
-                frame.payload.len()
-            );
-            return self.fail(None, Some(&frame.flow_id), ErrorCode::TooLarge, message);
-        }
-        if self.profile.join_on_sync && !self.subscriptions.contains_key(&frame.flow_id) {
+        if self.profile.join_on_sync
+            && frame.payload.len() <= max
+            && self.routes.get(&frame.flow_id).is_none()
+        {
             let options = JoinOptions {
                 id: None,
                 pending: Vec::new(),
@@ -636,66 +634,54 @@ impl SessionState {
                 return;
             }
         }
-        let Some(sub) = self.subscriptions.get_mut(&frame.flow_id) else {
-            if let Some(&code) = self.ended.get(&frame.flow_id) {
-                let message = match code {
-                    ErrorCode::Forbidden => "no access to this flow",
-                    _ => "the flow was closed; subscribe again",
-                };
-                return self.tell(None, Some(&frame.flow_id), code, message.into());
+        if frame.payload.len() <= max && self.routes.get(&frame.flow_id).is_some() {
+            // Paced by the rate bucket inside, like a frame the reader forwards.
+            if let Forwarded::ToSession(Inbound::FlowEnded { flow_id, code }) =
+                self.routes.forward(frame).await
+            {
+                self.flow_ended(&flow_id, code);
             }
-            return self.fail(
-                None,
-                Some(&frame.flow_id),
-                ErrorCode::BadRequest,
-                "sync frame for a flow not subscribed".into(),
+            return;
+        }
+        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
+        self.limiter.until_ready().await;
+        if frame.payload.len() > max {
+            let message = format!(
+                "sync message of {} bytes exceeds the limit of {max}",
+                frame.payload.len()
             );
-        };
-        let session_id = self.session_id.clone();
-        let payload = frame.payload;
-        sub.edited = true;
-        // Until the flow actor handled the frame: apply, store append, ack, fan-out.
-        let span = tracing::trace_span!(
-            target: crate::EDIT_PATH_TARGET,
-            "edit.frame",
-            flow_id = %frame.flow_id,
-            session_id = %session_id,
-            bytes = payload.len(),
+            return self.fail(None, Some(&frame.flow_id), ErrorCode::TooLarge, message);
+        }
+        if let Some(&code) = self.ended.get(&frame.flow_id) {
+            let message = match code {
+                ErrorCode::Forbidden => "no access to this flow",
+                _ => "the flow was closed; subscribe again",
+            };
+            return self.tell(None, Some(&frame.flow_id), code, message.into());
+        }
+        self.fail(
+            None,
+            Some(&frame.flow_id),
+            ErrorCode::BadRequest,
+            "sync frame for a flow not subscribed".into(),
         );
-        let result = sub
-            .flow
-            .call(
-                |reply| match frame.kind {
-                    FrameKind::FlowSync => FlowMsg::Sync {
-                        session_id,
-                        payload,
-                        reply,
-                    },
-                    FrameKind::FlowChanges => FlowMsg::Changes {
-                        session_id,
-                        payload,
-                        reply,
-                    },
-                },
-                None,
-            )
-            .instrument(span)
-            .await;
-        let ended = match result {
-            Ok(ractor::rpc::CallResult::Success(true)) => return,
-            // Access was revoked while subscribed.
-            Ok(ractor::rpc::CallResult::Success(false)) => ErrorCode::Forbidden,
-            // The flow actor died (store failure): drop the subscription so the client
-            // can subscribe again, which reloads the flow from the store.
-            _ => ErrorCode::Internal,
-        };
+    }
+
+    /// The flow refused the session's sync frame (`forbidden`: access revoked) or
+    /// stopped (`internal`, a store failure): the subscription ends, so the client can
+    /// subscribe again, which reloads the flow from the store.
+    fn flow_ended(&mut self, flow_id: &str, ended: ErrorCode) {
         if self.profile.join_on_sync {
             // No subscribe to answer with: the next sync message joins afresh (and a
             // revoked peer hears that the flow is unavailable to it).
-            self.subscriptions.remove(&frame.flow_id);
+            if let Some(sub) = self.routes.remove(flow_id) {
+                let _ = sub.flow.cast(FlowMsg::Leave {
+                    session_id: self.session_id.clone(),
+                });
+            }
             if ended == ErrorCode::Forbidden {
                 self.out.send_reliable(OutFrame::Unavailable {
-                    flow_id: Arc::from(frame.flow_id.as_str()),
+                    flow_id: Arc::from(flow_id),
                     code: ended,
                 });
             }
@@ -705,7 +691,7 @@ impl SessionState {
             ErrorCode::Forbidden => "no access to this flow",
             _ => "the flow was closed; subscribe again",
         };
-        self.end_subscription(&frame.flow_id, ended, message);
+        self.end_subscription(flow_id, ended, message);
     }
 }
 
@@ -717,7 +703,7 @@ impl SessionState {
         selection: Option<Vec<String>>,
         color: Option<String>,
     ) {
-        let Some(sub) = self.subscriptions.get(&flow_id) else {
+        let Some(sub) = self.routes.get(&flow_id) else {
             if self.profile.join_on_sync {
                 // Presence may come before the first sync message opens the flow.
                 return;
@@ -760,7 +746,7 @@ impl SessionState {
         self.identity = identity;
         schedule_expiry_check(myself, self.identity.expires_at);
         let store = self.registry.deps().store.clone();
-        let flows: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let flows: Vec<String> = self.routes.flow_ids();
         for flow_id in flows {
             // Without the membership override the effective role is unknown: leave
             // this flow's role as it is rather than guess (a guess from the token
@@ -776,7 +762,7 @@ impl SessionState {
                     continue;
                 }
             };
-            if let Some(sub) = self.subscriptions.get(&flow_id) {
+            if let Some(sub) = self.routes.get(&flow_id) {
                 let _ = sub.flow.cast(FlowMsg::SetRole {
                     session_id: self.session_id.clone(),
                     token_role,
@@ -785,7 +771,7 @@ impl SessionState {
             }
             if role.is_none() {
                 // The flow actor told the client; frames in flight get `forbidden`.
-                self.subscriptions.remove(&flow_id);
+                self.routes.remove(&flow_id);
                 self.ended.insert(flow_id, ErrorCode::Forbidden);
             }
         }

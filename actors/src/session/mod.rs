@@ -4,6 +4,7 @@
 
 mod actor;
 mod limiter;
+mod routes;
 mod runs;
 
 pub use crate::outbound::{Delivery, NativeFrame, OutFrame, Outbound, OutboundRx, SharedMessage};
@@ -11,3 +12,4 @@ pub use actor::{
     session_span, Inbound, SessionActor, SessionArgs, SessionMsg, SessionState, TransportProfile,
 };
 pub use limiter::{SessionLimiter, SessionLimits};
+pub use routes::{Forwarded, SyncRoutes};
