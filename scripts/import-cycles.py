@@ -4,7 +4,7 @@
 A module is a source file; module A imports B when A names `crate::b…` or
 `super::…` resolving to B (in a `use` or a path). Cycles are the strongly
 connected components with more than one module. Run: scripts/import-cycles.py
-(exit status 0 either way; it prints every cycle it finds).
+(exit status 1 when it finds any; it prints every cycle).
 """
 import os
 import re
@@ -121,6 +121,7 @@ def main():
                 names = sorted("::".join(m) or "(root)" for m in comp)
                 print(f"{crate}: " + " <-> ".join(names))
     print(f"{total} import cycle(s)")
+    sys.exit(1 if total else 0)
 
 
 if __name__ == "__main__":

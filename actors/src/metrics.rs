@@ -10,7 +10,6 @@
 //! The hub adds what lives outside the actors (Redis bus, SQL store, run actors,
 //! process memory) from its own registry (`hub/src/metrics.rs`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text;
@@ -276,16 +275,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a connection for as long as the guard lives (for connections that are
-    /// not actors with a stop hook: SSE streams).
-    pub fn session_guard(self: &Arc<Self>, transport: Transport) -> SessionGuard {
-        self.session_opened(transport);
-        SessionGuard {
-            metrics: self.clone(),
-            transport,
-        }
-    }
-
     /// Open connections over `transport`.
     pub fn sessions(&self, transport: Transport) -> i64 {
         self.sessions_by_transport[transport as usize].get()
@@ -305,31 +294,18 @@ impl Metrics {
     }
 }
 
-/// See [`Metrics::session_guard`].
-#[derive(Debug)]
-pub struct SessionGuard {
-    metrics: Arc<Metrics>,
-    transport: Transport,
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.metrics.session_closed(self.transport);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn renders_counters_gauges_histograms_and_transports() {
-        let m = Arc::new(Metrics::new());
+        let m = Metrics::new();
         Metrics::inc(&m.frames_in);
         m.observe_store_append(Duration::from_millis(3), true);
         m.observe_fan_out(5);
         m.session_opened(Transport::Ws);
-        let sse = m.session_guard(Transport::Sse);
+        m.session_opened(Transport::Sse);
         let text = m.render();
         for line in [
             "flowhub_frames_in_total 1",
@@ -348,7 +324,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
-        drop(sse);
+        m.session_closed(Transport::Sse);
         assert_eq!(m.sessions(Transport::Sse), 0);
         assert_eq!(m.sessions_open.get(), 1);
     }

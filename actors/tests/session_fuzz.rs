@@ -11,7 +11,7 @@ use flowhub_actors::identity::{Identity, TokenVerifier};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{
     Inbound, NativeFrame, Outbound, SessionActor, SessionArgs, SessionLimits, SessionMsg,
-    SyncRoutes, TransportProfile,
+    TransportProfile,
 };
 use flowhub_actors::store::MemoryStore;
 use flowhub_protocol::{Role, ServerMessage};
@@ -84,7 +84,6 @@ proptest! {
                 })),
                 span: tracing::Span::none(),
                 profile: TransportProfile::NATIVE,
-                routes: SyncRoutes::new("s", &SessionLimits::default()),
             };
             let (session, _) = Actor::spawn(None, SessionActor, args).await.unwrap();
             for f in frames {

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{
-    session_span, Forwarded, Inbound, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs,
-    SessionMsg, SyncRoutes, TransportProfile,
+    session_span, Inbound, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
+    TransportProfile,
 };
 use flowhub_protocol::close;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -139,9 +139,7 @@ where
         session_id: &session_id,
         out: &out,
     });
-    let routes = SyncRoutes::new(&session_id, &state.config.session);
     let args = SessionArgs {
-        routes: routes.clone(),
         session_id,
         identity,
         out: out.clone(),
@@ -172,7 +170,7 @@ where
                 return;
             }
         };
-        serve(sink, stream, (session, routes), out, out_rx, codec, link).await
+        serve(sink, stream, session, out, out_rx, codec, link).await
     }
     .instrument(span)
 }
@@ -191,7 +189,7 @@ struct Link {
 async fn serve<D: FrameDecoder, E: FrameEncoder>(
     sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
-    (session, routes): (ActorRef<SessionMsg>, SyncRoutes),
+    session: ActorRef<SessionMsg>,
     out: Outbound,
     out_rx: OutboundRx,
     codec: Codec<D, E>,
@@ -224,7 +222,7 @@ async fn serve<D: FrameDecoder, E: FrameEncoder>(
     let mut writer_done = false;
     let mut drained = false;
     tokio::select! {
-        _ = read_loop(&mut stream, (&session, &routes), &out, &mut decoder, soft_limit, idle_timeout) => {}
+        _ = read_loop(&mut stream, &session, &out, &mut decoder, soft_limit, idle_timeout) => {}
         _ = shutdown.cancelled() => drained = true,
         _ = &mut writer => writer_done = true,
     }
@@ -267,7 +265,7 @@ async fn serve<D: FrameDecoder, E: FrameEncoder>(
 
 async fn read_loop<D: FrameDecoder>(
     stream: &mut SplitStream<WebSocket>,
-    (session, routes): (&ActorRef<SessionMsg>, &SyncRoutes),
+    session: &ActorRef<SessionMsg>,
     out: &Outbound,
     decoder: &mut D,
     soft_limit: usize,
@@ -304,15 +302,6 @@ async fn read_loop<D: FrameDecoder>(
             decoder.decode_oversize(frame)
         } else {
             decoder.decode(frame)
-        };
-        let inbound = match inbound {
-            // Straight to the flow actor when the session is subscribed (one hop less
-            // per edit, see `SyncRoutes`); the session handles everything else.
-            Some(Inbound::Sync(frame)) => match Box::pin(routes.forward(frame)).await {
-                Forwarded::Done => None,
-                Forwarded::ToSession(inbound) => Some(inbound),
-            },
-            other => other,
         };
         if let Some(inbound) = inbound {
             let handled = Box::pin(session.call(|r| SessionMsg::Frame(inbound, r), None)).await;

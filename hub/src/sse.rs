@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::session::{
     session_span, Inbound, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
-    SyncRoutes, TransportProfile,
+    TransportProfile,
 };
 use flowhub_protocol::{ClientMessage, ErrorCode, RequestId, ServerMessage};
 use ractor::{Actor, ActorRef};
@@ -58,7 +58,6 @@ impl SseSession {
         let span = session_span(&session_id, &identity);
         let (out, rx) = Outbound::new(state.config.outbound_queue, state.metrics.clone());
         let args = SessionArgs {
-            routes: SyncRoutes::new(&session_id, &state.config.session),
             session_id,
             identity,
             out,

@@ -31,14 +31,14 @@ const args = parseArgs(
   process.argv.slice(2),
   {
     url: "",
-    "server-pid": "",
+    serverPid: 0,
     transport: "ws",
     mode: "idle",
-    sessions: "2000",
-    flows: "100",
-    nodes: "1000",
-    opens: "20",
-    settle: "5",
+    sessions: 2000,
+    flows: 100,
+    nodes: 1000,
+    opens: 20,
+    settle: 5,
     out: "",
   },
   "node idle.mjs --url ws://HOST:PORT --server-pid PID --transport ws|automerge-repo [--sessions N] [--flows F]",
@@ -46,7 +46,7 @@ const args = parseArgs(
 const secret = process.env.FLOWHUB_JWT_SECRET
 const sessions = Number(args.sessions)
 const flowCount = Number(args.flows)
-const pid = Number(args["server-pid"])
+const pid = args.serverPid
 if (!args.url || !pid) fail("--url and --server-pid are required")
 
 function rssBytes() {
@@ -63,9 +63,12 @@ const roles = Object.fromEntries(flows.map((f) => [f, "editor"]))
 
 // Every flow exists and is open on the hub before the measurement: the sessions are
 // measured, not the flows.
-const builder = await flowhubConnect(args.url, secret, "builder", roles)
+// One builder per 50 flows (a session subscribes to at most 64); they stay connected,
+// so the flows stay open.
+const builders = []
 for (const [i, flowId] of flows.entries()) {
-  const flow = await builder.subscribe(flowId)
+  if (i % 50 === 0) builders.push(await flowhubConnect(args.url, secret, `builder-${i}`, roles))
+  const flow = await builders.at(-1).subscribe(flowId)
   const id = flow.addNode({ id: `n${i}`, kind: "action", label: "idle", position: { x: i, y: 0 } })
   if ((await flow.waitAcked(id, 30_000)) !== "acked") fail(`flow ${flowId}: not acked`)
 }

@@ -12,21 +12,19 @@
 //! [`TransportProfile`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use flowhub_crdt::ChangeHash;
 use flowhub_protocol::{
-    close, decode_client_text, validate_flow_id, ClientMessage, ErrorCode, FlowFormat, Limits,
-    RequestId, ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    close, validate_flow_id, ClientMessage, ErrorCode, FlowFormat, FrameKind, Limits, RequestId,
+    ServerMessage, SyncFrame, MAX_PENDING_HASHES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, Instrument};
 
+use super::inbound::Inbound;
 use super::limiter::SessionLimiter;
 use super::limiter::SessionLimits;
-use super::routes::{Forwarded, Route, SyncRoutes};
 use crate::flow::{FlowMsg, FlowRegistry, OnInvalid};
 use crate::identity::FlowAccess;
 use crate::identity::{Identity, TokenVerifier};
@@ -62,9 +60,6 @@ pub struct SessionArgs {
     pub span: tracing::Span,
     /// What the session's transport needs of it.
     pub profile: TransportProfile,
-    /// The session's subscriptions, shared with its transport's reader, which hands
-    /// sync frames for them straight to the flow actor.
-    pub routes: SyncRoutes,
 }
 
 /// What differs between transports, beyond their wire format.
@@ -117,59 +112,6 @@ pub enum SessionMsg {
     CheckExpiry,
 }
 
-/// One frame from a client, as its transport decoded it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inbound {
-    /// A request (`hello`, `subscribe_flow`, `presence`, …).
-    Request(ClientMessage),
-    /// Automerge sync bytes (or a change frame) for one flow.
-    Sync(SyncFrame),
-    /// A frame the transport could not decode or accept: refused with this error,
-    /// and counted toward the abuse limit.
-    Invalid {
-        id: Option<RequestId>,
-        flow_id: Option<String>,
-        code: ErrorCode,
-        message: String,
-    },
-    /// A frame above the soft size limit (its bytes were not kept).
-    Oversize(usize),
-    /// A frame the transport has no use for (an automerge-repo message type the hub
-    /// does not act on): still counted by the rate limit, so a flood of them is one.
-    Ignored,
-    /// A flow refused a sync frame the reader handed it directly (`forbidden`: access
-    /// revoked) or stopped (`internal`); see [`SyncRoutes`].
-    FlowEnded { flow_id: String, code: ErrorCode },
-}
-
-impl Inbound {
-    /// A text frame of the native protocol: one JSON [`ClientMessage`].
-    pub fn from_native_text(text: &str) -> Inbound {
-        match decode_client_text(text) {
-            Ok(msg) => Inbound::Request(msg),
-            Err(f) => Inbound::Invalid {
-                id: f.id,
-                flow_id: None,
-                code: f.error.code(),
-                message: f.error.to_string(),
-            },
-        }
-    }
-
-    /// A binary frame of the native protocol (`flowhub_protocol::frame`).
-    pub fn from_native_binary(bytes: &[u8]) -> Inbound {
-        match SyncFrame::decode(bytes) {
-            Ok(frame) => Inbound::Sync(frame),
-            Err(e) => Inbound::Invalid {
-                id: None,
-                flow_id: None,
-                code: e.code(),
-                message: e.to_string(),
-            },
-        }
-    }
-}
-
 /// How a flow is joined (see [`SessionState::join_flow`]).
 struct JoinOptions {
     id: Option<RequestId>,
@@ -177,6 +119,13 @@ struct JoinOptions {
     stream: bool,
     /// `Some(since_heads)`: the flow as JSON and patches (`format: json`).
     json: Option<Vec<String>>,
+}
+
+struct Subscription {
+    flow: ActorRef<FlowMsg>,
+    /// The session sent changes: before it closes, it waits until the flow stored and
+    /// acknowledged them (the flow actor stores beside its mailbox).
+    edited: bool,
 }
 
 pub struct SessionState {
@@ -189,8 +138,7 @@ pub struct SessionState {
     /// Runs and runs feeds this session watches (see `runs.rs`).
     pub(super) run_subs: RunSubscriptions,
     metrics: Arc<Metrics>,
-    /// The flows subscribed to (see [`SyncRoutes`]).
-    routes: SyncRoutes,
+    subscriptions: HashMap<String, Subscription>,
     /// Flows whose subscription the hub ended (access revoked, the flow actor
     /// stopped), with the code to answer frames the client sent before it heard: such
     /// frames are not the client's fault and never count toward the abuse limit.
@@ -212,7 +160,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let span = args.span.clone();
-        let limiter = SessionLimiter::sharing(&args.limits, args.routes.bucket());
+        let limiter = SessionLimiter::new(&args.limits);
         schedule_expiry_check(&myself, args.identity.expires_at);
         let state = SessionState {
             limiter,
@@ -225,7 +173,7 @@ impl Actor for SessionActor {
             runs: args.runs,
             run_subs: RunSubscriptions::default(),
             metrics: args.metrics,
-            routes: args.routes,
+            subscriptions: HashMap::new(),
             ended: HashMap::new(),
             span,
             profile: args.profile,
@@ -241,8 +189,8 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, sub) in state.routes.drain() {
-            if sub.edited.load(Ordering::Relaxed) {
+        for (_, sub) in state.subscriptions.drain() {
+            if sub.edited {
                 // The acks of edits still on their way to the store go out before the
                 // connection closes (a draining node acknowledges what it stored).
                 let _ = sub
@@ -346,7 +294,7 @@ impl SessionState {
     /// The hub ended this session's subscription to `flow_id`: tells the client, and
     /// answers its frames already in flight with the same code, uncounted.
     fn end_subscription(&mut self, flow_id: &str, code: ErrorCode, message: &str) {
-        self.routes.remove(flow_id);
+        self.subscriptions.remove(flow_id);
         // Bounded: each entry needs a subscription the hub ended first.
         if self.ended.len() >= 4 * self.limits.max_subscriptions.max(16) {
             self.ended.clear();
@@ -374,7 +322,6 @@ impl SessionState {
                     format!("frame of {size} bytes exceeds the limit of {max}"),
                 );
             }
-            Inbound::FlowEnded { flow_id, code } => self.flow_ended(&flow_id, code),
             Inbound::Ignored => {
                 if let Err(message) = self.limiter.check() {
                     self.fail(None, None, ErrorCode::RateLimited, message);
@@ -416,8 +363,8 @@ impl SessionState {
                 self.subscribe(id, flow_id, pending, stream, json).await
             }
             ClientMessage::UnsubscribeFlow { id, flow_id } => {
-                if let Some(sub) = self.routes.remove(&flow_id) {
-                    if sub.edited.load(Ordering::Relaxed) {
+                if let Some(sub) = self.subscriptions.remove(&flow_id) {
+                    if sub.edited {
                         // Its edits' acks before the unsubscribe's.
                         let _ = sub
                             .flow
@@ -534,7 +481,8 @@ impl SessionState {
         let Some(role) = access.role else {
             return Err((ErrorCode::Forbidden, "no role on this flow".into()));
         };
-        if self.routes.get(flow_id).is_none() && self.routes.len() >= self.limits.max_subscriptions
+        if !self.subscriptions.contains_key(flow_id)
+            && self.subscriptions.len() >= self.limits.max_subscriptions
         {
             let max = self.limits.max_subscriptions;
             return Err((
@@ -598,11 +546,11 @@ impl SessionState {
             if matches!(joined, Ok(ractor::rpc::CallResult::Success(()))) {
                 debug!(flow_id, ?role, attempt, "subscribed");
                 self.ended.remove(flow_id);
-                self.routes.insert(
-                    flow_id,
-                    Route {
+                self.subscriptions.insert(
+                    flow_id.to_owned(),
+                    Subscription {
                         flow,
-                        edited: Arc::new(AtomicBool::new(false)),
+                        edited: false,
                     },
                 );
                 return Ok(());
@@ -611,14 +559,18 @@ impl SessionState {
         Err((ErrorCode::Internal, "the flow could not be opened".into()))
     }
 
-    /// A sync frame the reader could not route to a flow itself (see [`SyncRoutes`]):
-    /// for a flow not subscribed, or over the size limit.
     async fn on_sync(&mut self, frame: SyncFrame) {
+        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
+        self.limiter.until_ready().await;
         let max = self.limits.max_frame_bytes;
-        if self.profile.join_on_sync
-            && frame.payload.len() <= max
-            && self.routes.get(&frame.flow_id).is_none()
-        {
+        if frame.payload.len() > max {
+            let message = format!(
+                "sync message of {} bytes exceeds the limit of {max}",
+                frame.payload.len()
+            );
+            return self.fail(None, Some(&frame.flow_id), ErrorCode::TooLarge, message);
+        }
+        if self.profile.join_on_sync && !self.subscriptions.contains_key(&frame.flow_id) {
             let options = JoinOptions {
                 id: None,
                 pending: Vec::new(),
@@ -634,54 +586,66 @@ impl SessionState {
                 return;
             }
         }
-        if frame.payload.len() <= max && self.routes.get(&frame.flow_id).is_some() {
-            // Paced by the rate bucket inside, like a frame the reader forwards.
-            if let Forwarded::ToSession(Inbound::FlowEnded { flow_id, code }) =
-                self.routes.forward(frame).await
-            {
-                self.flow_ended(&flow_id, code);
+        let Some(sub) = self.subscriptions.get_mut(&frame.flow_id) else {
+            if let Some(&code) = self.ended.get(&frame.flow_id) {
+                let message = match code {
+                    ErrorCode::Forbidden => "no access to this flow",
+                    _ => "the flow was closed; subscribe again",
+                };
+                return self.tell(None, Some(&frame.flow_id), code, message.into());
             }
-            return;
-        }
-        // Sync frames are slowed down, never refused (see `SessionLimiter::until_ready`).
-        self.limiter.until_ready().await;
-        if frame.payload.len() > max {
-            let message = format!(
-                "sync message of {} bytes exceeds the limit of {max}",
-                frame.payload.len()
+            return self.fail(
+                None,
+                Some(&frame.flow_id),
+                ErrorCode::BadRequest,
+                "sync frame for a flow not subscribed".into(),
             );
-            return self.fail(None, Some(&frame.flow_id), ErrorCode::TooLarge, message);
-        }
-        if let Some(&code) = self.ended.get(&frame.flow_id) {
-            let message = match code {
-                ErrorCode::Forbidden => "no access to this flow",
-                _ => "the flow was closed; subscribe again",
-            };
-            return self.tell(None, Some(&frame.flow_id), code, message.into());
-        }
-        self.fail(
-            None,
-            Some(&frame.flow_id),
-            ErrorCode::BadRequest,
-            "sync frame for a flow not subscribed".into(),
+        };
+        let session_id = self.session_id.clone();
+        let payload = frame.payload;
+        sub.edited = true;
+        // Until the flow actor handled the frame: apply, store append, ack, fan-out.
+        let span = tracing::trace_span!(
+            target: crate::EDIT_PATH_TARGET,
+            "edit.frame",
+            flow_id = %frame.flow_id,
+            session_id = %session_id,
+            bytes = payload.len(),
         );
-    }
-
-    /// The flow refused the session's sync frame (`forbidden`: access revoked) or
-    /// stopped (`internal`, a store failure): the subscription ends, so the client can
-    /// subscribe again, which reloads the flow from the store.
-    fn flow_ended(&mut self, flow_id: &str, ended: ErrorCode) {
+        let result = sub
+            .flow
+            .call(
+                |reply| match frame.kind {
+                    FrameKind::FlowSync => FlowMsg::Sync {
+                        session_id,
+                        payload,
+                        reply,
+                    },
+                    FrameKind::FlowChanges => FlowMsg::Changes {
+                        session_id,
+                        payload,
+                        reply,
+                    },
+                },
+                None,
+            )
+            .instrument(span)
+            .await;
+        let ended = match result {
+            Ok(ractor::rpc::CallResult::Success(true)) => return,
+            // Access was revoked while subscribed.
+            Ok(ractor::rpc::CallResult::Success(false)) => ErrorCode::Forbidden,
+            // The flow actor died (store failure): drop the subscription so the client
+            // can subscribe again, which reloads the flow from the store.
+            _ => ErrorCode::Internal,
+        };
         if self.profile.join_on_sync {
             // No subscribe to answer with: the next sync message joins afresh (and a
             // revoked peer hears that the flow is unavailable to it).
-            if let Some(sub) = self.routes.remove(flow_id) {
-                let _ = sub.flow.cast(FlowMsg::Leave {
-                    session_id: self.session_id.clone(),
-                });
-            }
+            self.subscriptions.remove(&frame.flow_id);
             if ended == ErrorCode::Forbidden {
                 self.out.send_reliable(OutFrame::Unavailable {
-                    flow_id: Arc::from(flow_id),
+                    flow_id: Arc::from(frame.flow_id.as_str()),
                     code: ended,
                 });
             }
@@ -691,7 +655,7 @@ impl SessionState {
             ErrorCode::Forbidden => "no access to this flow",
             _ => "the flow was closed; subscribe again",
         };
-        self.end_subscription(flow_id, ended, message);
+        self.end_subscription(&frame.flow_id, ended, message);
     }
 }
 
@@ -703,7 +667,7 @@ impl SessionState {
         selection: Option<Vec<String>>,
         color: Option<String>,
     ) {
-        let Some(sub) = self.routes.get(&flow_id) else {
+        let Some(sub) = self.subscriptions.get(&flow_id) else {
             if self.profile.join_on_sync {
                 // Presence may come before the first sync message opens the flow.
                 return;
@@ -746,7 +710,7 @@ impl SessionState {
         self.identity = identity;
         schedule_expiry_check(myself, self.identity.expires_at);
         let store = self.registry.deps().store.clone();
-        let flows: Vec<String> = self.routes.flow_ids();
+        let flows: Vec<String> = self.subscriptions.keys().cloned().collect();
         for flow_id in flows {
             // Without the membership override the effective role is unknown: leave
             // this flow's role as it is rather than guess (a guess from the token
@@ -762,7 +726,7 @@ impl SessionState {
                     continue;
                 }
             };
-            if let Some(sub) = self.routes.get(&flow_id) {
+            if let Some(sub) = self.subscriptions.get(&flow_id) {
                 let _ = sub.flow.cast(FlowMsg::SetRole {
                     session_id: self.session_id.clone(),
                     token_role,
@@ -771,7 +735,7 @@ impl SessionState {
             }
             if role.is_none() {
                 // The flow actor told the client; frames in flight get `forbidden`.
-                self.routes.remove(&flow_id);
+                self.subscriptions.remove(&flow_id);
                 self.ended.insert(flow_id, ErrorCode::Forbidden);
             }
         }

@@ -2,12 +2,9 @@
 //! messages and a count of refused frames that ends an abusive session.
 //!
 //! The session actor holds one whatever the transport, so a flood is answered with
-//! the same error codes and closed with the same code on every transport. Its rate
-//! bucket is shared with the transport's reader, which admits the sync frames it
-//! routes straight to a flow (`SyncRoutes`) from the same bucket.
+//! the same error codes and closed with the same code on every transport.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use flowhub_protocol::{close, ErrorCode};
 use tracing::info;
@@ -41,23 +38,9 @@ impl Default for SessionLimits {
     }
 }
 
-/// The rate bucket of one session, shared by everything that admits its frames (the
-/// session actor, and its transport's reader for sync frames routed straight to a
-/// flow: see `SyncRoutes`).
-pub type RateBucket = Arc<governor::DefaultDirectRateLimiter>;
-
-/// A fresh bucket for `limits`.
-pub fn rate_bucket(limits: &SessionLimits) -> RateBucket {
-    let rate = NonZeroU32::new(limits.messages_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Arc::new(governor::RateLimiter::direct(
-        governor::Quota::per_second(rate).allow_burst(burst),
-    ))
-}
-
 /// Rate limiter and bad-frame count of one session (see the module doc).
 pub struct SessionLimiter {
-    limiter: RateBucket,
+    limiter: governor::DefaultDirectRateLimiter,
     messages_per_second: u32,
     max_bad_frames: u32,
     bad_frames: u32,
@@ -65,13 +48,12 @@ pub struct SessionLimiter {
 
 impl SessionLimiter {
     pub fn new(limits: &SessionLimits) -> SessionLimiter {
-        SessionLimiter::sharing(limits, rate_bucket(limits))
-    }
-
-    /// A limiter that takes from `bucket` (shared with the session's reader).
-    pub fn sharing(limits: &SessionLimits, bucket: RateBucket) -> SessionLimiter {
+        let rate = NonZeroU32::new(limits.messages_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         SessionLimiter {
-            limiter: bucket,
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
             messages_per_second: limits.messages_per_second,
             max_bad_frames: limits.max_bad_frames,
             bad_frames: 0,
