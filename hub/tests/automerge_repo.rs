@@ -35,20 +35,6 @@ fn cbor(fields: Vec<(&str, Value)>) -> Vec<u8> {
     out
 }
 
-fn field<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
-    let Value::Map(map) = msg else { return None };
-    map.iter()
-        .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
-        .map(|(_, v)| v)
-}
-
-fn field_text<'a>(msg: &'a Value, key: &str) -> Option<&'a str> {
-    match field(msg, key)? {
-        Value::Text(t) => Some(t),
-        _ => None,
-    }
-}
-
 async fn get_flow(hub: &flowhub::Hub, flow_id: &str, token: &str) -> serde_json::Value {
     reqwest::Client::new()
         .get(format!("http://{}/v1/flows/{flow_id}", hub.addr()))

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowhub::auth::{now_secs, Claims};
 use flowhub::sql_store::SqlStore;
 use flowhub::Hub;
 use flowhub_actors::run::{apply, new_snapshot, RunStore};
@@ -24,16 +23,6 @@ use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(20);
 const TS: u64 = 1_700_000_000_000;
-
-fn svc_token() -> String {
-    keys().sign(&Claims {
-        sub: "engine".into(),
-        name: None,
-        exp: now_secs() + 3600,
-        flows: Default::default(),
-        svc: true,
-    })
-}
 
 fn viewer(flow: &str) -> String {
     token("vera", &[(flow, Role::Viewer)])
@@ -69,7 +58,7 @@ impl Engine {
         Engine {
             http: reqwest::Client::new(),
             base: format!("http://{}", hub.addr()),
-            token: svc_token(),
+            token: service_token(),
         }
     }
 

@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use ciborium::Value;
-use flowhub::auth::{now_secs, Claims};
+use flowhub::auth::now_secs;
 use flowhub::automerge_repo::flow_document_id;
 use flowhub::Hub;
 use flowhub_protocol::{close, ErrorCode, Role};
@@ -66,20 +66,6 @@ enum Event {
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
-}
-
-fn field<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
-    let Value::Map(map) = msg else { return None };
-    map.iter()
-        .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
-        .map(|(_, v)| v)
-}
-
-fn field_text<'a>(msg: &'a Value, key: &str) -> Option<&'a str> {
-    match field(msg, key)? {
-        Value::Text(t) => Some(t),
-        _ => None,
-    }
 }
 
 fn error_code(s: &str) -> ErrorCode {
@@ -694,16 +680,6 @@ async fn a_client_that_never_reads_is_closed_on_every_transport() {
 }
 
 // ---- SSE ----------------------------------------------------------------------------
-
-fn service_token() -> String {
-    keys().sign(&Claims {
-        sub: "engine".into(),
-        name: None,
-        exp: now_secs() + 3600,
-        flows: Default::default(),
-        svc: true,
-    })
-}
 
 /// Starts run `run_id` of flow `flow_id` (one `run.started` event).
 async fn start_run(hub: &Hub, run_id: &str, flow_id: &str) {

@@ -602,3 +602,32 @@ pub async fn open_repo_peer(base: &str, token: &str, peer: &str, flow_id: &str) 
     .unwrap();
     ws
 }
+
+/// The value of `key` in a CBOR map (automerge-repo messages).
+pub fn field<'a>(msg: &'a ciborium::Value, key: &str) -> Option<&'a ciborium::Value> {
+    let ciborium::Value::Map(map) = msg else {
+        return None;
+    };
+    map.iter()
+        .find(|(k, _)| matches!(k, ciborium::Value::Text(t) if t == key))
+        .map(|(_, v)| v)
+}
+
+/// The text value of `key` in a CBOR map.
+pub fn field_text<'a>(msg: &'a ciborium::Value, key: &str) -> Option<&'a str> {
+    match field(msg, key)? {
+        ciborium::Value::Text(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// A service token (an execution engine): reads every run, no role on flows.
+pub fn service_token() -> String {
+    keys().sign(&Claims {
+        sub: "engine".into(),
+        name: None,
+        exp: now_secs() + 3600,
+        flows: Default::default(),
+        svc: true,
+    })
+}
