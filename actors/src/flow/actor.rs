@@ -624,7 +624,7 @@ impl Actor for FlowActor {
                         if let Some(peer) = state.peers.get(&session_id) {
                             let err = ServerMessage::error(ErrorCode::BadRequest, e.to_string())
                                 .with_flow(state.flow_id.clone());
-                            peer.out.send_control(&err);
+                            peer.out.send_control(err);
                         }
                     }
                 },
@@ -750,13 +750,16 @@ impl Actor for FlowActor {
             // post_stop so the registry and the open-flows gauge stay true.
             span.in_scope(|| warn!(error = %e, "flow actor failed; closing the flow"));
             Metrics::inc(&state.deps.metrics.flow_failures);
-            let notice = ServerMessage::error(
-                ErrorCode::Internal,
-                "the flow was closed after a server failure; subscribe again",
-            )
-            .with_flow(state.flow_id.clone());
+            // One message, shared by every peer's queue.
+            let notice = SharedMessage::new(
+                ServerMessage::error(
+                    ErrorCode::Internal,
+                    "the flow was closed after a server failure; subscribe again",
+                )
+                .with_flow(state.flow_id.clone()),
+            );
             for peer in state.peers.values() {
-                peer.out.send_control(&notice);
+                peer.out.send_control(notice.clone());
             }
             state.peers.clear();
             state.directory.forget(&state.flow_id, myself.get_id());
@@ -936,7 +939,7 @@ impl FlowState {
         if let Some(out) = out {
             let err = ServerMessage::error(ErrorCode::Forbidden, "access to this flow was revoked")
                 .with_flow(self.flow_id.clone());
-            out.send_control(&err);
+            out.send_control(err);
         }
         info!(session_id, "access revoked");
         self.remove_peer(session_id, myself);
@@ -1990,7 +1993,7 @@ impl FlowState {
                 flow: now.clone(),
             },
         };
-        out.send_control(&first);
+        out.send_control(first);
         self.json_view = Some((heads, now));
         self.json_watchers.insert(
             session_id,

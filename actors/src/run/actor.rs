@@ -336,7 +336,7 @@ impl Actor for RunActor {
                 seq: w.delivered,
             };
             Metrics::inc(&state.node.counters.resumes);
-            if w.out.try_send_message(&resume) == Delivery::Full {
+            if w.out.try_send_message(resume) == Delivery::Full {
                 // Not even room to say so: close, the client reconnects and resumes.
                 w.out.close(
                     close::TOO_SLOW,
@@ -903,7 +903,7 @@ impl RunState {
                     run_id: self.run_id.clone(),
                     event: e,
                 };
-                match w.out.try_send_message(&msg) {
+                match w.out.try_send_message(msg) {
                     Delivery::Queued => w.delivered = seq,
                     // Another actor filled the queue meanwhile: continue later.
                     Delivery::Full => return,
@@ -947,7 +947,7 @@ impl RunState {
             run_id: self.run_id.clone(),
             seq: w.delivered,
         };
-        match w.out.try_send_message(&resume) {
+        match w.out.try_send_message(resume) {
             Delivery::Full => {}
             Delivery::Queued | Delivery::Closed => {
                 debug!(

@@ -288,7 +288,7 @@ impl SessionState {
         if let Some(flow) = flow_id {
             err = err.with_flow(flow);
         }
-        self.out.send_control(&err);
+        self.out.send_control(err);
     }
 
     /// The hub ended this session's subscription to `flow_id`: tells the client, and
