@@ -14,13 +14,14 @@
 //! encodes each one as it leaves. A message broadcast to many sessions is one
 //! [`SharedMessage`], and its JSON is made once, by the first writer that needs it.
 //!
-//! Closing goes through a `watch` beside the queue, so it works even when the queue is
-//! full.
+//! A close request sits beside the queue, so it works even when the queue is full.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use flowhub_protocol::{close, encode, frame::encode_flow_sync, ErrorCode, ServerMessage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
@@ -130,17 +131,75 @@ impl OutFrame {
 pub type CloseRequest = (u16, String);
 
 /// The sending side, cloned into every actor that talks to this session.
-#[derive(Clone)]
+///
+/// The queue is a `VecDeque` behind a mutex rather than a tokio channel: a tokio
+/// channel allocates its first 32-slot block (~1.5 KB for `OutFrame`) and its state
+/// up front, for every session, idle or not. This one holds nothing while empty and
+/// gives back what a burst grew it to once it drains, so an idle session's queue is a
+/// couple of hundred bytes. Every operation is a short critical section: no await
+/// happens under the lock.
 pub struct Outbound {
-    tx: mpsc::Sender<OutFrame>,
-    closer: Arc<watch::Sender<Option<CloseRequest>>>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
 }
 
 /// The receiving side, owned by the socket writer task.
 pub struct OutboundRx {
-    pub frames: mpsc::Receiver<OutFrame>,
-    pub close: watch::Receiver<Option<CloseRequest>>,
+    pub frames: FrameReceiver,
+    pub close: CloseWatch,
+}
+
+/// The queue's frames, for the one task that writes them out.
+pub struct FrameReceiver {
+    shared: Arc<Shared>,
+}
+
+/// The session's close request, watched beside the frames (it works even when the
+/// queue is full). Clones watch the same request.
+#[derive(Clone)]
+pub struct CloseWatch {
+    shared: Arc<Shared>,
+    /// The close version this watcher has seen (0: none yet).
+    seen: u64,
+}
+
+/// What a session's writer does next ([`OutboundRx::next`]).
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(OutFrame),
+    /// Close the connection with this code and reason (after the frames queued
+    /// before the request, which come first).
+    Close(CloseRequest),
+    /// Every sender is gone and the queue is drained.
+    End,
+}
+
+/// `try_recv` found nothing: the queue is empty, or every sender is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    Empty,
+    Disconnected,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    capacity: usize,
+    /// Live `Outbound` clones; at zero the receiver sees the end of the queue.
+    senders: AtomicUsize,
+    /// Wakes the receiver: a frame was queued, a close requested, or the last sender
+    /// left.
+    wake_writer: Notify,
+    /// Wakes every close watcher.
+    close_ready: Notify,
+}
+
+struct Queue {
+    frames: VecDeque<OutFrame>,
+    close: Option<CloseRequest>,
+    /// Bumped once, by the first close request.
+    close_version: u64,
+    /// The receiver was dropped: nothing will be read again.
+    receiver_gone: bool,
 }
 
 /// What happened to a frame offered with `try_send_sync`.
@@ -155,15 +214,29 @@ pub enum Delivery {
 
 impl Outbound {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Outbound, OutboundRx) {
-        let (tx, frames) = mpsc::channel(capacity.max(1));
-        let (closer, close) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                close: None,
+                close_version: 0,
+                receiver_gone: false,
+            }),
+            capacity: capacity.max(1),
+            senders: AtomicUsize::new(1),
+            wake_writer: Notify::new(),
+            close_ready: Notify::new(),
+        });
         (
             Outbound {
-                tx,
-                closer: Arc::new(closer),
+                shared: Arc::clone(&shared),
                 metrics,
             },
-            OutboundRx { frames, close },
+            OutboundRx {
+                frames: FrameReceiver {
+                    shared: Arc::clone(&shared),
+                },
+                close: CloseWatch { shared, seen: 0 },
+            },
         )
     }
 
@@ -212,44 +285,183 @@ impl Outbound {
     }
 
     fn offer(&self, frame: OutFrame) -> Delivery {
-        if self.is_closed() {
-            return Delivery::Closed;
-        }
-        match self.tx.try_send(frame) {
-            Ok(()) => {
-                Metrics::inc(&self.metrics.frames_out);
+        let delivery = {
+            let mut q = self.shared.lock();
+            if q.receiver_gone || q.close.is_some() {
+                Delivery::Closed
+            } else if q.frames.len() >= self.shared.capacity {
+                Delivery::Full
+            } else {
+                q.frames.push_back(frame);
                 Delivery::Queued
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Metrics::inc(&self.metrics.queue_drops);
-                Delivery::Full
+        };
+        match delivery {
+            Delivery::Queued => {
+                self.shared.wake_writer.notify_one();
+                Metrics::inc(&self.metrics.frames_out);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Delivery::Full => Metrics::inc(&self.metrics.queue_drops),
+            Delivery::Closed => {}
         }
+        delivery
     }
 
     /// Asks the writer to send a close frame and stop. The first request wins.
     pub fn close(&self, code: u16, reason: &str) {
-        self.closer.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
+        {
+            let mut q = self.shared.lock();
+            if q.close.is_some() {
+                return;
             }
-            *current = Some((code, reason.to_owned()));
-            true
-        });
+            q.close = Some((code, reason.to_owned()));
+            q.close_version += 1;
+        }
+        self.shared.wake_writer.notify_one();
+        self.shared.close_ready.notify_waiters();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed() || self.closer.borrow().is_some()
+        let q = self.shared.lock();
+        q.receiver_gone || q.close.is_some()
     }
 
     /// Free slots, used to decide when a lagging peer can be resynced.
     pub fn capacity(&self) -> usize {
-        self.tx.capacity()
+        let used = self.shared.lock().frames.len();
+        self.shared.capacity.saturating_sub(used)
     }
 
     pub fn max_capacity(&self) -> usize {
-        self.tx.max_capacity()
+        self.shared.capacity
+    }
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Outbound {
+            shared: Arc::clone(&self.shared),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The receiver drains what is queued, then sees the end.
+            self.shared.wake_writer.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic under this lock cannot leave the queue half-updated (each critical
+        // section is one push, pop or assignment), so a poisoned lock is still sound.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl FrameReceiver {
+    /// The next frame; `None` once every sender is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<OutFrame> {
+        loop {
+            match self.try_recv() {
+                Ok(frame) => return Some(frame),
+                Err(TryRecvError::Disconnected) => return None,
+                // A frame queued after this check leaves a permit: no lost wake-up.
+                Err(TryRecvError::Empty) => self.shared.wake_writer.notified().await,
+            }
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Result<OutFrame, TryRecvError> {
+        let mut q = self.shared.lock();
+        match q.pop() {
+            Some(frame) => Ok(frame),
+            None if self.shared.senders.load(Ordering::Acquire) == 0 => {
+                Err(TryRecvError::Disconnected)
+            }
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shared.lock().frames.is_empty()
+    }
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<OutFrame> {
+        let frame = self.frames.pop_front()?;
+        if self.frames.is_empty() {
+            // An empty queue holds no memory (most sessions are idle most of the
+            // time); the next burst allocates afresh.
+            self.frames = VecDeque::new();
+        }
+        Some(frame)
+    }
+}
+
+impl OutboundRx {
+    /// The writer's one wait: the next frame, else a close request (reported once),
+    /// else the end. One wait rather than a select over the frames and the close:
+    /// the writer task lives as long as the session, and each pending wait is ~100
+    /// bytes of it.
+    pub async fn next(&mut self) -> Outgoing {
+        loop {
+            {
+                let mut q = self.frames.shared.lock();
+                if let Some(frame) = q.pop() {
+                    return Outgoing::Frame(frame);
+                }
+                if q.close_version != self.close.seen {
+                    self.close.seen = q.close_version;
+                    if let Some(request) = q.close.clone() {
+                        return Outgoing::Close(request);
+                    }
+                }
+                if self.frames.shared.senders.load(Ordering::Acquire) == 0 {
+                    return Outgoing::End;
+                }
+            }
+            // A frame or close after the checks above leaves a permit.
+            self.frames.shared.wake_writer.notified().await;
+        }
+    }
+}
+
+impl Drop for FrameReceiver {
+    fn drop(&mut self) {
+        let mut q = self.shared.lock();
+        q.receiver_gone = true;
+        q.frames = VecDeque::new();
+    }
+}
+
+impl CloseWatch {
+    /// The close request, if one was made.
+    pub fn borrow(&self) -> Option<CloseRequest> {
+        self.shared.lock().close.clone()
+    }
+
+    /// Waits until a close is requested (returns at once if one was made since this
+    /// watcher last looked). Never returns otherwise.
+    pub async fn changed(&mut self) {
+        loop {
+            let notified = self.shared.close_ready.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a request made in between wakes it.
+            notified.as_mut().enable();
+            let version = self.shared.lock().close_version;
+            if version != self.seen {
+                self.seen = version;
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

@@ -765,10 +765,9 @@ async fn an_expired_token_is_told_unauthorized_and_closed_with_token_expired() {
         "{told:?}"
     );
     let mut close = expiring.rx.close.clone();
-    tokio::time::timeout(WAIT, close.wait_for(|c| c.is_some()))
+    tokio::time::timeout(WAIT, close.changed())
         .await
-        .expect("a close follows")
-        .unwrap();
+        .expect("a close follows");
     assert_eq!(expiring.close_code(), Some(close::TOKEN_EXPIRED));
 
     // Past the old expiry (the expiring session's close proves the time came),
@@ -788,6 +787,69 @@ async fn an_expired_token_is_told_unauthorized_and_closed_with_token_expired() {
 /// `reauth` with a token that grants no role on a subscribed flow ends that
 /// subscription (`forbidden` naming the flow), and sync frames the client sends for
 /// it afterwards are answered `forbidden`, uncounted: the session stays open.
+/// A session's pending expiry check is a timer task holding a reference to the session
+/// actor; it must end with the session (or with the token it was armed for), not when
+/// the old token would have expired: before, every reconnect kept the closed session's
+/// actor (ports, cell: kilobytes) alive for up to an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_or_renewed_session_leaves_no_expiry_timer_behind() {
+    let world = World::new();
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let settle_at = |expected: usize| async move {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while alive() != expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        alive()
+    };
+    let before = alive();
+    let hour = Some(now_secs() + 3600);
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        let id: &'static str = Box::leak(format!("timer-{i}").into_boxed_str());
+        let renewed = identity("t", &[("f", Role::Editor)], Some(now_secs() + 7200));
+        let session = world
+            .open(
+                Opts::new(id, identity("t", &[("f", Role::Editor)], hour))
+                    .verifier(Proves(renewed)),
+            )
+            .await;
+        sessions.push(session);
+    }
+    // Each session: its actor's task and its expiry timer.
+    let open = settle_at(before + 20).await;
+    assert_eq!(open, before + 20, "an actor task and a timer per session");
+    // Renewing replaces the timer rather than adding one.
+    for (i, s) in sessions.iter_mut().enumerate() {
+        for r in 0..3 {
+            let id = (i * 10 + r) as u64;
+            s.request(ClientMessage::Reauth {
+                id: Some(id.into()),
+                token: "fresh".into(),
+            })
+            .await;
+        }
+    }
+    assert_eq!(
+        settle_at(before + 20).await,
+        before + 20,
+        "one timer per session after reauth"
+    );
+    for s in sessions {
+        s.actor.stop_and_wait(None, None).await.unwrap();
+    }
+    assert_eq!(
+        settle_at(before).await,
+        before,
+        "no timer outlives its session"
+    );
+    world.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reauth_without_a_role_ends_the_subscription_and_later_frames_are_forbidden_uncounted() {
     let world = World::new();

@@ -57,7 +57,6 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use flowhub_actors::identity::Identity;
 use flowhub_actors::session::{Inbound, OutFrame, Outbound, TransportProfile};
 use flowhub_protocol::{
     close, validate_flow_id, ClientMessage, ErrorCode, ServerMessage, SyncFrame,
@@ -116,38 +115,25 @@ pub async fn upgrade(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
 ) -> Result<Response, AppError> {
-    // Admitted before upgrading: a full node answers 503, never a dead socket.
-    let permit = state.admit_connection()?;
-    let tasks = state.connection_tasks.clone();
-    Ok(
-        connection::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(move |socket| {
-            let server_peer = format!("flowhub-{}", state.node_id);
-            let max_frame_bytes = state.config.session.max_frame_bytes;
-            let session = connection::run(
-                socket,
-                &state,
-                Identity::from(&claims),
-                TransportProfile::AUTOMERGE_REPO,
-                move |conn| {
-                    let client = Arc::new(Mutex::new(None));
-                    Codec {
-                        decoder: RepoDecoder {
-                            server_peer: server_peer.clone(),
-                            client: client.clone(),
-                            out: conn.out.clone(),
-                            max_frame_bytes,
-                        },
-                        encoder: RepoEncoder::new(server_peer, client, conn.session_id),
-                    }
+    let server_peer = format!("flowhub-{}", state.node_id);
+    let max_frame_bytes = state.config.session.max_frame_bytes;
+    connection::accept(
+        ws,
+        state,
+        claims,
+        TransportProfile::AUTOMERGE_REPO,
+        move |conn| {
+            let client = Arc::new(Mutex::new(None));
+            Codec {
+                decoder: RepoDecoder {
+                    server_peer: server_peer.clone(),
+                    client: client.clone(),
+                    out: conn.out.clone(),
+                    max_frame_bytes,
                 },
-            );
-            drop(state);
-            // Tracked: draining waits for the connection to close.
-            tasks.track_future(async move {
-                session.await;
-                drop(permit);
-            })
-        }),
+                encoder: RepoEncoder::new(server_peer, client, conn.session_id),
+            }
+        },
     )
 }
 
@@ -327,8 +313,10 @@ pub struct RepoEncoder {
     count: u64,
     /// When each flow's last `flowhub/refused` went out (see [`REFUSAL_INTERVAL`]).
     last_refused: HashMap<String, Instant>,
-    /// DocumentIds of the flows this peer syncs (base58check hashes twice).
-    document_ids: HashMap<Arc<str>, String>,
+    /// The DocumentId of the flow this peer last synced (base58check hashes twice;
+    /// a peer mostly syncs one flow, and a map per session would cost an idle
+    /// session a table).
+    last_document: Option<(Arc<str>, String)>,
 }
 
 impl RepoEncoder {
@@ -339,19 +327,19 @@ impl RepoEncoder {
             session_id: session_id.to_owned(),
             count: 0,
             last_refused: HashMap::new(),
-            document_ids: HashMap::new(),
+            last_document: None,
         }
     }
 
     fn document_id(&mut self, flow_id: &Arc<str>) -> String {
-        if let Some(id) = self.document_ids.get(flow_id) {
-            return id.clone();
+        match &self.last_document {
+            Some((flow, id)) if flow == flow_id => id.clone(),
+            _ => {
+                let id = flow_document_id(flow_id);
+                self.last_document = Some((Arc::clone(flow_id), id.clone()));
+                id
+            }
         }
-        let id = flow_document_id(flow_id);
-        if self.document_ids.len() < 256 {
-            self.document_ids.insert(Arc::clone(flow_id), id.clone());
-        }
-        id
     }
 
     fn ephemeral(&mut self, client: String, flow_id: &str, data: Vec<u8>) -> Encoded {

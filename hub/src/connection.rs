@@ -17,29 +17,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
 use bytes::Bytes;
 use flowhub_actors::identity::Identity;
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{
-    session_span, Inbound, OutFrame, Outbound, OutboundRx, SessionActor, SessionArgs, SessionMsg,
-    TransportProfile,
+    session_span, Inbound, OutFrame, Outbound, OutboundRx, Outgoing, SessionActor, SessionArgs,
+    SessionMsg, TransportProfile,
 };
 use flowhub_protocol::close;
+use flowhub_protocol::token::Claims;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ractor::{Actor, ActorRef};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::{debug, warn, Instrument};
 
+use crate::error::AppError;
 use crate::state::AppState;
 
 /// Per-connection socket buffers. tungstenite defaults to 128 KiB each way and
 /// allocates the read buffer up front, so it is most of an idle session's memory. A
 /// sync message for one edit is a few hundred bytes and fits one read; a larger frame
 /// grows the buffer to its size (tungstenite reserves the frame's length), so this
-/// only costs big frames a few more reads. The write buffer starts empty and grows to
-/// what is queued; this is only the size at which writes go out before a flush.
-const READ_BUFFER: usize = 1024;
+/// only costs big frames a few more reads. The write buffer starts empty, grows to
+/// what one burst queues and is given back once written (`vendor/tungstenite`); this
+/// is only the size at which writes go out before a flush.
+const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Most frames the writer sends before one flush, so a burst (a run event to a
 /// watcher, sync to a busy editor) is one write rather than one per frame.
@@ -103,6 +108,42 @@ pub struct ConnectionInfo<'a> {
     pub out: &'a Outbound,
 }
 
+/// Accepts an authenticated WebSocket upgrade: admitted under the node's connection
+/// cap first (a full node answers 503, never a dead socket), then upgraded and run
+/// with the transport's codec, tracked so that draining waits for it.
+///
+/// axum keeps the upgrade callback in the connection's task for the connection's whole
+/// life, so everything the callback needs travels in one box that the callback
+/// consumes: captured directly, the `AppState`, the claims and the codec's inputs
+/// would cost every session ~500 bytes more.
+pub fn accept<D, E>(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    claims: Claims,
+    profile: TransportProfile,
+    make_codec: impl FnOnce(ConnectionInfo<'_>) -> Codec<D, E> + Send + 'static,
+) -> Result<Response, AppError>
+where
+    D: FrameDecoder,
+    E: FrameEncoder,
+{
+    let permit = state.admit_connection()?;
+    let ws = size_buffers(ws, state.config.hard_frame_bytes);
+    let setup = Box::new((state, claims, permit, make_codec));
+    Ok(ws.on_upgrade(move |socket| {
+        let (state, claims, permit, make_codec) = *setup;
+        let session = run(
+            socket,
+            &state,
+            Identity::from(&claims),
+            profile,
+            permit,
+            make_codec,
+        );
+        state.connection_tasks.track_future(session)
+    }))
+}
+
 /// The socket limits every WebSocket endpoint uses (see [`READ_BUFFER`]): left at
 /// tungstenite's defaults an idle connection holds ~150 KB.
 pub fn size_buffers(ws: WebSocketUpgrade, hard_frame_bytes: usize) -> WebSocketUpgrade {
@@ -114,14 +155,20 @@ pub fn size_buffers(ws: WebSocketUpgrade, hard_frame_bytes: usize) -> WebSocketU
 }
 
 /// Sets up one connection; everything that can happen before the first await happens
-/// here, in a plain function. An async fn keeps its arguments in its future for the
-/// connection's whole life: the socket and the whole `AppState` would be held there
-/// twice over (the split halves already own the socket).
-pub fn run<D, E>(
+/// here, in a plain function, and the future returned is `serve`'s own. This future is
+/// the connection's task for its whole life, so its size is per-session memory: an
+/// async fn or block keeps every argument or capture in its state next to the state of
+/// what it awaits (the compiler does not overlap them), so wrapping `serve` in another
+/// async block would hold its inputs twice, and awaiting one future inside a block that
+/// captured it holds it twice (both were measured: 2 KB each per session).
+///
+/// `permit` is the connection's slot under the node's cap, given back when it ends.
+fn run<D, E>(
     socket: WebSocket,
     state: &AppState,
     identity: Identity,
     profile: TransportProfile,
+    permit: OwnedSemaphorePermit,
     make_codec: impl FnOnce(ConnectionInfo<'_>) -> Codec<D, E>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -152,72 +199,77 @@ where
         profile,
     };
     let link = Link {
-        write_stall: state.config.write_stall_timeout,
-        metrics: state.metrics.clone(),
-        ping_interval: state.config.ping_interval,
         idle_timeout: state.config.idle_timeout,
         soft_limit: state.config.session.max_frame_bytes,
         shutdown: state.shutdown.clone(),
+        _permit: permit,
     };
     let (sink, stream) = socket.split();
-    async move {
-        // Boxed, like the calls in `read_loop`: an inline spawn would size this
-        // connection-long future for the spawn's states.
-        let session = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
-            Ok((session, _)) => session,
-            Err(e) => {
-                warn!(error = %e, "cannot start session");
-                return;
-            }
-        };
-        serve(sink, stream, session, out, out_rx, codec, link).await
-    }
-    .instrument(span)
+    let Codec { decoder, encoder } = codec;
+    // The writer starts here, so the connection's future never holds what only the
+    // writer needs (the sink, the queue's receiving end, the encoder).
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            out_rx,
+            encoder,
+            WriterLink {
+                ping_interval: state.config.ping_interval,
+                write_stall: state.config.write_stall_timeout,
+                out: out.clone(),
+                metrics: state.metrics.clone(),
+            },
+        )
+        .instrument(span.clone()),
+    );
+    // The arguments travel boxed: the future keeps the box (a pointer) for its life,
+    // not the arguments.
+    serve(Box::new(args), stream, out, writer, decoder, link).instrument(span)
 }
 
 /// The per-connection settings `serve` keeps.
 struct Link {
-    write_stall: Duration,
-    metrics: Arc<Metrics>,
-    ping_interval: Duration,
     idle_timeout: Duration,
     soft_limit: usize,
     /// Cancelled when the node drains.
     shutdown: tokio_util::sync::CancellationToken,
+    /// The connection's slot under the node's cap.
+    _permit: OwnedSemaphorePermit,
 }
 
-async fn serve<D: FrameDecoder, E: FrameEncoder>(
-    sink: SplitSink<WebSocket, Message>,
+async fn serve<D: FrameDecoder>(
+    args: Box<SessionArgs>,
     mut stream: SplitStream<WebSocket>,
-    session: ActorRef<SessionMsg>,
     out: Outbound,
-    out_rx: OutboundRx,
-    codec: Codec<D, E>,
+    mut writer: tokio::task::JoinHandle<()>,
+    mut decoder: D,
     link: Link,
 ) {
+    // Out of the box in a block of its own, so the box is freed now and not when the
+    // connection ends.
+    let args = {
+        let boxed = args;
+        *boxed
+    };
+    // Boxed, like the calls in `read_loop`: an inline spawn would size this
+    // connection-long future for the spawn's states.
+    let session = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
+        Ok((session, _)) => session,
+        Err(e) => {
+            warn!(error = %e, "cannot start session");
+            out.close(
+                close::SERVICE_RESTART,
+                "the session could not start; reconnect",
+            );
+            return;
+        }
+    };
     let Link {
-        write_stall,
-        metrics,
-        ping_interval,
         idle_timeout,
         soft_limit,
         shutdown,
+        _permit,
     } = link;
-    let Codec {
-        mut decoder,
-        encoder,
-    } = codec;
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        encoder,
-        WriterLink {
-            ping_interval,
-            write_stall,
-            out: out.clone(),
-            metrics,
-        },
-    ));
     let writer_abort = writer.abort_handle();
     let mut writer_done = false;
     let mut drained = false;
@@ -378,51 +430,39 @@ async fn write_loop<E: FrameEncoder>(
     };
     loop {
         tokio::select! {
-            // Frames queued before a close request still go out first.
             biased;
-            frame = rx.frames.recv() => {
-                let Some(frame) = frame else { break };
-                let burst = write_burst(&mut sink, &mut rx, &mut encoder, frame);
-                match tokio::time::timeout(write_stall, burst).await {
-                    Ok(Ok(None)) => {}
-                    Ok(Ok(Some((code, reason)))) => {
-                        out.close(code, &reason);
-                        let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-                        let _ = tokio::time::timeout(write_stall, sink.send(close)).await;
-                        return;
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_) => return stalled(&out),
-                }
-            }
-            _ = rx.close.changed() => {
-                let request = rx.close.borrow().clone();
-                if let Some((code, reason)) = request {
-                    // Flush what is already queued, then close.
-                    let flush = async {
-                        while let Ok(frame) = rx.frames.try_recv() {
-                            if code == close::TOO_SLOW {
-                                break;
-                            }
-                            match encoder.encode(frame) {
-                                Encoded::Send(msg) => {
-                                    if sink.send(msg).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Encoded::Skip | Encoded::Fatal(..) => {}
-                            }
+            // Frames queued before a close request still go out first.
+            next = rx.next() => match next {
+                Outgoing::Frame(frame) => {
+                    // Boxed, like every write below: one allocation per burst, and
+                    // the task's idle size (per session) stays that of this select.
+                    let burst = write_burst(&mut sink, &mut rx, &mut encoder, frame);
+                    match Box::pin(tokio::time::timeout(write_stall, burst)).await {
+                        Ok(Ok(None)) => {}
+                        Ok(Ok(Some((code, reason)))) => {
+                            out.close(code, &reason);
+                            let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                            let _ = Box::pin(tokio::time::timeout(write_stall, sink.send(close))).await;
+                            return;
                         }
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    };
-                    if tokio::time::timeout(write_stall, flush).await.is_err() {
+                        Ok(Err(_)) => return,
+                        Err(_) => return stalled(&out),
+                    }
+                }
+                Outgoing::Close((code, reason)) => {
+                    // Nothing is queued any more (frames come first, and none is taken
+                    // after a close request): only the close frame is left to send.
+                    let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                    if Box::pin(tokio::time::timeout(write_stall, sink.send(close))).await.is_err() {
                         stalled(&out);
                     }
                     break;
                 }
-            }
+                Outgoing::End => break,
+            },
             _ = ping.tick() => {
-                match tokio::time::timeout(write_stall, sink.send(Message::Ping(Bytes::new()))).await {
+                let ping = Box::pin(tokio::time::timeout(write_stall, sink.send(Message::Ping(Bytes::new()))));
+                match ping.await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => return stalled(&out),

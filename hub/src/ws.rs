@@ -6,7 +6,6 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
-use flowhub_actors::identity::Identity;
 use flowhub_actors::session::{Inbound, NativeFrame, OutFrame, TransportProfile};
 
 use crate::connection::{
@@ -21,29 +20,10 @@ pub async fn upgrade(
     // Refused before upgrading: a bad token is a plain 401, never a WebSocket.
     Authenticated(claims): Authenticated,
 ) -> Result<Response, AppError> {
-    // Admitted before upgrading: a full node answers 503, never a dead socket.
-    let permit = state.admit_connection()?;
-    let tasks = state.connection_tasks.clone();
-    Ok(
-        connection::size_buffers(ws, state.config.hard_frame_bytes).on_upgrade(move |socket| {
-            let session = connection::run(
-                socket,
-                &state,
-                Identity::from(&claims),
-                TransportProfile::NATIVE,
-                |_| Codec {
-                    decoder: NativeDecoder,
-                    encoder: NativeEncoder,
-                },
-            );
-            drop(state);
-            // Tracked: draining waits for the session to close.
-            tasks.track_future(async move {
-                session.await;
-                drop(permit);
-            })
-        }),
-    )
+    connection::accept(ws, state, claims, TransportProfile::NATIVE, |_| Codec {
+        decoder: NativeDecoder,
+        encoder: NativeEncoder,
+    })
 }
 
 /// Text frames are JSON requests, binary frames sync frames.

@@ -147,6 +147,21 @@ pub struct SessionState {
     verifier: Arc<dyn TokenVerifier>,
     span: tracing::Span,
     profile: TransportProfile,
+    /// The pending expiry check (replaced on reauth).
+    expiry_check: Option<ExpiryCheck>,
+}
+
+/// A scheduled `CheckExpiry`, cancelled when dropped: the timer task holds a
+/// reference to the session actor (its ports and cell, kilobytes) until it fires, up
+/// to an hour later, so a session that closed or renewed its token must not leave it
+/// running. Without this, every reconnect kept the closed session's actor alive until
+/// its old token's expiry.
+struct ExpiryCheck(ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<SessionMsg>>>);
+
+impl Drop for ExpiryCheck {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Actor for SessionActor {
@@ -161,8 +176,9 @@ impl Actor for SessionActor {
     ) -> Result<SessionState, ActorProcessingErr> {
         let span = args.span.clone();
         let limiter = SessionLimiter::new(&args.limits);
-        schedule_expiry_check(&myself, args.identity.expires_at);
+        let expiry_check = schedule_expiry_check(&myself, args.identity.expires_at);
         let state = SessionState {
+            expiry_check,
             limiter,
             verifier: args.verifier,
             session_id: args.session_id,
@@ -240,7 +256,8 @@ impl Actor for SessionActor {
                             ));
                             state.out.close(close::TOKEN_EXPIRED, "token expired");
                         } else {
-                            schedule_expiry_check(&myself, state.identity.expires_at);
+                            state.expiry_check =
+                                schedule_expiry_check(&myself, state.identity.expires_at);
                         }
                     }
                 }
@@ -708,7 +725,7 @@ impl SessionState {
             );
         }
         self.identity = identity;
-        schedule_expiry_check(myself, self.identity.expires_at);
+        self.expiry_check = schedule_expiry_check(myself, self.identity.expires_at);
         let store = self.registry.deps().store.clone();
         let flows: Vec<String> = self.subscriptions.keys().cloned().collect();
         for flow_id in flows {
@@ -756,12 +773,14 @@ fn now_secs() -> u64 {
 }
 
 /// Wakes the session when its token expires (or in an hour at most, to re-check).
-fn schedule_expiry_check(myself: &ActorRef<SessionMsg>, expires_at: Option<u64>) {
-    if let Some(exp) = expires_at {
-        let secs = exp.saturating_sub(now_secs()).min(3600);
-        myself.send_after(
-            std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(50),
-            || SessionMsg::CheckExpiry,
-        );
-    }
+fn schedule_expiry_check(
+    myself: &ActorRef<SessionMsg>,
+    expires_at: Option<u64>,
+) -> Option<ExpiryCheck> {
+    let exp = expires_at?;
+    let secs = exp.saturating_sub(now_secs()).min(3600);
+    Some(ExpiryCheck(myself.send_after(
+        std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(50),
+        || SessionMsg::CheckExpiry,
+    )))
 }

@@ -15,7 +15,9 @@ mod inbound;
 mod limiter;
 mod runs;
 
-pub use crate::outbound::{Delivery, NativeFrame, OutFrame, Outbound, OutboundRx, SharedMessage};
+pub use crate::outbound::{
+    Delivery, NativeFrame, OutFrame, Outbound, OutboundRx, Outgoing, SharedMessage,
+};
 pub use actor::{
     session_span, SessionActor, SessionArgs, SessionMsg, SessionState, TransportProfile,
 };

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# What an idle subscribed session and a large-flow open cost the hub, per transport
+# (issue #13), each on a fresh `flowhub serve` (embedded default, SQLite in a temp dir).
+#
+#   scripts/idle-sessions.sh [--transports ws,automerge-repo] [--sessions 2000]
+#                            [--flows 100] [--opens 20] [--nodes 1000] [--no-open]
+#
+# Per transport: `loadtest/peers/idle.mjs` (the hub's RSS delta per session, from
+# /proc) and `idle.mjs --mode open` (hub CPU per open of a --nodes flow), each
+# printing one JSON line. For where the bytes go, run the hub under `heaptrack` and
+# read its peak consumers (docs/PERFORMANCE.md, "Fifth round").
+#
+# Environment: FLOWHUB_BIN (default target/release/flowhub), NODE (default node).
+# Needs clients/js built (npm run build) and loadtest/peers installed (npm ci); the
+# script installs both when missing. Never builds the Rust binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+transports=ws,automerge-repo
+sessions=2000
+flows=100
+opens=20
+nodes=1000
+open=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --transports) transports=$2; shift 2 ;;
+    --sessions) sessions=$2; shift 2 ;;
+    --flows) flows=$2; shift 2 ;;
+    --opens) opens=$2; shift 2 ;;
+    --nodes) nodes=$2; shift 2 ;;
+    --no-open) open=0; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+FLOWHUB_BIN=${FLOWHUB_BIN:-$ROOT/target/release/flowhub}
+NODE=${NODE:-node}
+PEERS=$ROOT/loadtest/peers
+[ -x "$FLOWHUB_BIN" ] || { echo "$FLOWHUB_BIN is missing: cargo build --release -p flowhub" >&2; exit 1; }
+export npm_config_fund=false npm_config_audit=false npm_config_update_notifier=false
+[ -d clients/js/dist ] || (cd clients/js && npm ci && npm run build)
+[ -d "$PEERS/node_modules" ] || (cd "$PEERS" && npm ci)
+export FLOWHUB_JWT_SECRET=${FLOWHUB_JWT_SECRET:-idle-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+# Sessions hold one descriptor each on both sides.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { "$NODE" -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+
+start_hub() {
+  local port data
+  port=$(free_port)
+  data=$(mktemp -d -p "$WORK")
+  FLOWHUB_DATABASE_URL= FLOWHUB_REDIS_URL= RUST_LOG=warn \
+    "$FLOWHUB_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$WORK/hub.log" 2>&1 &
+  SERVER_PID=$!
+  URL=ws://127.0.0.1:$port
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  tail -20 "$WORK/hub.log" >&2
+  return 1
+}
+
+stop_hub() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+IFS=, read -r -a list <<< "$transports"
+for t in "${list[@]}"; do
+  start_hub
+  "$NODE" "$PEERS/idle.mjs" --url "$URL" --server-pid "$SERVER_PID" --transport "$t" \
+    --sessions "$sessions" --flows "$flows" --out "$WORK/idle-$t.json"
+  stop_hub
+  if [ "$open" = 1 ]; then
+    start_hub
+    "$NODE" "$PEERS/idle.mjs" --mode open --url "$URL" --server-pid "$SERVER_PID" --transport "$t" \
+      --nodes "$nodes" --opens "$opens" --out "$WORK/open-$t.json"
+    stop_hub
+  fi
+done
