@@ -491,6 +491,41 @@ mod tests {
         assert_eq!(metrics.queue_drops.get(), 2);
     }
 
+    #[tokio::test]
+    async fn the_writer_gets_queued_frames_then_the_close_then_the_end() {
+        let metrics = Arc::new(Metrics::default());
+        let (out, mut rx) = Outbound::new(8, metrics);
+        let f: Arc<str> = "f".into();
+        let other = out.clone();
+        // A wait that starts on an empty queue is woken by a frame from another sender.
+        let waiting = tokio::spawn(async move {
+            let next = rx.next().await;
+            (rx, next)
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(other.try_send_sync(&f, b"a".to_vec()), Delivery::Queued);
+        let (mut rx, first) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the frame woke the writer")
+            .unwrap();
+        assert!(matches!(first, Outgoing::Frame(OutFrame::Sync { .. })));
+        assert_eq!(out.try_send_sync(&f, b"b".to_vec()), Delivery::Queued);
+        out.close(close::NORMAL, "bye");
+        // Refused after the close; what was queued before still comes first.
+        assert_eq!(out.try_send_sync(&f, b"c".to_vec()), Delivery::Closed);
+        assert!(
+            matches!(rx.next().await, Outgoing::Frame(OutFrame::Sync { payload, .. }) if payload == b"b")
+        );
+        assert!(matches!(
+            rx.next().await,
+            Outgoing::Close((close::NORMAL, _))
+        ));
+        // The close is reported once; then, with every sender gone, the end.
+        drop((out, other));
+        assert!(matches!(rx.next().await, Outgoing::End));
+        assert_eq!(rx.frames.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
     #[test]
     fn a_shared_message_is_encoded_once() {
         let msg = SharedMessage::new(ServerMessage::Pong { id: None });
