@@ -3,7 +3,7 @@
 //! ones included, is told to subscribe again, and the registry and the open-flows gauge
 //! stay true. The store watch also catches a replica up on what another node stored.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,28 +11,12 @@ use flowhub_actors::bus::MemoryBus;
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{NativeFrame, Outbound, OutboundRx};
-use flowhub_actors::store::{ChangeRecord, MemoryStore, Store, StoreError};
+use flowhub_actors::store::{ChangeRecord, MemoryStore, Store};
 use flowhub_crdt::{FlowDoc, NewNode, Position, SyncState};
 use flowhub_protocol::{ErrorCode, Role, ServerMessage};
-use support::{HookedStore, StoreHooks};
+use support::{HookedStore, Outage};
 
 mod support;
-
-/// Every call of a [`HookedStore`] with these hooks fails while `down` is set.
-#[derive(Default)]
-struct Outage {
-    down: AtomicBool,
-}
-
-impl StoreHooks for Outage {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("test: store down".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
 
 type FlakyStore = HookedStore<Outage>;
 

@@ -30,7 +30,7 @@ use flowhub_protocol::{
 };
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
-use support::{HookedStore, StoreHooks};
+use support::{HookedStore, Outage, StoreHooks};
 
 /// Generous: the machine is shared and noisy; nothing here asserts on timings.
 const WAIT: Duration = Duration::from_secs(20);
@@ -562,21 +562,6 @@ async fn rate_limit_refuses_requests_beyond_the_burst_exempts_presence_and_slows
 }
 
 // ---- bad input ----------------------------------------------------------------------
-
-/// A store that can be switched off: every call fails while `down`.
-struct Outage {
-    down: AtomicBool,
-}
-
-impl StoreHooks for Outage {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("test: store down".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// `max_bad_frames` refused frames are tolerated; the next closes the session with
 /// `close::POLICY`. `internal` errors (the hub's failure) never count.

@@ -156,6 +156,22 @@ pub trait StoreHooks: Send + Sync + 'static {
     }
 }
 
+/// Hooks for a store that can be switched off: every call fails while `down` is set.
+#[derive(Default)]
+pub struct Outage {
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl StoreHooks for Outage {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(StoreError::Unavailable("test: store down".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A `MemoryStore` with test behaviour around it (a store that is down, slow, or
 /// held at a gate). Derefs to its hooks, so a test reaches their switches directly.
 pub struct HookedStore<H> {
