@@ -66,6 +66,7 @@ async fn join(
         pending: Vec::new(),
         stream,
         on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
+        greet: true,
         reply
     })
     .expect("join");

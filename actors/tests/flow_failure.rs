@@ -44,6 +44,7 @@ async fn join(reg: &FlowRegistry, id: &str, role: Role) -> OutboundRx {
         pending: Vec::new(),
         stream: false,
         on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
+        greet: true,
         reply
     })
     .unwrap();

@@ -102,6 +102,7 @@ impl Streamer {
             pending: Vec::new(),
             stream: true,
             on_invalid: OnInvalid::Refuse,
+            greet: true,
             reply
         })
         .expect("join");

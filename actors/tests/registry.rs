@@ -61,6 +61,7 @@ async fn edit_through_actor(reg: &FlowRegistry, label: &str) -> String {
         pending: Vec::new(),
         stream: false,
         on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
+        greet: true,
         reply
     })
     .unwrap();

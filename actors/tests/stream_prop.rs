@@ -259,6 +259,7 @@ async fn join_actor(
         pending: Vec::new(),
         stream,
         on_invalid: flowhub_actors::flow::OnInvalid::Refuse,
+        greet: true,
         reply
     })
     .expect("join");

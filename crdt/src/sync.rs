@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{AutoCommit, Change, ChangeHash, PatchLog};
+use automerge::{AutoCommit, Automerge, Change, ChangeHash, PatchLog, SaveOptions};
 
 use crate::chunks::{self, Chunk};
 use crate::error::{CrdtError, Result};
@@ -78,6 +78,36 @@ fn sync_panic() -> CrdtError {
     CrdtError::InvalidSyncMessage(PANIC_MESSAGE.into())
 }
 
+/// The document's bytes from `saved` when saved at its current heads, else saved
+/// afresh (compressed, without queued changes) and kept there.
+fn saved_document(saved: &mut Option<(Vec<ChangeHash>, Vec<u8>)>, doc: &Automerge) -> Vec<u8> {
+    let heads = doc.get_heads();
+    if let Some((at, bytes)) = saved.as_ref() {
+        if *at == heads {
+            return bytes.clone();
+        }
+    }
+    let bytes = doc.save_with_options(SaveOptions {
+        deflate: true,
+        retain_orphans: false,
+    });
+    *saved = Some((heads, bytes.clone()));
+    bytes
+}
+
+/// Gives back the spare capacity of the lists in a decoded message. Automerge keeps
+/// its heads, needs and `have`s in the peer's sync state until the next message, and
+/// decoding grows each list to at least four entries where peers mostly send one:
+/// ~0.4 KB per connected peer, idle or not.
+fn fit_to_size(message: &mut sync::Message) {
+    message.heads.shrink_to_fit();
+    message.need.shrink_to_fit();
+    message.have.shrink_to_fit();
+    for have in &mut message.have {
+        have.last_sync.shrink_to_fit();
+    }
+}
+
 /// A decoded sync message and the changes it carries.
 struct Incoming {
     message: sync::Message,
@@ -91,8 +121,9 @@ struct Incoming {
 /// before the document is touched. (Automerge itself would skip a corrupt chunk
 /// and apply the rest, leaving us unable to say what was applied.)
 fn decode(msg: &[u8]) -> Result<Incoming> {
-    let message =
+    let mut message =
         sync::Message::decode(msg).map_err(|e| CrdtError::InvalidSyncMessage(e.to_string()))?;
+    fit_to_size(&mut message);
     let mut changes = HashMap::new();
     let mut containers = Vec::new();
     for blob in message.changes.iter() {
@@ -125,14 +156,23 @@ impl FlowDoc {
     /// `state` holds what the peer last told us (its heads, needs and bloom
     /// filters), so this too runs on peer-controlled input: should Automerge
     /// panic on it, the state is reset and the message is generated afresh.
+    ///
+    /// A message that carries the whole document (to a peer that has nothing and
+    /// reads v2 messages, as stock automerge-repo peers do) takes the document as
+    /// last saved for such a message while the heads are unchanged: compressing a
+    /// 1,000-node flow costs milliseconds, per peer that opens it. The saved copy
+    /// leaves out changes queued for missing dependencies (Automerge's own save keeps
+    /// them), which were never applied or validated and must not be forwarded.
     pub fn generate_sync_message(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
-        let doc = &mut self.doc;
+        let doc = self.doc.document();
+        let saved = &mut self.saved;
         let mut generate = |state: &mut SyncState| {
             no_panic(
                 || {
                     Ok(doc
-                        .sync()
-                        .generate_sync_message(&mut state.0)
+                        .generate_sync_message_with_save(&mut state.0, |doc| {
+                            saved_document(saved, doc)
+                        })
                         .map(sync::Message::encode))
                 },
                 sync_panic,
@@ -297,6 +337,13 @@ impl FlowDoc {
         log: Option<&mut PatchLog>,
     ) -> Result<Applied> {
         let before = self.heads();
+        // Automerge trims `sent_hashes` to the changes the peer's heads do not cover,
+        // with a lookup per hash. Heads that include all of ours cover every change
+        // we have, so nothing we sent is still owed: drop the set in one go. (A peer
+        // just sent a whole flow acknowledges it so, with a hash per change to trim.)
+        if !before.is_empty() && before.iter().all(|h| incoming.message.heads.contains(h)) {
+            state.0.sent_hashes = std::collections::BTreeSet::new();
+        }
         match log {
             Some(log) => self.doc.sync().receive_sync_message_log_patches(
                 &mut state.0,
@@ -314,6 +361,8 @@ impl FlowDoc {
         if state.0.sent_hashes.is_empty() {
             state.0.sent_hashes = std::collections::BTreeSet::new();
         }
+        // The shared heads are rebuilt by merging lists (see `fit_to_size`).
+        state.0.shared_heads.shrink_to_fit();
         Ok(Applied {
             changes: self.applied_since(&before, &incoming.changes),
         })

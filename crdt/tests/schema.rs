@@ -528,3 +528,57 @@ fn hostile_change_queued_ahead_of_its_dependency_cannot_block_honest_peers() {
     assert_eq!(hub.node("a").unwrap().label, "honest");
     assert_eq!(hub.validate(), Ok(()));
 }
+
+/// The whole document as a peer that has nothing receives it (a v2 peer: stock
+/// automerge-repo and the flowhub clients), from `hub`'s side of a fresh sync state.
+fn whole_document_for_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    let mut empty = AutoCommit::new();
+    let hello = empty
+        .sync()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .unwrap()
+        .encode();
+    let mut state = SyncState::new();
+    hub.receive_sync_message(&mut state, &hello).unwrap();
+    let full = hub.generate_sync_message(&mut state).unwrap();
+    let decoded = automerge::sync::Message::decode(&full).unwrap();
+    assert_eq!(decoded.changes.len(), 1, "one whole-document chunk");
+    let document = decoded.changes.iter().next().unwrap().to_vec();
+    document
+}
+
+#[test]
+fn new_peers_share_one_saved_document_that_leaves_queued_changes_out() {
+    let mut hub = abc();
+    // A change whose dependency the hub lacks: queued, never validated.
+    let mut ahead = hub.fork();
+    ahead.relabel_node("a", "first").unwrap();
+    ahead.relabel_node("a", "second").unwrap();
+    let queued = ahead.doc_mut().get_last_local_change().unwrap();
+    let msg = common::message_with_changes(vec![queued.hash()], std::slice::from_ref(&queued));
+    let applied = hub
+        .receive_sync_message_validated(&mut SyncState::new(), &msg)
+        .unwrap();
+    assert!(applied.is_empty(), "queued, not applied");
+    assert_eq!(hub.missing_deps().len(), 1);
+
+    let first = whole_document_for_a_new_peer(&mut hub);
+    let second = whole_document_for_a_new_peer(&mut hub);
+    assert_eq!(first, second, "the same heads give the same saved document");
+    let mut loaded = FlowDoc::load(&first).unwrap();
+    assert!(
+        !loaded.has_change(&queued.hash()) && loaded.missing_deps().is_empty(),
+        "a queued change is not forwarded"
+    );
+    assert_eq!(loaded.heads(), hub.heads());
+    assert_eq!(loaded.snapshot(), hub.snapshot());
+
+    // A new change: the next new peer gets a document that holds it.
+    hub.relabel_node("b", "after").unwrap();
+    let third = whole_document_for_a_new_peer(&mut hub);
+    assert_ne!(third, first);
+    let mut loaded = FlowDoc::load(&third).unwrap();
+    assert_eq!(loaded.node("b").unwrap().label, "after");
+    assert_eq!(loaded.heads(), hub.heads());
+}

@@ -115,7 +115,7 @@ pub async fn upgrade(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
 ) -> Result<Response, AppError> {
-    let server_peer = format!("flowhub-{}", state.node_id);
+    let server_peer: Arc<str> = format!("flowhub-{}", state.node_id).into();
     let max_frame_bytes = state.config.session.max_frame_bytes;
     connection::accept(
         ws,
@@ -126,7 +126,7 @@ pub async fn upgrade(
             let client = Arc::new(Mutex::new(None));
             Codec {
                 decoder: RepoDecoder {
-                    server_peer: server_peer.clone(),
+                    server_peer: Arc::clone(&server_peer),
                     client: client.clone(),
                     out: conn.out.clone(),
                     max_frame_bytes,
@@ -148,7 +148,8 @@ fn client_of(peer: &ClientPeer) -> Option<String> {
 /// Turns the peer's CBOR messages into the session's input; answers the handshake
 /// itself.
 pub struct RepoDecoder {
-    server_peer: String,
+    /// Shared by the decoder and the encoder of a connection.
+    server_peer: Arc<str>,
     client: ClientPeer,
     /// For the transport's own replies (`peer`, `doc-unavailable`, a fatal `error`).
     out: Outbound,
@@ -163,7 +164,7 @@ impl RepoDecoder {
     /// Sends a CBOR `error`, then closes: for a peer that does not speak the protocol.
     fn fatal(&self, message: &str, code: u16) -> Option<Inbound> {
         let frame = wire::encode(&WireMessage::Error {
-            sender_id: Some(self.server_peer.clone()),
+            sender_id: Some(self.server_peer.to_string()),
             target_id: self.client(),
             message: message.to_owned(),
         });
@@ -197,7 +198,7 @@ impl RepoDecoder {
         if let Some(client) = self.client() {
             self.out
                 .send_reliable(OutFrame::Raw(wire::encode(&WireMessage::DocUnavailable {
-                    sender_id: self.server_peer.clone(),
+                    sender_id: self.server_peer.to_string(),
                     target_id: client,
                     document_id: document_id.to_owned(),
                 })));
@@ -216,7 +217,7 @@ impl RepoDecoder {
         debug!(peer = sender, "automerge-repo peer joined");
         self.out
             .send_reliable(OutFrame::Raw(wire::encode(&WireMessage::Peer {
-                sender_id: self.server_peer.clone(),
+                sender_id: self.server_peer.to_string(),
                 target_id: sender.to_owned(),
                 peer_metadata: PeerMetadata {
                     storage_id: None,
@@ -306,7 +307,7 @@ impl FrameDecoder for RepoDecoder {
 
 /// Turns the session's typed output into CBOR messages for the peer.
 pub struct RepoEncoder {
-    server_peer: String,
+    server_peer: Arc<str>,
     client: ClientPeer,
     session_id: String,
     /// The `count` of the last ephemeral sent (presence and notices alike).
@@ -320,7 +321,7 @@ pub struct RepoEncoder {
 }
 
 impl RepoEncoder {
-    fn new(server_peer: String, client: ClientPeer, session_id: &str) -> RepoEncoder {
+    fn new(server_peer: Arc<str>, client: ClientPeer, session_id: &str) -> RepoEncoder {
         RepoEncoder {
             server_peer,
             client,
@@ -345,7 +346,7 @@ impl RepoEncoder {
     fn ephemeral(&mut self, client: String, flow_id: &str, data: Vec<u8>) -> Encoded {
         self.count += 1;
         send(&WireMessage::Ephemeral {
-            sender_id: self.server_peer.clone(),
+            sender_id: self.server_peer.to_string(),
             target_id: client,
             document_id: flow_document_id(flow_id),
             session_id: self.session_id.clone(),
@@ -395,7 +396,7 @@ impl RepoEncoder {
             } => {
                 let text = format!("{}: {message}", ErrorCode::Internal);
                 let error = wire::encode(&WireMessage::Error {
-                    sender_id: Some(self.server_peer.clone()),
+                    sender_id: Some(self.server_peer.to_string()),
                     target_id: Some(client),
                     message: text.clone(),
                 });
@@ -423,7 +424,7 @@ impl RepoEncoder {
                 self.ephemeral(client, flow_id, wire::encode(&notice))
             }
             ServerMessage::Error { code, message, .. } => send(&WireMessage::Error {
-                sender_id: Some(self.server_peer.clone()),
+                sender_id: Some(self.server_peer.to_string()),
                 target_id: Some(client),
                 message: format!("{code}: {message}"),
             }),
@@ -450,13 +451,13 @@ impl FrameEncoder for RepoEncoder {
         };
         match frame {
             OutFrame::Sync { flow_id, payload } => send(&WireMessage::Sync {
-                sender_id: self.server_peer.clone(),
+                sender_id: self.server_peer.to_string(),
                 target_id: client,
                 document_id: self.document_id(&flow_id),
                 data: payload,
             }),
             OutFrame::Unavailable { flow_id, .. } => send(&WireMessage::DocUnavailable {
-                sender_id: self.server_peer.clone(),
+                sender_id: self.server_peer.to_string(),
                 target_id: client,
                 document_id: self.document_id(&flow_id),
             }),

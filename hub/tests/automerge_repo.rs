@@ -301,11 +301,18 @@ async fn a_repo_peer_and_a_flowhub_client_co_edit_a_flow() {
     .await;
     let mut raw = RawClient::connect(&url, &token("bob", &[("shared", Role::Viewer)])).await;
     raw.subscribe("shared").await;
+    // The presence snapshot bob gets on joining has it, or, when the flow handles the
+    // peer's update after bob joined, the diff that follows does.
+    let rita_green =
+        |p: &flowhub_protocol::PresenceEntry| p.user_id == "rita" && p.color == "#00ff00";
     let seen = raw
         .until(WAIT, |m| match m {
-            flowhub_protocol::ServerMessage::PresenceState { peers, .. } => peers
-                .iter()
-                .any(|p| p.user_id == "rita" && p.color == "#00ff00"),
+            flowhub_protocol::ServerMessage::PresenceState { peers, .. } => {
+                peers.iter().any(rita_green)
+            }
+            flowhub_protocol::ServerMessage::PresenceDiff {
+                joined, updated, ..
+            } => joined.iter().chain(updated).any(rita_green),
             _ => false,
         })
         .await;

@@ -132,8 +132,8 @@ pub struct FlowArgs {
 }
 
 pub enum FlowMsg {
-    /// A session subscribes. The actor queues `flow_state` (echoing `request_id`) and
-    /// the first sync message to `out` before replying.
+    /// A session subscribes. The actor queues `flow_state` (echoing `request_id`) and,
+    /// with `greet`, the first sync message to `out` before replying.
     Join {
         session_id: String,
         /// From the verified token; presence shows them.
@@ -152,6 +152,13 @@ pub enum FlowMsg {
         stream: bool,
         /// What happens to this peer's changes that break the schema.
         on_invalid: OnInvalid,
+        /// Open the sync exchange now. `false` when the peer's own sync message follows
+        /// at once (a stock automerge-repo `Repo` joins a flow by syncing it): answering
+        /// that message instead saves a message carrying a bloom filter of the whole
+        /// history, and keeps a peer that has nothing from being sent the whole document
+        /// twice (its answer to the greeting still has empty heads, which Automerge
+        /// reads as a peer that lost its data).
+        greet: bool,
         reply: RpcReplyPort<()>,
     },
     Leave {
@@ -359,7 +366,9 @@ pub struct FlowState {
     /// The flow id every sync message queued to a session carries (one allocation).
     sync_flow_id: Arc<str>,
     doc: FlowDoc,
-    peers: HashMap<String, Peer>,
+    /// Boxed: a `Peer` is a few hundred bytes (mostly its sync state), and a hash map
+    /// keeps up to half its slots empty; empty slots of a box cost 8 bytes each.
+    peers: HashMap<String, Box<Peer>>,
     deps: Arc<FlowDeps>,
     directory: Arc<ActorDirectory<FlowMsg>>,
     /// Hashes stored since the last snapshot: what the next compaction covers.
@@ -573,11 +582,12 @@ impl Actor for FlowActor {
                     pending,
                     stream,
                     on_invalid,
+                    greet,
                     reply,
                 } => {
                     state.join(
                         session_id, user_id, name, token_role, role, out, request_id, &pending,
-                        stream, on_invalid,
+                        stream, on_invalid, greet,
                     );
                     state.arm_presence_flush(&myself);
                     let _ = reply.send(());
@@ -856,6 +866,7 @@ impl FlowState {
         pending: &[ChangeHash],
         stream: bool,
         on_invalid: OnInvalid,
+        greet: bool,
     ) {
         let heads = self.doc.heads_hex();
         out.send_control(ServerMessage::FlowState {
@@ -900,7 +911,7 @@ impl FlowState {
         });
         self.peers.insert(
             session_id.clone(),
-            Peer {
+            Box::new(Peer {
                 user_id,
                 token_role,
                 role,
@@ -910,10 +921,12 @@ impl FlowState {
                 lagging: false,
                 on_invalid,
                 name: name.clone(),
-            },
+            }),
         );
         self.empty_since = None;
-        self.sync_peer(&session_id);
+        if greet {
+            self.sync_peer(&session_id);
+        }
     }
 
     fn remove_peer(&mut self, session_id: &str, myself: &ActorRef<FlowMsg>) {

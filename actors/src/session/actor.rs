@@ -119,6 +119,8 @@ struct JoinOptions {
     stream: bool,
     /// `Some(since_heads)`: the flow as JSON and patches (`format: json`).
     json: Option<Vec<String>>,
+    /// The flow opens the sync exchange (see `FlowMsg::Join::greet`).
+    greet: bool,
 }
 
 struct Subscription {
@@ -467,6 +469,7 @@ impl SessionState {
             pending,
             stream,
             json,
+            greet: true,
         };
         if let Err((code, message)) = self.join_flow(&flow_id, options).await {
             self.fail(id, Some(&flow_id), code, message);
@@ -512,6 +515,7 @@ impl SessionState {
             pending,
             stream,
             json,
+            greet,
         } = options;
         // An actor may retire between lookup and join; the registry then spawns a
         // fresh one, so a second attempt succeeds.
@@ -553,6 +557,7 @@ impl SessionState {
                             pending: pending.clone(),
                             stream,
                             on_invalid: self.profile.on_invalid,
+                            greet,
                             reply,
                         },
                         None,
@@ -593,6 +598,8 @@ impl SessionState {
                 pending: Vec::new(),
                 stream: false,
                 json: None,
+                // The frame that joins is handed to the flow next; it opens the exchange.
+                greet: false,
             };
             if let Err((code, message)) = self.join_flow(&frame.flow_id, options).await {
                 debug!(flow_id = %frame.flow_id, %code, message, "flow unavailable");

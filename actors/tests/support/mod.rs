@@ -50,6 +50,7 @@ impl SyncPeer {
             pending: Vec::new(),
             stream: false,
             on_invalid,
+            greet: true,
             reply
         })
         .unwrap();

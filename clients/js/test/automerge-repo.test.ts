@@ -102,6 +102,31 @@ describe("automerge-repo", () => {
     expect(json.nodes["from-repo"].position).toEqual({ x: 120, y: 60 })
   })
 
+  it("a Repo that opens a flow gets the whole document in one sync message", async () => {
+    const fh = await connect(hub, token("olga", { opened: "editor" }))
+    clients.push(fh)
+    const flow = await fh.subscribe("opened")
+    const edits = []
+    for (let k = 0; k < 200; k++) edits.push(flow.addNode({ id: `n${k}`, kind: "action", label: `node ${k}`, position: { x: k, y: 0 } }))
+    await Promise.all(edits)
+
+    const adapter = new WebSocketClientAdapter(`${hub.url}/v1/automerge-repo?token=${token("otto", { opened: "viewer" })}`, 500)
+    const fromHub: { type: string; bytes: number }[] = []
+    adapter.on("message", (m: { type: string; data?: Uint8Array }) => fromHub.push({ type: m.type, bytes: m.data?.length ?? 0 }))
+    const repo = new Repo({ network: [adapter], peerId: "otto-peer" as PeerId })
+    repos.push({ repo, adapter })
+    const handle: DocHandle<AnyDoc> = await repo.find(flowAutomergeUrl("opened") as AutomergeUrl)
+    await eventually(() => Object.keys(handle.doc()?.nodes ?? {}).length === 200, 10_000, "the Repo has the flow")
+    await new Promise((r) => setTimeout(r, 300))
+    // The hub answers the Repo's request with the saved document, once: it does not
+    // open the exchange itself (the Repo's answer to that, still with empty heads, would
+    // make it send the whole document a second time).
+    const syncs = fromHub.filter((m) => m.type === "sync")
+    expect(syncs.length).toBe(1)
+    expect(syncs[0].bytes).toBeGreaterThan(2_000)
+    expect([...A.getHeads(handle.doc())].sort()).toEqual([...flow.heads()].sort())
+  })
+
   it("carries presence both ways in ephemeral messages", async () => {
     const fh = await connect(hub, token("ann", { pres: "editor" }, { name: "Ann" }))
     clients.push(fh)

@@ -157,6 +157,9 @@ pub struct DecodeError(String);
 /// input with `deserialize_any`, for which ciborium turns a tag into an enum that the
 /// buffer refuses. Without the tags every byte string is a plain one.
 pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
+    if let Some(msg) = decode_sync(bytes) {
+        return Ok(msg);
+    }
     let value: ciborium::Value =
         ciborium::de::from_reader(bytes).map_err(|e| DecodeError(e.to_string()))?;
     untagged(value)
@@ -182,6 +185,53 @@ pub fn presence_of(data: &[u8]) -> Option<PresenceData> {
     let empty =
         presence.cursor.is_none() && presence.selection.is_none() && presence.color.is_none();
     (!empty).then_some(presence)
+}
+
+/// The fields of a `sync` or `request` message; any other field is skipped.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncFields {
+    #[serde(rename = "type")]
+    kind: String,
+    sender_id: Option<String>,
+    target_id: Option<String>,
+    document_id: Option<String>,
+    #[serde(default, deserialize_with = "some_bytes")]
+    data: Option<Vec<u8>>,
+}
+
+fn some_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    cbor_bytes::deserialize(d).map(Some)
+}
+
+/// The fast path of [`decode`] for the messages every edit sends: read straight into
+/// typed fields (ciborium skips tags there), without building a [`ciborium::Value`]
+/// tree and buffering it again for the internally tagged enum, which copies `data`
+/// twice. `None` for any other message, or anything amiss: [`decode`] then takes the
+/// general path, which also words the error.
+fn decode_sync(bytes: &[u8]) -> Option<WireMessage> {
+    let fields: SyncFields = ciborium::de::from_reader(bytes).ok()?;
+    let (sender_id, target_id, document_id, data) = (
+        fields.sender_id?,
+        fields.target_id?,
+        fields.document_id?,
+        fields.data?,
+    );
+    match fields.kind.as_str() {
+        "sync" => Some(WireMessage::Sync {
+            sender_id,
+            target_id,
+            document_id,
+            data,
+        }),
+        "request" => Some(WireMessage::Request {
+            sender_id,
+            target_id,
+            document_id,
+            data,
+        }),
+        _ => None,
+    }
 }
 
 fn untagged(value: ciborium::Value) -> ciborium::Value {
@@ -297,6 +347,53 @@ mod tests {
             WireMessage::Request { data, .. } => assert_eq!(data, vec![0x42, 0]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_sync_fast_path_reads_what_the_general_path_reads() {
+        let general = |bytes: &[u8]| -> WireMessage {
+            let value: Value = ciborium::de::from_reader(bytes).unwrap();
+            untagged(value).deserialized().unwrap()
+        };
+        let with = |kind: &str, data: Value, extra: Vec<(Value, Value)>| {
+            let mut entries = vec![
+                (text("type"), text(kind)),
+                (text("senderId"), text("p")),
+                (text("targetId"), text("hub")),
+                (text("documentId"), text("doc")),
+                (text("data"), data),
+            ];
+            entries.extend(extra);
+            cbor(&Value::Map(entries))
+        };
+        let tagged = || Value::Tag(64, Box::new(Value::Bytes(vec![7; 300])));
+        let extra = vec![
+            (text("timestamp"), Value::Integer(5.into())),
+            (text("meta"), Value::Map(vec![(text("k"), tagged())])),
+        ];
+        for bytes in [
+            with("sync", Value::Bytes(vec![1, 2, 3]), Vec::new()),
+            with("request", tagged(), Vec::new()),
+            with("sync", tagged(), extra),
+        ] {
+            let fast = decode_sync(&bytes).expect("taken by the fast path");
+            assert_eq!(fast, general(&bytes));
+            assert_eq!(decode(&bytes).unwrap(), fast);
+        }
+        // Anything else is left to the general path, which words the error.
+        let no_data = cbor(&Value::Map(vec![
+            (text("type"), text("sync")),
+            (text("senderId"), text("p")),
+            (text("targetId"), text("hub")),
+            (text("documentId"), text("doc")),
+        ]));
+        assert!(decode_sync(&no_data).is_none());
+        assert!(decode(&no_data).is_err());
+        let ephemeral = with("ephemeral", Value::Bytes(vec![1]), Vec::new());
+        assert!(decode_sync(&ephemeral).is_none());
+        let text_data = with("sync", text("not bytes"), Vec::new());
+        assert!(decode_sync(&text_data).is_none());
+        assert!(decode(&text_data).is_err());
     }
 
     #[test]

@@ -883,12 +883,14 @@ impl ChangeGraph {
     /// makes). One clock computation, bounded by the clock cache, answers it for every
     /// change. Should a peer break the chain, a hash is dropped from `sent_hashes` too
     /// early, which only means the change may be sent again: never a lost change.
+    /// Empty `heads` have no ancestors (a peer that has nothing, which a peer just sent
+    /// a whole document still says until that arrives): nothing to walk.
     pub(crate) fn remove_ancestors(
         &self,
         changes: &mut BTreeSet<ChangeHash>,
         heads: &[ChangeHash],
     ) {
-        if changes.is_empty() {
+        if changes.is_empty() || heads.is_empty() {
             return;
         }
         let clock = self.seq_clock_for_heads(heads);

@@ -165,6 +165,39 @@ impl MessageVersion {
 
 impl SyncDoc for Automerge {
     fn generate_sync_message(&self, sync_state: &mut State) -> Option<Message> {
+        self.generate_sync_message_with_save(sync_state, Automerge::save)
+    }
+
+    fn receive_sync_message(
+        &mut self,
+        sync_state: &mut State,
+        message: Message,
+    ) -> Result<(), AutomergeError> {
+        let mut patch_log = PatchLog::inactive();
+        self.receive_sync_message_inner(sync_state, message, &mut patch_log)
+    }
+
+    fn receive_sync_message_log_patches(
+        &mut self,
+        sync_state: &mut State,
+        message: Message,
+        patch_log: &mut PatchLog,
+    ) -> Result<(), AutomergeError> {
+        self.receive_sync_message_inner(sync_state, message, patch_log)
+    }
+}
+
+impl Automerge {
+    /// flowhub patch: [`SyncDoc::generate_sync_message`], with the caller saying how
+    /// to get the whole document for the messages that carry it (a v2 peer that has
+    /// nothing, or lacks more than a third of the changes). `save` is called at most
+    /// once, and only then. A server syncing one document to many peers can hand each
+    /// the same saved copy instead of compressing the document again per peer.
+    pub fn generate_sync_message_with_save(
+        &self,
+        sync_state: &mut State,
+        save: impl FnOnce(&Automerge) -> Vec<u8>,
+    ) -> Option<Message> {
         let our_heads = self.get_heads();
 
         let our_need = if sync_state.read_only {
@@ -230,7 +263,7 @@ impl SyncDoc for Automerge {
         } else if let Some((their_have, their_need)) = sync_state.their() {
             if sync_state.send_doc() {
                 let hashes = self.change_graph.get_hashes(&[]);
-                MessageBuilder::new_v2(self.save(), hashes)
+                MessageBuilder::new_v2(save(self), hashes)
             } else {
                 let all_hashes = self
                     .get_hashes_to_send(their_have, their_need)
@@ -243,7 +276,7 @@ impl SyncDoc for Automerge {
                 if hashes.len() > self.change_graph.len() / 3 && sync_state.supports_v2_messages() {
                     // sending more than a 1/3 of the document?  send everything
                     let all_hashes = self.change_graph.get_hashes(&[]);
-                    MessageBuilder::new_v2(self.save(), all_hashes)
+                    MessageBuilder::new_v2(save(self), all_hashes)
                 } else {
                     let changes = self.get_changes_by_hashes(hashes.iter().copied()).ok()?;
                     MessageBuilder::new(changes, sync_state)
@@ -266,7 +299,14 @@ impl SyncDoc for Automerge {
 
         sync_state.have_responded = true;
         sync_state.last_sent_heads.clone_from(&our_heads);
-        sync_state.sent_hashes.extend(message_builder.hashes());
+        if sync_state.sent_hashes.is_empty() {
+            // flowhub patch: collected, a `BTreeSet` is sorted and built in bulk; a
+            // whole document (a hash per change) inserted one by one costs several
+            // times more.
+            sync_state.sent_hashes = message_builder.hashes().copied().collect();
+        } else {
+            sync_state.sent_hashes.extend(message_builder.hashes());
+        }
 
         let mut flags = MessageFlags::new();
         flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
@@ -301,24 +341,6 @@ impl SyncDoc for Automerge {
 
         sync_state.in_flight = true;
         Some(sync_message)
-    }
-
-    fn receive_sync_message(
-        &mut self,
-        sync_state: &mut State,
-        message: Message,
-    ) -> Result<(), AutomergeError> {
-        let mut patch_log = PatchLog::inactive();
-        self.receive_sync_message_inner(sync_state, message, &mut patch_log)
-    }
-
-    fn receive_sync_message_log_patches(
-        &mut self,
-        sync_state: &mut State,
-        message: Message,
-        patch_log: &mut PatchLog,
-    ) -> Result<(), AutomergeError> {
-        self.receive_sync_message_inner(sync_state, message, patch_log)
     }
 }
 
