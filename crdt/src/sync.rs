@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{AutoCommit, Automerge, Change, ChangeHash, PatchLog, SaveOptions};
+use automerge::{AutoCommit, Automerge, Change, ChangeHash, PatchLog};
 
 use crate::chunks::{self, Chunk};
 use crate::error::{CrdtError, Result};
@@ -87,10 +87,7 @@ fn saved_document(saved: &mut Option<(Vec<ChangeHash>, Vec<u8>)>, doc: &Automerg
             return bytes.clone();
         }
     }
-    let bytes = doc.save_with_options(SaveOptions {
-        deflate: true,
-        retain_orphans: false,
-    });
+    let bytes = crate::history::compacted(doc);
     *saved = Some((heads, bytes.clone()));
     bytes
 }
@@ -407,5 +404,44 @@ impl FlowDoc {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::sync::SyncDoc;
+
+    /// The document chunk of the message `hub` sends a new, empty v2 peer.
+    fn document_sent_to_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
+        let hello = AutoCommit::new()
+            .sync()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode();
+        let mut state = SyncState::new();
+        hub.receive_sync_message(&mut state, &hello).unwrap();
+        let full = hub.generate_sync_message(&mut state).unwrap();
+        let message = sync::Message::decode(&full).unwrap();
+        let chunk = message.changes.iter().next().unwrap().to_vec();
+        chunk
+    }
+
+    #[test]
+    fn a_new_peer_gets_the_document_saved_at_these_heads_without_saving_again() {
+        let mut hub = FlowDoc::new();
+        hub.set_name("saved once").unwrap();
+        let first = document_sent_to_a_new_peer(&mut hub);
+        let heads = hub.heads();
+        assert_eq!(hub.saved, Some((heads.clone(), first.clone())));
+        // Were the document saved again, the marker would not come out.
+        let marker = b"saved at these heads".to_vec();
+        hub.saved = Some((heads, marker.clone()));
+        assert_eq!(document_sent_to_a_new_peer(&mut hub), marker);
+        // New heads: saved afresh.
+        hub.set_name("changed").unwrap();
+        let fresh = document_sent_to_a_new_peer(&mut hub);
+        assert_ne!(fresh, marker);
+        assert_eq!(FlowDoc::load(&fresh).unwrap().heads(), hub.heads());
     }
 }

@@ -427,21 +427,9 @@ fn has_new_changes_detects_edits_without_applying() {
 #[test]
 fn has_new_changes_handles_whole_document_messages() {
     // A peer that has nothing (empty heads) and supports v2 gets the whole
-    // document as one chunk; build that situation with raw automerge.
+    // document as one chunk.
     let mut hub = abc();
-    let mut empty = automerge::AutoCommit::new();
-    let mut s_empty = automerge::sync::State::new();
-    let mut s_hub = SyncState::new();
-    use automerge::sync::SyncDoc;
-    let hello = empty
-        .sync()
-        .generate_sync_message(&mut s_empty)
-        .unwrap()
-        .encode();
-    hub.receive_sync_message(&mut s_hub, &hello).unwrap();
-    let full = hub.generate_sync_message(&mut s_hub).unwrap();
-    let decoded = automerge::sync::Message::decode(&full).unwrap();
-    assert_eq!(decoded.changes.len(), 1, "whole-document chunk expected");
+    let full = whole_document_message(&mut hub);
 
     let mut fresh = FlowDoc::new();
     assert!(fresh.sync_message_has_new_changes(&full).unwrap());
@@ -529,9 +517,9 @@ fn hostile_change_queued_ahead_of_its_dependency_cannot_block_honest_peers() {
     assert_eq!(hub.validate(), Ok(()));
 }
 
-/// The whole document as a peer that has nothing receives it (a v2 peer: stock
-/// automerge-repo and the flowhub clients), from `hub`'s side of a fresh sync state.
-fn whole_document_for_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
+/// The message a peer that has nothing (a v2 peer: stock automerge-repo and the flowhub
+/// clients) receives from `hub`, on a fresh sync state: the whole document as one chunk.
+fn whole_document_message(hub: &mut FlowDoc) -> Vec<u8> {
     use automerge::sync::SyncDoc;
     let mut empty = AutoCommit::new();
     let hello = empty
@@ -543,7 +531,14 @@ fn whole_document_for_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
     hub.receive_sync_message(&mut state, &hello).unwrap();
     let full = hub.generate_sync_message(&mut state).unwrap();
     let decoded = automerge::sync::Message::decode(&full).unwrap();
-    assert_eq!(decoded.changes.len(), 1, "one whole-document chunk");
+    assert_eq!(decoded.changes.len(), 1, "whole-document chunk expected");
+    full
+}
+
+/// The document chunk of [`whole_document_message`].
+fn whole_document_for_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
+    let full = whole_document_message(hub);
+    let decoded = automerge::sync::Message::decode(&full).unwrap();
     let document = decoded.changes.iter().next().unwrap().to_vec();
     document
 }
