@@ -3,12 +3,20 @@
 # (issue #13), each on a fresh `flowhub serve` (embedded default, SQLite in a temp dir).
 #
 #   scripts/idle-sessions.sh [--transports ws,automerge-repo] [--sessions 2000]
-#                            [--flows 100] [--opens 20] [--nodes 1000] [--no-open]
+#                            [--flows 100] [--opens 20] [--nodes 1000] [--no-open | --no-idle]
+#                            [--client-busy-ms MS] [--callgrind]
 #
 # Per transport: `loadtest/peers/idle.mjs` (the hub's RSS delta per session, from
 # /proc) and `idle.mjs --mode open` (hub CPU per open of a --nodes flow), each
 # printing one JSON line. For where the bytes go, run the hub under `heaptrack` and
 # read its peak consumers (docs/PERFORMANCE.md, "Fifth round").
+#
+# The open's CPU time depends on the client too: it shares the two cores with the
+# hub, and a stock Repo works ~4x longer per open than the native client. Two
+# controls (docs/PERFORMANCE.md, "Seventh round"): --client-busy-ms keeps each
+# opening client busy that long before it leaves; --callgrind runs the open hubs
+# under `valgrind --tool=callgrind` and reports the hub's instructions per open
+# (deterministic; slow, so use fewer --opens).
 #
 # Environment: FLOWHUB_BIN (default target/release/flowhub), NODE (default node).
 # Needs clients/js built (npm run build) and loadtest/peers installed (npm ci); the
@@ -23,6 +31,9 @@ flows=100
 opens=20
 nodes=1000
 open=1
+idle=1
+client_busy=0
+callgrind=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --transports) transports=$2; shift 2 ;;
@@ -31,7 +42,10 @@ while [ $# -gt 0 ]; do
     --opens) opens=$2; shift 2 ;;
     --nodes) nodes=$2; shift 2 ;;
     --no-open) open=0; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --no-idle) idle=0; shift ;;
+    --client-busy-ms) client_busy=$2; shift 2 ;;
+    --callgrind) callgrind=1; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,15 +71,16 @@ trap cleanup EXIT
 
 free_port() { "$NODE" -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
+# start_hub [wrapper...]: a fresh hub on the embedded default, run by the wrapper.
 start_hub() {
   local port data
   port=$(free_port)
   data=$(mktemp -d -p "$WORK")
   FLOWHUB_DATABASE_URL= FLOWHUB_REDIS_URL= RUST_LOG=warn \
-    "$FLOWHUB_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$WORK/hub.log" 2>&1 &
+    "$@" "$FLOWHUB_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$WORK/hub.log" 2>&1 &
   SERVER_PID=$!
   URL=ws://127.0.0.1:$port
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 600); do
     curl -fsS "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -81,14 +96,23 @@ stop_hub() {
 
 IFS=, read -r -a list <<< "$transports"
 for t in "${list[@]}"; do
-  start_hub
-  "$NODE" "$PEERS/idle.mjs" --url "$URL" --server-pid "$SERVER_PID" --transport "$t" \
-    --sessions "$sessions" --flows "$flows" --out "$WORK/idle-$t.json"
-  stop_hub
-  if [ "$open" = 1 ]; then
+  if [ "$idle" = 1 ]; then
     start_hub
+    "$NODE" "$PEERS/idle.mjs" --url "$URL" --server-pid "$SERVER_PID" --transport "$t" \
+      --sessions "$sessions" --flows "$flows" --out "$WORK/idle-$t.json"
+    stop_hub
+  fi
+  if [ "$open" = 1 ]; then
+    extra=(--client-busy-ms "$client_busy")
+    if [ "$callgrind" = 1 ]; then
+      cg=$(mktemp -d -p "$WORK")
+      start_hub valgrind --tool=callgrind "--callgrind-out-file=$cg/callgrind.out.%p"
+      extra+=(--callgrind-out "$cg")
+    else
+      start_hub
+    fi
     "$NODE" "$PEERS/idle.mjs" --mode open --url "$URL" --server-pid "$SERVER_PID" --transport "$t" \
-      --nodes "$nodes" --opens "$opens" --out "$WORK/open-$t.json"
+      --nodes "$nodes" --opens "$opens" "${extra[@]}" --out "$WORK/open-$t.json"
     stop_hub
   fi
 done

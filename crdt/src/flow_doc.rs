@@ -38,10 +38,10 @@ pub struct FlowDoc {
     /// The message the next typed edit writes into its change (see
     /// [`FlowDoc::apply_edits_with_message`]); taken by that commit.
     pub(crate) edit_message: Option<String>,
-    /// The document as last saved for a sync message, and the heads it was saved at
-    /// (see [`FlowDoc::generate_sync_message`]): every peer that joins with nothing
-    /// while the heads stay the same gets these bytes instead of a new compression.
-    pub(crate) saved: Option<(Vec<automerge::ChangeHash>, Vec<u8>)>,
+    /// The whole history's parts of sync messages, for the current heads (see
+    /// [`FlowDoc::generate_sync_message`]): every peer that joins with nothing while
+    /// the heads stay the same gets these instead of a new compression and hashing.
+    pub(crate) whole: crate::whole_history::WholeHistoryCache,
 }
 
 /// Object ids that typed edits need again and again (the root maps, node
@@ -119,7 +119,7 @@ impl FlowDoc {
             poisoned: false,
             edit_time: None,
             edit_message: None,
-            saved: None,
+            whole: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use automerge::{AutoCommit, Change, ChangeHash, SaveOptions};
+use automerge::{AutoCommit, Change, ChangeHash};
 
 use crate::error::{CrdtError, Result};
 use crate::flow_doc::{genesis_hash, FlowDoc};
@@ -107,7 +107,7 @@ impl FlowDoc {
     /// never applied (nor, on the hub, validated), and the sync protocol fetches
     /// them again together with their dependencies.
     pub fn save(&mut self) -> Vec<u8> {
-        compacted(self.doc.document())
+        crate::whole_history::compacted(self.doc.document())
     }
 
     /// Current heads, sorted by hash.
@@ -220,13 +220,4 @@ fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>> {
                 .map_err(|e| CrdtError::InvalidChange(format!("change #{i}: {e}")))
         })
         .collect()
-}
-
-/// The document compressed, without changes queued for missing dependencies: what
-/// [`FlowDoc::save`] returns and what the hub sends a peer that has nothing.
-pub(crate) fn compacted(doc: &automerge::Automerge) -> Vec<u8> {
-    doc.save_with_options(SaveOptions {
-        deflate: true,
-        retain_orphans: false,
-    })
 }

@@ -94,6 +94,8 @@
 //! * `history` — save/load, heads and raw change exchange ([`StoredChange`]).
 //! * `chunks` — splitting raw Automerge chunk sequences found in sync messages.
 //! * `sync` — the sync protocol ([`SyncState`], [`Applied`]) and its validated hub variant.
+//! * `whole_history` — what sync messages take from the whole history (the saved
+//!   document, the sorted hashes, the bloom filter), kept per heads.
 //! * `stream` — change streaming: the hub's [`PeerLink`] and a client's [`HubLink`],
 //!   which send new changes as they are to peers known to be current ([`Route`]).
 
@@ -117,6 +119,7 @@ mod sync;
 mod tree;
 mod undo;
 mod view;
+mod whole_history;
 
 pub use automerge::ChangeHash;
 pub use diff::{Changed, ConfigChange, FlowDiff, NodeChange};

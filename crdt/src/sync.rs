@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{AutoCommit, Automerge, Change, ChangeHash, PatchLog};
+use automerge::{AutoCommit, Change, ChangeHash, PatchLog};
 
 use crate::chunks::{self, Chunk};
 use crate::error::{CrdtError, Result};
@@ -78,20 +78,6 @@ fn sync_panic() -> CrdtError {
     CrdtError::InvalidSyncMessage(PANIC_MESSAGE.into())
 }
 
-/// The document's bytes from `saved` when saved at its current heads, else saved
-/// afresh (compressed, without queued changes) and kept there.
-fn saved_document(saved: &mut Option<(Vec<ChangeHash>, Vec<u8>)>, doc: &Automerge) -> Vec<u8> {
-    let heads = doc.get_heads();
-    if let Some((at, bytes)) = saved.as_ref() {
-        if *at == heads {
-            return bytes.clone();
-        }
-    }
-    let bytes = crate::history::compacted(doc);
-    *saved = Some((heads, bytes.clone()));
-    bytes
-}
-
 /// Gives back the spare capacity of the lists in a decoded message. Automerge keeps
 /// its heads, needs and `have`s in the peer's sync state until the next message, and
 /// decoding grows each list to at least four entries where peers mostly send one:
@@ -156,20 +142,20 @@ impl FlowDoc {
     ///
     /// A message that carries the whole document (to a peer that has nothing and
     /// reads v2 messages, as stock automerge-repo peers do) takes the document as
-    /// last saved for such a message while the heads are unchanged: compressing a
-    /// 1,000-node flow costs milliseconds, per peer that opens it. The saved copy
-    /// leaves out changes queued for missing dependencies (Automerge's own save keeps
-    /// them), which were never applied or validated and must not be forwarded.
+    /// last saved for such a message while the heads are unchanged, and the message
+    /// to a peer we share no heads with takes the bloom filter of the whole history
+    /// so too (a [`WholeHistoryCache`]): each costs the hub per peer that opens a
+    /// flow otherwise. The saved copy leaves out changes queued for missing
+    /// dependencies (Automerge's own save keeps them), which were never applied or
+    /// validated and must not be forwarded.
     pub fn generate_sync_message(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
         let doc = self.doc.document();
-        let saved = &mut self.saved;
+        let whole = &mut self.whole;
         let mut generate = |state: &mut SyncState| {
             no_panic(
                 || {
                     Ok(doc
-                        .generate_sync_message_with_save(&mut state.0, |doc| {
-                            saved_document(saved, doc)
-                        })
+                        .generate_sync_message_with(&mut state.0, whole)
                         .map(sync::Message::encode))
                 },
                 sync_panic,
@@ -428,15 +414,73 @@ mod tests {
     }
 
     #[test]
+    fn the_whole_history_parts_are_kept_per_heads_and_say_what_automerge_says() {
+        let mut hub = FlowDoc::new();
+        for i in 0..40 {
+            hub.set_name(&format!("version {i}")).unwrap();
+        }
+        let hello = AutoCommit::new()
+            .sync()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode();
+        // What Automerge itself sends a new peer and remembers of it, uncached.
+        let mut own = SyncState::new();
+        hub.receive_sync_message(&mut own, &hello).unwrap();
+        let expected = sync::Message::decode(
+            &hub.doc
+                .document()
+                .generate_sync_message(&mut own.0)
+                .unwrap()
+                .encode(),
+        )
+        .unwrap();
+        assert_eq!(
+            expected.have.len(),
+            1,
+            "a bloom filter of the whole history"
+        );
+        for round in 0..2 {
+            let mut state = SyncState::new();
+            hub.receive_sync_message(&mut state, &hello).unwrap();
+            let message = hub.generate_sync_message(&mut state).unwrap();
+            let message = sync::Message::decode(&message).unwrap();
+            assert_eq!(message.heads, expected.heads, "round {round}");
+            assert_eq!(message.need, expected.need, "round {round}");
+            assert_eq!(message.have, expected.have, "round {round}");
+            assert_eq!(state.0.sent_hashes, own.0.sent_hashes, "round {round}");
+            // Every change: the new document's own and the 40 renames.
+            assert_eq!(state.0.sent_hashes.len(), 41);
+        }
+        // Kept for these heads: a planted filter comes out for the next new peer.
+        let planted = sync::BloomFilter::from_hashes([].iter());
+        hub.whole.bloom = Some(planted.clone());
+        let mut state = SyncState::new();
+        hub.receive_sync_message(&mut state, &hello).unwrap();
+        let message = hub.generate_sync_message(&mut state).unwrap();
+        assert_eq!(
+            sync::Message::decode(&message).unwrap().have[0].bloom,
+            planted
+        );
+        // New heads: computed afresh.
+        hub.set_name("changed").unwrap();
+        let mut state = SyncState::new();
+        hub.receive_sync_message(&mut state, &hello).unwrap();
+        let message = hub.generate_sync_message(&mut state).unwrap();
+        let have = &sync::Message::decode(&message).unwrap().have[0];
+        assert_ne!(have.bloom, planted);
+        assert_eq!(state.0.sent_hashes.len(), 42);
+    }
+
+    #[test]
     fn a_new_peer_gets_the_document_saved_at_these_heads_without_saving_again() {
         let mut hub = FlowDoc::new();
         hub.set_name("saved once").unwrap();
         let first = document_sent_to_a_new_peer(&mut hub);
-        let heads = hub.heads();
-        assert_eq!(hub.saved, Some((heads.clone(), first.clone())));
+        assert_eq!(hub.whole.saved, Some(first.clone()));
         // Were the document saved again, the marker would not come out.
         let marker = b"saved at these heads".to_vec();
-        hub.saved = Some((heads, marker.clone()));
+        hub.whole.saved = Some(marker.clone());
         assert_eq!(document_sent_to_a_new_peer(&mut hub), marker);
         // New heads: saved afresh.
         hub.set_name("changed").unwrap();

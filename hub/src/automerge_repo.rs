@@ -343,12 +343,22 @@ impl RepoEncoder {
         }
     }
 
+    /// [`RepoEncoder::document_id`] for a flow named by a plain string (presence and
+    /// notices): the remembered id when it names the same flow, else computed, not
+    /// remembered (that would take a copy of the flow id per session).
+    fn document_id_of(&self, flow_id: &str) -> String {
+        match &self.last_document {
+            Some((flow, id)) if **flow == *flow_id => id.clone(),
+            _ => flow_document_id(flow_id),
+        }
+    }
+
     fn ephemeral(&mut self, client: String, flow_id: &str, data: Vec<u8>) -> Encoded {
         self.count += 1;
         send(&WireMessage::Ephemeral {
             sender_id: self.server_peer.to_string(),
             target_id: client,
-            document_id: flow_document_id(flow_id),
+            document_id: self.document_id_of(flow_id),
             session_id: self.session_id.clone(),
             count: self.count,
             data,

@@ -11,14 +11,26 @@
 // With --mode open, it measures opening instead: one flow of --nodes nodes, then
 // --opens times a new session of the transport opens it (until the client holds every
 // node), and leaves again; the hub's CPU (utime + stime) over the opens, per open.
+// Two controls for that figure, since the client shares the machine's two cores with
+// the hub (a stock Repo spends ~120 ms of its own CPU applying a 1,000-node flow, a
+// native client ~30 ms, and the hub's CPU time grows with the time it shares):
+//   --client-busy-ms MS   each client keeps its core busy MS ms before it leaves
+//                         (give the faster client the slower one's time);
+//   --callgrind-out DIR   the hub runs under `valgrind --tool=callgrind` writing
+//                         into DIR: its counters are zeroed before the opens and
+//                         dumped after, and the report adds the hub's instructions
+//                         per open (a count, not a time: the client cannot inflate it).
 //
 // Usage:
 //   node idle.mjs --url ws://127.0.0.1:PORT --server-pid PID --transport ws|automerge-repo \
 //     [--sessions 2000] [--flows 100] [--settle 5] [--out idle.json]
 //   node idle.mjs --mode open --url … --server-pid PID --transport … [--nodes 1000] [--opens 20]
+//     [--client-busy-ms MS] [--callgrind-out DIR]
 // FLOWHUB_JWT_SECRET must be the hub's secret.
 
-import { readFileSync } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { readdirSync, readFileSync, statSync } from "node:fs"
+import { join } from "node:path"
 
 import { Repo } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
@@ -38,6 +50,8 @@ const args = parseArgs(
     flows: 100,
     nodes: 1000,
     opens: 20,
+    clientBusyMs: 0,
+    callgrindOut: "",
     settle: 5,
     out: "",
   },
@@ -117,6 +131,7 @@ async function openOnce(flowId, nodes, i) {
     const client = await flowhubConnect(args.url, secret, `opener-${i}`, { [flowId]: "viewer" })
     const flow = await client.subscribe(flowId)
     const ok = await until(() => flow.nodeIds().length >= nodes, 60_000)
+    busy(Number(args.clientBusyMs))
     client.close()
     if (!ok) fail("ws: the flow did not arrive")
   } else {
@@ -126,6 +141,7 @@ async function openOnce(flowId, nodes, i) {
     const handle = await repo.find(flowAutomergeUrl(flowId))
     await handle.whenReady()
     const ok = await until(() => Object.keys(handle.doc()?.nodes ?? {}).length >= nodes, 60_000)
+    busy(Number(args.clientBusyMs))
     await repo.shutdown()
     if (!ok) fail("automerge-repo: the flow did not arrive")
   }
@@ -144,18 +160,51 @@ async function measureOpens() {
   await openOnce(flowId, nodes, -1) // warm-up, untimed
   await sleep(1000)
   const opens = Number(args.opens)
+  if (args.callgrindOut) callgrindControl("-z")
   const cpu0 = procCpuSeconds(pid)
   const t0 = performance.now()
   for (let i = 0; i < opens; i++) await openOnce(flowId, nodes, i)
+  const cpu1 = procCpuSeconds(pid)
+  const wall = performance.now() - t0
   const result = {
     mode: "open",
     transport: args.transport,
     nodes,
     opens,
-    hub_cpu_ms_per_open: round(((procCpuSeconds(pid) - cpu0) * 1000) / opens, 1),
-    wall_ms_per_open: round((performance.now() - t0) / opens, 1),
+    client_busy_ms: Number(args.clientBusyMs),
+    hub_cpu_ms_per_open: round(((cpu1 - cpu0) * 1000) / opens, 1),
+    wall_ms_per_open: round(wall / opens, 1),
+  }
+  if (args.callgrindOut) {
+    result.hub_instructions_per_open = Math.round(callgrindDumpTotal() / opens)
+    // Under valgrind the hub runs some 50 times slower: its CPU time means nothing.
+    delete result.hub_cpu_ms_per_open
   }
   console.log(JSON.stringify(result))
   if (args.out) writeJson(args.out, result)
   process.exit(0)
+}
+
+/** Keeps this process's core busy for `ms` milliseconds (a client's own work). */
+function busy(ms) {
+  const end = performance.now() + ms
+  while (performance.now() < end) {}
+}
+
+function callgrindControl(flag) {
+  execFileSync("callgrind_control", [flag, String(pid)], { stdio: "ignore" })
+}
+
+/** Dumps the hub's callgrind counters and returns the instructions in the new dump. */
+function callgrindDumpTotal() {
+  const dumps = () => new Set(readdirSync(args.callgrindOut).filter((f) => f.startsWith("callgrind.out")))
+  const before = dumps()
+  callgrindControl("-d")
+  const fresh = [...dumps()].filter((f) => !before.has(f))
+  if (fresh.length !== 1) fail(`callgrind: expected one new dump in ${args.callgrindOut}, found ${fresh.length}`)
+  const path = join(args.callgrindOut, fresh[0])
+  if (statSync(path).size === 0) fail(`callgrind: ${path} is empty`)
+  const total = /^(?:summary|totals): (\d+)/m.exec(readFileSync(path, "utf8"))
+  if (!total) fail(`callgrind: no total in ${path}`)
+  return Number(total[1])
 }

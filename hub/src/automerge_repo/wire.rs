@@ -160,11 +160,20 @@ pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
     if let Some(msg) = decode_sync(bytes) {
         return Ok(msg);
     }
-    let value: ciborium::Value =
-        ciborium::de::from_reader(bytes).map_err(|e| DecodeError(e.to_string()))?;
+    let value: ciborium::Value = read_cbor(bytes).map_err(|e| DecodeError(e.to_string()))?;
     untagged(value)
         .deserialized()
         .map_err(|e| DecodeError(e.to_string()))
+}
+
+/// `ciborium::de::from_reader` with a small scratch buffer. Its own is 4 KiB, zeroed
+/// on every call, where the messages' strings (peer and document ids, types) are
+/// short; longer strings and byte strings go through it in pieces.
+fn read_cbor<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, ciborium::de::Error<std::io::Error>> {
+    let mut scratch = [0u8; 256];
+    ciborium::de::from_reader_with_buffer(bytes, &mut scratch)
 }
 
 /// Encodes one message (or any serde value, e.g. a [`HubNotice`]) as CBOR.
@@ -180,7 +189,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Presence carried by an ephemeral message's `data`; `None` when it holds none.
 pub fn presence_of(data: &[u8]) -> Option<PresenceData> {
-    let value: ciborium::Value = ciborium::de::from_reader(data).ok()?;
+    let value: ciborium::Value = read_cbor(data).ok()?;
     let presence: PresenceData = untagged(value).deserialized().ok()?;
     let empty =
         presence.cursor.is_none() && presence.selection.is_none() && presence.color.is_none();
@@ -210,7 +219,7 @@ fn some_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>,
 /// twice. `None` for any other message, or anything amiss: [`decode`] then takes the
 /// general path, which also words the error.
 fn decode_sync(bytes: &[u8]) -> Option<WireMessage> {
-    let fields: SyncFields = ciborium::de::from_reader(bytes).ok()?;
+    let fields: SyncFields = read_cbor(bytes).ok()?;
     let (sender_id, target_id, document_id, data) = (
         fields.sender_id?,
         fields.target_id?,

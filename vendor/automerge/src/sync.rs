@@ -165,7 +165,7 @@ impl MessageVersion {
 
 impl SyncDoc for Automerge {
     fn generate_sync_message(&self, sync_state: &mut State) -> Option<Message> {
-        self.generate_sync_message_with_save(sync_state, Automerge::save)
+        self.generate_sync_message_with(sync_state, &mut Uncached)
     }
 
     fn receive_sync_message(
@@ -188,15 +188,17 @@ impl SyncDoc for Automerge {
 }
 
 impl Automerge {
-    /// flowhub patch: [`SyncDoc::generate_sync_message`], with the caller saying how
-    /// to get the whole document for the messages that carry it (a v2 peer that has
-    /// nothing, or lacks more than a third of the changes). `save` is called at most
-    /// once, and only then. A server syncing one document to many peers can hand each
-    /// the same saved copy instead of compressing the document again per peer.
-    pub fn generate_sync_message_with_save(
+    /// flowhub patch: [`SyncDoc::generate_sync_message`], taking from `whole` the
+    /// parts of a message that depend only on the document's heads: the whole
+    /// document (for a v2 peer that has nothing, or lacks more than a third of the
+    /// changes), every change hash, sorted (what such a peer was sent), and the bloom
+    /// filter of every change (our `have` for a peer we share no heads with). A
+    /// server syncing one document to many peers can compute each once per heads
+    /// instead of once per peer. Each is called at most once, and only when needed.
+    pub fn generate_sync_message_with(
         &self,
         sync_state: &mut State,
-        save: impl FnOnce(&Automerge) -> Vec<u8>,
+        whole: &mut impl WholeHistory,
     ) -> Option<Message> {
         let our_heads = self.get_heads();
 
@@ -251,7 +253,14 @@ impl Automerge {
         }
 
         let our_have = if our_need.iter().all(|hash| their_heads_set.contains(hash)) {
-            vec![self.make_bloom_filter(sync_state.shared_heads.clone())]
+            if sync_state.shared_heads.is_empty() {
+                vec![Have {
+                    last_sync: Vec::new(),
+                    bloom: whole.bloom(self),
+                }]
+            } else {
+                vec![self.make_bloom_filter(sync_state.shared_heads.clone())]
+            }
         } else {
             Vec::new()
         };
@@ -262,8 +271,7 @@ impl Automerge {
             MessageBuilder::new(vec![], sync_state)
         } else if let Some((their_have, their_need)) = sync_state.their() {
             if sync_state.send_doc() {
-                let hashes = self.change_graph.get_hashes(&[]);
-                MessageBuilder::new_v2(save(self), hashes)
+                MessageBuilder::new_v2(whole.saved(self), whole.sorted_hashes(self).into())
             } else {
                 let all_hashes = self
                     .get_hashes_to_send(their_have, their_need)
@@ -275,8 +283,7 @@ impl Automerge {
                     .collect();
                 if hashes.len() > self.change_graph.len() / 3 && sync_state.supports_v2_messages() {
                     // sending more than a 1/3 of the document?  send everything
-                    let all_hashes = self.change_graph.get_hashes(&[]);
-                    MessageBuilder::new_v2(save(self), all_hashes)
+                    MessageBuilder::new_v2(whole.saved(self), whole.sorted_hashes(self).into())
                 } else {
                     let changes = self.get_changes_by_hashes(hashes.iter().copied()).ok()?;
                     MessageBuilder::new(changes, sync_state)
@@ -344,7 +351,47 @@ impl Automerge {
     }
 }
 
+/// flowhub patch: what [`Automerge::generate_sync_message_with`] asks of the whole
+/// history, for the caller to keep while the document's heads stay the same.
+pub trait WholeHistory {
+    /// The document, saved.
+    fn saved(&mut self, doc: &Automerge) -> Vec<u8>;
+    /// Every change hash, sorted.
+    fn sorted_hashes(&mut self, doc: &Automerge) -> Vec<ChangeHash>;
+    /// A bloom filter of every change.
+    fn bloom(&mut self, doc: &Automerge) -> BloomFilter;
+}
+
+/// Computes each part afresh: [`SyncDoc::generate_sync_message`].
+struct Uncached;
+
+impl WholeHistory for Uncached {
+    fn saved(&mut self, doc: &Automerge) -> Vec<u8> {
+        doc.save()
+    }
+
+    fn sorted_hashes(&mut self, doc: &Automerge) -> Vec<ChangeHash> {
+        doc.all_hashes_sorted()
+    }
+
+    fn bloom(&mut self, doc: &Automerge) -> BloomFilter {
+        doc.whole_history_bloom()
+    }
+}
+
 impl Automerge {
+    /// flowhub patch: every change hash, sorted (see [`WholeHistory`]).
+    pub fn all_hashes_sorted(&self) -> Vec<ChangeHash> {
+        let mut hashes = self.change_graph.get_hashes(&[]).into_owned();
+        hashes.sort_unstable();
+        hashes
+    }
+
+    /// flowhub patch: a bloom filter of every change (see [`WholeHistory`]).
+    pub fn whole_history_bloom(&self) -> BloomFilter {
+        BloomFilter::from_hashes(self.change_graph.get_hashes(&[]).iter())
+    }
+
     fn make_bloom_filter(&self, last_sync: Vec<ChangeHash>) -> Have {
         let hashes = self.change_graph.get_hashes(&last_sync);
         Have {
