@@ -398,17 +398,27 @@ mod tests {
     use super::*;
     use automerge::sync::SyncDoc;
 
-    /// The document chunk of the message `hub` sends a new, empty v2 peer.
-    fn document_sent_to_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
-        let hello = AutoCommit::new()
+    /// The first message of a peer that has nothing (v2, empty heads).
+    fn hello_from_an_empty_peer() -> Vec<u8> {
+        AutoCommit::new()
             .sync()
             .generate_sync_message(&mut sync::State::new())
             .unwrap()
-            .encode();
+            .encode()
+    }
+
+    /// `hub`'s answer to a new, empty v2 peer, and that peer's sync state after it.
+    fn answer_to_a_new_peer(hub: &mut FlowDoc) -> (sync::Message, SyncState) {
         let mut state = SyncState::new();
-        hub.receive_sync_message(&mut state, &hello).unwrap();
-        let full = hub.generate_sync_message(&mut state).unwrap();
-        let message = sync::Message::decode(&full).unwrap();
+        hub.receive_sync_message(&mut state, &hello_from_an_empty_peer())
+            .unwrap();
+        let message = hub.generate_sync_message(&mut state).unwrap();
+        (sync::Message::decode(&message).unwrap(), state)
+    }
+
+    /// The document chunk of the message `hub` sends a new, empty v2 peer.
+    fn document_sent_to_a_new_peer(hub: &mut FlowDoc) -> Vec<u8> {
+        let (message, _) = answer_to_a_new_peer(hub);
         let chunk = message.changes.iter().next().unwrap().to_vec();
         chunk
     }
@@ -419,32 +429,22 @@ mod tests {
         for i in 0..40 {
             hub.set_name(&format!("version {i}")).unwrap();
         }
-        let hello = AutoCommit::new()
-            .sync()
-            .generate_sync_message(&mut sync::State::new())
-            .unwrap()
-            .encode();
         // What Automerge itself sends a new peer and remembers of it, uncached.
         let mut own = SyncState::new();
-        hub.receive_sync_message(&mut own, &hello).unwrap();
-        let expected = sync::Message::decode(
-            &hub.doc
-                .document()
-                .generate_sync_message(&mut own.0)
-                .unwrap()
-                .encode(),
-        )
-        .unwrap();
+        hub.receive_sync_message(&mut own, &hello_from_an_empty_peer())
+            .unwrap();
+        let expected = hub
+            .doc
+            .document()
+            .generate_sync_message(&mut own.0)
+            .unwrap();
         assert_eq!(
             expected.have.len(),
             1,
             "a bloom filter of the whole history"
         );
         for round in 0..2 {
-            let mut state = SyncState::new();
-            hub.receive_sync_message(&mut state, &hello).unwrap();
-            let message = hub.generate_sync_message(&mut state).unwrap();
-            let message = sync::Message::decode(&message).unwrap();
+            let (message, state) = answer_to_a_new_peer(&mut hub);
             assert_eq!(message.heads, expected.heads, "round {round}");
             assert_eq!(message.need, expected.need, "round {round}");
             assert_eq!(message.have, expected.have, "round {round}");
@@ -455,20 +455,11 @@ mod tests {
         // Kept for these heads: a planted filter comes out for the next new peer.
         let planted = sync::BloomFilter::from_hashes([].iter());
         hub.whole.bloom = Some(planted.clone());
-        let mut state = SyncState::new();
-        hub.receive_sync_message(&mut state, &hello).unwrap();
-        let message = hub.generate_sync_message(&mut state).unwrap();
-        assert_eq!(
-            sync::Message::decode(&message).unwrap().have[0].bloom,
-            planted
-        );
+        assert_eq!(answer_to_a_new_peer(&mut hub).0.have[0].bloom, planted);
         // New heads: computed afresh.
         hub.set_name("changed").unwrap();
-        let mut state = SyncState::new();
-        hub.receive_sync_message(&mut state, &hello).unwrap();
-        let message = hub.generate_sync_message(&mut state).unwrap();
-        let have = &sync::Message::decode(&message).unwrap().have[0];
-        assert_ne!(have.bloom, planted);
+        let (message, state) = answer_to_a_new_peer(&mut hub);
+        assert_ne!(message.have[0].bloom, planted);
         assert_eq!(state.0.sent_hashes.len(), 42);
     }
 
