@@ -16,7 +16,7 @@
 # controls (docs/PERFORMANCE.md, "Seventh round"): --client-busy-ms keeps each
 # opening client busy that long before it leaves; --callgrind runs the open hubs
 # under `valgrind --tool=callgrind` and reports the hub's instructions per open
-# (deterministic; slow, so use fewer --opens).
+# (a count, repeatable to a few per cent; slow, so use fewer --opens).
 #
 # Environment: FLOWHUB_BIN (default target/release/flowhub), NODE (default node).
 # Needs clients/js built (npm run build) and loadtest/peers installed (npm ci); the
