@@ -170,6 +170,15 @@ impl FlowDoc {
         }
     }
 
+    /// Frees what sync messages to new peers took from the whole history (see
+    /// [`FlowDoc::generate_sync_message`]) unless it was computed at `heads`, the
+    /// document's current ones. For when the heads moved: otherwise a flow opened once
+    /// and then edited keeps a stale copy of its history (for 1,000 changes ~46 KB)
+    /// until the next peer that has nothing.
+    pub fn release_stale_sync_cache(&mut self, heads: &[ChangeHash]) {
+        self.whole.release_unless_at(heads);
+    }
+
     /// Apply a message from the peer behind `state`.
     ///
     /// Undecodable bytes (including any corrupt change chunk) give
@@ -461,6 +470,21 @@ mod tests {
         let (message, state) = answer_to_a_new_peer(&mut hub);
         assert_ne!(message.have[0].bloom, planted);
         assert_eq!(state.0.sent_hashes.len(), 42);
+    }
+
+    #[test]
+    fn a_stale_whole_history_is_released_and_a_current_one_kept() {
+        let mut hub = FlowDoc::new();
+        hub.set_name("opened").unwrap();
+        answer_to_a_new_peer(&mut hub);
+        assert!(!hub.whole.is_empty());
+        let heads = hub.heads();
+        hub.release_stale_sync_cache(&heads);
+        assert!(!hub.whole.is_empty(), "computed at these heads: kept");
+        hub.set_name("edited").unwrap();
+        let heads = hub.heads();
+        hub.release_stale_sync_cache(&heads);
+        assert!(hub.whole.is_empty(), "computed at older heads: released");
     }
 
     #[test]

@@ -35,13 +35,22 @@ impl WholeHistoryCache {
     /// Forgets what was computed at other heads than `doc`'s.
     fn at(&mut self, doc: &Automerge) -> &mut Self {
         let heads = doc.get_heads();
-        if self.heads != heads {
-            *self = Self {
-                heads,
-                ..Self::default()
-            };
-        }
+        self.release_unless_at(&heads);
+        self.heads = heads;
         self
+    }
+
+    /// Frees everything held unless it was computed at `heads`.
+    pub(crate) fn release_unless_at(&mut self, heads: &[ChangeHash]) {
+        if self.heads != heads {
+            *self = Self::default();
+        }
+    }
+
+    /// Whether anything is held.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.saved.is_none() && self.sorted_hashes.is_none() && self.bloom.is_none()
     }
 }
 

@@ -2155,6 +2155,7 @@ impl FlowState {
         let config = &self.deps.config;
         let heads = self.doc.heads();
         if heads != self.last_heads_published {
+            self.doc.release_stale_sync_cache(&heads);
             self.last_heads_published = heads;
             self.last_heads_at = None;
             self.heads_announcements_due = 1 + config.heads_repeats;
