@@ -389,7 +389,7 @@ impl Automerge {
 
     /// flowhub patch: a bloom filter of every change (see [`WholeHistory`]).
     pub fn whole_history_bloom(&self) -> BloomFilter {
-        BloomFilter::from_hashes(self.change_graph.get_hashes(&[]).iter())
+        self.make_bloom_filter(Vec::new()).bloom
     }
 
     fn make_bloom_filter(&self, last_sync: Vec<ChangeHash>) -> Have {
