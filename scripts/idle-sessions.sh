@@ -4,7 +4,7 @@
 #
 #   scripts/idle-sessions.sh [--transports ws,automerge-repo] [--sessions 2000]
 #                            [--flows 100] [--opens 20] [--nodes 1000] [--no-open | --no-idle]
-#                            [--client-busy-ms MS] [--callgrind]
+#                            [--client-busy-ms MS] [--hold-ms MS] [--callgrind]
 #
 # Per transport: `loadtest/peers/idle.mjs` (the hub's RSS delta per session, from
 # /proc) and `idle.mjs --mode open` (hub CPU per open of a --nodes flow), each
@@ -16,7 +16,11 @@
 # controls (docs/PERFORMANCE.md, "Seventh round"): --client-busy-ms keeps each
 # opening client busy that long before it leaves; --callgrind runs the open hubs
 # under `valgrind --tool=callgrind` and reports the hub's instructions per open
-# (a count, repeatable to a few per cent; slow, so use fewer --opens).
+# (a count, repeatable to a few per cent; slow, so use fewer --opens). The hub's
+# timers run while a client stays, so a slower client costs it more: --hold-ms keeps
+# every open connected that long (say 250 under --callgrind, where a Repo's open
+# takes ~100 ms and a native one ~20 ms) to compare the transports at equal time. With
+# CALLGRIND_KEEP=DIR the dumps stay in DIR/<transport> for callgrind_annotate.
 #
 # Environment: FLOWHUB_BIN (default target/release/flowhub), NODE (default node).
 # Needs clients/js built (npm run build) and loadtest/peers installed (npm ci); the
@@ -33,6 +37,7 @@ nodes=1000
 open=1
 idle=1
 client_busy=0
+hold=0
 callgrind=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,8 +49,9 @@ while [ $# -gt 0 ]; do
     --no-open) open=0; shift ;;
     --no-idle) idle=0; shift ;;
     --client-busy-ms) client_busy=$2; shift 2 ;;
+    --hold-ms) hold=$2; shift 2 ;;
     --callgrind) callgrind=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -103,9 +109,9 @@ for t in "${list[@]}"; do
     stop_hub
   fi
   if [ "$open" = 1 ]; then
-    extra=(--client-busy-ms "$client_busy")
+    extra=(--client-busy-ms "$client_busy" --hold-ms "$hold")
     if [ "$callgrind" = 1 ]; then
-      cg=$(mktemp -d -p "$WORK")
+      if [ -n "${CALLGRIND_KEEP:-}" ]; then cg=$CALLGRIND_KEEP/$t; mkdir -p "$cg"; else cg=$(mktemp -d -p "$WORK"); fi
       start_hub valgrind --tool=callgrind "--callgrind-out-file=$cg/callgrind.out.%p"
       extra+=(--callgrind-out "$cg")
     else

@@ -9,7 +9,7 @@
 //!
 //! | client → hub | what the hub does |
 //! |---|---|
-//! | `request` / `sync {documentId, data}` | maps the DocumentId to a flow ([`flow_of_document_id`]) and hands `data` to the session as a sync frame; the session joins the flow on first use (the role decides, as for `subscribe_flow`); slowed down by the session's rate limit, never refused by it |
+//! | `request` / `sync {documentId, data}` | maps the DocumentId to a flow ([`flow_of_document_id`], remembered hub-wide by [`DocumentIds`]) and hands `data` to the session as a sync frame; the session joins the flow on first use (the role decides, as for `subscribe_flow`); slowed down by the session's rate limit, never refused by it |
 //! | `ephemeral {documentId, data}` | `data` is CBOR; a map with `cursor {x, y}`, `selection [ids]`, `color` becomes a `presence` request (exempt from the rate limit: presence is coalesced) |
 //! | `join` again, `doc-unavailable`, `remote-*`, any other type | ignored, but counted by the rate limit |
 //!
@@ -46,6 +46,7 @@
 //! [`TransportProfile::AUTOMERGE_REPO`]: flows are joined by syncing them, and
 //! schema-breaking changes are repaired.
 
+pub mod document_id;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -58,14 +59,15 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use flowhub_actors::session::{Inbound, OutFrame, Outbound, TransportProfile};
-use flowhub_protocol::{
-    close, validate_flow_id, ClientMessage, ErrorCode, ServerMessage, SyncFrame,
-};
+use flowhub_protocol::{close, ClientMessage, ErrorCode, ServerMessage, SyncFrame};
 use tracing::debug;
 
 use crate::connection::{self, ClientFrame, Codec, Encoded, FrameDecoder, FrameEncoder};
 use crate::error::AppError;
 use crate::state::{AppState, Authenticated};
+pub use document_id::{
+    base58check_decode, base58check_encode, flow_document_id, flow_of_document_id, DocumentIds,
+};
 use wire::{HubNotice, PeerMetadata, WireMessage};
 
 /// The only protocol version of automerge-repo-network-websocket.
@@ -83,31 +85,6 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/automerge-repo", get(upgrade))
 }
 
-// ---- flow id <-> DocumentId ---------------------------------------------------------
-
-/// base58check, as automerge-repo encodes DocumentIds (`bs58check`).
-pub fn base58check_encode(payload: &[u8]) -> String {
-    bs58::encode(payload).with_check().into_string()
-}
-
-pub fn base58check_decode(s: &str) -> Option<Vec<u8>> {
-    bs58::decode(s).with_check(None).into_vec().ok()
-}
-
-/// The automerge-repo DocumentId of a flow: base58check of the flow id's bytes.
-pub fn flow_document_id(flow_id: &str) -> String {
-    base58check_encode(flow_id.as_bytes())
-}
-
-/// The flow a DocumentId names, if any. DocumentIds made by `repo.create()` (16
-/// random bytes) name no flow.
-pub fn flow_of_document_id(document_id: &str) -> Option<String> {
-    let bytes = base58check_decode(document_id)?;
-    let flow_id = String::from_utf8(bytes).ok()?;
-    validate_flow_id(&flow_id).ok()?;
-    Some(flow_id)
-}
-
 // ---- the connection -------------------------------------------------------------------
 
 pub async fn upgrade(
@@ -117,6 +94,7 @@ pub async fn upgrade(
 ) -> Result<Response, AppError> {
     let server_peer: Arc<str> = format!("flowhub-{}", state.node_id).into();
     let max_frame_bytes = state.config.session.max_frame_bytes;
+    let ids = Arc::clone(&state.document_ids);
     connection::accept(
         ws,
         state,
@@ -128,10 +106,11 @@ pub async fn upgrade(
                 decoder: RepoDecoder {
                     server_peer: Arc::clone(&server_peer),
                     client: client.clone(),
+                    ids: Arc::clone(&ids),
                     out: conn.out.clone(),
                     max_frame_bytes,
                 },
-                encoder: RepoEncoder::new(server_peer, client, conn.session_id),
+                encoder: RepoEncoder::new(server_peer, client, ids, conn.session_id),
             }
         },
     )
@@ -151,6 +130,7 @@ pub struct RepoDecoder {
     /// Shared by the decoder and the encoder of a connection.
     server_peer: Arc<str>,
     client: ClientPeer,
+    ids: Arc<DocumentIds>,
     /// For the transport's own replies (`peer`, `doc-unavailable`, a fatal `error`).
     out: Outbound,
     max_frame_bytes: usize,
@@ -163,11 +143,12 @@ impl RepoDecoder {
 
     /// Sends a CBOR `error`, then closes: for a peer that does not speak the protocol.
     fn fatal(&self, message: &str, code: u16) -> Option<Inbound> {
-        let frame = wire::encode(&WireMessage::Error {
+        let frame = (WireMessage::Error {
             sender_id: Some(self.server_peer.to_string()),
             target_id: self.client(),
             message: message.to_owned(),
-        });
+        })
+        .encode();
         self.out.send_reliable(OutFrame::Raw(frame));
         let reason: String = message.chars().take(100).collect();
         self.out.close(code, &reason);
@@ -196,12 +177,14 @@ impl RepoDecoder {
 
     fn doc_unavailable(&self, document_id: &str) {
         if let Some(client) = self.client() {
-            self.out
-                .send_reliable(OutFrame::Raw(wire::encode(&WireMessage::DocUnavailable {
+            self.out.send_reliable(OutFrame::Raw(
+                (WireMessage::DocUnavailable {
                     sender_id: self.server_peer.to_string(),
                     target_id: client,
                     document_id: document_id.to_owned(),
-                })));
+                })
+                .encode(),
+            ));
         }
     }
 
@@ -215,8 +198,8 @@ impl RepoDecoder {
             return;
         }
         debug!(peer = sender, "automerge-repo peer joined");
-        self.out
-            .send_reliable(OutFrame::Raw(wire::encode(&WireMessage::Peer {
+        self.out.send_reliable(OutFrame::Raw(
+            (WireMessage::Peer {
                 sender_id: self.server_peer.to_string(),
                 target_id: sender.to_owned(),
                 peer_metadata: PeerMetadata {
@@ -224,7 +207,9 @@ impl RepoDecoder {
                     is_ephemeral: Some(false),
                 },
                 selected_protocol_version: PROTOCOL_V1.to_owned(),
-            })));
+            })
+            .encode(),
+        ));
     }
 }
 
@@ -264,9 +249,9 @@ impl FrameDecoder for RepoDecoder {
             }
             | WireMessage::Sync {
                 document_id, data, ..
-            } => match flow_of_document_id(&document_id) {
+            } => match self.ids.flow_of(&document_id) {
                 // The session checks the payload's size and joins the flow.
-                Some(flow_id) => Some(Inbound::Sync(SyncFrame::flow_sync(flow_id, data))),
+                Some(flow_id) => Some(Inbound::Sync(SyncFrame::flow_sync(&*flow_id, data))),
                 None => {
                     self.doc_unavailable(&document_id);
                     Some(Inbound::Ignored)
@@ -275,14 +260,14 @@ impl FrameDecoder for RepoDecoder {
             WireMessage::Ephemeral {
                 document_id, data, ..
             } => {
-                let flow_id = flow_of_document_id(&document_id)?;
+                let flow_id = self.ids.flow_of(&document_id)?;
                 if bytes.len() > self.max_frame_bytes {
                     let message = format!("ephemeral message of {} bytes", bytes.len());
-                    return self.invalid(Some(flow_id), ErrorCode::TooLarge, message);
+                    return self.invalid(Some(flow_id.to_string()), ErrorCode::TooLarge, message);
                 }
                 let presence = wire::presence_of(&data)?;
                 Some(Inbound::Request(ClientMessage::Presence {
-                    flow_id,
+                    flow_id: flow_id.to_string(),
                     cursor: presence.cursor.map(Into::into),
                     selection: presence.selection,
                     color: presence.color,
@@ -309,48 +294,33 @@ impl FrameDecoder for RepoDecoder {
 pub struct RepoEncoder {
     server_peer: Arc<str>,
     client: ClientPeer,
+    ids: Arc<DocumentIds>,
     session_id: String,
     /// The `count` of the last ephemeral sent (presence and notices alike).
     count: u64,
     /// When each flow's last `flowhub/refused` went out (see [`REFUSAL_INTERVAL`]).
     last_refused: HashMap<String, Instant>,
-    /// The DocumentId of the flow this peer last synced (base58check hashes twice;
-    /// a peer mostly syncs one flow, and a map per session would cost an idle
-    /// session a table).
-    last_document: Option<(Arc<str>, String)>,
 }
 
 impl RepoEncoder {
-    fn new(server_peer: Arc<str>, client: ClientPeer, session_id: &str) -> RepoEncoder {
+    fn new(
+        server_peer: Arc<str>,
+        client: ClientPeer,
+        ids: Arc<DocumentIds>,
+        session_id: &str,
+    ) -> RepoEncoder {
         RepoEncoder {
             server_peer,
             client,
+            ids,
             session_id: session_id.to_owned(),
             count: 0,
             last_refused: HashMap::new(),
-            last_document: None,
         }
     }
 
-    fn document_id(&mut self, flow_id: &Arc<str>) -> String {
-        match &self.last_document {
-            Some((flow, id)) if flow == flow_id => id.clone(),
-            _ => {
-                let id = flow_document_id(flow_id);
-                self.last_document = Some((Arc::clone(flow_id), id.clone()));
-                id
-            }
-        }
-    }
-
-    /// [`RepoEncoder::document_id`] for a flow named by a plain string (presence and
-    /// notices): the remembered id when it names the same flow, else computed, not
-    /// remembered (that would take a copy of the flow id per session).
-    fn document_id_of(&self, flow_id: &str) -> String {
-        match &self.last_document {
-            Some((flow, id)) if **flow == *flow_id => id.clone(),
-            _ => flow_document_id(flow_id),
-        }
+    fn document_id(&self, flow_id: &str) -> String {
+        self.ids.document_of(flow_id).to_string()
     }
 
     fn ephemeral(&mut self, client: String, flow_id: &str, data: Vec<u8>) -> Encoded {
@@ -358,7 +328,7 @@ impl RepoEncoder {
         send(&WireMessage::Ephemeral {
             sender_id: self.server_peer.to_string(),
             target_id: client,
-            document_id: self.document_id_of(flow_id),
+            document_id: self.document_id(flow_id),
             session_id: self.session_id.clone(),
             count: self.count,
             data,
@@ -405,11 +375,12 @@ impl RepoEncoder {
                 ..
             } => {
                 let text = format!("{}: {message}", ErrorCode::Internal);
-                let error = wire::encode(&WireMessage::Error {
+                let error = (WireMessage::Error {
                     sender_id: Some(self.server_peer.to_string()),
                     target_id: Some(client),
                     message: text.clone(),
-                });
+                })
+                .encode();
                 Encoded::Fatal(
                     Message::Binary(error.into()),
                     CLOSE_INTERNAL_ERROR,
@@ -446,7 +417,7 @@ impl RepoEncoder {
 }
 
 fn send(msg: &WireMessage) -> Encoded {
-    Encoded::Send(Message::Binary(wire::encode(msg).into()))
+    Encoded::Send(Message::Binary(msg.encode().into()))
 }
 
 impl FrameEncoder for RepoEncoder {
@@ -483,34 +454,11 @@ impl FrameEncoder for RepoEncoder {
 mod tests {
     use super::*;
 
-    #[test]
-    fn document_ids_match_bs58check() {
-        // Vectors from the `bs58check` npm package automerge-repo uses.
-        assert_eq!(flow_document_id("demo"), "HnyCRLDpoJx");
-        assert_eq!(flow_document_id("flow-1"), "6kkcGYqhk4c772");
-        assert_eq!(base58check_encode(&[0u8; 16]), "11111111111111114Ki9Gx");
-        assert_eq!(flow_of_document_id("HnyCRLDpoJx").as_deref(), Some("demo"));
-        assert_eq!(
-            base58check_decode("11111111111111114Ki9Gx"),
-            Some(vec![0u8; 16])
-        );
-    }
-
-    #[test]
-    fn random_and_corrupt_document_ids_name_no_flow() {
-        // A repo.create() id: 16 bytes that are not a valid flow id.
-        let random =
-            base58check_encode(&[0x9c, 0x01, 0xff, 0x10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
-        assert_eq!(flow_of_document_id(&random), None);
-        assert_eq!(flow_of_document_id("HnyCRLDpoJy"), None); // bad checksum
-        assert_eq!(flow_of_document_id("0OIl"), None); // not base58
-        assert_eq!(flow_of_document_id(""), None);
-    }
-
     fn ctx() -> RepoEncoder {
         RepoEncoder::new(
             "flowhub-n".into(),
             Arc::new(Mutex::new(Some("peer".into()))),
+            Arc::default(),
             "am-1",
         )
     }

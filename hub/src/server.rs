@@ -191,6 +191,7 @@ impl Hub {
             shutdown: shutdown.clone(),
             connection_tasks: TaskTracker::new(),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            document_ids: Arc::default(),
         };
         let app = router(state.clone());
         let server = tokio::spawn(async move {

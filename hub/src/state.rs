@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Claims, Verifier};
+use crate::automerge_repo::document_id::DocumentIds;
 use crate::config::HubConfig;
 use crate::error::AppError;
 use crate::membership::Membership;
@@ -46,6 +47,9 @@ pub struct AppState {
     pub connection_tasks: TaskTracker,
     /// One permit per open long-lived connection (`HubConfig::max_connections`).
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Flow ids and automerge-repo DocumentIds, remembered for every connection of
+    /// `/v1/automerge-repo`.
+    pub document_ids: Arc<DocumentIds>,
 }
 
 impl AppState {

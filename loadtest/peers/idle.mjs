@@ -16,6 +16,9 @@
 // native client ~30 ms, and the hub's CPU time grows with the time it shares):
 //   --client-busy-ms MS   each client keeps its core busy MS ms before it leaves
 //                         (give the faster client the slower one's time);
+//   --hold-ms MS          each open lasts MS ms from connecting to leaving (the client
+//                         sleeps the rest), so the hub's timers (the flow's tick, the
+//                         store watch, presence) run as long for either transport;
 //   --callgrind-out DIR   the hub runs under `valgrind --tool=callgrind` writing
 //                         into DIR: its counters are zeroed before the opens and
 //                         dumped after, and the report adds the hub's instructions
@@ -25,7 +28,7 @@
 //   node idle.mjs --url ws://127.0.0.1:PORT --server-pid PID --transport ws|automerge-repo \
 //     [--sessions 2000] [--flows 100] [--settle 5] [--out idle.json]
 //   node idle.mjs --mode open --url … --server-pid PID --transport … [--nodes 1000] [--opens 20]
-//     [--client-busy-ms MS] [--callgrind-out DIR]
+//     [--client-busy-ms MS] [--hold-ms MS] [--callgrind-out DIR]
 // FLOWHUB_JWT_SECRET must be the hub's secret.
 
 import { execFileSync } from "node:child_process"
@@ -51,6 +54,7 @@ const args = parseArgs(
     nodes: 1000,
     opens: 20,
     clientBusyMs: 0,
+    holdMs: 0,
     callgrindOut: "",
     settle: 5,
     out: "",
@@ -58,6 +62,8 @@ const args = parseArgs(
   "node idle.mjs --url ws://HOST:PORT --server-pid PID --transport ws|automerge-repo [--sessions N] [--flows F]",
 )
 const secret = process.env.FLOWHUB_JWT_SECRET
+/** Opens that took longer than --hold-ms (their hold was 0). */
+let overHold = 0
 const sessions = Number(args.sessions)
 const flowCount = Number(args.flows)
 const pid = args.serverPid
@@ -127,11 +133,13 @@ process.exit(0)
 
 /** One new session of the transport holding all `nodes` nodes of `flowId`; closes it. */
 async function openOnce(flowId, nodes, i) {
+  const hold = performance.now() + Number(args.holdMs)
   if (args.transport === "ws") {
     const client = await flowhubConnect(args.url, secret, `opener-${i}`, { [flowId]: "viewer" })
     const flow = await client.subscribe(flowId)
     const ok = await until(() => flow.nodeIds().length >= nodes, 60_000)
     busy(Number(args.clientBusyMs))
+    await holdUntil(hold)
     client.close()
     if (!ok) fail("ws: the flow did not arrive")
   } else {
@@ -142,6 +150,7 @@ async function openOnce(flowId, nodes, i) {
     await handle.whenReady()
     const ok = await until(() => Object.keys(handle.doc()?.nodes ?? {}).length >= nodes, 60_000)
     busy(Number(args.clientBusyMs))
+    await holdUntil(hold)
     await repo.shutdown()
     if (!ok) fail("automerge-repo: the flow did not arrive")
   }
@@ -172,6 +181,8 @@ async function measureOpens() {
     nodes,
     opens,
     client_busy_ms: Number(args.clientBusyMs),
+    hold_ms: Number(args.holdMs),
+    opens_longer_than_hold: overHold,
     hub_cpu_ms_per_open: round(((cpu1 - cpu0) * 1000) / opens, 1),
     wall_ms_per_open: round(wall / opens, 1),
   }
@@ -183,6 +194,13 @@ async function measureOpens() {
   console.log(JSON.stringify(result))
   if (args.out) writeJson(args.out, result)
   process.exit(0)
+}
+
+/** Sleeps until `at` (a `performance.now()` time); counts an open that took longer. */
+async function holdUntil(at) {
+  const left = at - performance.now()
+  if (left > 0) await sleep(left)
+  else if (Number(args.holdMs) > 0) overHold++
 }
 
 /** Keeps this process's core busy for `ms` milliseconds (a client's own work). */

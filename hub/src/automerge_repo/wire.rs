@@ -157,7 +157,7 @@ pub struct DecodeError(String);
 /// input with `deserialize_any`, for which ciborium turns a tag into an enum that the
 /// buffer refuses. Without the tags every byte string is a plain one.
 pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
-    if let Some(msg) = decode_sync(bytes) {
+    if let Some(msg) = decode_common(bytes) {
         return Ok(msg);
     }
     let value: ciborium::Value = read_cbor(bytes).map_err(|e| DecodeError(e.to_string()))?;
@@ -178,7 +178,24 @@ fn read_cbor<T: serde::de::DeserializeOwned>(
 
 /// Encodes one message (or any serde value, e.g. a [`HubNotice`]) as CBOR.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
+    encode_into(value, Vec::with_capacity(256))
+}
+
+impl WireMessage {
+    /// [`encode`], into a buffer of the message's size: a whole document in one
+    /// `sync` otherwise grows the buffer a dozen times, copying it each time.
+    pub fn encode(&self) -> Vec<u8> {
+        let data = match self {
+            WireMessage::Request { data, .. }
+            | WireMessage::Sync { data, .. }
+            | WireMessage::Ephemeral { data, .. } => data.len(),
+            _ => 0,
+        };
+        encode_into(self, Vec::with_capacity(256 + data))
+    }
+}
+
+fn encode_into<T: Serialize + ?Sized>(value: &T, mut out: Vec<u8>) -> Vec<u8> {
     // Writing into a Vec fails only for values serde cannot represent in CBOR, which
     // none of the hub's types are.
     if let Err(e) = ciborium::ser::into_writer(value, &mut out) {
@@ -196,10 +213,11 @@ pub fn presence_of(data: &[u8]) -> Option<PresenceData> {
     (!empty).then_some(presence)
 }
 
-/// The fields of a `sync` or `request` message; any other field is skipped.
+/// The fields of the messages a peer sends most (`sync`, `request`, `join`,
+/// `ephemeral`), all optional; any other field is skipped.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SyncFields {
+struct CommonFields {
     #[serde(rename = "type")]
     kind: String,
     sender_id: Option<String>,
@@ -207,40 +225,53 @@ struct SyncFields {
     document_id: Option<String>,
     #[serde(default, deserialize_with = "some_bytes")]
     data: Option<Vec<u8>>,
+    session_id: Option<String>,
+    count: Option<u64>,
+    peer_metadata: Option<PeerMetadata>,
+    supported_protocol_versions: Option<Vec<String>>,
 }
 
 fn some_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
     cbor_bytes::deserialize(d).map(Some)
 }
 
-/// The fast path of [`decode`] for the messages every edit sends: read straight into
-/// typed fields (ciborium skips tags there), without building a [`ciborium::Value`]
-/// tree and buffering it again for the internally tagged enum, which copies `data`
-/// twice. `None` for any other message, or anything amiss: [`decode`] then takes the
-/// general path, which also words the error.
-fn decode_sync(bytes: &[u8]) -> Option<WireMessage> {
-    let fields: SyncFields = read_cbor(bytes).ok()?;
-    let (sender_id, target_id, document_id, data) = (
-        fields.sender_id?,
-        fields.target_id?,
-        fields.document_id?,
-        fields.data?,
-    );
-    match fields.kind.as_str() {
-        "sync" => Some(WireMessage::Sync {
+/// The fast path of [`decode`] for the messages a peer sends most: read straight
+/// into typed fields (ciborium skips tags there), without building a
+/// [`ciborium::Value`] tree and buffering it again for the internally tagged enum,
+/// which copies `data` twice and cost an open as much as base58check did. `None` for
+/// any other message, or anything amiss: [`decode`] then takes the general path,
+/// which also words the error.
+fn decode_common(bytes: &[u8]) -> Option<WireMessage> {
+    let fields: CommonFields = read_cbor(bytes).ok()?;
+    let sender_id = fields.sender_id?;
+    Some(match fields.kind.as_str() {
+        "join" => WireMessage::Join {
             sender_id,
-            target_id,
-            document_id,
-            data,
-        }),
-        "request" => Some(WireMessage::Request {
+            peer_metadata: fields.peer_metadata,
+            supported_protocol_versions: fields.supported_protocol_versions,
+        },
+        "sync" => WireMessage::Sync {
             sender_id,
-            target_id,
-            document_id,
-            data,
-        }),
-        _ => None,
-    }
+            target_id: fields.target_id?,
+            document_id: fields.document_id?,
+            data: fields.data?,
+        },
+        "request" => WireMessage::Request {
+            sender_id,
+            target_id: fields.target_id?,
+            document_id: fields.document_id?,
+            data: fields.data?,
+        },
+        "ephemeral" => WireMessage::Ephemeral {
+            sender_id,
+            target_id: fields.target_id?,
+            document_id: fields.document_id?,
+            session_id: fields.session_id?,
+            count: fields.count?,
+            data: fields.data?,
+        },
+        _ => return None,
+    })
 }
 
 fn untagged(value: ciborium::Value) -> ciborium::Value {
@@ -359,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sync_fast_path_reads_what_the_general_path_reads() {
+    fn the_fast_path_reads_what_the_general_path_reads() {
         let general = |bytes: &[u8]| -> WireMessage {
             let value: Value = ciborium::de::from_reader(bytes).unwrap();
             untagged(value).deserialized().unwrap()
@@ -385,7 +416,7 @@ mod tests {
             with("request", tagged(), Vec::new()),
             with("sync", tagged(), extra),
         ] {
-            let fast = decode_sync(&bytes).expect("taken by the fast path");
+            let fast = decode_common(&bytes).expect("taken by the fast path");
             assert_eq!(fast, general(&bytes));
             assert_eq!(decode(&bytes).unwrap(), fast);
         }
@@ -396,12 +427,49 @@ mod tests {
             (text("targetId"), text("hub")),
             (text("documentId"), text("doc")),
         ]));
-        assert!(decode_sync(&no_data).is_none());
+        assert!(decode_common(&no_data).is_none());
         assert!(decode(&no_data).is_err());
+        // An ephemeral without its sessionId and count is not one.
         let ephemeral = with("ephemeral", Value::Bytes(vec![1]), Vec::new());
-        assert!(decode_sync(&ephemeral).is_none());
+        assert!(decode_common(&ephemeral).is_none());
+        assert!(decode(&ephemeral).is_err());
+        let ephemeral = with(
+            "ephemeral",
+            tagged(),
+            vec![
+                (text("sessionId"), text("s")),
+                (text("count"), Value::Integer(3.into())),
+            ],
+        );
+        let fast = decode_common(&ephemeral).expect("taken by the fast path");
+        assert_eq!(fast, general(&ephemeral));
+        assert!(matches!(fast, WireMessage::Ephemeral { count: 3, .. }));
+        for join in [
+            vec![(text("type"), text("join")), (text("senderId"), text("p"))],
+            vec![
+                (text("type"), text("join")),
+                (text("senderId"), text("p")),
+                (
+                    text("peerMetadata"),
+                    Value::Map(vec![(text("isEphemeral"), Value::Bool(true))]),
+                ),
+                (
+                    text("supportedProtocolVersions"),
+                    Value::Array(vec![text("1"), text("2")]),
+                ),
+            ],
+        ] {
+            let bytes = cbor(&Value::Map(join));
+            let fast = decode_common(&bytes).expect("taken by the fast path");
+            assert_eq!(fast, general(&bytes));
+        }
+        let unknown = cbor(&Value::Map(vec![
+            (text("type"), text("remote-heads-changed")),
+            (text("senderId"), text("p")),
+        ]));
+        assert!(decode_common(&unknown).is_none());
         let text_data = with("sync", text("not bytes"), Vec::new());
-        assert!(decode_sync(&text_data).is_none());
+        assert!(decode_common(&text_data).is_none());
         assert!(decode(&text_data).is_err());
     }
 

@@ -759,15 +759,37 @@ impl Message {
     }
 
     pub fn encode(self) -> Vec<u8> {
-        let mut buf = vec![self.version.encode()];
+        // flowhub patch: sized up front (a length prefix takes at most 10 bytes):
+        // a message that carries a whole document would otherwise grow, and copy,
+        // its buffer a dozen times. Each bloom filter is encoded once, not once for
+        // its length and again for its bytes.
+        let blooms: Vec<Vec<u8>> = self.have.iter().map(|h| h.bloom.to_bytes()).collect();
+        let hashes = self.heads.len() + self.need.len();
+        let capacity = 1
+            + 40
+            + 32 * hashes
+            + self
+                .have
+                .iter()
+                .zip(&blooms)
+                .map(|(h, bloom)| 20 + 32 * h.last_sync.len() + bloom.len())
+                .sum::<usize>()
+            + self.changes.iter().map(|c| 10 + c.len()).sum::<usize>()
+            + 16;
+        let mut buf = Vec::with_capacity(capacity);
+        buf.push(self.version.encode());
 
         encode_hashes(&mut buf, &self.heads);
         encode_hashes(&mut buf, &self.need);
-        encode_many(&mut buf, self.have.iter(), |buf, h| {
-            encode_hashes(buf, &h.last_sync);
-            leb128::write::unsigned(buf, h.bloom.to_bytes().len() as u64).unwrap();
-            buf.extend(h.bloom.to_bytes());
-        });
+        encode_many(
+            &mut buf,
+            self.have.iter().zip(blooms),
+            |buf, (h, bloom)| {
+                encode_hashes(buf, &h.last_sync);
+                leb128::write::unsigned(buf, bloom.len() as u64).unwrap();
+                buf.extend(bloom);
+            },
+        );
 
         encode_many(&mut buf, self.changes.iter(), |buf, change| {
             leb128::write::unsigned(buf, change.len() as u64).unwrap();
