@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use flowhub::sql_store::{ConnectError, SqlStore};
-use flowhub_actors::store::{ChangeRecord, Snapshot, Store, StoreError, StoredFlow};
+use flowhub_actors::store::{ChangeRecord, FlowVersions, Snapshot, Store, StoreError, StoredFlow};
 use sqlx::{AssertSqlSafe, Connection};
 
 const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -95,6 +95,7 @@ on_both_backends!(
     flow_members_set_get_delete,
     close_flushes_then_rejects_appends,
     one_bad_append_fails_alone,
+    appends_small_and_large_store_every_change_and_count_once,
 );
 
 async fn connect(url: &str) -> SqlStore {
@@ -195,6 +196,34 @@ async fn append_then_load_keeps_append_order(url: String) {
     let empty = load(&store, "empty").await;
     assert!(empty.exists);
     assert!(empty.changes.is_empty());
+    store.close().await;
+}
+
+/// SQLite writes a batch of up to 500 rows in one command (both inserts), a larger one
+/// statement by statement, as PostgreSQL always does: both must store every change in
+/// order and count one version per append.
+async fn appends_small_and_large_store_every_change_and_count_once(url: String) {
+    let store = connect(&url).await;
+    let versions = |rows: Vec<(String, FlowVersions)>, flow: &str| {
+        rows.into_iter()
+            .find(|(id, _)| id == flow)
+            .map(|(_, v)| v.changes)
+    };
+    append(&store, "small", &changes("small", 1..=3)).await;
+    append(&store, "small", &changes("small", 4..=4)).await;
+    append(&store, "large", &changes("large", 1..=1_234)).await;
+    append(&store, "large", &[]).await;
+    assert_eq!(load(&store, "small").await.changes, changes("small", 1..=4));
+    assert_eq!(
+        load(&store, "large").await.changes,
+        changes("large", 1..=1_234)
+    );
+    let rows = store
+        .flow_versions(&["small".to_owned(), "large".to_owned()])
+        .await
+        .expect("flow versions");
+    assert_eq!(versions(rows.clone(), "small"), Some(2));
+    assert_eq!(versions(rows, "large"), Some(2));
     store.close().await;
 }
 

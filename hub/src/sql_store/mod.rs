@@ -161,12 +161,15 @@ impl DbPool {
         }
     }
 
+    /// SQLite's [`DbPool::begin_write`].
+    const SQLITE_BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
     /// Starts a transaction that will write. SQLite takes the write lock up front
     /// (`IMMEDIATE`) so the busy timeout applies; a deferred transaction that reads
     /// first and then writes can fail at once with `SQLITE_BUSY` instead of waiting.
     fn begin_write(&self) -> &'static str {
         match self {
-            DbPool::Sqlite(_) => "BEGIN IMMEDIATE",
+            DbPool::Sqlite(_) => Self::SQLITE_BEGIN_WRITE,
             DbPool::Postgres(_) => "BEGIN",
         }
     }
@@ -808,6 +811,10 @@ async fn open_pool(url: &str, pg_connections: u32) -> Result<DbPool, StoreError>
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // No ping before each use: a connection to a local file does not go stale,
+            // and the ping is a round trip to the connection's worker thread (two
+            // thread wake-ups) before every transaction, appends included.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(db_error)?;

@@ -253,6 +253,11 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
         .filter(|(flow_id, c)| seen.insert((*flow_id, c.hash.as_str())))
         .collect();
 
+    if let DbPool::Sqlite(p) = pool {
+        if flow_ids.len() <= ROWS_PER_STATEMENT && rows.len() <= ROWS_PER_STATEMENT {
+            return write_sqlite_in_one_command(p, now, &flow_ids, &rows).await;
+        }
+    }
     let begin = pool.begin_write();
     with_pool!(pool, |p| {
         let mut tx = p.begin_with(begin).await?;
@@ -278,6 +283,41 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
     })
 }
 
+/// [`write`] on SQLite: both inserts in one command. sqlx runs every SQLite
+/// connection on its own thread, so each statement is a round trip to it (two
+/// thread wake-ups, a dozen context switches per append in all); at low load, where
+/// every append is a batch of one, those were most of an append's CPU time. The
+/// statements share one argument list (`$1` the timestamp, then the flow ids, then
+/// the changes' rows), which SQLite binds by number in each statement; PostgreSQL
+/// takes no parameters in a command of several statements, so it keeps [`write`]'s
+/// two. Still inside sqlx's transaction: a failure or a dropped future rolls back.
+async fn write_sqlite_in_one_command(
+    pool: &sqlx::SqlitePool,
+    now: i64,
+    flow_ids: &[&str],
+    rows: &[(&str, &ChangeRecord)],
+) -> Result<(), sqlx::Error> {
+    let mut sql = upsert_flows_sql(flow_ids.len());
+    // An append of no changes (all already stored) still counts as one.
+    if !rows.is_empty() {
+        sql.push_str(";\n");
+        sql.push_str(&insert_changes_sql_from(2 + flow_ids.len(), rows.len()));
+    }
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+    for flow_id in flow_ids {
+        query = query.bind(*flow_id);
+    }
+    for (flow_id, change) in rows {
+        query = query
+            .bind(*flow_id)
+            .bind(change.hash.as_str())
+            .bind(change.bytes.as_slice());
+    }
+    let mut tx = pool.begin_with(DbPool::SQLITE_BEGIN_WRITE).await?;
+    query.execute(&mut *tx).await?;
+    tx.commit().await
+}
+
 /// `INSERT INTO flows ... VALUES ($2, $1, $1), ($3, $1, $1) ... ON CONFLICT ...` where
 /// `$1` is the timestamp shared by every row.
 fn upsert_flows_sql(rows: usize) -> String {
@@ -298,13 +338,18 @@ fn upsert_flows_sql(rows: usize) -> String {
 /// `INSERT INTO flow_changes ... VALUES ($2, $3, $4, $1), ... ON CONFLICT DO NOTHING`
 /// where `$1` is the timestamp shared by every row.
 fn insert_changes_sql(rows: usize) -> String {
+    insert_changes_sql_from(2, rows)
+}
+
+/// [`insert_changes_sql`] with the rows' parameters numbered from `first`.
+fn insert_changes_sql_from(first: usize, rows: usize) -> String {
     let mut sql =
         String::from("INSERT INTO flow_changes (flow_id, hash, bytes, created_at) VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
-        let base = 2 + 3 * i;
+        let base = first + 3 * i;
         sql.push_str(&format!("(${}, ${}, ${}, $1)", base, base + 1, base + 2));
     }
     sql.push_str(" ON CONFLICT (flow_id, hash) DO NOTHING");
