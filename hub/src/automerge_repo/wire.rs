@@ -182,8 +182,8 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 }
 
 impl WireMessage {
-    /// [`encode`], into a buffer of the message's size: a whole document in one
-    /// `sync` otherwise grows the buffer a dozen times, copying it each time.
+    /// [`encode`], into a buffer that holds the whole message: a whole document in
+    /// one `sync` otherwise grows the buffer a dozen times, copying it each time.
     pub fn encode(&self) -> Vec<u8> {
         let data = match self {
             WireMessage::Request { data, .. }
@@ -238,9 +238,9 @@ fn some_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>,
 /// The fast path of [`decode`] for the messages a peer sends most: read straight
 /// into typed fields (ciborium skips tags there), without building a
 /// [`ciborium::Value`] tree and buffering it again for the internally tagged enum,
-/// which copies `data` twice and cost an open as much as base58check did. `None` for
-/// any other message, or anything amiss: [`decode`] then takes the general path,
-/// which also words the error.
+/// which copies `data` twice and took more than half of what decoding a peer's
+/// messages cost an open. `None` for any other message, or anything amiss:
+/// [`decode`] then takes the general path, which also words the error.
 fn decode_common(bytes: &[u8]) -> Option<WireMessage> {
     let fields: CommonFields = read_cbor(bytes).ok()?;
     let sender_id = fields.sender_id?;
