@@ -1,10 +1,10 @@
-//! What one `append_changes` costs on the embedded SQLite store, one at a time (the
-//! hub at low load, where no group commit shares a transaction): wall time per
-//! append. For its CPU time and thread hops, run it under `perf stat -e
+//! What one `append_changes` costs, one at a time (the hub at low load, where no
+//! group commit shares a transaction): wall time per append, on the embedded SQLite
+//! store or on the database at DATABASE_URL (give PostgreSQL a fresh database). For its CPU time and thread hops, run it under `perf stat -e
 //! task-clock,context-switches` (docs/PERFORMANCE.md, "Eighth round").
 //!
 //!   cargo build --release -p flowhub --example append_latency
-//!   target/release/examples/append_latency [APPENDS]
+//!   target/release/examples/append_latency [APPENDS] [DATABASE_URL]
 
 use std::time::Instant;
 
@@ -19,7 +19,9 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(2000);
     let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}/flowhub.db?mode=rwc", dir.path().display());
+    let url = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| format!("sqlite://{}/flowhub.db?mode=rwc", dir.path().display()));
     let store = SqlStore::connect(&url).await?;
     let mut micros = Vec::with_capacity(appends);
     for i in 0..appends {

@@ -96,6 +96,7 @@ on_both_backends!(
     close_flushes_then_rejects_appends,
     one_bad_append_fails_alone,
     appends_small_and_large_store_every_change_and_count_once,
+    two_stores_appending_the_same_changes_store_each_once,
 );
 
 async fn connect(url: &str) -> SqlStore {
@@ -225,6 +226,47 @@ async fn appends_small_and_large_store_every_change_and_count_once(url: String) 
     assert_eq!(versions(rows.clone(), "small"), Some(2));
     assert_eq!(versions(rows, "large"), Some(2));
     store.close().await;
+}
+
+/// Two hub nodes on one database append the same changes to the same flows at once
+/// (a client that resends through another node): every append succeeds, and each
+/// change is stored once, in an order both agree on.
+async fn two_stores_appending_the_same_changes_store_each_once(url: String) {
+    const FLOWS: u32 = 4;
+    let stores = [Arc::new(connect(&url).await), Arc::new(connect(&url).await)];
+    let mut tasks = Vec::new();
+    for store in &stores {
+        for f in 0..FLOWS {
+            for n in 0..10u32 {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Every flow of the batch, overlapping ranges of changes.
+                    let flow = format!("shared-{}", (f + n) % FLOWS);
+                    append(&store, &flow, &changes(&flow, n..n + 5)).await;
+                }));
+            }
+        }
+    }
+    for task in tasks {
+        task.await.expect("append task");
+    }
+    for f in 0..FLOWS {
+        let flow = format!("shared-{f}");
+        let from_first = load(&stores[0], &flow).await.changes;
+        let mut hashes: Vec<String> = from_first.iter().map(|c| c.hash.clone()).collect();
+        hashes.sort();
+        hashes.dedup();
+        assert_eq!(
+            hashes.len(),
+            from_first.len(),
+            "{flow}: a change stored twice"
+        );
+        assert_eq!(hashes.len(), 14, "{flow}: changes 0..14, each once");
+        assert_eq!(load(&stores[1], &flow).await.changes, from_first);
+    }
+    for store in &stores {
+        store.close().await;
+    }
 }
 
 async fn reappend_is_idempotent(url: String) {

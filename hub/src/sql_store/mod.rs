@@ -161,15 +161,12 @@ impl DbPool {
         }
     }
 
-    /// SQLite's [`DbPool::begin_write`].
-    const SQLITE_BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-
     /// Starts a transaction that will write. SQLite takes the write lock up front
     /// (`IMMEDIATE`) so the busy timeout applies; a deferred transaction that reads
     /// first and then writes can fail at once with `SQLITE_BUSY` instead of waiting.
     fn begin_write(&self) -> &'static str {
         match self {
-            DbPool::Sqlite(_) => Self::SQLITE_BEGIN_WRITE,
+            DbPool::Sqlite(_) => "BEGIN IMMEDIATE",
             DbPool::Postgres(_) => "BEGIN",
         }
     }

@@ -253,10 +253,8 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
         .filter(|(flow_id, c)| seen.insert((*flow_id, c.hash.as_str())))
         .collect();
 
-    if let DbPool::Sqlite(p) = pool {
-        if flow_ids.len() <= ROWS_PER_STATEMENT && rows.len() <= ROWS_PER_STATEMENT {
-            return write_sqlite_in_one_command(p, now, &flow_ids, &rows).await;
-        }
+    if flow_ids.len() <= ROWS_PER_STATEMENT && rows.len() <= ROWS_PER_STATEMENT {
+        return write_in_one_command(pool, now, &flow_ids, &rows).await;
     }
     let begin = pool.begin_write();
     with_pool!(pool, |p| {
@@ -283,39 +281,67 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
     })
 }
 
-/// [`write`] on SQLite: both inserts in one command. sqlx runs every SQLite
-/// connection on its own thread, so each statement is a round trip to it (two
-/// thread wake-ups, a dozen context switches per append in all); at low load, where
-/// every append is a batch of one, those were most of an append's CPU time. The
-/// statements share one argument list (`$1` the timestamp, then the flow ids, then
-/// the changes' rows), which SQLite binds by number in each statement; PostgreSQL
-/// takes no parameters in a command of several statements, so it keeps [`write`]'s
-/// two. Still inside sqlx's transaction: a failure or a dropped future rolls back.
-async fn write_sqlite_in_one_command(
-    pool: &sqlx::SqlitePool,
+/// [`write`] for a batch that fits one statement per table (the usual case), in one
+/// command: every statement is a round trip, to SQLite's connection thread (two
+/// thread wake-ups; sqlx runs each SQLite connection on a thread of its own) or to
+/// the PostgreSQL server, and at low load, where every append is a batch of one, the
+/// five round trips of a transaction (the pool's ping, `BEGIN`, two inserts,
+/// `COMMIT`) were most of an append's cost.
+///
+/// Both statements share one argument list: `$1` the timestamp, then the flow ids,
+/// then the changes' rows.
+/// - SQLite: the two statements in one command, which SQLite binds by number in
+///   each, inside sqlx's transaction (a failure or a dropped future rolls back).
+/// - PostgreSQL takes no parameters in a command of several statements: the upsert
+///   is a data-modifying `WITH` of the insert, one statement and so atomic without
+///   `BEGIN` and `COMMIT`. The insert reads the upsert's row count first, so the
+///   flow rows are locked (in sorted order) before any change row, as in [`write`]'s
+///   transaction: two nodes appending to the same flows wait, never deadlock.
+async fn write_in_one_command(
+    pool: &DbPool,
     now: i64,
     flow_ids: &[&str],
     rows: &[(&str, &ChangeRecord)],
 ) -> Result<(), sqlx::Error> {
-    let mut sql = upsert_flows_sql(flow_ids.len());
+    let upsert = upsert_flows_sql(flow_ids.len());
+    let first_row = 2 + flow_ids.len();
     // An append of no changes (all already stored) still counts as one.
-    if !rows.is_empty() {
-        sql.push_str(";\n");
-        sql.push_str(&insert_changes_sql_from(2 + flow_ids.len(), rows.len()));
-    }
-    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-    for flow_id in flow_ids {
-        query = query.bind(*flow_id);
-    }
-    for (flow_id, change) in rows {
-        query = query
-            .bind(*flow_id)
-            .bind(change.hash.as_str())
-            .bind(change.bytes.as_slice());
-    }
-    let mut tx = pool.begin_with(DbPool::SQLITE_BEGIN_WRITE).await?;
-    query.execute(&mut *tx).await?;
-    tx.commit().await
+    let sql = match pool {
+        _ if rows.is_empty() => upsert,
+        DbPool::Sqlite(_) => format!(
+            "{upsert};\n{}",
+            insert_changes_sql_from(first_row, rows.len())
+        ),
+        DbPool::Postgres(_) => format!(
+            "WITH upserted AS ({upsert} RETURNING 1) \
+             INSERT INTO flow_changes (flow_id, hash, bytes, created_at) \
+             SELECT * FROM ({}) AS v (flow_id, hash, bytes, created_at) \
+             WHERE (SELECT count(*) FROM upserted) > 0 \
+             ON CONFLICT (flow_id, hash) DO NOTHING",
+            change_rows_sql(first_row, rows.len())
+        ),
+    };
+    let in_transaction = matches!(pool, DbPool::Sqlite(_)) && !rows.is_empty();
+    let begin = pool.begin_write();
+    with_pool!(pool, |p| {
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+        for flow_id in flow_ids {
+            query = query.bind(*flow_id);
+        }
+        for (flow_id, change) in rows {
+            query = query
+                .bind(*flow_id)
+                .bind(change.hash.as_str())
+                .bind(change.bytes.as_slice());
+        }
+        if in_transaction {
+            let mut tx = p.begin_with(begin).await?;
+            query.execute(&mut *tx).await?;
+            tx.commit().await
+        } else {
+            query.execute(p).await.map(drop)
+        }
+    })
 }
 
 /// `INSERT INTO flows ... VALUES ($2, $1, $1), ($3, $1, $1) ... ON CONFLICT ...` where
@@ -343,8 +369,16 @@ fn insert_changes_sql(rows: usize) -> String {
 
 /// [`insert_changes_sql`] with the rows' parameters numbered from `first`.
 fn insert_changes_sql_from(first: usize, rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO flow_changes (flow_id, hash, bytes, created_at) VALUES ");
+    format!(
+        "INSERT INTO flow_changes (flow_id, hash, bytes, created_at) {} \
+         ON CONFLICT (flow_id, hash) DO NOTHING",
+        change_rows_sql(first, rows)
+    )
+}
+
+/// `VALUES ($first, $first+1, $first+2, $1), ...`: one row per change.
+fn change_rows_sql(first: usize, rows: usize) -> String {
+    let mut sql = String::from("VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
@@ -352,7 +386,6 @@ fn insert_changes_sql_from(first: usize, rows: usize) -> String {
         let base = first + 3 * i;
         sql.push_str(&format!("(${}, ${}, ${}, $1)", base, base + 1, base + 2));
     }
-    sql.push_str(" ON CONFLICT (flow_id, hash) DO NOTHING");
     sql
 }
 
