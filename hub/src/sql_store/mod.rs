@@ -19,7 +19,10 @@
 //! over a bounded channel, takes everything already queued (up to 256 requests or 4 MiB),
 //! writes it in one transaction and answers every caller after the commit. Under load the
 //! cost of a commit (an fsync on PostgreSQL, a lock round on SQLite) is shared by many
-//! appends; an idle store still commits a lone append at once. See the `writer` module.
+//! appends; an idle store still commits a lone append at once. A batch is one command
+//! (SQLite: both inserts in one command inside the transaction; PostgreSQL: one
+//! statement, the flows upsert a `WITH` of the changes insert), since at low load the
+//! round trips, not the writes, were an append's cost. See the `writer` module.
 //!
 //! # Limits
 //! - Compaction deletes covered rows, so it forgets their hashes: a covered change
