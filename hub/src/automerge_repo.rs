@@ -481,6 +481,31 @@ mod tests {
     }
 
     #[test]
+    fn document_ids_come_from_the_hub_wide_memo() {
+        let ids = Arc::new(DocumentIds::default());
+        ids.plant("f", "planted-id");
+        let mut encoder = RepoEncoder::new(
+            "flowhub-n".into(),
+            Arc::new(Mutex::new(Some("peer".into()))),
+            Arc::clone(&ids),
+            "am-1",
+        );
+        let sync = OutFrame::Sync {
+            flow_id: "f".into(),
+            payload: vec![1],
+        };
+        assert!(matches!(
+            sent(encoder.encode(sync)),
+            WireMessage::Sync { document_id, .. } if document_id == "planted-id"
+        ));
+        let refused = ServerMessage::error(ErrorCode::Forbidden, "viewer").with_flow("f");
+        assert!(matches!(
+            sent(encoder.encode(text_frame(&refused))),
+            WireMessage::Ephemeral { document_id, .. } if document_id == "planted-id"
+        ));
+    }
+
+    #[test]
     fn refusals_become_coalesced_ephemerals_and_store_failures_close() {
         let mut ctx = ctx();
         let refused =

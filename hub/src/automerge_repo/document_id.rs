@@ -82,6 +82,15 @@ impl DocumentIds {
         id
     }
 
+    /// Plants a pair in the memo, so a test can tell an answer from the memo from a
+    /// computed one.
+    #[cfg(test)]
+    pub(crate) fn plant(&self, flow_id: &str, document_id: &str) {
+        let mut memo = self.lock();
+        memo.flow_of.insert(document_id.into(), flow_id.into());
+        memo.document_of.insert(flow_id.into(), document_id.into());
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, DocumentIdMemo> {
         // The memo holds only recomputable ids: one poisoned by a panic elsewhere is
         // still correct.
@@ -128,6 +137,10 @@ mod tests {
             assert_eq!(ids.flow_of(""), None);
         }
         assert_eq!(ids.lock().flow_of.len(), 1);
+        // Answered from the memo, not computed again.
+        ids.plant("planted-flow", "planted-id");
+        assert_eq!(&*ids.document_of("planted-flow"), "planted-id");
+        assert_eq!(ids.flow_of("planted-id").as_deref(), Some("planted-flow"));
         for i in 0..DOCUMENT_ID_MEMO + 10 {
             let flow = format!("flow-{i}");
             let id = ids.document_of(&flow);

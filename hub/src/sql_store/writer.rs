@@ -235,7 +235,9 @@ async fn write_with_retry_unbounded(
     }
 }
 
-/// One transaction: upsert the flow rows, insert the changes (duplicates ignored).
+/// One transaction: upsert the flow rows, insert the changes (duplicates ignored). A
+/// batch that fits one statement per table goes as one command
+/// ([`write_in_one_command`]); a larger one statement by statement.
 async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Error> {
     let now = now_ms();
     let mut flow_ids: Vec<&str> = requests.iter().map(|r| r.flow_id.as_str()).collect();
