@@ -174,6 +174,12 @@ impl Collector for NodeCollector {
             counter(e, "store_batches", "Group-commit transactions.", s.batches)?;
             counter(
                 e,
+                "store_wal_checkpoints",
+                "Background SQLite WAL checkpoints run (0 on PostgreSQL).",
+                s.wal_checkpoints,
+            )?;
+            counter(
+                e,
                 "store_changes_committed",
                 "Change records committed by the group-commit writer (rows inserted into the change log, re-appended duplicates included).",
                 s.changes,

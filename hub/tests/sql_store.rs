@@ -632,3 +632,48 @@ async fn bad_urls_are_unavailable() {
         "{err}"
     );
 }
+
+/// SQLite's WAL is checkpointed by the store in the background, not left to the
+/// commits (see `sql_store::checkpoint`): after appends and a pause, the database file
+/// alone, without its WAL, holds every change. If background checkpoints stopped, the
+/// counter would not move and the copied file would miss changes (SQLite's own
+/// checkpoint waits for 10,000 WAL pages, far more than this test writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("flowhub.db");
+    let store = connect(&format!("sqlite://{}", path.display())).await;
+    let flows: Vec<String> = (0..5).map(|f| format!("ckpt-{f}")).collect();
+    for n in 0..20 {
+        for flow in &flows {
+            append(&store, flow, &changes(flow, [n])).await;
+        }
+    }
+    // The first commit started a checkpoint; the next starts once the interval is
+    // over, and copies everything committed so far.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let before = store.stats().wal_checkpoints;
+    append(&store, &flows[0], &changes(&flows[0], [20])).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stats().wal_checkpoints <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background checkpoint after the interval"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let copy_dir = tempfile::tempdir().expect("temp dir");
+    let copy = copy_dir.path().join("flowhub.db");
+    std::fs::copy(&path, &copy).expect("copy the database file, not its WAL");
+    store.close().await;
+    let copied = connect(&format!("sqlite://{}", copy.display())).await;
+    assert_eq!(
+        load(&copied, &flows[0]).await.changes,
+        changes(&flows[0], 0..=20)
+    );
+    for flow in &flows[1..] {
+        assert_eq!(load(&copied, flow).await.changes, changes(flow, 0..20));
+    }
+    copied.close().await;
+}

@@ -23,6 +23,8 @@
 //! (SQLite: both inserts in one command inside the transaction; PostgreSQL: one
 //! statement, the flows upsert a `WITH` of the changes insert), since at low load the
 //! round trips, not the writes, were an append's cost. See the `writer` module.
+//! On SQLite the writer also starts the WAL checkpoints, on another connection beside
+//! its commits rather than inside one of them (the `checkpoint` module).
 //!
 //! # Limits
 //! - Compaction deletes covered rows, so it forgets their hashes: a covered change
@@ -67,6 +69,7 @@ macro_rules! with_pool {
     };
 }
 
+mod checkpoint;
 mod error;
 mod migrate;
 mod runs;
@@ -807,7 +810,13 @@ async fn open_pool(url: &str, pg_connections: u32) -> Result<DbPool, StoreError>
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Checkpoints run beside the writer, not inside its commits: see the
+            // `checkpoint` module.
+            .pragma(
+                "wal_autocheckpoint",
+                checkpoint::WAL_AUTOCHECKPOINT_PAGES.to_string(),
+            );
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -29,6 +29,7 @@ use sqlx::AssertSqlSafe;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
+use super::checkpoint::WalCheckpoints;
 use super::error::{db_error, is_transient};
 use super::{now_ms, timed_out, DbPool, APPEND_TIMEOUT};
 
@@ -64,6 +65,8 @@ pub struct StoreStats {
     pub appends: u64,
     /// Change records in those calls (re-appended duplicates included).
     pub changes: u64,
+    /// Background WAL checkpoints run (SQLite only; see the `checkpoint` module).
+    pub wal_checkpoints: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +74,7 @@ pub(super) struct Counters {
     batches: AtomicU64,
     appends: AtomicU64,
     changes: AtomicU64,
+    wal_checkpoints: AtomicU64,
 }
 
 impl Counters {
@@ -79,6 +83,7 @@ impl Counters {
             batches: self.batches.load(Ordering::Relaxed),
             appends: self.appends.load(Ordering::Relaxed),
             changes: self.changes.load(Ordering::Relaxed),
+            wal_checkpoints: self.wal_checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -98,6 +103,7 @@ pub(super) fn closed_error() -> StoreError {
 /// The writer loop; ends on [`Command::Close`] or when every store handle is gone.
 pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters>) {
     let mut close_ack = None;
+    let mut checkpoints = WalCheckpoints::default();
     while close_ack.is_none() {
         let Some(first) = rx.recv().await else {
             break;
@@ -123,8 +129,15 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
         }
         if !batch.is_empty() {
             commit(&pool, batch, &counters).await;
+            if let DbPool::Sqlite(sqlite) = &pool {
+                let counters = counters.clone();
+                checkpoints.after_commit(sqlite, move || {
+                    counters.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
+                });
+            }
         }
     }
+    checkpoints.finish().await;
 
     // Refuse new requests, and fail those that raced in behind the close: they were never
     // acknowledged, so failing them loses nothing.
