@@ -305,8 +305,12 @@ async fn write(pool: &DbPool, requests: &[AppendRequest]) -> Result<(), sqlx::Er
 ///
 /// Both statements share one argument list: `$1` the timestamp, then the flow ids,
 /// then the changes' rows.
-/// - SQLite: the two statements in one command, which SQLite binds by number in
-///   each, inside sqlx's transaction (a failure or a dropped future rolls back).
+/// - SQLite: `BEGIN IMMEDIATE`, the two statements and `COMMIT` in one command,
+///   which SQLite binds by number in each statement: one round trip to the
+///   connection's thread instead of three with sqlx's transaction. Should the
+///   command fail or its future be dropped part-way, a transaction may be left open
+///   on the connection, so the connection is then closed rather than returned to the
+///   pool ([`CloseUnlessReleased`]), and closing it rolls the transaction back.
 /// - PostgreSQL takes no parameters in a command of several statements: the upsert
 ///   is a data-modifying `WITH` of the insert, one statement and so atomic without
 ///   `BEGIN` and `COMMIT`. The insert reads the upsert's row count first, so the
@@ -324,7 +328,7 @@ async fn write_in_one_command(
     let sql = match pool {
         _ if rows.is_empty() => upsert,
         DbPool::Sqlite(_) => format!(
-            "{upsert};\n{}",
+            "BEGIN IMMEDIATE;\n{upsert};\n{};\nCOMMIT",
             insert_changes_sql_from(first_row, rows.len())
         ),
         DbPool::Postgres(_) => format!(
@@ -336,8 +340,7 @@ async fn write_in_one_command(
             change_rows_sql(first_row, rows.len())
         ),
     };
-    let in_transaction = matches!(pool, DbPool::Sqlite(_)) && !rows.is_empty();
-    let begin = pool.begin_write();
+    let opens_transaction = matches!(pool, DbPool::Sqlite(_)) && !rows.is_empty();
     with_pool!(pool, |p| {
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
         for flow_id in flow_ids {
@@ -349,14 +352,38 @@ async fn write_in_one_command(
                 .bind(change.hash.as_str())
                 .bind(change.bytes.as_slice());
         }
-        if in_transaction {
-            let mut tx = p.begin_with(begin).await?;
-            query.execute(&mut *tx).await?;
-            tx.commit().await
+        if opens_transaction {
+            let mut conn = CloseUnlessReleased(Some(p.acquire().await?));
+            if let Some(c) = conn.0.as_mut() {
+                query.execute(&mut **c).await?;
+            }
+            conn.release();
+            Ok(())
         } else {
             query.execute(p).await.map(drop)
         }
     })
+}
+
+/// A pooled connection running a command that opens and commits its own
+/// transaction: closed when dropped, unless [`CloseUnlessReleased::release`]d after
+/// the command succeeded. A failure or a cancelled future may leave the transaction
+/// open, and a connection with an open transaction must never serve another caller.
+struct CloseUnlessReleased<DB: sqlx::Database>(Option<sqlx::pool::PoolConnection<DB>>);
+
+impl<DB: sqlx::Database> CloseUnlessReleased<DB> {
+    /// The command committed: the connection goes back to the pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl<DB: sqlx::Database> Drop for CloseUnlessReleased<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 /// `INSERT INTO flows ... VALUES ($2, $1, $1), ($3, $1, $1) ... ON CONFLICT ...` where
