@@ -677,3 +677,47 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     }
     copied.close().await;
 }
+
+/// A SQLite append is one command holding its own `BEGIN IMMEDIATE … COMMIT`. When it
+/// fails part-way (here a trigger refuses the change row after the flow row was
+/// written), nothing of it stays, and the connection it ran on does not go back to
+/// the pool with the transaction still open: later appends would fail with "cannot
+/// start a transaction within a transaction", or wait out the busy timeout behind the
+/// write lock the open transaction holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_append_failing_part_way_leaves_nothing_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/flowhub.db", dir.path().display());
+    let store = connect(&url).await;
+    append(&store, "before", &changes("before", [1])).await;
+    let mut admin = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("admin connection");
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON flow_changes \
+         WHEN NEW.flow_id = 'poisoned' BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("create trigger");
+    admin.close().await.expect("close admin connection");
+
+    for attempt in 0..3 {
+        let refused = store
+            .append_changes("poisoned", &changes("poisoned", [attempt]))
+            .await;
+        assert!(refused.is_err(), "the trigger refuses the change row");
+        assert!(
+            !load(&store, "poisoned").await.exists,
+            "the flow row written before the refusal was rolled back"
+        );
+    }
+    // With a transaction left open, these fail: on its connection at `BEGIN`, on
+    // any other once the busy timeout is over.
+    for n in 0..20 {
+        append(&store, "after", &changes("after", [n])).await;
+    }
+    assert_eq!(load(&store, "after").await.changes, changes("after", 0..20));
+    assert_eq!(load(&store, "before").await.changes, changes("before", [1]));
+    store.close().await;
+}
