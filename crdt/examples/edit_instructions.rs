@@ -185,6 +185,20 @@ fn main() {
                 );
             });
         }
+        // The hub's whole receive of a peer's change frame (decode, apply in
+        // place, validate what it touched), n moves of one node in a row: compare
+        // n = 200 with n = 2000 to see whether an edit's cost grows with the
+        // node's history.
+        "receive_changes_validated" => {
+            let (mut hub, changes) = peer_moves(n);
+            hub.validate_in_place(true);
+            let mut i = 0;
+            measured(n, |_| {
+                let bytes = changes[i].raw_bytes().to_vec();
+                i += 1;
+                black_box(hub.receive_changes_validated(&bytes).expect("apply"));
+            });
+        }
         // Applying one received change (a peer's move) with patches recorded,
         // n times in a row, the ways the hub could.
         "apply_sync_message" | "apply_load_incremental" | "apply_changes_diff" => {
