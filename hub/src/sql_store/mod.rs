@@ -20,7 +20,7 @@
 //! writes it in one transaction and answers every caller after the commit. Under load the
 //! cost of a commit (an fsync on PostgreSQL, a lock round on SQLite) is shared by many
 //! appends; an idle store still commits a lone append at once. A batch is one command
-//! (SQLite: both inserts in one command inside the transaction; PostgreSQL: one
+//! (SQLite: `BEGIN IMMEDIATE`, both inserts and `COMMIT` in one command; PostgreSQL: one
 //! statement, the flows upsert a `WITH` of the changes insert), since at low load the
 //! round trips, not the writes, were an append's cost. See the `writer` module.
 //! On SQLite the writer also starts the WAL checkpoints, on another connection beside
