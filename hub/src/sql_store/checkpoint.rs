@@ -18,11 +18,14 @@
 //! Durability is unchanged: a commit is durable against a crash of the hub when its WAL
 //! frames are written (`synchronous = NORMAL`), whoever checkpoints them later.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
+
+use super::writer::Counters;
 
 /// `PRAGMA wal_autocheckpoint` on every pooled SQLite connection: the WAL size (in
 /// pages of 4 KiB) at which a commit checkpoints by itself. Only reached if background
@@ -44,8 +47,9 @@ pub(super) struct WalCheckpoints {
 
 impl WalCheckpoints {
     /// Called by the writer after each commit: starts a checkpoint on its own task if
-    /// none runs and the last one started [`CHECKPOINT_INTERVAL`] ago or more.
-    pub(super) fn after_commit(&mut self, pool: &SqlitePool, done: impl FnOnce() + Send + 'static) {
+    /// none runs and the last one started [`CHECKPOINT_INTERVAL`] ago or more (nothing
+    /// but these two checks on the writer's path otherwise).
+    pub(super) fn after_commit(&mut self, pool: &SqlitePool, counters: &Arc<Counters>) {
         if self
             .running
             .as_ref()
@@ -60,10 +64,10 @@ impl WalCheckpoints {
             return;
         }
         self.last_started = Some(Instant::now());
-        let pool = pool.clone();
+        let (pool, counters) = (pool.clone(), counters.clone());
         self.running = Some(tokio::spawn(async move {
             if checkpoint(&pool).await {
-                done();
+                counters.record_checkpoint();
             }
         }));
     }
@@ -105,5 +109,30 @@ async fn checkpoint(pool: &SqlitePool) -> bool {
             );
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WAL_AUTOCHECKPOINT_PAGES;
+    use crate::sql_store::{open_pool, DbPool};
+
+    /// The other half of the design (the integration test
+    /// `sqlite_wal_is_checkpointed_in_the_background` covers the writer's half): a
+    /// pooled connection's own commits do not checkpoint at SQLite's default of 1,000
+    /// pages.
+    #[tokio::test]
+    async fn pooled_connections_leave_checkpoints_to_the_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/flowhub.db", dir.path().display());
+        let DbPool::Sqlite(pool) = open_pool(&url, 2).await.expect("open pool") else {
+            panic!("a sqlite url opens a SQLite pool");
+        };
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
+            .fetch_one(&pool)
+            .await
+            .expect("read the pragma");
+        assert_eq!(pages, i64::from(WAL_AUTOCHECKPOINT_PAGES));
+        pool.close().await;
     }
 }

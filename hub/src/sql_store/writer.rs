@@ -87,6 +87,10 @@ impl Counters {
         }
     }
 
+    pub(super) fn record_checkpoint(&self) {
+        self.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn record(&self, committed: &[AppendRequest]) {
         let changes: usize = committed.iter().map(|r| r.changes.len()).sum();
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -130,10 +134,7 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
         if !batch.is_empty() {
             commit(&pool, batch, &counters).await;
             if let DbPool::Sqlite(sqlite) = &pool {
-                let counters = counters.clone();
-                checkpoints.after_commit(sqlite, move || {
-                    counters.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
-                });
+                checkpoints.after_commit(sqlite, &counters);
             }
         }
     }
