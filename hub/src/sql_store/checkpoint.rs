@@ -18,14 +18,13 @@
 //! Durability is unchanged: a commit is durable against a crash of the hub when its WAL
 //! frames are written (`synchronous = NORMAL`), whoever checkpoints them later.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
-
-use super::writer::Counters;
 
 /// `PRAGMA wal_autocheckpoint` on every pooled SQLite connection: the WAL size (in
 /// pages of 4 KiB) at which a commit checkpoints by itself. Only reached if background
@@ -49,7 +48,8 @@ impl WalCheckpoints {
     /// Called by the writer after each commit: starts a checkpoint on its own task if
     /// none runs and the last one started [`CHECKPOINT_INTERVAL`] ago or more (nothing
     /// but these two checks on the writer's path otherwise).
-    pub(super) fn after_commit(&mut self, pool: &SqlitePool, counters: &Arc<Counters>) {
+    /// `completed` counts the checkpoints that ran.
+    pub(super) fn after_commit(&mut self, pool: &SqlitePool, completed: &Arc<AtomicU64>) {
         if self
             .running
             .as_ref()
@@ -64,10 +64,10 @@ impl WalCheckpoints {
             return;
         }
         self.last_started = Some(Instant::now());
-        let (pool, counters) = (pool.clone(), counters.clone());
+        let (pool, completed) = (pool.clone(), completed.clone());
         self.running = Some(tokio::spawn(async move {
             if checkpoint(&pool).await {
-                counters.record_checkpoint();
+                completed.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }

@@ -74,7 +74,8 @@ pub(super) struct Counters {
     batches: AtomicU64,
     appends: AtomicU64,
     changes: AtomicU64,
-    wal_checkpoints: AtomicU64,
+    /// Shared with the checkpoint tasks, which count what they complete.
+    wal_checkpoints: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -85,10 +86,6 @@ impl Counters {
             changes: self.changes.load(Ordering::Relaxed),
             wal_checkpoints: self.wal_checkpoints.load(Ordering::Relaxed),
         }
-    }
-
-    pub(super) fn record_checkpoint(&self) {
-        self.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record(&self, committed: &[AppendRequest]) {
@@ -134,7 +131,7 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
         if !batch.is_empty() {
             commit(&pool, batch, &counters).await;
             if let DbPool::Sqlite(sqlite) = &pool {
-                checkpoints.after_commit(sqlite, &counters);
+                checkpoints.after_commit(sqlite, &counters.wal_checkpoints);
             }
         }
     }
