@@ -1250,6 +1250,37 @@ impl OpSet {
         )
     }
 
+    /// flowhub patch (see vendor/README.md): the first position in `range` whose op
+    /// is visible, or `range.end`, read run by run from the visibility index.
+    pub(crate) fn first_visible_in(&self, range: Range<usize>) -> usize {
+        let mut iter = self.cols.index.visible.iter_range(range.clone());
+        let mut pos = range.start;
+        while let Some(run) = iter.next_run() {
+            if run.value && run.count > 0 {
+                return pos.min(range.end);
+            }
+            pos += run.count;
+        }
+        range.end
+    }
+
+    /// flowhub patch: where the ops of map key `prop` end in `range`, which must
+    /// lie inside one map object (its ops are sorted by key) and start at or
+    /// before the first op of that key after `range.start`.
+    pub(crate) fn map_key_end_in(&self, range: Range<usize>, prop: &str) -> usize {
+        let end = range.end;
+        self.cols
+            .key_str
+            .scope_to_value(Some(prop), range.clone())
+            .end
+            .clamp(range.start, end)
+    }
+
+    /// flowhub patch: the id of the op at `pos`.
+    pub(crate) fn op_id_at(&self, pos: usize) -> Option<OpId> {
+        self.id_iter_range(&(pos..pos + 1)).next()
+    }
+
     pub(crate) fn prop_range(&self, obj: &ObjId, prop: &str) -> Range<usize> {
         let range = self.scope_to_obj(obj);
         self.cols.key_str.scope_to_value(Some(prop), range)

@@ -333,6 +333,8 @@ fn walk_list<'a>(
 
 struct MapWalker<'a, 'b> {
     ops: OpIter<'a>,
+    // flowhub patch: to seek past a key's deleted history (`skip_deleted_after`).
+    op_set: &'a OpSet,
     log: &'b mut PatchLog,
     pred: &'b mut PredCache,
     succ: &'b mut Vec<SuccInsert>,
@@ -395,6 +397,7 @@ impl Top {
 impl<'a, 'b> MapWalker<'a, 'b> {
     fn new(
         obj: ObjId,
+        op_set: &'a OpSet,
         mut ops: OpIter<'a>,
         text_encoding: TextEncoding,
         pred: &'b mut PredCache,
@@ -408,6 +411,7 @@ impl<'a, 'b> MapWalker<'a, 'b> {
         let top = Top::Nothing;
         MapWalker {
             ops,
+            op_set,
             log,
             pos,
             doc_op,
@@ -460,10 +464,69 @@ impl<'a, 'b> MapWalker<'a, 'b> {
                     }
                     self.value.process_doc_op(d, deleted);
                     self.top.process_doc_op(ops, d, deleted);
+                    if let Some(to) = self.skip_deleted_after(d, deleted, &ops[pos]) {
+                        self.seek_doc_op(to);
+                        continue;
+                    }
                 }
             }
             self.next_doc_op();
         }
+    }
+
+    /// flowhub patch (see vendor/README.md): where the walk may jump to after the
+    /// deleted doc op `d`, or `None` to go on op by op.
+    ///
+    /// Upstream visits every op of the object up to the change op's place ("TODO -
+    /// sometimes we can fast forward"), so applying a put costs O(every earlier
+    /// write of that key): a node moved 2,000 times made each further move 2.5×
+    /// dearer. Passing an op changes nothing unless it is visible (it feeds the
+    /// value, the conflict flags and the patches) or a pending predecessor (it
+    /// gets a successor). So the walk may jump over a run of deleted ops of `d`'s
+    /// key when:
+    /// - the run ends before the next visible op (the visibility index) and
+    ///   before the key's ops end (keys are sorted, so no key change and no
+    ///   flush is skipped);
+    /// - every op in it sorts before the change op `c` (same key: ids are sorted
+    ///   within a key, so it is enough that the run's last id is below `c`'s);
+    /// - no pending predecessor lies in it: their ids fall in `(d.id, last]`.
+    ///
+    /// Map objects only; a run shorter than `MIN_SKIP` is not worth a seek (a
+    /// fresh iterator over every column), and with more pending predecessors
+    /// than `MAX_PENDING_PRED` (a large batch) checking them costs more than it
+    /// saves.
+    fn skip_deleted_after(&self, d: &Op<'a>, deleted: bool, c: &ChangeOp) -> Option<usize> {
+        const MIN_SKIP: usize = 8;
+        const MAX_PENDING_PRED: usize = 64;
+        if deleted || d.visible() || self.pred.len() > MAX_PENDING_PRED {
+            return None;
+        }
+        let key = d.key.key_str()?;
+        let start = d.pos + 1;
+        let end = self.ops.end_pos();
+        if end < start + MIN_SKIP {
+            return None;
+        }
+        let key_end = self.op_set.map_key_end_in(start..end, &key);
+        let to = self.op_set.first_visible_in(start..key_end);
+        if to < start + MIN_SKIP {
+            return None;
+        }
+        let last = self.op_set.op_id_at(to - 1)?;
+        if d.key.partial_cmp(c.key()) != Some(Ordering::Less) && last > c.id() {
+            return None;
+        }
+        if self.pred.keys().any(|p| *p > d.id && *p <= last) {
+            return None;
+        }
+        Some(to)
+    }
+
+    /// flowhub patch: continue the walk at `to` (see `skip_deleted_after`).
+    fn seek_doc_op(&mut self, to: usize) {
+        let end = self.ops.end_pos();
+        self.ops = self.op_set.iter_range(&(to..end));
+        self.next_doc_op();
     }
 
     fn finish(&mut self, ops: &mut [ChangeOp]) {
@@ -890,6 +953,7 @@ impl BatchApply {
                 Some(ObjType::Map) => {
                     let mut walker = MapWalker::new(
                         os.obj,
+                        doc.ops(),
                         doc_ops,
                         doc.text_encoding(),
                         &mut self.pred,
