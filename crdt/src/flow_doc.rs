@@ -123,15 +123,17 @@ impl FlowDoc {
         }
     }
 
-    /// Makes the validated receives ([`FlowDoc::receive_sync_message_validated`],
-    /// [`FlowDoc::receive_changes_validated`]) apply in place, without first cloning
-    /// the document: the clone costs O(document) on every edit, and on the hub it was
+    /// Makes the receives ([`FlowDoc::receive_sync_message_validated`],
+    /// [`FlowDoc::receive_changes_validated`], and the unvalidated
+    /// [`FlowDoc::receive_sync_message`], [`FlowDoc::receive_changes`] and
+    /// [`FlowDoc::apply_changes`]) apply in place, without first cloning the
+    /// document: the clone costs O(document) on every edit, and on the hub it was
     /// the largest single cost of the edit path. A message that breaks the schema is
     /// still undone exactly, by rebuilding the document at its previous heads (a
     /// replay of the history: milliseconds, on that rare path only). A message that
     /// makes Automerge panic part-way through leaves the document **poisoned**
     /// ([`FlowDoc::is_poisoned`]): only for callers that can rebuild it from
-    /// elsewhere, as the hub does from its store.
+    /// elsewhere, as the hub does from its store and the Rust client from the hub.
     pub fn validate_in_place(&mut self, on: bool) {
         self.in_place = on;
     }

@@ -148,7 +148,8 @@ impl FlowDoc {
     ///
     /// All input is decoded before anything is applied, so one corrupt change
     /// means `InvalidChange` and no effect; if Automerge rejects or panics on
-    /// the batch (see the `guard` module) the document is restored exactly.
+    /// the batch (see the `guard` module) the document is restored exactly
+    /// (with [`FlowDoc::validate_in_place`] on, a panic poisons it instead).
     /// Changes whose dependencies are missing are queued until they arrive (see
     /// [`FlowDoc::missing_deps`]). No schema validation: this is for trusted
     /// input such as the hub's own store or changes the hub already validated.
@@ -166,7 +167,9 @@ impl FlowDoc {
         }
         let known: HashMap<ChangeHash, Change> =
             parsed.iter().map(|c| (c.hash(), c.clone())).collect();
-        self.guarded(
+        // In place when the owner can rebuild a poisoned document (the hub, the
+        // Rust client): the snapshot `guarded` takes is O(document) per apply.
+        self.guarded_receive(
             |this| {
                 let before = this.heads();
                 this.doc.apply_changes(parsed)?;

@@ -184,13 +184,15 @@ impl FlowDoc {
     /// Undecodable bytes (including any corrupt change chunk) give
     /// `InvalidSyncMessage` and leave both the document and `state` untouched.
     /// If Automerge rejects (or panics on, see the `guard` module) the changes,
-    /// the document is restored exactly and `state` is reset.
+    /// the document is restored exactly and `state` is reset (with
+    /// [`FlowDoc::validate_in_place`] on, a panic poisons the document instead).
     pub fn receive_sync_message(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<Applied> {
         let incoming = decode(msg)?;
         if !self.may_change(&incoming) {
             return self.apply_message(state, incoming, None);
         }
-        let result = self.guarded(|this| this.apply_message(state, incoming, None), sync_panic);
+        let result =
+            self.guarded_receive(|this| this.apply_message(state, incoming, None), sync_panic);
         if result.is_err() {
             state.reset();
         }

@@ -168,6 +168,30 @@ fn semantically_invalid_changes_poison_an_in_place_document() {
     let r = doc.receive_changes_validated(bad.raw_bytes());
     assert!(matches!(r, Err(CrdtError::InvalidSyncMessage(_))), "{r:?}");
     assert!(doc.is_poisoned());
+
+    // The unvalidated receives (the Rust client's, the hub's bus) go in place too.
+    let mut doc = abc();
+    doc.validate_in_place(true);
+    let bad = change_on_missing_object(doc.heads());
+    let r = doc.apply_changes(&[bad.raw_bytes().to_vec()]);
+    assert!(matches!(r, Err(CrdtError::InvalidChange(_))), "{r:?}");
+    assert!(doc.is_poisoned());
+
+    let mut doc = abc();
+    doc.validate_in_place(true);
+    let bad = change_on_missing_object(doc.heads());
+    let r = doc.receive_changes(bad.raw_bytes());
+    assert!(r.is_err(), "{r:?}");
+    assert!(doc.is_poisoned());
+
+    let mut doc = abc();
+    doc.validate_in_place(true);
+    let bad = change_on_missing_object(doc.heads());
+    let msg = message_with_changes(vec![bad.hash()], std::slice::from_ref(&bad));
+    let mut st = SyncState::new();
+    let r = doc.receive_sync_message(&mut st, &msg);
+    assert!(matches!(r, Err(CrdtError::InvalidSyncMessage(_))), "{r:?}");
+    assert!(doc.is_poisoned());
 }
 
 #[test]

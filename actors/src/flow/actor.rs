@@ -1800,7 +1800,15 @@ impl FlowState {
             Some(FlowBusMessage::Changes { origin, changes }) if origin != self.deps.node_id => {
                 self.drain(myself).await?;
                 let before = self.doc.heads();
-                let new = self.doc.apply_changes(&changes)?;
+                // In place (no O(document) snapshot per remote edit); should
+                // Automerge panic part-way, the document is rebuilt from the store.
+                let new = match self.doc.apply_changes(&changes) {
+                    Ok(new) => new,
+                    Err(e) => {
+                        self.reload_if_poisoned(myself).await?;
+                        return Err(e.into());
+                    }
+                };
                 let after = self.doc.heads();
                 // The origin persisted these before publishing; they count for our
                 // next compaction too.
@@ -1874,7 +1882,12 @@ impl FlowState {
         }
         raw.extend(stored.changes.into_iter().map(|c| c.bytes));
         let before = self.doc.heads();
-        let new = self.doc.apply_changes(&raw)?;
+        // With the snapshot: this rare path has no `myself` to drain the appends in
+        // flight before a reload, so a panic must restore the document instead.
+        self.doc.validate_in_place(false);
+        let new = self.doc.apply_changes(&raw);
+        self.doc.validate_in_place(true);
+        let new = new?;
         if !new.is_empty() {
             Metrics::add(&self.deps.metrics.antientropy_repairs, new.len() as u64);
             info!(repaired = new.len(), "caught up from the store");

@@ -33,7 +33,9 @@
 //! ticket fails with [`ClientError::Rejected`], the replica is rebuilt without this
 //! session's unacknowledged changes (or, failing that, restarted from
 //! [`FlowDoc::new`]), and a fresh sync state restarts the exchange, as the hub also
-//! reset its side.
+//! reset its side. The hub's frames are applied in place (no copy of the document per
+//! frame); should Automerge panic part-way through one, the replica starts over from
+//! an empty document the same way, failing its unacknowledged edits.
 //!
 //! # Reconnecting without losing verdicts
 //!

@@ -74,7 +74,10 @@ impl Replica {
         Self::from_doc(FlowDoc::new())
     }
 
-    fn from_doc(doc: FlowDoc) -> Self {
+    fn from_doc(mut doc: FlowDoc) -> Self {
+        // Applies from the hub go in place, without an O(document) snapshot each;
+        // should Automerge panic part-way, `recover_from_poison` starts over.
+        doc.validate_in_place(true);
         let mut local_actors = HashSet::new();
         local_actors.insert(doc.actor_hex());
         Replica {
@@ -186,7 +189,10 @@ impl Replica {
     /// Applies a sync message from the hub and returns the replies. On error (bytes
     /// that do not decode) neither the document nor the sync state changed.
     pub(crate) fn receive(&mut self, payload: &[u8]) -> Result<Received, CrdtError> {
-        let (applied, replies) = self.link.receive_sync(&mut self.doc, payload)?;
+        let (applied, replies) = match self.link.receive_sync(&mut self.doc, payload) {
+            Ok(received) => received,
+            Err(e) => return self.recover_from_poison(e),
+        };
         self.refusals_in_a_row = 0;
         self.check_caught_up();
         Ok(Received {
@@ -198,11 +204,38 @@ impl Replica {
     /// Applies a change frame from the hub; the replies are empty unless the changes
     /// lacked dependencies (then a sync round asks for them).
     pub(crate) fn receive_changes(&mut self, payload: &[u8]) -> Result<Received, CrdtError> {
-        let (applied, replies) = self.link.receive_changes(&mut self.doc, payload)?;
+        let (applied, replies) = match self.link.receive_changes(&mut self.doc, payload) {
+            Ok(received) => received,
+            Err(e) => return self.recover_from_poison(e),
+        };
         self.check_caught_up();
         Ok(Received {
             applied: applied.changes.len(),
             replies,
+        })
+    }
+
+    /// After a failed apply: the error as it is, unless Automerge panicked part-way
+    /// and left the document unusable. Then the replica starts over from an empty
+    /// document and resyncs (the hub has every change but our unacknowledged
+    /// ones, which fail: a poisoned document cannot be trusted to hold them).
+    fn recover_from_poison(&mut self, error: CrdtError) -> Result<Received, CrdtError> {
+        if !self.doc.is_poisoned() {
+            return Err(error);
+        }
+        tracing::warn!(%error, "a failed apply left the replica unusable; resyncing from empty");
+        self.tracker.reject_pending(
+            ErrorCode::Internal,
+            "the replica was rebuilt after a failed apply; edit again",
+        );
+        let mut doc = FlowDoc::new();
+        doc.validate_in_place(true);
+        self.local_actors.insert(doc.actor_hex());
+        self.doc = doc;
+        self.link.sync_state().reset();
+        Ok(Received {
+            applied: 0,
+            replies: self.outgoing(),
         })
     }
 
@@ -246,6 +279,8 @@ impl Replica {
             tracing::warn!(error = %e, "rebuilding the replica failed; starting from empty");
             FlowDoc::new()
         });
+        let mut rebuilt = rebuilt;
+        rebuilt.validate_in_place(true);
         self.local_actors.insert(rebuilt.actor_hex());
         self.doc = rebuilt;
         // The hub reset its side; whether it streams and whether we caught up stay.
@@ -520,6 +555,71 @@ mod tests {
         hub.sync.reset();
         pump(&mut hub, &mut replica, resync);
         assert_eq!(replica.doc_ref().snapshot(), hub.doc.snapshot());
+    }
+
+    /// A change Automerge 0.12 panics applying: a put into an object it never saw.
+    fn change_on_missing_object(deps: Vec<ChangeHash>) -> automerge::Change {
+        use automerge::legacy;
+        let actor = automerge::ActorId::random();
+        legacy::Change {
+            operations: vec![legacy::Op {
+                action: legacy::OpType::Put(automerge::ScalarValue::Str("boom".into())),
+                obj: legacy::ObjectId::Id(legacy::OpId::new(999, &actor)),
+                key: legacy::Key::Map("k".into()),
+                pred: Vec::new().into(),
+                insert: false,
+            }],
+            actor_id: actor,
+            hash: None,
+            seq: 1,
+            start_op: std::num::NonZeroU64::MIN,
+            time: 0,
+            message: None,
+            deps,
+            extra_bytes: vec![],
+            author: None,
+        }
+        .into()
+    }
+
+    /// The replica applies the hub's changes in place (no snapshot per apply). When
+    /// Automerge panics part-way, the document cannot be trusted: the replica
+    /// starts over from empty, fails its unacknowledged edits and resyncs.
+    #[test]
+    fn a_panicking_apply_resyncs_from_empty() {
+        let (mut hub, _) = hub_with_two_nodes();
+        let mut replica = Replica::new();
+        let first = replica.outgoing();
+        pump(&mut hub, &mut replica, first);
+        assert_eq!(replica.doc_ref().snapshot(), hub.doc.snapshot());
+
+        let unsent = replica.edit(|doc| doc.relabel_node("a", "unsent"));
+        let bad = change_on_missing_object(replica.doc().heads());
+        let received = replica
+            .receive_changes(bad.raw_bytes())
+            .expect("recovered, not an error");
+        assert_eq!(received.applied, 0);
+        assert!(!received.replies.is_empty(), "a resync starts");
+        assert!(!replica.doc_ref().is_poisoned());
+        let hub_heads = hub.doc.heads();
+        assert!(!replica.contains_all(&hub_heads), "started over from empty");
+        assert!(matches!(
+            replica.status(&unsent.hashes),
+            TicketStatus::Rejected {
+                code: ErrorCode::Internal,
+                ..
+            }
+        ));
+        pump(&mut hub, &mut replica, received.replies);
+        assert_eq!(replica.doc_ref().snapshot(), hub.doc.snapshot());
+        assert_eq!(replica.doc_ref().snapshot().nodes["a"].label, "A");
+
+        // An apply that fails without a panic is undone in place: same document.
+        let heads = replica.doc().heads();
+        let mut not_a_change = bad.raw_bytes().to_vec();
+        not_a_change.truncate(10);
+        assert!(replica.receive_changes(&not_a_change).is_err());
+        assert_eq!(replica.doc().heads(), heads);
     }
 
     #[test]
