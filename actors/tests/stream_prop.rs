@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowhub_actors::bus::MemoryBus;
+use flowhub_actors::bus::{channel, Bus, FlowBusMessage, MemoryBus};
 use flowhub_actors::flow::{FlowConfig, FlowDeps, FlowMsg, FlowRegistry};
 use flowhub_actors::metrics::Metrics;
 use flowhub_actors::session::{NativeFrame, OutFrame, Outbound, OutboundRx};
@@ -80,6 +80,8 @@ impl StoreHooks for AppendDelay {
 struct World {
     actor: ActorRef<FlowMsg>,
     store: Arc<MemoryStore>,
+    /// The flow's bus, on which a test may publish as another hub node.
+    bus: Arc<MemoryBus>,
     metrics: Arc<Metrics>,
     clients: Vec<Sim>,
     queue: usize,
@@ -95,12 +97,13 @@ async fn world(queue: usize, stream: bool) -> World {
 async fn world_with_store_delay(queue: usize, stream: bool, append_delay: Duration) -> World {
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(MemoryStore::new());
+    let bus = Arc::new(MemoryBus::new());
     let registry = FlowRegistry::new(Arc::new(FlowDeps {
         store: Arc::new(HookedStore {
             inner: store.clone(),
             hooks: AppendDelay(append_delay),
         }),
-        bus: Arc::new(MemoryBus::new()),
+        bus: bus.clone(),
         node_id: "prop-node".into(),
         metrics: metrics.clone(),
         config: FlowConfig {
@@ -114,6 +117,7 @@ async fn world_with_store_delay(queue: usize, stream: bool, append_delay: Durati
     World {
         actor,
         store,
+        bus,
         metrics,
         clients: Vec::new(),
         queue,
@@ -595,6 +599,43 @@ async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_s
     w.clients[0].errors.clear();
 
     // Everything acknowledged is still there, and the flow takes edits again.
+    w.edit(1, 3).await;
+    w.edit(0, 4).await;
+    w.settle().await;
+    assert_converged(&mut w).await;
+    let json = hub_json(&w.actor).await;
+    assert_eq!(json["nodes"]["n0"]["position"]["x"], 4.0);
+    assert_eq!(json["nodes"]["n1"]["position"]["x"], 3.0);
+}
+
+/// Changes from another hub node that make Automerge panic part-way (a corrupt bus
+/// message, or a bug on that node). The bus path applies in place too, so the flow
+/// rebuilds its document from the store, and stays up: its sessions keep editing
+/// and nothing acknowledged is lost.
+#[tokio::test]
+async fn a_bus_change_automerge_panics_on_leaves_the_flow_up() {
+    let mut w = world(256, true).await;
+    w.join().await;
+    w.join().await;
+    w.edit(0, 1).await;
+    w.edit(1, 2).await;
+    w.settle().await;
+    assert_converged(&mut w).await;
+
+    let bad = crdt_common::change_on_missing_object(w.clients[0].doc.heads());
+    let message = FlowBusMessage::Changes {
+        origin: "another-node".into(),
+        changes: vec![bad.raw_bytes().to_vec()],
+    };
+    w.bus
+        .publish(&channel::flow(FLOW), message.encode())
+        .await
+        .expect("publish");
+    // The actor handles the bus message before this query.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let json = hub_json(&w.actor).await;
+    assert_eq!(json["nodes"]["n0"]["position"]["x"], 1.0);
+
     w.edit(1, 3).await;
     w.edit(0, 4).await;
     w.settle().await;

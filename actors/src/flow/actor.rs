@@ -1800,13 +1800,16 @@ impl FlowState {
             Some(FlowBusMessage::Changes { origin, changes }) if origin != self.deps.node_id => {
                 self.drain(myself).await?;
                 let before = self.doc.heads();
-                // In place (no O(document) snapshot per remote edit); should
-                // Automerge panic part-way, the document is rebuilt from the store.
+                // In place (no O(document) snapshot per remote edit). A node
+                // publishes only changes it validated and stored, so a failure here
+                // is a corrupt message or a bug: keep the flow (and its sessions)
+                // up, rebuilt from the store should Automerge have panicked
+                // part-way; the store's copy reaches us by anti-entropy.
                 let new = match self.doc.apply_changes(&changes) {
                     Ok(new) => new,
                     Err(e) => {
-                        self.reload_if_poisoned(myself).await?;
-                        return Err(e.into());
+                        warn!(%origin, error = %e, "changes from the bus not applied");
+                        return self.reload_if_poisoned(myself).await;
                     }
                 };
                 let after = self.doc.heads();
