@@ -571,12 +571,8 @@ async fn a_change_frame_with_missing_dependencies_falls_back_to_sync() {
     );
 }
 
-/// A well-formed change that makes Automerge panic part-way through applying it
-/// (its op targets an object that does not exist). The hub applies in place, so the
-/// document is rebuilt from the store: the edit is refused, nothing is lost, and the
-/// flow goes on.
-#[tokio::test]
-async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_store() {
+/// Two streaming editors, each having moved its node once, converged.
+async fn two_editors_converged() -> World {
     let mut w = world(256, true).await;
     w.join().await;
     w.join().await;
@@ -584,6 +580,28 @@ async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_s
     w.edit(1, 2).await;
     w.settle().await;
     assert_converged(&mut w).await;
+    w
+}
+
+/// After a failure: both editors move their nodes again, everyone converges, and
+/// the hub holds both moves (nothing acknowledged was lost).
+async fn edits_go_on_and_nothing_is_lost(w: &mut World) {
+    w.edit(1, 3).await;
+    w.edit(0, 4).await;
+    w.settle().await;
+    assert_converged(w).await;
+    let json = hub_json(&w.actor).await;
+    assert_eq!(json["nodes"]["n0"]["position"]["x"], 4.0);
+    assert_eq!(json["nodes"]["n1"]["position"]["x"], 3.0);
+}
+
+/// A well-formed change that makes Automerge panic part-way through applying it
+/// (its op targets an object that does not exist). The hub applies in place, so the
+/// document is rebuilt from the store: the edit is refused, nothing is lost, and the
+/// flow goes on.
+#[tokio::test]
+async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_store() {
+    let mut w = two_editors_converged().await;
 
     let heads = w.clients[0].doc.heads();
     let bad = crdt_common::change_on_missing_object(heads);
@@ -599,13 +617,7 @@ async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_s
     w.clients[0].errors.clear();
 
     // Everything acknowledged is still there, and the flow takes edits again.
-    w.edit(1, 3).await;
-    w.edit(0, 4).await;
-    w.settle().await;
-    assert_converged(&mut w).await;
-    let json = hub_json(&w.actor).await;
-    assert_eq!(json["nodes"]["n0"]["position"]["x"], 4.0);
-    assert_eq!(json["nodes"]["n1"]["position"]["x"], 3.0);
+    edits_go_on_and_nothing_is_lost(&mut w).await;
 }
 
 /// Changes from another hub node that make Automerge panic part-way (a corrupt bus
@@ -614,13 +626,7 @@ async fn a_change_automerge_panics_on_is_refused_and_the_flow_reloads_from_the_s
 /// and nothing acknowledged is lost.
 #[tokio::test]
 async fn a_bus_change_automerge_panics_on_leaves_the_flow_up() {
-    let mut w = world(256, true).await;
-    w.join().await;
-    w.join().await;
-    w.edit(0, 1).await;
-    w.edit(1, 2).await;
-    w.settle().await;
-    assert_converged(&mut w).await;
+    let mut w = two_editors_converged().await;
 
     let bad = crdt_common::change_on_missing_object(w.clients[0].doc.heads());
     let message = FlowBusMessage::Changes {
@@ -636,11 +642,5 @@ async fn a_bus_change_automerge_panics_on_leaves_the_flow_up() {
     let json = hub_json(&w.actor).await;
     assert_eq!(json["nodes"]["n0"]["position"]["x"], 1.0);
 
-    w.edit(1, 3).await;
-    w.edit(0, 4).await;
-    w.settle().await;
-    assert_converged(&mut w).await;
-    let json = hub_json(&w.actor).await;
-    assert_eq!(json["nodes"]["n0"]["position"]["x"], 4.0);
-    assert_eq!(json["nodes"]["n1"]["position"]["x"], 3.0);
+    edits_go_on_and_nothing_is_lost(&mut w).await;
 }

@@ -275,11 +275,10 @@ impl Replica {
     pub(crate) fn reject(&mut self, code: ErrorCode, message: &str) -> Vec<Outgoing> {
         self.tracker.reject_pending(code, message);
         self.refusals_in_a_row += 1;
-        let rebuilt = self.rebuild_without_unacked_local().unwrap_or_else(|e| {
+        let mut rebuilt = self.rebuild_without_unacked_local().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "rebuilding the replica failed; starting from empty");
             FlowDoc::new()
         });
-        let mut rebuilt = rebuilt;
         rebuilt.validate_in_place(true);
         self.local_actors.insert(rebuilt.actor_hex());
         self.doc = rebuilt;
