@@ -45,13 +45,19 @@ fn big_flow(n: usize) -> FlowDoc {
     doc
 }
 
-/// A 100-node flow and `n` moves made on a fork of it, one change each.
+/// A flow of `FLOW_NODES` nodes (default 100) and `n` moves of its middle node
+/// made on a fork of it, one change each.
 fn peer_moves(n: u64) -> (FlowDoc, Vec<automerge::Change>) {
-    let mut hub = big_flow(100);
+    let nodes: usize = std::env::var("FLOW_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let mut hub = big_flow(nodes);
     let mut peer = hub.fork();
+    let moved = format!("n{}", nodes / 2);
     let changes = (1..=n)
         .map(|i| {
-            peer.move_node("n50", Position::new(i as f64, 2.0))
+            peer.move_node(&moved, Position::new(i as f64, 2.0))
                 .expect("move");
             peer.doc_mut().get_last_local_change().expect("change")
         })

@@ -185,6 +185,10 @@ pub struct EditArgs {
     /// Typed edits per second per editor.
     #[arg(long, default_value_t = 10.0)]
     pub edit_rate: f64,
+    /// Nodes each flow holds before the editors join (written by one seeding client
+    /// per flow), to measure edits on large flows.
+    #[arg(long, default_value_t = 0)]
+    pub flow_nodes: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use flowhub_loadtest::cli::{Command, IdleArgs};
+use flowhub_loadtest::cli::{Command, EditArgs, IdleArgs};
 use flowhub_loadtest::proxy::{ChaosConfig, ChaosProxy};
 use flowhub_loadtest::run_report;
 use flowhub_loadtest::scenario::{edit, presence, watch};
@@ -42,6 +42,33 @@ async fn edit_counts_add_up_and_converges_on_a_healthy_hub() {
     assert_eq!(s.latency(edit::SAME_NODE).unwrap().count as f64, 2.0 * sent);
     assert!(s.latency(edit::CROSS_NODE).is_none(), "one node only");
     assert_eq!(s.latency(edit::ACK).unwrap().count as f64, sent);
+    assert!(report.check("convergence").unwrap().passed);
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_on_seeded_flows_edits_among_the_seeded_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let report = run_report(&Command::Edit {
+        common: common(vec![hub.ws_url()]),
+        edit: EditArgs {
+            flow_nodes: 40,
+            ..edit_args(4, 2, 10.0)
+        },
+    })
+    .await
+    .unwrap();
+    assert!(report.passed, "{}", report.render_text());
+    assert_eq!(value(&report, "edit", "nodes seeded per flow"), 40.0);
+    // 40 seeded nodes plus the node of each of the flow's two editors.
+    assert_eq!(
+        value(&report, "edit", "nodes in the smallest flow after the load"),
+        42.0
+    );
+    let sent = value(&report, "edit", "edits sent");
+    assert!(sent > 0.0);
+    assert_eq!(value(&report, "edit", "applies observed"), sent);
     assert!(report.check("convergence").unwrap().passed);
     hub.shutdown().await;
 }

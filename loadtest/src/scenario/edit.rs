@@ -155,6 +155,10 @@ pub async fn run(ctx: Arc<Ctx>, args: &EditArgs) -> Result<Outcome> {
         "edit: connecting"
     );
 
+    if args.flow_nodes > 0 {
+        seed_flows(&shared, args.flow_nodes).await?;
+    }
+
     // Connect, subscribe, create each editor's node.
     let bar = ctx.progress.bar("edit");
     bar.phase("connect", n as u64);
@@ -251,6 +255,13 @@ pub async fn run(ctx: Arc<Ctx>, args: &EditArgs) -> Result<Outcome> {
             e.acker.abort();
         }
     }
+    // Read off the replicas (which converged with the hubs above), so that seeding
+    // that wrote nothing shows.
+    let smallest_flow = editors
+        .iter()
+        .map(|e| e.flow.snapshot().nodes.len())
+        .min()
+        .unwrap_or(0);
     futures_util::future::join_all(editors.iter().map(|e| e.client.close())).await;
     bar.finish(format!("{sent} edits"));
 
@@ -280,6 +291,12 @@ pub async fn run(ctx: Arc<Ctx>, args: &EditArgs) -> Result<Outcome> {
     section.value("editors connected", connected as f64, format!("of {n}"));
     section.value("flows", flows as f64, "");
     section.value("hub nodes", hub_nodes.len() as f64, "");
+    section.value("nodes seeded per flow", args.flow_nodes as f64, "");
+    section.value(
+        "nodes in the smallest flow after the load",
+        smallest_flow as f64,
+        "",
+    );
     section.value(
         "edits planned",
         (args.edit_rate * secs * connected as f64).floor(),
@@ -359,6 +376,42 @@ pub async fn run(ctx: Arc<Ctx>, args: &EditArgs) -> Result<Outcome> {
         sections: vec![section],
         checks,
     })
+}
+
+/// Writes `nodes` nodes into every flow before the editors join: one client per
+/// flow, one change, acknowledged (stored) before the load starts.
+async fn seed_flows(shared: &Shared, nodes: usize) -> Result<()> {
+    let ctx = &shared.ctx;
+    info!(nodes, flows = shared.flow_ids.len(), "edit: seeding flows");
+    for (k, flow_id) in shared.flow_ids.iter().enumerate() {
+        let seed = async {
+            let token = ctx
+                .tokens
+                .user(&ctx.id(&format!("seed{k}")), &[(flow_id, Role::Editor)]);
+            let client = Client::connect(ctx.targets.url(k % ctx.targets.len()), &token).await?;
+            let flow = client.subscribe(flow_id).await?;
+            let (_, ticket) = flow
+                .edit(|d| {
+                    for j in 0..nodes {
+                        let at = Position::new((j % 40) as f64 * 200.0, (j / 40) as f64 * 120.0);
+                        d.add_node(
+                            NewNode::new("action", format!("step {j}"), at)
+                                .with_id(format!("seed{j}")),
+                        )?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            flow.wait_acked(&ticket, SETUP_TIMEOUT).await?;
+            Ok::<_, ClientError>(())
+        };
+        match tokio::time::timeout(SETUP_TIMEOUT, seed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Hub(format!("seeding flow {k}: {e}"))),
+            Err(_) => return Err(Error::Hub(format!("seeding flow {k} timed out"))),
+        }
+    }
+    Ok(())
 }
 
 /// One editor: connect, subscribe, create its node, then edit at the rate until the

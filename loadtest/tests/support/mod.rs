@@ -56,6 +56,7 @@ pub fn edit_args(editors: usize, flows: usize, rate: f64) -> EditArgs {
         editors,
         flows,
         edit_rate: rate,
+        flow_nodes: 0,
     }
 }
 

@@ -153,8 +153,25 @@ impl PatchBuilder<'_> {
                     return None;
                 }
                 self.seen.insert(obj);
-                self.update_path_map(parent_id, parent_type);
-                self.path_map.get(&obj).cloned()?
+                match parent_type {
+                    // flowhub patch: in a map, the object's key is on the op that made
+                    // it, and whether it is visible is that op's visibility; read both
+                    // instead of scanning every sibling (`update_path_map`), which made a
+                    // patch inside one node of a 1,000-node map cost a walk of all 1,000.
+                    ObjType::Map | ObjType::Table => {
+                        let parent = self.doc.ops().parent_object(&obj, self.clock.as_ref())?;
+                        if !parent.visible || parent.obj != parent_id {
+                            return None;
+                        }
+                        let step = (parent.prop, parent.obj);
+                        self.path_map.insert(obj, step.clone());
+                        step
+                    }
+                    _ => {
+                        self.update_path_map(parent_id, parent_type);
+                        self.path_map.get(&obj).cloned()?
+                    }
+                }
             };
             obj = o;
             let parent_obj = self.doc.ops().id_to_exid(obj.0);

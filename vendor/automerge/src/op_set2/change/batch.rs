@@ -936,9 +936,12 @@ impl BatchApply {
 
         self.import_ops(doc);
 
-        let mut obj_info = doc.ops().obj_info.clone();
+        // flowhub patch: only the objects this batch makes go in a map of their own;
+        // every other lookup reads the document's index. Upstream cloned that whole
+        // index (every object ever made, e.g. one per move of a node) per apply.
+        let mut new_objects = ObjIndex::default();
 
-        self.order_ops_for_doc(&mut obj_info);
+        self.order_ops_for_doc(&mut new_objects);
 
         let mut succ = vec![];
 
@@ -949,7 +952,10 @@ impl BatchApply {
         for os in &self.obj_spans {
             let obj_range = walker.seek_to_obj(os.obj);
             let doc_ops = doc.ops().iter_range(&obj_range);
-            match obj_info.object_type(&os.obj) {
+            let obj_type = new_objects
+                .object_type(&os.obj)
+                .or_else(|| doc.ops().object_type(&os.obj));
+            match obj_type {
                 Some(ObjType::Map) => {
                     let mut walker = MapWalker::new(
                         os.obj,
