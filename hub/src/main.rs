@@ -26,6 +26,11 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Threads of the async runtime (actors, sockets, the store's async side).
+    /// Default: one fewer than the machine's cores, at least one (see
+    /// `default_worker_threads`).
+    #[arg(long, global = true, env = "FLOWHUB_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -311,22 +316,42 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One runtime thread fewer than the machine has cores (at least one). The cores
+/// left over run what is not on the runtime: SQLite's connection threads (sqlx runs
+/// each SQLite connection on a thread of its own, and every append goes through
+/// one), the kernel's network stack, and on small machines the clients. On the
+/// 2-core reference machine a second runtime thread cost 13–24 % more hub CPU per
+/// edit at 100 to 1,000 edits/s, at the same latency: the two threads spent it
+/// waking each other to steal tasks (docs/PERFORMANCE.md, "Eleventh round").
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let worker_threads = match cli.worker_threads {
+        Some(0) => bail!("--worker-threads must be at least 1"),
+        Some(n) => n,
+        None => default_worker_threads(),
+    };
     // Before the runtime: the OTLP exporter (feature `otlp`) uses a blocking HTTP
     // client, which must be neither created nor dropped inside it.
     let telemetry = telemetry::init()?;
     let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run());
+        .block_on(run(cli));
     // Flushes the spans still queued (after the runtime is gone).
     drop(telemetry);
     result
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Migrate(args)) => migrate(args).await,
