@@ -155,6 +155,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     async fn before_append(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// After every successful `load_flow`: may alter what it returns.
+    fn after_load(&self, _flow: &mut StoredFlow) {}
 }
 
 /// Hooks for a store that can be switched off: every call fails while `down` is set.
@@ -200,7 +202,9 @@ impl<H> std::ops::Deref for HookedStore<H> {
 impl<H: StoreHooks> Store for HookedStore<H> {
     async fn load_flow(&self, flow_id: &str) -> Result<StoredFlow, StoreError> {
         self.hooks.check()?;
-        self.inner.load_flow(flow_id).await
+        let mut flow = self.inner.load_flow(flow_id).await?;
+        self.hooks.after_load(&mut flow);
+        Ok(flow)
     }
     async fn append_changes(&self, flow_id: &str, c: &[ChangeRecord]) -> Result<(), StoreError> {
         self.hooks.check()?;
