@@ -27,8 +27,8 @@ struct Cli {
     #[command(flatten)]
     serve: ServeArgs,
     /// Threads of the async runtime (actors, sockets, the store's async side).
-    /// Default: one fewer than the machine's cores, at least one (see
-    /// `default_worker_threads`).
+    /// Default: on SQLite one fewer than the machine's cores (at least one), on
+    /// PostgreSQL one per core (see `default_worker_threads`).
     #[arg(long, global = true, env = "FLOWHUB_WORKER_THREADS")]
     worker_threads: Option<usize>,
 }
@@ -316,18 +316,23 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One runtime thread fewer than the machine has cores (at least one). The cores
-/// left over run what is not on the runtime: SQLite's connection threads (sqlx runs
-/// each SQLite connection on a thread of its own, and every append goes through
-/// one), the kernel's network stack, and on small machines the clients. On the
-/// 2-core reference machine a second runtime thread cost 13–24 % more hub CPU per
-/// edit at 100 to 1,000 edits/s, at the same latency: the two threads spent it
-/// waking each other to steal tasks (docs/PERFORMANCE.md, "Eleventh round").
-fn default_worker_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .max(1)
+/// On SQLite (the embedded default, or a `sqlite:` URL), one runtime thread fewer
+/// than the machine has cores (at least one): sqlx runs each SQLite connection on a
+/// thread of its own, off the runtime, and every append goes through one; the core
+/// left over runs those, the kernel's network stack and, on small machines, the
+/// clients. On the 2-core reference machine a second runtime thread cost 13–24 % more
+/// hub CPU per edit at 100 to 1,000 edits/s, at the same latency: the two threads
+/// spent it waking each other to steal tasks (docs/PERFORMANCE.md, "Eleventh round").
+/// On PostgreSQL all of the hub's work is on the runtime: one thread per core.
+fn default_worker_threads(database_url: Option<&str>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let on_postgres =
+        database_url.is_some_and(|u| u.starts_with("postgres:") || u.starts_with("postgresql:"));
+    if on_postgres {
+        cores
+    } else {
+        cores.saturating_sub(1).max(1)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -335,7 +340,13 @@ fn main() -> anyhow::Result<()> {
     let worker_threads = match cli.worker_threads {
         Some(0) => bail!("--worker-threads must be at least 1"),
         Some(n) => n,
-        None => default_worker_threads(),
+        None => {
+            let serve = match &cli.command {
+                Some(Command::Serve(args) | Command::Demo(args)) => args,
+                _ => &cli.serve,
+            };
+            default_worker_threads(serve.database_url.as_deref())
+        }
     };
     // Before the runtime: the OTLP exporter (feature `otlp`) uses a blocking HTTP
     // client, which must be neither created nor dropped inside it.
@@ -358,5 +369,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Demo(args)) => serve(ServeArgs { demo: true, ..args }).await,
         None => serve(cli.serve).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_worker_threads;
+
+    #[test]
+    fn sqlite_leaves_a_core_to_its_connection_threads_and_postgres_does_not() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let on_sqlite = cores.saturating_sub(1).max(1);
+        assert_eq!(default_worker_threads(None), on_sqlite);
+        assert_eq!(
+            default_worker_threads(Some("sqlite://data/flowhub.db")),
+            on_sqlite
+        );
+        assert_eq!(default_worker_threads(Some("postgres://h/db")), cores);
+        assert_eq!(default_worker_threads(Some("postgresql://h/db")), cores);
+        assert!(on_sqlite >= 1);
     }
 }
