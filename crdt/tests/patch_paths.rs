@@ -70,8 +70,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// The object at `key` of `obj`, if it holds one.
-fn child(doc: &Automerge, obj: &ObjId, key: &str) -> Option<ObjId> {
+/// The object at `key` of `obj`, if it holds one (in a document or a transaction).
+fn child(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<ObjId> {
     match doc.get(obj, key).unwrap() {
         Some((Value::Object(_), id)) => Some(id),
         _ => None,
@@ -106,15 +106,15 @@ impl World {
     fn apply(&mut self, step: &Step) {
         match *step {
             Step::NewEntry { actor, entry } => self.edit(actor, |tx| {
-                let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
+                let nodes = child(tx, &ROOT, "nodes").unwrap();
                 let e = tx.put_object(&nodes, ENTRIES[entry], ObjType::Map).unwrap();
                 tx.put(&e, "kind", "action").unwrap();
                 let p = tx.put_object(&e, "position", ObjType::Map).unwrap();
                 tx.put(&p, "x", 0).unwrap();
             }),
             Step::Move { actor, entry, x } => self.edit(actor, |tx| {
-                let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
-                if let Some(e) = child_tx(tx, &nodes, ENTRIES[entry]) {
+                let nodes = child(tx, &ROOT, "nodes").unwrap();
+                if let Some(e) = child(tx, &nodes, ENTRIES[entry]) {
                     let p = tx.put_object(&e, "position", ObjType::Map).unwrap();
                     tx.put(&p, "x", x).unwrap();
                     tx.put(&p, "y", -x).unwrap();
@@ -126,22 +126,22 @@ impl World {
                 deep,
                 value,
             } => self.edit(actor, |tx| {
-                let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
-                if let Some(e) = child_tx(tx, &nodes, ENTRIES[entry]) {
-                    match (deep, child_tx(tx, &e, "position")) {
+                let nodes = child(tx, &ROOT, "nodes").unwrap();
+                if let Some(e) = child(tx, &nodes, ENTRIES[entry]) {
+                    match (deep, child(tx, &e, "position")) {
                         (true, Some(p)) => tx.put(&p, "x", value).unwrap(),
                         _ => tx.put(&e, "label", value).unwrap(),
                     }
                 }
             }),
             Step::Delete { actor, entry } => self.edit(actor, |tx| {
-                let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
+                let nodes = child(tx, &ROOT, "nodes").unwrap();
                 if tx.get(&nodes, ENTRIES[entry]).unwrap().is_some() {
                     tx.delete(&nodes, ENTRIES[entry]).unwrap();
                 }
             }),
             Step::Push { actor, value } => self.edit(actor, |tx| {
-                let items = child_tx(tx, &ROOT, "items").unwrap();
+                let items = child(tx, &ROOT, "items").unwrap();
                 let at = tx.length(&items) / 2;
                 let m = tx.insert_object(&items, at, ObjType::Map).unwrap();
                 tx.put(&m, "v", value).unwrap();
@@ -151,7 +151,7 @@ impl World {
                 index,
                 value,
             } => self.edit(actor, |tx| {
-                let items = child_tx(tx, &ROOT, "items").unwrap();
+                let items = child(tx, &ROOT, "items").unwrap();
                 let len = tx.length(&items);
                 if len > 0 {
                     if let Some((Value::Object(_), m)) = tx.get(&items, index % len).unwrap() {
@@ -197,13 +197,6 @@ impl World {
     }
 }
 
-fn child_tx(tx: &automerge::transaction::Transaction<'_>, obj: &ObjId, key: &str) -> Option<ObjId> {
-    match tx.get(obj, key).unwrap() {
-        Some((Value::Object(_), id)) => Some(id),
-        _ => None,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -234,7 +227,7 @@ proptest! {
 fn a_move_in_a_wide_map_and_a_write_into_a_deleted_entry() {
     let mut world = World::new();
     world.edit(0, |tx| {
-        let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
+        let nodes = child(tx, &ROOT, "nodes").unwrap();
         for i in 0..200 {
             let e = tx
                 .put_object(&nodes, format!("n{i}"), ObjType::Map)
@@ -246,15 +239,15 @@ fn a_move_in_a_wide_map_and_a_write_into_a_deleted_entry() {
     world.deliver(0, 2);
     // Actor 1 moves n150; actor 2 deletes n150 and moves n7.
     world.edit(1, |tx| {
-        let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
-        let e = child_tx(tx, &nodes, "n150").unwrap();
+        let nodes = child(tx, &ROOT, "nodes").unwrap();
+        let e = child(tx, &nodes, "n150").unwrap();
         let p = tx.put_object(&e, "position", ObjType::Map).unwrap();
         tx.put(&p, "x", 5).unwrap();
     });
     world.edit(2, |tx| {
-        let nodes = child_tx(tx, &ROOT, "nodes").unwrap();
+        let nodes = child(tx, &ROOT, "nodes").unwrap();
         tx.delete(&nodes, "n150").unwrap();
-        let e = child_tx(tx, &nodes, "n7").unwrap();
+        let e = child(tx, &nodes, "n7").unwrap();
         tx.put(&e, "label", "seven").unwrap();
     });
     // Actor 0 gets 1's move first: one patch set inside nodes/n150.

@@ -1894,8 +1894,9 @@ impl FlowState {
                 .changes
                 .into_iter()
                 .filter(|c| {
-                    !flowhub_crdt::parse_heads(std::slice::from_ref(&c.hash))
-                        .is_ok_and(|h| h.iter().all(|h| doc.has_change(h)))
+                    !c.hash
+                        .parse::<ChangeHash>()
+                        .is_ok_and(|h| doc.has_change(&h))
                 })
                 .map(|c| c.bytes),
         );
