@@ -397,7 +397,9 @@ impl Session {
                     if f == flow_id && changes.iter().any(|c| c == hash))
             });
             if let Some(i) = acked {
-                self.cursor += i + 1;
+                // Stay on the ack: changes stored in one append share it, and the
+                // next wait may be for another of them.
+                self.cursor += i;
                 return;
             }
             assert!(
