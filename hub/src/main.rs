@@ -326,9 +326,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 /// On PostgreSQL all of the hub's work is on the runtime: one thread per core.
 fn default_worker_threads(database_url: Option<&str>) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let on_postgres =
-        database_url.is_some_and(|u| u.starts_with("postgres:") || u.starts_with("postgresql:"));
-    if on_postgres {
+    if database_url.is_some_and(flowhub::sql_store::is_postgres_url) {
         cores
     } else {
         cores.saturating_sub(1).max(1)

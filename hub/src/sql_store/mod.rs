@@ -801,6 +801,11 @@ impl Store for SqlStore {
     }
 }
 
+/// Whether `url` names a PostgreSQL server (anything else is SQLite or refused).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the pool for `url` with the options of its backend (see the module doc).
 async fn open_pool(url: &str, pg_connections: u32) -> Result<DbPool, StoreError> {
     if url.starts_with("sqlite:") {
@@ -828,7 +833,7 @@ async fn open_pool(url: &str, pg_connections: u32) -> Result<DbPool, StoreError>
             .await
             .map_err(db_error)?;
         Ok(DbPool::Sqlite(pool))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    } else if is_postgres_url(url) {
         let options = PgConnectOptions::from_str(url).map_err(db_error)?;
         let pool = PgPoolOptions::new()
             .max_connections(pg_connections)
