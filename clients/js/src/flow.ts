@@ -476,6 +476,40 @@ class NodeCache {
     this.#nodes.set(id, { ...before, position: { x: to.x || 0, y: to.y || 0 } })
   }
 
+  /**
+   * A remote change that is exactly a move (a new `position` map on a cached node, then
+   * its `x` and `y`, as `move_node` writes them) keeps the node cached at the new
+   * position, so an editor that reads the node on every remote move does not pay for a
+   * read from the backend (some ten Automerge calls) each time. One call checks that the
+   * new map is the position the backend now shows: a concurrent move may win instead.
+   * Its `x` and `y` are the change's (the map is new: no other change can have written
+   * it, and changes queued for missing dependencies clear the whole cache). Anything
+   * else: `false`, and the caller forgets what the ops touch.
+   */
+  #remoteMove(b: Backend, change: A.DecodedChange): boolean {
+    const ops = change.ops
+    if (ops.length !== 3) return false
+    const [make, ...sets] = ops
+    if (make.action !== "makeMap" || make.key !== "position") return false
+    const id = this.#owner.get(make.obj)
+    const node = id === undefined ? undefined : this.#nodes.get(id)
+    const objs = id === undefined ? undefined : this.#objs.get(id)
+    if (id === undefined || !node || !objs || objs[0] !== make.obj) return false
+    const pos = `${change.startOp}@${change.actor}`
+    const at: { x?: number; y?: number } = {}
+    for (const op of sets) {
+      const v = opNumber(op)
+      if (v === undefined || op.obj !== pos || (op.key !== "x" && op.key !== "y") || at[op.key] !== undefined) return false
+      at[op.key] = v
+    }
+    // `moved` writes -0 as 0, as local moves store it; a raw -0 is read from the backend.
+    if (at.x === undefined || at.y === undefined || Object.is(at.x, -0) || Object.is(at.y, -0)) return false
+    const shown = b.getWithType(make.obj, "position")
+    if (shown?.[0] !== "map" || shown[1] !== pos) return false
+    this.moved(id, node, { x: at.x, y: at.y }, pos)
+    return true
+  }
+
   forget(id: string) {
     if (!this.#nodes.delete(id)) return
     for (const o of this.#objs.get(id) ?? []) if (this.#owner.get(o) === id) this.#owner.delete(o)
@@ -489,8 +523,11 @@ class NodeCache {
     this.#nodesObj = undefined
   }
 
-  /** Forgets what the changes in `bytes` (change chunks) may have changed. */
-  changed(bytes: Uint8Array) {
+  /**
+   * Forgets what the changes in `bytes` (change chunks, now applied to `b`) may have
+   * changed; a lone remote move updates its node's entry instead (see `#remoteMove`).
+   */
+  changed(b: Backend, bytes: Uint8Array) {
     if (this.#nodes.size === 0) {
       this.#nodesObj = undefined
       return
@@ -498,13 +535,14 @@ class NodeCache {
     const chunks = splitChunks(bytes)
     if (!chunks) return this.clear()
     for (const chunk of chunks) {
-      let ops
+      let change
       try {
-        ops = A.decodeChange(chunk).ops
+        change = A.decodeChange(chunk)
       } catch {
         return this.clear()
       }
-      for (const op of ops) {
+      if (chunks.length === 1 && this.#remoteMove(b, change)) return
+      for (const op of change.ops) {
         if (op.obj === "_root") {
           if (op.key === "nodes") return this.clear()
         } else if (op.obj === this.#nodesObj) {
@@ -516,6 +554,13 @@ class NodeCache {
       }
     }
   }
+}
+
+/** A decoded `set` op's value, if it is a number the read view takes (`backendNumber`). */
+function opNumber(op: A.DecodedChange["ops"][number]): number | undefined {
+  const d = op.datatype
+  if (op.action !== "set" || (d !== "float64" && d !== "int" && d !== "uint")) return undefined
+  return numberOf(op.value)
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -719,7 +764,7 @@ export class FlowDocument {
     this.#queued = A.getMissingDeps(this.#doc, []).length > 0
     // Changes that waited for dependencies apply unseen by the cache: forget it all.
     if (wasQueued || this.#queued) this.#cache.clear()
-    else if (changed) this.#cache.changed(bytes)
+    else if (changed) this.#cache.changed(backend, bytes)
     return changed
   }
 
