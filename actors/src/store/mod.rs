@@ -7,9 +7,11 @@
 //! - Appending a change twice is harmless: changes are keyed by `(flow_id, hash)`.
 //! - [`Store::load_flow`] returns the latest snapshot and every change not covered by
 //!   it, so `snapshot + changes` rebuilds everything acknowledged so far.
-//! - [`Store::compact`] writes a snapshot and deletes exactly the changes it covers, in
-//!   one transaction; changes appended concurrently (by another node) survive. It is
-//!   conditional: it succeeds only if the stored snapshot is still the one the new
+//! - [`Store::compact`] writes a snapshot and deletes exactly the changes it covers;
+//!   changes appended concurrently (by another node) survive. The deletes may follow
+//!   the snapshot in transactions of their own, so a load in between may see covered
+//!   changes beside the snapshot (harmless: applying a change twice is a no-op), never
+//!   a covered change missing from both. It is conditional: it succeeds only if the stored snapshot is still the one the new
 //!   snapshot was built on ([`Snapshot::base_heads`]), else [`StoreError::Conflict`].
 //!   Without that check, two nodes compacting at once could each replace the other's
 //!   snapshot with one lacking the other's changes, whose rows were already deleted.

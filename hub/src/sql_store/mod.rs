@@ -8,11 +8,16 @@
 //!   PostgreSQL follows the server's `synchronous_commit` (on by default).
 //! - Appends are idempotent: `INSERT ... ON CONFLICT (flow_id, hash) DO NOTHING`.
 //! - [`Store::load_flow`] reads the flow row, the snapshot and the changes in one read
-//!   transaction (SQLite: one WAL read snapshot; PostgreSQL: `REPEATABLE READ`), so a
-//!   concurrent compaction is seen either entirely or not at all. Changes come in `seq`
-//!   order, which is append order.
-//! - [`Store::compact`] upserts the snapshot and deletes exactly the covered hashes in one
-//!   transaction; every other change, including one appended meanwhile, stays.
+//!   transaction (SQLite: one WAL read snapshot; PostgreSQL: `REPEATABLE READ`), so it
+//!   sees a concurrent compaction's snapshot entirely or not at all. Changes come in
+//!   `seq` order, which is append order.
+//! - [`Store::compact`] writes the snapshot (conditionally) in one transaction, then
+//!   deletes exactly the covered hashes, a hundred per transaction; every other change,
+//!   including one appended meanwhile, stays. A load between the two sees some covered
+//!   changes beside the snapshot: harmless, since applying a change a document already
+//!   has is a no-op. Each of these transactions runs in the writer's turn, between two
+//!   append batches (on SQLite, one compaction transaction beside the group commit held
+//!   the write lock for 10-20 ms while every append slept in the busy handler).
 //!
 //! # Group commit
 //! Appends do not open a transaction each. One writer task per [`SqlStore`] receives them
@@ -120,9 +125,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a write other than an append (compaction, a member change) may take;
 /// like appends, a bit of queueing behind other writers is normal.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Hashes per `DELETE ... IN (...)` during compaction; far below both backends'
-/// bind-parameter limits (SQLite 32766, PostgreSQL 65535).
-const DELETE_CHUNK: usize = 500;
+/// Hashes per `DELETE ... IN (...)` during compaction, each in its own transaction:
+/// on SQLite about a millisecond of the write lock at a time (see `compact`).
+const DELETE_CHUNK: usize = 100;
 /// Flow ids per `flow_versions` query: far below both backends' parameter limits.
 const VERSION_QUERY_IDS: usize = 500;
 
@@ -217,6 +222,36 @@ impl std::fmt::Debug for SqlStore {
 }
 
 impl SqlStore {
+    /// Runs `write` in the writer's turn, between two append batches (see
+    /// `writer::ExclusiveWrite`), and returns its result. The write and the wait for
+    /// it are each bounded by [`WRITE_TIMEOUT`], so a hung database never wedges the
+    /// writer; a write whose caller gave up while it queued is not run.
+    async fn exclusive<T, F, Fut>(&self, what: &'static str, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(DbPool) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: writer::ExclusiveWrite = Box::new(move |pool| {
+            Box::pin(async move {
+                if reply.is_closed() {
+                    return;
+                }
+                let _ = reply.send(bounded(WRITE_TIMEOUT, what, write(pool)).await);
+            })
+        });
+        let run = async {
+            self.writer
+                .send(writer::Command::Exclusive(job))
+                .await
+                .map_err(|_| writer::closed_error())?;
+            // A dropped reply means the writer stopped before running it.
+            answer.await.map_err(|_| writer::closed_error())?
+        };
+        bounded(WRITE_TIMEOUT, what, run).await
+    }
+
     /// Connects, applies pending migrations and starts the writer task.
     ///
     /// `url` is `sqlite://path/to/file.db` (the file is created if missing) or
@@ -573,78 +608,41 @@ impl Store for SqlStore {
             ),
             None => None,
         };
-        let now = now_ms();
-        let begin = self.pool.begin_write();
-        let compact = async {
-            with_pool!(&self.pool, |p| {
-                let mut tx = p.begin_with(begin).await?;
-                // Compacting a flow writes it, so the flow row must exist (and the snapshot's
-                // foreign key needs it).
-                sqlx::query(
-                    "INSERT INTO flows (id, created_at, updated_at) VALUES ($1, $2, $2) \
-                 ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
-                )
-                .bind(flow_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                // Conditional write: only over the snapshot this one was built on (see the
-                // trait's guarantees), so concurrent compactions cannot lose changes.
-                let written = match &base {
-                    None => sqlx::query(
-                        "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id) DO NOTHING",
-                    )
-                    .bind(flow_id)
-                    .bind(heads.as_str())
-                    .bind(snapshot.bytes.as_slice())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
-                    Some(base) => sqlx::query(
-                        "UPDATE flow_snapshots SET heads = $2, bytes = $3, created_at = $4 \
-                     WHERE flow_id = $1 AND heads = $5",
-                    )
-                    .bind(flow_id)
-                    .bind(heads.as_str())
-                    .bind(snapshot.bytes.as_slice())
-                    .bind(now)
-                    .bind(base.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
-                };
-                if written != 1 {
-                    tx.rollback().await?;
-                    return Ok::<_, sqlx::Error>(None);
-                }
-                let mut deleted = 0u64;
-                for chunk in covered.chunks(DELETE_CHUNK) {
-                    let mut query =
-                        sqlx::query(AssertSqlSafe(delete_changes_sql(chunk.len()))).bind(flow_id);
-                    for hash in chunk {
-                        query = query.bind(hash.as_str());
-                    }
-                    deleted += query.execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(Some(deleted))
-            })
-            .map_err(db_error)
+        let snapshot_bytes = snapshot.bytes.len();
+        let write = SnapshotWrite {
+            flow_id: flow_id.to_owned(),
+            heads,
+            base,
+            bytes: snapshot.bytes,
+            now: now_ms(),
         };
-        // A compaction cut short rolls back entirely: the change log stays as it was.
-        let deleted = bounded(WRITE_TIMEOUT, "compact", compact).await?;
-        let Some(deleted) = deleted else {
+        // Each step in the writer's turn (see `writer::ExclusiveWrite`), and the deletes
+        // in short transactions with append batches between them: on SQLite one
+        // transaction deleting a thousand changes held the write lock for 10-20 ms
+        // while every flow's appends waited.
+        let written = self
+            .exclusive("compact", move |pool| async move { write.run(&pool).await })
+            .await?;
+        if !written {
             return Err(StoreError::Conflict(format!(
                 "flow {flow_id}: the snapshot changed since it was read"
             )));
-        };
+        }
+        let mut deleted = 0u64;
+        for chunk in covered.chunks(DELETE_CHUNK) {
+            let flow = flow_id.to_owned();
+            let hashes = chunk.to_vec();
+            deleted += self
+                .exclusive("compact", move |pool| async move {
+                    delete_changes(&pool, &flow, &hashes).await
+                })
+                .await?;
+        }
         debug!(
             flow_id,
             covered = covered.len(),
             deleted,
-            snapshot_bytes = snapshot.bytes.len(),
+            snapshot_bytes,
             "flow compacted"
         );
         Ok(())
@@ -849,6 +847,87 @@ async fn open_pool(url: &str, pg_connections: u32) -> Result<DbPool, StoreError>
             "unsupported database url scheme {scheme:?} (expected sqlite:// or postgres://)"
         )))
     }
+}
+
+/// A compaction's snapshot (see [`SqlStore::compact`]), owned so that the writer task
+/// can write it.
+struct SnapshotWrite {
+    flow_id: String,
+    heads: String,
+    base: Option<String>,
+    bytes: Vec<u8>,
+    now: i64,
+}
+
+impl SnapshotWrite {
+    /// Writes the snapshot over the one it was built on; `false` when the stored
+    /// snapshot is no longer that one (nothing written).
+    async fn run(&self, pool: &DbPool) -> Result<bool, StoreError> {
+        with_pool!(pool, |p| {
+            let mut tx = p.begin_with(pool.begin_write()).await?;
+            // Compacting a flow writes it, so the flow row must exist (and the snapshot's
+            // foreign key needs it).
+            sqlx::query(
+                "INSERT INTO flows (id, created_at, updated_at) VALUES ($1, $2, $2) \
+                 ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
+            )
+            .bind(self.flow_id.as_str())
+            .bind(self.now)
+            .execute(&mut *tx)
+            .await?;
+            // Conditional write: only over the snapshot this one was built on (see the
+            // trait's guarantees), so concurrent compactions cannot lose changes.
+            let written = match &self.base {
+                None => sqlx::query(
+                    "INSERT INTO flow_snapshots (flow_id, heads, bytes, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id) DO NOTHING",
+                )
+                .bind(self.flow_id.as_str())
+                .bind(self.heads.as_str())
+                .bind(self.bytes.as_slice())
+                .bind(self.now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Some(base) => sqlx::query(
+                    "UPDATE flow_snapshots SET heads = $2, bytes = $3, created_at = $4 \
+                     WHERE flow_id = $1 AND heads = $5",
+                )
+                .bind(self.flow_id.as_str())
+                .bind(self.heads.as_str())
+                .bind(self.bytes.as_slice())
+                .bind(self.now)
+                .bind(base.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if written != 1 {
+                tx.rollback().await?;
+                return Ok::<_, sqlx::Error>(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .map_err(db_error)
+    }
+}
+
+/// Deletes these changes of the flow (those a written snapshot covers); returns how
+/// many rows went.
+async fn delete_changes(
+    pool: &DbPool,
+    flow_id: &str,
+    hashes: &[String],
+) -> Result<u64, StoreError> {
+    with_pool!(pool, |p| {
+        let mut query = sqlx::query(AssertSqlSafe(delete_changes_sql(hashes.len()))).bind(flow_id);
+        for hash in hashes {
+            query = query.bind(hash.as_str());
+        }
+        Ok::<_, sqlx::Error>(query.execute(p).await?.rows_affected())
+    })
+    .map_err(db_error)
 }
 
 /// `DELETE ... WHERE flow_id = $1 AND hash IN ($2, ..., $n+1)`.

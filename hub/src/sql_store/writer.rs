@@ -5,7 +5,9 @@
 //! [`MAX_BATCH_BYTES`]), writes them all in one transaction and only then answers the
 //! callers. It never waits for more requests to arrive: batching comes from the requests
 //! that queue up while the previous commit is in flight, so latency at low load is one
-//! commit and throughput at high load is many appends per commit.
+//! commit and throughput at high load is many appends per commit. Other writes that
+//! would contend with it for SQLite's one write lock (a compaction's) are queued to it
+//! too and run between two batches ([`ExclusiveWrite`]).
 //!
 //! Failure handling:
 //! - transient errors (lost connection, deadlock, busy SQLite file) are retried a few
@@ -20,6 +22,8 @@
 //! - requests whose caller already gave up (timed out) are not written.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,8 +54,18 @@ pub(super) struct AppendRequest {
     pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// A write other than an append that would otherwise contend with the group commit for
+/// SQLite's one write lock (a compaction: a snapshot plus a thousand deletes). The
+/// writer runs it between two batches, so appends queue behind it for as long as it
+/// runs, instead of meeting a locked file and sleeping in SQLite's busy handler (1, 2,
+/// 5, 10, … ms per retry: well past the lock's release). The job answers its caller
+/// itself; dropped unrun (the writer closing), its caller sees the store closed.
+pub(super) type ExclusiveWrite =
+    Box<dyn FnOnce(DbPool) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 pub(super) enum Command {
     Append(AppendRequest),
+    Exclusive(ExclusiveWrite),
     /// Write everything queued before this, then stop; the sender is told when done.
     Close(oneshot::Sender<()>),
 }
@@ -111,12 +125,18 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
         };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
+        let mut exclusive = None;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Append(request) => {
                     bytes += request.changes.iter().map(|c| c.bytes.len()).sum::<usize>();
                     batch.push(request);
+                }
+                Command::Exclusive(job) => {
+                    // After the appends queued before it, in order.
+                    exclusive = Some(job);
+                    break;
                 }
                 Command::Close(ack) => {
                     close_ack = Some(ack);
@@ -134,6 +154,12 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
                 checkpoints.after_commit(sqlite, &counters.wal_checkpoints);
             }
         }
+        if let Some(job) = exclusive {
+            job(pool.clone()).await;
+            if let DbPool::Sqlite(sqlite) = &pool {
+                checkpoints.after_commit(sqlite, &counters.wal_checkpoints);
+            }
+        }
     }
     checkpoints.finish().await;
 
@@ -145,6 +171,8 @@ pub(super) async fn run(pool: DbPool, mut rx: mpsc::Receiver<Command>, counters:
             Command::Append(request) => {
                 let _ = request.reply.send(Err(closed_error()));
             }
+            // Dropped unrun: its caller's reply channel closes.
+            Command::Exclusive(_) => {}
             Command::Close(ack) => {
                 let _ = ack.send(());
             }
