@@ -29,6 +29,110 @@ use support::{HookedStore, StoreHooks, SyncPeer};
 const FLOW: &str = "compacted";
 const COMPACT_AFTER: usize = 5;
 
+/// Compactions wait at this gate while it is closed.
+struct CompactGate {
+    open: tokio::sync::watch::Sender<bool>,
+    started: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for CompactGate {
+    async fn before_compact(&self) -> Result<(), flowhub_actors::store::StoreError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
+        Ok(())
+    }
+}
+
+/// The store's compaction write runs beside the actor: while it is stalled, edits are
+/// still applied, stored and acknowledged, and once it completes the snapshot plus the
+/// changes stored meanwhile are the editor's flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_are_acknowledged_while_a_compaction_is_written() {
+    let store = Arc::new(HookedStore::new(CompactGate {
+        open: tokio::sync::watch::channel(false).0,
+        started: AtomicUsize::new(0),
+    }));
+    let metrics = Arc::new(Metrics::default());
+    let registry = FlowRegistry::new(Arc::new(FlowDeps {
+        store: store.clone(),
+        bus: Arc::new(MemoryBus::new()),
+        node_id: "compact-node".into(),
+        metrics: metrics.clone(),
+        config: FlowConfig {
+            compact_after: COMPACT_AFTER,
+            tick: Duration::from_millis(20),
+            ..FlowConfig::default()
+        },
+    }));
+    let actor = registry.get_or_spawn(FLOW).await.expect("flow actor");
+    let mut peer = SyncPeer::join(&actor, "editor", Role::Editor, OnInvalid::Refuse).await;
+    let add = |peer: &mut SyncPeer, i: usize| {
+        peer.doc
+            .add_node(
+                NewNode::new("action", format!("step {i}"), Position::new(i as f64, 0.0))
+                    .with_id(format!("n{i}")),
+            )
+            .unwrap();
+    };
+    for i in 0..COMPACT_AFTER + 1 {
+        add(&mut peer, i);
+        peer.exchange().await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.started.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no compaction started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The compaction's write waits at the gate; three more edits go through.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        for i in COMPACT_AFTER + 1..COMPACT_AFTER + 4 {
+            add(&mut peer, i);
+            peer.exchange().await;
+        }
+    })
+    .await
+    .expect("edits stalled behind the compaction's write");
+    let json = ractor::call_t!(actor, flowhub_actors::flow::FlowMsg::ToJson, 2000)
+        .expect("the actor answers while the compaction is written");
+    assert_eq!(json["nodes"], peer.doc.to_json()["nodes"]);
+    assert_eq!(
+        metrics.compactions.get(),
+        0,
+        "compacted through a closed gate"
+    );
+    let stored = store.inner.load_flow(FLOW).await.unwrap();
+    assert!(stored.snapshot.is_none());
+    assert_eq!(
+        stored.changes.len(),
+        COMPACT_AFTER + 4,
+        "every edit was stored"
+    );
+
+    store.open.send_replace(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.compactions.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the compaction never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stored = store.inner.load_flow(FLOW).await.unwrap();
+    let mut restored = FlowDoc::load(stored.snapshot.as_deref().expect("a snapshot")).unwrap();
+    let after: Vec<Vec<u8>> = stored.changes.into_iter().map(|c| c.bytes).collect();
+    assert!(
+        after.len() >= 3,
+        "the edits stored during the compaction are not covered"
+    );
+    restored.apply_changes(&after).unwrap();
+    assert_eq!(restored.to_json()["nodes"], peer.doc.to_json()["nodes"]);
+    registry.stop_all().await;
+}
+
 /// Once armed, every change the store returns has its bytes replaced by garbage
 /// (its hash kept), except the change with the hash `spared`: decoding any other
 /// fails. Counts the loads made while armed.

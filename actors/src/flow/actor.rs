@@ -205,6 +205,8 @@ pub enum FlowMsg {
     },
     /// The store append with this id finished (see "Pipelined persistence" above).
     Appended(u64),
+    /// The store finished the compaction this actor started (see `maybe_compact`).
+    Compacted(Compacted),
     /// Waits until every change this actor applied is stored, acknowledged and fanned
     /// out (a session that sent edits calls it before it closes, so a draining node
     /// acknowledges every edit it stored).
@@ -403,6 +405,10 @@ pub struct FlowState {
     /// compaction (inner `None`: no snapshot); `None` when unknown (see
     /// `compaction_base`).
     stored_snapshot_heads: Option<Option<Vec<String>>>,
+    /// A compaction is being written (one at a time).
+    compacting: bool,
+    /// Reloads from the store so far (see [`Compacted`]).
+    loads: u64,
     empty_since: Option<Instant>,
     /// The store append in flight, if any.
     appending: Option<Append>,
@@ -420,6 +426,21 @@ pub struct FlowState {
     edit_taken_at: Option<Instant>,
     tasks: Vec<JoinHandle<()>>,
     span: tracing::Span,
+}
+
+/// A compaction's outcome, back from the task that wrote it ([`FlowMsg::Compacted`]).
+#[derive(Debug)]
+pub struct Compacted {
+    /// `FlowState::loads` when the snapshot was taken: a reload since then replaced
+    /// the change log's bookkeeping, which this outcome must not touch.
+    loads: u64,
+    /// How many of the oldest `uncompacted` hashes the snapshot covers.
+    covered: usize,
+    /// The snapshot's heads and size, and the stored size when it was taken.
+    heads: Vec<String>,
+    size: usize,
+    doc_bytes_then: usize,
+    result: std::result::Result<(), crate::store::StoreError>,
 }
 
 /// Changes one message brought, applied to the document and on their way to the
@@ -526,6 +547,8 @@ impl Actor for FlowActor {
             versions_seen,
             own_appends: 0,
             stored_snapshot_heads: Some(snapshot_heads),
+            compacting: false,
+            loads: 0,
             empty_since: Some(Instant::now()),
             appending: None,
             queued: Vec::new(),
@@ -689,6 +712,7 @@ impl Actor for FlowActor {
                     result?;
                 }
                 FlowMsg::Appended(id) => state.on_appended(id, &myself).await?,
+                FlowMsg::Compacted(done) => state.on_compacted(done),
                 FlowMsg::Flush(reply) => {
                     // Drained above.
                     let _ = reply.send(());
@@ -758,7 +782,7 @@ impl Actor for FlowActor {
                     let _ = reply.send(state.doc.heads_hex());
                 }
             }
-            state.when_stored().await;
+            state.when_stored(&myself).await;
             Ok::<(), ActorsError>(())
         }
         .instrument(span.clone())
@@ -1276,6 +1300,7 @@ impl FlowState {
         self.versions_seen = loaded.versions;
         self.own_appends = 0;
         self.stored_snapshot_heads = Some(loaded.snapshot_heads);
+        self.loads += 1;
         Ok(())
     }
 
@@ -1543,14 +1568,14 @@ impl FlowState {
 
     /// After each message: with nothing waiting for the store, the sync rounds held
     /// back meanwhile go out, and the change log is compacted when due.
-    async fn when_stored(&mut self) {
+    async fn when_stored(&mut self, myself: &ActorRef<FlowMsg>) {
         if self.appending.is_some() || !self.queued.is_empty() {
             return;
         }
         for id in std::mem::take(&mut self.sync_due) {
             self.sync_peer(&id);
         }
-        self.maybe_compact().await;
+        self.maybe_compact(myself).await;
     }
 
     /// Changes now in the store (which took the document from `before` to `after`):
@@ -2235,8 +2260,13 @@ impl FlowState {
         .await;
     }
 
-    async fn maybe_compact(&mut self) {
-        if self.uncompacted.len() < self.deps.config.compact_after {
+    /// Every `compact_after` stored changes: a snapshot of the document goes to the
+    /// store, which then deletes the changes it covers. The store's write runs beside
+    /// the actor (its outcome comes back as [`FlowMsg::Compacted`]): awaited here, it
+    /// held the flow's edits for as long as the store took (tens of milliseconds on a
+    /// busy SQLite).
+    async fn maybe_compact(&mut self, myself: &ActorRef<FlowMsg>) {
+        if self.compacting || self.uncompacted.len() < self.deps.config.compact_after {
             return;
         }
         let base_heads = match self.compaction_base().await {
@@ -2245,24 +2275,56 @@ impl FlowState {
         };
         let bytes = self.doc.save();
         let size = bytes.len();
+        let heads = self.doc.heads_hex();
         let snapshot = Snapshot {
-            heads: self.doc.heads_hex(),
+            heads: heads.clone(),
             bytes,
             base_heads,
         };
-        let heads = snapshot.heads.clone();
-        match self
-            .deps
-            .store
-            .compact(&self.flow_id, snapshot, &self.uncompacted)
-            .await
-        {
-            Ok(()) => {
+        // Every hash in `uncompacted` is stored and in the document (no append is
+        // pending here), so in the snapshot; later ones are appended behind them.
+        let covered = self.uncompacted.clone();
+        let done = Compacted {
+            loads: self.loads,
+            covered: covered.len(),
+            heads,
+            size,
+            doc_bytes_then: self.doc_bytes,
+            result: Ok(()),
+        };
+        self.compacting = true;
+        let store = self.deps.store.clone();
+        let flow_id = self.flow_id.clone();
+        let me = myself.clone();
+        tokio::spawn(
+            async move {
+                let result = store.compact(&flow_id, snapshot, &covered).await;
+                // Nobody listens once the actor stopped; the store has the snapshot or
+                // the change log, either way everything.
+                let _ = me.cast(FlowMsg::Compacted(Compacted { result, ..done }));
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    /// [`FlowMsg::Compacted`].
+    fn on_compacted(&mut self, done: Compacted) {
+        self.compacting = false;
+        match done.result {
+            Ok(()) if done.loads == self.loads => {
                 Metrics::inc(&self.deps.metrics.compactions);
-                info!(covered = self.uncompacted.len(), "compacted");
-                self.uncompacted.clear();
-                self.doc_bytes = size;
-                self.stored_snapshot_heads = Some(Some(heads));
+                info!(covered = done.covered, "compacted");
+                self.uncompacted
+                    .drain(..done.covered.min(self.uncompacted.len()));
+                // The snapshot, plus what was stored since it was taken.
+                self.doc_bytes = done.size + self.doc_bytes.saturating_sub(done.doc_bytes_then);
+                self.stored_snapshot_heads = Some(Some(done.heads));
+            }
+            Ok(()) => {
+                // Reloaded meanwhile: the loaded log may still list covered changes
+                // (harmless: the next compaction deletes them again).
+                Metrics::inc(&self.deps.metrics.compactions);
+                self.stored_snapshot_heads = None;
             }
             // Harmless: the change log is intact; the next append retries, after a
             // full catch-up (another node may have written the snapshot).

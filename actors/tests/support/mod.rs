@@ -157,6 +157,10 @@ pub trait StoreHooks: Send + Sync + 'static {
     }
     /// After every successful `load_flow`: may alter what it returns.
     fn after_load(&self, _flow: &mut StoredFlow) {}
+    /// Before every compaction, after `check`: wait, count, or fail it.
+    async fn before_compact(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Hooks for a store that can be switched off: every call fails while `down` is set.
@@ -213,6 +217,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     }
     async fn compact(&self, f: &str, s: Snapshot, c: &[String]) -> Result<(), StoreError> {
         self.hooks.check()?;
+        self.hooks.before_compact().await?;
         self.inner.compact(f, s, c).await
     }
     async fn member_access(&self, f: &str, u: &str) -> Result<Option<MemberAccess>, StoreError> {
