@@ -54,17 +54,7 @@ async fn edits_are_acknowledged_while_a_compaction_is_written() {
         started: AtomicUsize::new(0),
     }));
     let metrics = Arc::new(Metrics::default());
-    let registry = FlowRegistry::new(Arc::new(FlowDeps {
-        store: store.clone(),
-        bus: Arc::new(MemoryBus::new()),
-        node_id: "compact-node".into(),
-        metrics: metrics.clone(),
-        config: FlowConfig {
-            compact_after: COMPACT_AFTER,
-            tick: Duration::from_millis(20),
-            ..FlowConfig::default()
-        },
-    }));
+    let registry = registry(store.clone(), metrics.clone());
     let actor = registry.get_or_spawn(FLOW).await.expect("flow actor");
     let mut peer = SyncPeer::join(&actor, "editor", Role::Editor, OnInvalid::Refuse).await;
     let add = |peer: &mut SyncPeer, i: usize| {
@@ -157,7 +147,7 @@ impl StoreHooks for Garble {
     }
 }
 
-fn registry(store: Arc<HookedStore<Garble>>, metrics: Arc<Metrics>) -> FlowRegistry {
+fn registry<H: StoreHooks>(store: Arc<HookedStore<H>>, metrics: Arc<Metrics>) -> FlowRegistry {
     FlowRegistry::new(Arc::new(FlowDeps {
         store,
         bus: Arc::new(MemoryBus::new()),

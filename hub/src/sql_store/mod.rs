@@ -241,15 +241,22 @@ impl SqlStore {
                 let _ = reply.send(bounded(WRITE_TIMEOUT, what, write(pool)).await);
             })
         });
-        let run = async {
-            self.writer
-                .send(writer::Command::Exclusive(job))
-                .await
-                .map_err(|_| writer::closed_error())?;
-            // A dropped reply means the writer stopped before running it.
-            answer.await.map_err(|_| writer::closed_error())?
-        };
+        let run = self.through_writer(writer::Command::Exclusive(job), answer);
         bounded(WRITE_TIMEOUT, what, run).await
+    }
+
+    /// Queues `command` to the writer and waits for its answer. A dropped reply means
+    /// the writer stopped before it got to the command.
+    async fn through_writer<T>(
+        &self,
+        command: writer::Command,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.writer
+            .send(command)
+            .await
+            .map_err(|_| writer::closed_error())?;
+        answer.await.map_err(|_| writer::closed_error())?
     }
 
     /// Connects, applies pending migrations and starts the writer task.
@@ -572,14 +579,7 @@ impl Store for SqlStore {
             changes: changes.to_vec(),
             reply,
         };
-        let append = async {
-            self.writer
-                .send(writer::Command::Append(request))
-                .await
-                .map_err(|_| writer::closed_error())?;
-            // A dropped reply means the writer stopped before committing this request.
-            answer.await.map_err(|_| writer::closed_error())?
-        };
+        let append = self.through_writer(writer::Command::Append(request), answer);
         // On timeout the reply is dropped: the writer then skips the request if it has
         // not started on it, and a commit already under way is harmless (idempotent).
         let span = tracing::trace_span!(
